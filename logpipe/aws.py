@@ -1,0 +1,209 @@
+"""The AWS edge: one aioboto3 session per process, clients, error classes, bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aioboto3
+import aiohttp
+import orjson
+from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from logpipe.config import Settings
+from logpipe.errors import ConfigError, EntryFailure
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRIABLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "InternalServerError",
+        "InternalFailure",
+        "InternalError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "KMS.ThrottlingException",
+        "AWS.SimpleQueueService.InternalError",
+    }
+)
+THROTTLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+    }
+)
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a ClientError, or the exception's class name."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "ClientError"))
+    return type(exc).__name__
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Transient: throttling, a 5xx of the service, or the connection itself failing."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error_code(exc) in RETRIABLE_CODES or int(status) >= 500
+    return isinstance(exc, BotoCoreError | aiohttp.ClientError | asyncio.TimeoutError | OSError)
+
+
+def backoff_delay(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * (2**attempt)))
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], attempts: int, what: str) -> T:
+    """Run `call`, retrying retriable errors with backoff; the last error propagates."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except Exception as exc:
+            if not is_retriable(exc) or attempt == attempts - 1:
+                log.warning("%s failed after %d attempts: %s", what, attempt + 1, error_code(exc))
+                raise
+            await asyncio.sleep(backoff_delay(attempt))
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Clients:
+    """The AWS clients one process shares; open with `open_clients`."""
+
+    sqs: Any
+    dynamodb: Any
+
+
+def client_config(pool: int) -> AioConfig:
+    # Retries are ours (per entry, with jitter), so botocore makes exactly one attempt.
+    return AioConfig(
+        max_pool_connections=pool,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+        tcp_keepalive=True,
+    )
+
+
+async def open_clients(stack: AsyncExitStack, settings: Settings, pool: int) -> Clients:
+    """Open the SQS and DynamoDB clients on `stack`, sized for `pool` concurrent calls."""
+    session = aioboto3.Session(region_name=settings.region)
+    config = client_config(pool)
+    sqs = await stack.enter_async_context(
+        session.client("sqs", endpoint_url=settings.endpoint_url, config=config)
+    )
+    dynamodb = await stack.enter_async_context(
+        session.client("dynamodb", endpoint_url=settings.endpoint_url, config=config)
+    )
+    return Clients(sqs=sqs, dynamodb=dynamodb)
+
+
+NO_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+
+
+async def queue_url(sqs: Any, name: str) -> str:
+    """The URL of queue `name`; ConfigError when it does not exist."""
+    try:
+        response = await sqs.get_queue_url(QueueName=name)
+    except ClientError as exc:
+        if error_code(exc) in NO_QUEUE_CODES:
+            raise ConfigError(f"queue {name!r} does not exist; run 'logpipe bootstrap'") from None
+        raise
+    return str(response["QueueUrl"])
+
+
+async def bootstrap_endpoint(settings: Settings) -> dict[str, str]:
+    """`logpipe bootstrap`: open clients, create the resources, close."""
+    async with AsyncExitStack() as stack:
+        return await bootstrap(await open_clients(stack, settings, pool=4), settings)
+
+
+async def bootstrap(clients: Clients, settings: Settings) -> dict[str, str]:
+    """Create (or bring up to date) the DLQ, the queue with its redrive policy, and the table."""
+    dlq_url = await _ensure_queue(
+        clients.sqs, settings.dlq_name, {"MessageRetentionPeriod": "1209600"}
+    )
+    attrs = await clients.sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    redrive = {
+        "deadLetterTargetArn": attrs["Attributes"]["QueueArn"],
+        "maxReceiveCount": str(settings.max_receive_count),
+    }
+    main_url = await _ensure_queue(
+        clients.sqs,
+        settings.queue_name,
+        {
+            "VisibilityTimeout": str(settings.visibility_timeout_s),
+            "MessageRetentionPeriod": "345600",
+            "RedrivePolicy": orjson.dumps(redrive).decode(),
+        },
+    )
+    await _ensure_table(clients.dynamodb, settings.table_name)
+    return {"queue_url": main_url, "dlq_url": dlq_url, "table": settings.table_name}
+
+
+async def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
+    try:
+        url = await queue_url(sqs, name)
+    except ConfigError:
+        response = await sqs.create_queue(QueueName=name, Attributes=attributes)
+        log.info("created queue %s", name)
+        return str(response["QueueUrl"])
+    await sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return url
+
+
+async def _ensure_table(dynamodb: Any, name: str) -> None:
+    try:
+        await dynamodb.create_table(
+            TableName=name,
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        log.info("created table %s", name)
+    except ClientError as exc:
+        if error_code(exc) != "ResourceInUseException":
+            raise
+    waiter = dynamodb.get_waiter("table_exists")
+    await waiter.wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    ttl = await dynamodb.describe_time_to_live(TableName=name)
+    if ttl["TimeToLiveDescription"].get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+        await dynamodb.update_time_to_live(
+            TableName=name,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
+        )
+
+
+async def send_message_batch(sqs: Any, url: str, bodies: list[str]) -> list[EntryFailure | None]:
+    """One SendMessageBatch; per body, None when SQS accepted it or the entry's failure."""
+    response = await sqs.send_message_batch(
+        QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)]
+    )
+    outcomes: list[EntryFailure | None] = [None] * len(bodies)
+    for failed in response.get("Failed", []):
+        # SenderFault marks an entry SQS will never take; anything else may pass next time.
+        outcomes[int(failed["Id"])] = EntryFailure(failed["Code"], not failed.get("SenderFault"))
+    return outcomes

@@ -1,0 +1,217 @@
+"""Group commit: pack events from many requests into SQS messages, send, answer each request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from logpipe import metrics
+from logpipe.aws import backoff_delay, error_code, is_retriable
+from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
+from logpipe.models import ENVELOPE_OVERHEAD, pack_envelope
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_ENTRIES = 10
+
+
+SendBatch = Callable[[list[str]], Awaitable[list[EntryFailure | None]]]
+
+
+@dataclass(eq=False)
+class _Request:
+    future: asyncio.Future[None]
+    remaining: int
+
+
+@dataclass
+class _Message:
+    events: list[bytes] = field(default_factory=list)
+    requests: list[_Request] = field(default_factory=list)
+    size: int = ENVELOPE_OVERHEAD
+
+
+def take_batch(
+    buffer: deque[tuple[bytes, _Request]], max_bytes: int, max_entries: int = MAX_BATCH_ENTRIES
+) -> list[_Message]:
+    """Pop the messages of one SendMessageBatch: each, and all together, <= max_bytes."""
+    messages: list[_Message] = []
+    total = 0
+    current = _Message()
+    while buffer:
+        event, request = buffer[0]
+        extra = len(event) + (1 if current.events else 0)
+        if current.events and current.size + extra > max_bytes:
+            messages.append(current)
+            total += current.size
+            current = _Message()
+            if len(messages) == max_entries:
+                break
+            continue
+        if total + current.size + extra > max_bytes:
+            break
+        buffer.popleft()
+        current.events.append(event)
+        current.requests.append(request)
+        current.size += extra
+    if current.events:
+        messages.append(current)
+    return messages
+
+
+class Batcher:
+    """Bounded group-commit batcher in front of SendMessageBatch.
+
+    `submit` returns once SQS holds every event it was given, raises Overloaded when the
+    in-flight bound is reached, and QueueUnavailable when SQS refused them after retries.
+    """
+
+    def __init__(
+        self,
+        send_batch: SendBatch,
+        *,
+        max_bytes: int,
+        linger_s: float,
+        concurrency: int,
+        max_inflight_bytes: int,
+        attempts: int,
+    ) -> None:
+        self._send_batch = send_batch
+        self._max_bytes = max_bytes
+        self._linger_s = linger_s
+        self._max_inflight_bytes = max_inflight_bytes
+        self._attempts = attempts
+        self._slots = asyncio.Semaphore(concurrency)
+        self._buffer: deque[tuple[bytes, _Request]] = deque()
+        self._buffered_bytes = 0
+        self._inflight_bytes = 0
+        self._oldest = 0.0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop(), name="batcher-flush")
+
+    async def stop(self) -> None:
+        """Send everything buffered, wait for the sends, refuse new work. Idempotent."""
+        self._closing = True
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
+
+    async def __aenter__(self) -> Batcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def inflight_bytes(self) -> int:
+        return self._inflight_bytes
+
+    async def submit(self, events: list[bytes]) -> None:
+        """Queue encoded events and wait until SQS has accepted all of them."""
+        if not events:
+            return
+        size = sum(len(e) + 1 for e in events)
+        if self._closing:
+            raise Overloaded("the ingestor is shutting down")
+        if self._inflight_bytes + size > self._max_inflight_bytes:
+            raise Overloaded("too many events are waiting for SQS")
+        loop = asyncio.get_running_loop()
+        request = _Request(loop.create_future(), remaining=len(events))
+        # Marks the outcome as seen even when the client has gone and nobody awaits it.
+        request.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if not self._buffer:
+            self._oldest = loop.time()
+        self._buffer.extend((event, request) for event in events)
+        self._buffered_bytes += size
+        self._inflight_bytes += size
+        metrics.inflight_events.inc(len(events))
+        self._wake.set()
+        # Shielded: a client that hangs up does not take its events out of the batch.
+        await asyncio.shield(request.future)
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._buffer:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            full = self._buffered_bytes + ENVELOPE_OVERHEAD >= self._max_bytes
+            wait = self._oldest + self._linger_s - loop.time()
+            if not (full or self._closing) and wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                continue
+            await self._slots.acquire()
+            messages = take_batch(self._buffer, self._max_bytes)
+            self._buffered_bytes -= sum(m.size - ENVELOPE_OVERHEAD + 1 for m in messages)
+            self._oldest = loop.time()
+            task = asyncio.create_task(self._send(messages))
+            self._sends.add(task)
+            task.add_done_callback(self._send_done)
+
+    def _send_done(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        self._slots.release()
+
+    async def _send(self, messages: list[_Message]) -> None:
+        bodies = [pack_envelope(m.events) for m in messages]
+        pending = list(range(len(messages)))
+        reason = "no attempt"
+        for attempt in range(self._attempts):
+            if attempt:
+                metrics.sqs_send_retries.inc(len(pending))
+                await asyncio.sleep(backoff_delay(attempt - 1, base=0.1, cap=2.0))
+            try:
+                outcomes = await self._send_batch([bodies[i] for i in pending])
+            except Exception as exc:
+                if not is_retriable(exc):
+                    reason = error_code(exc)
+                    break
+                outcomes = [EntryFailure(error_code(exc), True)] * len(pending)
+            metrics.sqs_batches_sent.inc()
+            retry = []
+            for index, outcome in zip(pending, outcomes, strict=True):
+                if outcome is None:
+                    self._settle(messages[index], None)
+                elif outcome.retriable:
+                    retry.append(index)
+                    reason = outcome.code
+                else:
+                    self._settle(messages[index], QueueUnavailable(f"SQS refused: {outcome.code}"))
+            pending = retry
+            if not pending:
+                return
+        log.warning("gave up on %d SQS messages after retries: %s", len(pending), reason)
+        for index in pending:
+            self._settle(messages[index], QueueUnavailable(f"SQS is unavailable: {reason}"))
+
+    def _settle(self, message: _Message, error: Exception | None) -> None:
+        self._inflight_bytes -= message.size - ENVELOPE_OVERHEAD + 1
+        metrics.inflight_events.dec(len(message.events))
+        if error is None:
+            metrics.sqs_messages_sent.inc()
+        for request, count in Counter(message.requests).items():
+            request.remaining -= count
+            if request.future.done():
+                continue
+            if error is not None:
+                request.future.set_exception(error)
+            elif request.remaining == 0:
+                request.future.set_result(None)

@@ -1,0 +1,189 @@
+"""Settings: every environment variable logpipe reads, validated once at start."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from logpipe.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+EMITTER_SERVICES = ("service-a", "service-b")
+# A message of SQS is at most 1 MiB today (256 KiB before 2025); a batch is capped alike.
+SQS_MAX_BYTES_LIMIT = 1024 * 1024
+# Room for the largest event (32 KiB encoded) with the envelope around it.
+SQS_MIN_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Immutable configuration of one logpipe process; build it with `from_env`."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    queue_name: str = "logpipe-events"
+    dlq_name: str = "logpipe-events-dlq"
+    table_name: str = "logpipe-logs"
+    port: int = 8080
+    metrics_port: int = 9100
+    host: str = "0.0.0.0"
+    api_keys: tuple[str, ...] = ()
+    ingestor_url: str = "http://127.0.0.1:8080"
+    retention_days: int = 30
+    log_level: str = "info"
+    shards: int = 8
+    # Ingestor
+    sqs_max_bytes: int = 262144
+    linger_ms: int = 20
+    send_concurrency: int = 8
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_events_per_request: int = 10000
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    send_attempts: int = 6
+    # Processor
+    pollers: int = 4
+    write_concurrency: int = 16
+    receive_wait_s: int = 20
+    visibility_timeout_s: int = 60
+    max_receive_count: int = 5
+    write_attempts: int = 8
+    max_inflight_messages: int = 100
+    # Emitter
+    emitter_service: str = "service-a"
+    emitter_rate: float = 20.0
+    emitter_events: int = 0
+    emitter_batch: int = 100
+    # Every role
+    drain_seconds: float = 25.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read and validate every variable; raise ConfigError naming the first bad one."""
+        d = cls
+        return cls(
+            endpoint_url=_url(env, "AWS_ENDPOINT_URL", None),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or d.region,
+            queue_name=_name(env, "LOGPIPE_QUEUE_NAME", d.queue_name),
+            dlq_name=_name(env, "LOGPIPE_DLQ_NAME", d.dlq_name),
+            table_name=_name(env, "LOGPIPE_TABLE_NAME", d.table_name),
+            port=_int(env, "LOGPIPE_PORT", d.port, 1, 65535),
+            metrics_port=_int(env, "LOGPIPE_METRICS_PORT", d.metrics_port, 0, 65535),
+            host=env.get("LOGPIPE_HOST") or d.host,
+            api_keys=_keys(env, "LOGPIPE_API_KEYS"),
+            ingestor_url=_url(env, "LOGPIPE_INGESTOR_URL", d.ingestor_url) or d.ingestor_url,
+            retention_days=_int(env, "LOGPIPE_RETENTION_DAYS", d.retention_days, 1, 36500),
+            log_level=_choice(env, "LOGPIPE_LOG_LEVEL", d.log_level, LOG_LEVELS),
+            shards=_int(env, "LOGPIPE_SHARDS", d.shards, 1, 1000),
+            sqs_max_bytes=_int(
+                env, "LOGPIPE_SQS_MAX_BYTES", d.sqs_max_bytes, SQS_MIN_BYTES, SQS_MAX_BYTES_LIMIT
+            ),
+            linger_ms=_int(env, "LOGPIPE_LINGER_MS", d.linger_ms, 0, 10000),
+            send_concurrency=_int(env, "LOGPIPE_SEND_CONCURRENCY", d.send_concurrency, 1, 256),
+            max_body_bytes=_int(env, "LOGPIPE_MAX_BODY_BYTES", d.max_body_bytes, 1024, 1 << 30),
+            max_events_per_request=_int(
+                env, "LOGPIPE_MAX_EVENTS_PER_REQUEST", d.max_events_per_request, 1, 1_000_000
+            ),
+            max_inflight_bytes=_int(
+                env,
+                "LOGPIPE_MAX_INFLIGHT_BYTES",
+                d.max_inflight_bytes,
+                SQS_MAX_BYTES_LIMIT,
+                1 << 34,
+            ),
+            send_attempts=_int(env, "LOGPIPE_SEND_ATTEMPTS", d.send_attempts, 1, 100),
+            pollers=_int(env, "LOGPIPE_POLLERS", d.pollers, 1, 64),
+            write_concurrency=_int(env, "LOGPIPE_WRITE_CONCURRENCY", d.write_concurrency, 1, 256),
+            receive_wait_s=_int(env, "LOGPIPE_RECEIVE_WAIT_S", d.receive_wait_s, 0, 20),
+            visibility_timeout_s=_int(
+                env, "LOGPIPE_VISIBILITY_TIMEOUT_S", d.visibility_timeout_s, 1, 43200
+            ),
+            max_receive_count=_int(env, "LOGPIPE_MAX_RECEIVE_COUNT", d.max_receive_count, 1, 1000),
+            write_attempts=_int(env, "LOGPIPE_WRITE_ATTEMPTS", d.write_attempts, 1, 100),
+            max_inflight_messages=_int(
+                env, "LOGPIPE_MAX_INFLIGHT_MESSAGES", d.max_inflight_messages, 10, 100000
+            ),
+            emitter_service=_choice(
+                env, "LOGPIPE_EMITTER_SERVICE", d.emitter_service, EMITTER_SERVICES
+            ),
+            emitter_rate=_float(env, "LOGPIPE_EMITTER_RATE", d.emitter_rate, 0.0, 1e6),
+            emitter_events=_int(env, "LOGPIPE_EMITTER_EVENTS", d.emitter_events, 0, 1 << 40),
+            emitter_batch=_int(env, "LOGPIPE_EMITTER_BATCH", d.emitter_batch, 1, 10000),
+            drain_seconds=_float(env, "LOGPIPE_DRAIN_SECONDS", d.drain_seconds, 0.0, 3600.0),
+        )
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with command-line flags applied; None means 'flag not given'."""
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in changes.items() if k in known and v is not None})
+
+    @property
+    def python_log_level(self) -> int:
+        return logging.getLevelNamesMapping()[self.log_level.upper()]
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer {minimum}-{maximum}, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be an integer {minimum}-{maximum}, got {raw!r}")
+    return value
+
+
+def _float(
+    env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float
+) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number {minimum:g}-{maximum:g}, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be a number {minimum:g}-{maximum:g}, got {raw!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw == "warn":
+        raw = "warning"
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _name(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if len(raw) > 80 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in raw):
+        raise ConfigError(f"{name} must be 1-80 characters of A-Z a-z 0-9 - _ ., got {raw!r}")
+    return raw
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in env.get(name, "").split(",") if k.strip())
+    if any(len(k) < 8 for k in keys):
+        raise ConfigError(f"{name} must be comma-separated keys of at least 8 characters each")
+    return keys

@@ -1,0 +1,273 @@
+"""The ingestor: a Starlette app that validates events and hands them to the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+import uvicorn
+from botocore.exceptions import ClientError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from logpipe import metrics
+from logpipe.aws import Clients, error_code, open_clients, queue_url, send_message_batch
+from logpipe.batching import Batcher
+from logpipe.config import Settings
+from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
+from logpipe.models import encode_event, normalise
+
+log = logging.getLogger(__name__)
+
+JSON_TYPES = frozenset({"application/json"})
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
+_REASONS = frozenset({"id", "service", "level", "message", "timestamp", "trace_id", "span_id"})
+
+
+@dataclass
+class Pipeline:
+    """What the routes share: the settings, the AWS clients, the queue and the batcher."""
+
+    settings: Settings
+    clients: Clients
+    queue_url: str
+    batcher: Batcher
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def error_response(status: int, message: str, **extra: Any) -> Response:
+    headers = None
+    if status in (429, 503):
+        headers = {"Retry-After": "1" if status == 429 else "2"}
+    elif status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="logpipe"'}
+    return json_response({"error": message, **extra}, status, headers)
+
+
+def authorised(header: str | None, keys: tuple[str, ...]) -> bool:
+    """True when no keys are set, or the Bearer token equals one of them (constant time)."""
+    if not keys:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    given = token.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key.encode())
+    return matched
+
+
+def media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyError(413, f"body is {declared} bytes; the limit is {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, f"body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo Content-Encoding (identity or gzip), inflating at most `limit` bytes."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "x-gzip"):
+        raise BodyError(415, f"Content-Encoding {encoding!r} is not supported; use gzip")
+    out = bytearray()
+    data = body
+    while data:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            out += inflater.decompress(data, limit + 1 - len(out))
+        except zlib.error:
+            raise BodyError(400, "body is not valid gzip") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise BodyError(413, f"body is larger than the limit of {limit} bytes once inflated")
+        if not inflater.eof:
+            raise BodyError(400, "gzip body is truncated")
+        data = inflater.unused_data
+    return bytes(out)
+
+
+def parse_events(body: bytes, ndjson: bool) -> list[Any]:
+    """The raw events of a body; an NDJSON line that is not JSON stands as an EventError."""
+    if ndjson:
+        events: list[Any] = []
+        for line in body.splitlines():
+            if not line.strip():
+                continue
+            try:
+                events.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                events.append(EventError("", "line is not valid JSON"))
+        return events
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(400, f"body is not valid JSON: {exc}") from None
+    if isinstance(doc, dict):
+        return [doc]
+    if isinstance(doc, list):
+        return doc
+    raise BodyError(400, "body must be a JSON object or an array of objects")
+
+
+def validate(raw_events: list[Any], now_ms: int) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """Split raw events into encoded valid ones and the rejection list of the 202 answer."""
+    accepted: list[bytes] = []
+    rejected: list[dict[str, Any]] = []
+    for index, raw in enumerate(raw_events):
+        try:
+            if isinstance(raw, EventError):
+                raise raw
+            accepted.append(encode_event(normalise(raw, now_ms)))
+        except EventError as exc:
+            rejected.append({"index": index, "error": str(exc)})
+            reason = exc.field.split(".", 1)[0]
+            metrics.events_rejected.labels(reason if reason in _REASONS else "invalid").inc()
+    return accepted, rejected
+
+
+async def ingest(request: Request) -> Response:
+    pipeline: Pipeline = request.app.state.pipeline
+    settings = pipeline.settings
+    if not authorised(request.headers.get("authorization"), settings.api_keys):
+        return error_response(401, "missing or wrong API key (Authorization: Bearer <key>)")
+    kind = media_type(request.headers.get("content-type"))
+    if kind not in JSON_TYPES and kind not in NDJSON_TYPES:
+        return error_response(415, "Content-Type must be application/json or application/x-ndjson")
+    try:
+        raw = await read_body(request, settings.max_body_bytes)
+        body = decode_content(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
+        if not body.strip():
+            raise BodyError(400, "body is empty")
+        raw_events = parse_events(body, ndjson=kind in NDJSON_TYPES)
+    except BodyError as exc:
+        return error_response(exc.status, str(exc))
+    except ClientDisconnect:
+        return error_response(400, "client disconnected before sending the whole body")
+    if not raw_events:
+        return error_response(400, "body holds no events")
+    if len(raw_events) > settings.max_events_per_request:
+        return error_response(
+            413,
+            f"body holds {len(raw_events)} events; the limit is "
+            f"{settings.max_events_per_request} per request",
+        )
+    metrics.events_received.inc(len(raw_events))
+    accepted, rejected = validate(raw_events, int(time.time() * 1000))
+    if not accepted:
+        return error_response(400, "no valid events", accepted=0, rejected=rejected)
+    try:
+        await pipeline.batcher.submit(accepted)
+    except Overloaded as exc:
+        return error_response(429, str(exc))
+    except QueueUnavailable as exc:
+        return error_response(503, str(exc))
+    metrics.events_accepted.inc(len(accepted))
+    return json_response({"accepted": len(accepted), "rejected": rejected}, 202)
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    pipeline: Pipeline = request.app.state.pipeline
+    try:
+        async with asyncio.timeout(3):
+            await pipeline.clients.sqs.get_queue_attributes(
+                QueueUrl=pipeline.queue_url, AttributeNames=["QueueArn"]
+            )
+    except (ClientError, OSError, TimeoutError) as exc:
+        return json_response({"status": "unavailable", "error": error_code(exc)}, 503)
+    return json_response({"status": "ready"})
+
+
+async def prometheus(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail))
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ingestor's ASGI app; AWS clients and the batcher live for the app's lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            clients = await open_clients(stack, settings, pool=settings.send_concurrency + 4)
+            url = await queue_url(clients.sqs, settings.queue_name)
+            batcher = Batcher(
+                partial(send_message_batch, clients.sqs, url),
+                max_bytes=settings.sqs_max_bytes,
+                linger_s=settings.linger_ms / 1000,
+                concurrency=settings.send_concurrency,
+                max_inflight_bytes=settings.max_inflight_bytes,
+                attempts=settings.send_attempts,
+            )
+            await stack.enter_async_context(batcher)
+            app.state.pipeline = Pipeline(settings, clients, url, batcher)
+            log.info("ingestor ready on port %d, queue %s", settings.port, settings.queue_name)
+            yield
+
+    return Starlette(
+        routes=[
+            Route("/ingest", ingest, methods=["POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", prometheus),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+
+
+async def serve(settings: Settings) -> int:
+    """Run the ingestor under uvicorn, which owns SIGTERM/SIGINT and drains connections."""
+    if not settings.api_keys:
+        log.warning("LOGPIPE_API_KEYS is not set: /ingest accepts events from anyone")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_seconds),
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    await server.serve()
+    return 0 if server.started else 1

@@ -1,0 +1,348 @@
+"""`logpipe up`: an embedded AWS endpoint, every role as a subprocess, live progress, a verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from typing import IO, Any
+
+import aiohttp
+import orjson
+
+from logpipe.aws import Clients, bootstrap, open_clients
+from logpipe.config import Settings
+from logpipe.metrics import scrape
+
+log = logging.getLogger(__name__)
+
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+DEMO_RATE = 20.0
+STALL_SECONDS = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedAws:
+    """moto's server on a free loopback port, in this process: SQS and DynamoDB over HTTP."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+        self.url = ""
+
+    def start(self) -> str:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@dataclass
+class RoleProcess:
+    """One role running as `python -m logpipe <role>` in its own process."""
+
+    role: str
+    process: asyncio.subprocess.Process
+
+    @classmethod
+    async def start(
+        cls, role: str, env: Mapping[str, str], *args: str, log_file: IO[bytes] | None = None
+    ) -> RoleProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "logpipe",
+            role,
+            *args,
+            env=dict(env),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log_file if log_file is not None else None,
+        )
+        return cls(role, process)
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout`; the exit code."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        return int(self.process.returncode or 0)
+
+    async def output(self) -> bytes:
+        """Everything the role printed on stdout, once it has exited."""
+        assert self.process.stdout is not None
+        data = await self.process.stdout.read()
+        await self.process.wait()
+        return data
+
+
+async def wait_http(session: aiohttp.ClientSession, url: str, timeout: float = 30.0) -> None:
+    """Poll `url` until it answers 200, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with session.get(url) as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+def role_env(settings: Settings, **variables: str | int | float) -> dict[str, str]:
+    """The environment of a child role: ours, pointed at the same endpoint and resources."""
+    env = {k: v for k, v in os.environ.items() if k != "ROLE"}
+    env.update(LOCAL_CREDENTIALS)
+    env.update(
+        AWS_ENDPOINT_URL=settings.endpoint_url or "",
+        AWS_REGION=settings.region,
+        LOGPIPE_QUEUE_NAME=settings.queue_name,
+        LOGPIPE_DLQ_NAME=settings.dlq_name,
+        LOGPIPE_TABLE_NAME=settings.table_name,
+        LOGPIPE_HOST="127.0.0.1",
+    )
+    env.update({k: str(v) for k, v in variables.items()})
+    return env
+
+
+async def queue_depth(clients: Clients, url: str) -> int:
+    """Messages in the queue, visible or in flight."""
+    response = await clients.sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    attrs = response["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+async def count_items(clients: Clients, table: str) -> int:
+    """Items in the table, by a paginated COUNT scan."""
+    total = 0
+    kwargs: dict[str, Any] = {"TableName": table, "Select": "COUNT"}
+    while True:
+        page = await clients.dynamodb.scan(**kwargs)
+        total += int(page["Count"])
+        if "LastEvaluatedKey" not in page:
+            return total
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class Progress:
+    """The live line: what was accepted and stored, how fast, and what waits in the queues."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._tty = out.isatty()
+        self._last = (time.monotonic(), 0.0, 0.0)
+        self._printed = 0.0
+
+    def show(self, accepted: float, stored: float, depth: int, dlq: int) -> None:
+        now = time.monotonic()
+        then, accepted_before, stored_before = self._last
+        span = max(now - then, 1e-6)
+        self._last = (now, accepted, stored)
+        line = (
+            f"accepted {accepted:>8.0f} ({(accepted - accepted_before) / span:>6.0f}/s)  "
+            f"stored {stored:>8.0f} ({(stored - stored_before) / span:>6.0f}/s)  "
+            f"queue {depth:>4}  dlq {dlq:>3}"
+        )
+        if self._tty:
+            self._out.write("\r" + line)
+        elif now - self._printed >= 5:
+            self._out.write(line + "\n")
+            self._printed = now
+        self._out.flush()
+
+    def end(self) -> None:
+        if self._tty:
+            self._out.write("\n")
+
+
+async def up(settings: Settings, events: int | None, rate: float | None) -> int:
+    """Run the local stack; with `events`, stop after that many, verify and give a verdict."""
+    aws = EmbeddedAws()
+    endpoint = aws.start()
+    settings = settings.with_overrides(
+        endpoint_url=endpoint, visibility_timeout_s=30, host="127.0.0.1"
+    )
+    os.environ.update(LOCAL_CREDENTIALS)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    log_path = os.path.join(tempfile.gettempdir(), f"logpipe-up-{os.getpid()}.log")
+    try:
+        with open(log_path, "wb") as log_file:  # noqa: ASYNC230 - once, at start
+            stack = LocalStack(settings, log_file)
+            print(f"logpipe up: AWS endpoint {endpoint}; role logs in {log_path}", flush=True)
+            return await stack.run(events, rate, stopping)
+    finally:
+        aws.stop()
+
+
+class LocalStack:
+    """The roles of `logpipe up` and the loop that watches them."""
+
+    def __init__(self, settings: Settings, log_file: IO[bytes]) -> None:
+        self.settings = settings
+        self._log_file = log_file
+        self.ingestor_port = free_port()
+        self.processor_metrics_port = free_port()
+        self.ingestor_url = f"http://127.0.0.1:{self.ingestor_port}"
+
+    async def run(self, events: int | None, rate: float | None, stopping: asyncio.Event) -> int:
+        async with AsyncExitStack() as stack:
+            clients = await open_clients(stack, self.settings, pool=4)
+            urls = await bootstrap(clients, self.settings)
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            env = role_env(self.settings)
+            ingestor = await RoleProcess.start(
+                "ingestor",
+                {**env, "LOGPIPE_PORT": str(self.ingestor_port)},
+                log_file=self._log_file,
+            )
+            processor = await RoleProcess.start(
+                "processor",
+                {**env, "LOGPIPE_METRICS_PORT": str(self.processor_metrics_port)},
+                log_file=self._log_file,
+            )
+            roles = [ingestor, processor]
+            try:
+                await wait_http(session, f"{self.ingestor_url}/healthz")
+                emitters = await self._start_emitters(env, events, rate)
+                roles[:0] = emitters
+                watch = Watch(self, clients, session, urls)
+                if events is None:
+                    print(f"ingest at {self.ingestor_url}/ingest; Ctrl-C stops", flush=True)
+                    await watch.until(stopping)
+                    return 0
+                return await watch.verdict(emitters, stopping)
+            finally:
+                for role in roles:
+                    await role.stop()
+
+    async def _start_emitters(
+        self, env: dict[str, str], events: int | None, rate: float | None
+    ) -> list[RoleProcess]:
+        if rate is None:
+            rate = 0.0 if events else DEMO_RATE
+        emitters = []
+        for index, service in enumerate(("service-a", "service-b")):
+            share = 0 if events is None else events // 2 + (events % 2 if index == 0 else 0)
+            emitters.append(
+                await RoleProcess.start(
+                    "emitter",
+                    {
+                        **env,
+                        "LOGPIPE_INGESTOR_URL": self.ingestor_url,
+                        "LOGPIPE_METRICS_PORT": "0",
+                        "LOGPIPE_EMITTER_SERVICE": service,
+                        "LOGPIPE_EMITTER_RATE": str(rate),
+                        "LOGPIPE_EMITTER_EVENTS": str(share),
+                    },
+                    log_file=self._log_file,
+                )
+            )
+        return emitters
+
+
+class Watch:
+    """Reads the roles' own metrics and the queues, for the live line and the final count."""
+
+    def __init__(
+        self,
+        stack: LocalStack,
+        clients: Clients,
+        session: aiohttp.ClientSession,
+        urls: dict[str, str],
+    ) -> None:
+        self._stack = stack
+        self._clients = clients
+        self._session = session
+        self._urls = urls
+        self._progress = Progress(sys.stdout)
+
+    async def sample(self) -> tuple[float, float, int]:
+        ingestor = await scrape(self._session, f"{self._stack.ingestor_url}/metrics")
+        processor = await scrape(
+            self._session, f"http://127.0.0.1:{self._stack.processor_metrics_port}/metrics"
+        )
+        depth = await queue_depth(self._clients, self._urls["queue_url"])
+        dlq = await queue_depth(self._clients, self._urls["dlq_url"])
+        accepted = ingestor.get("logpipe_events_accepted_total", 0.0)
+        stored = processor.get("logpipe_events_stored_total", 0.0)
+        self._progress.show(accepted, stored, depth, dlq)
+        return accepted, stored, depth
+
+    async def until(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await self.sample()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 1.0)
+        self._progress.end()
+
+    async def verdict(self, emitters: list[RoleProcess], stopping: asyncio.Event) -> int:
+        started = time.monotonic()
+        finished = asyncio.gather(*(e.output() for e in emitters))
+        while not finished.done() and not stopping.is_set():
+            await self.sample()
+            await asyncio.wait({finished}, timeout=1.0)
+        if stopping.is_set():
+            self._progress.end()
+            return 130
+        totals = {"sent": 0, "accepted": 0}
+        for output in finished.result():
+            lines = output.strip().splitlines()
+            summary = orjson.loads(lines[-1]) if lines else {}
+            for key in totals:
+                totals[key] += int(summary.get(key, 0))
+        last_change, last_stored = time.monotonic(), -1.0
+        while not stopping.is_set():
+            _, stored, depth = await self.sample()
+            if stored >= totals["accepted"] and depth == 0:
+                break
+            if stored != last_stored:
+                last_change, last_stored = time.monotonic(), stored
+            elif time.monotonic() - last_change > STALL_SECONDS:
+                break
+            await asyncio.sleep(0.5)
+        seconds = time.monotonic() - started
+        self._progress.end()
+        stored_items = await count_items(self._clients, self._stack.settings.table_name)
+        lost = max(totals["accepted"] - stored_items, 0)
+        print(
+            f"logpipe up: done\n"
+            f"  sent      {totals['sent']}\n"
+            f"  accepted  {totals['accepted']}\n"
+            f"  stored    {stored_items}\n"
+            f"  lost      {lost}\n"
+            f"  seconds   {seconds:.1f}\n"
+            f"  events/s  {stored_items / seconds:.0f}",
+            flush=True,
+        )
+        return 0 if lost == 0 and totals["accepted"] == totals["sent"] else 1
