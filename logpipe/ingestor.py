@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import signal
 import time
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -255,6 +256,21 @@ def create_app(settings: Settings) -> Starlette:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn whose SIGTERM/SIGINT mean "drain and exit 0" (ECS), not "die by the signal"."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
 async def serve(settings: Settings) -> int:
     """Run the ingestor under uvicorn, which owns SIGTERM/SIGINT and drains connections."""
     if not settings.api_keys:
@@ -268,6 +284,6 @@ async def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=int(settings.drain_seconds),
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     await server.serve()
     return 0 if server.started else 1
