@@ -36,23 +36,30 @@ class _Message:
 
 
 def take_batch(
-    buffer: deque[tuple[bytes, _Request]], max_bytes: int, max_entries: int = MAX_BATCH_ENTRIES
+    buffer: deque[tuple[bytes, _Request]],
+    message_bytes: int,
+    batch_bytes: int,
+    max_entries: int = MAX_BATCH_ENTRIES,
 ) -> list[_Message]:
-    """Pop the messages of one SendMessageBatch: each, and all together, <= max_bytes."""
+    """Pop the messages of one SendMessageBatch: each <= message_bytes, all <= batch_bytes.
+
+    SQS caps a whole batch like one message, so with both limits equal (the default) a
+    batch under load is one full message; smaller messages share a batch up to ten.
+    """
     messages: list[_Message] = []
     total = 0
     current = _Message()
     while buffer:
         event, request = buffer[0]
         extra = len(event) + (1 if current.events else 0)
-        if current.events and current.size + extra > max_bytes:
+        if current.events and current.size + extra > message_bytes:
             messages.append(current)
             total += current.size
             current = _Message()
             if len(messages) == max_entries:
                 break
             continue
-        if total + current.size + extra > max_bytes:
+        if total + current.size + extra > batch_bytes:
             break
         buffer.popleft()
         current.events.append(event)
@@ -159,7 +166,7 @@ class Batcher:
                     await asyncio.wait_for(self._wake.wait(), wait)
                 continue
             await self._slots.acquire()
-            messages = take_batch(self._buffer, self._max_bytes)
+            messages = take_batch(self._buffer, self._max_bytes, self._max_bytes)
             self._buffered_bytes -= sum(m.size - ENVELOPE_OVERHEAD + 1 for m in messages)
             self._oldest = loop.time()
             task = asyncio.create_task(self._send(messages))

@@ -7,7 +7,7 @@ import os
 import re
 import zlib
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -37,9 +37,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KNOWN = frozenset(
     ("id", "service", "level", "message", "timestamp", "trace_id", "span_id", "attributes")
 )
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # DynamoDB numbers: 38 significant digits, magnitude 1e-130 to below 1e126.
-_DDB_MIN, _DDB_MAX = 1e-130, 9.9999999999999999e125
+_DDB_MIN, _DDB_LIMIT = 1e-130, 1e126
 
 Event = dict[str, Any]
 Item = dict[str, Any]
@@ -88,6 +89,9 @@ def normalise(raw: object, now_ms: int) -> Event:
 def encode_event(event: Event) -> bytes:
     """The event as compact JSON, refused when it is too large to store."""
     data = orjson.dumps(event)
+    # SQS refuses the noncharacters U+FFFE and U+FFFF; as JSON escapes they pass unchanged.
+    if b"\xef\xbf" in data:
+        data = data.replace(b"\xef\xbf\xbe", b"\\ufffe").replace(b"\xef\xbf\xbf", b"\\uffff")
     if len(data) > MAX_EVENT_BYTES:
         raise EventError("", f"event is {len(data)} bytes encoded; the limit is {MAX_EVENT_BYTES}")
     return data
@@ -146,12 +150,13 @@ def _timestamp(value: object, now_ms: int) -> int:
         ms = int(value)
     elif isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value)
+            # RFC 3339 allows a lower-case t and z, which fromisoformat does not.
+            parsed = datetime.fromisoformat(value.upper())
         except ValueError:
             raise EventError("timestamp", "is not an RFC 3339 date-time") from None
         if parsed.tzinfo is None:
             raise EventError("timestamp", "needs a time zone offset (e.g. Z or +02:00)")
-        ms = int(parsed.timestamp() * 1000)
+        ms = (parsed - EPOCH) // timedelta(milliseconds=1)
     else:
         raise EventError("timestamp", "must be an RFC 3339 string or epoch milliseconds")
     if not 0 <= ms < MAX_TIMESTAMP_MS:
@@ -182,7 +187,7 @@ def _attributes(value: object) -> dict[str, str | int | float | bool]:
             if abs(item) >= 10**38:
                 raise EventError(f"attributes.{key}", "integer has more than 38 digits")
         elif isinstance(item, float):
-            if not math.isfinite(item) or (item != 0 and not _DDB_MIN <= abs(item) <= _DDB_MAX):
+            if not math.isfinite(item) or (item != 0 and not _DDB_MIN <= abs(item) < _DDB_LIMIT):
                 raise EventError(f"attributes.{key}", "number is out of range")
         else:
             raise EventError(f"attributes.{key}", "must be a string, number or boolean")
@@ -197,16 +202,12 @@ ENVELOPE_OVERHEAD = len(ENVELOPE_HEAD) + len(ENVELOPE_TAIL)
 
 
 def pack_envelope(encoded_events: list[bytes]) -> str:
-    """One SQS message body holding many encoded events."""
-    body = ENVELOPE_HEAD + b",".join(encoded_events) + ENVELOPE_TAIL
-    # SQS refuses the noncharacters U+FFFE and U+FFFF; as JSON escapes they pass unchanged.
-    if b"\xef\xbf" in body:
-        body = body.replace(b"\xef\xbf\xbe", b"\\ufffe").replace(b"\xef\xbf\xbf", b"\\uffff")
-    return body.decode("utf-8")
+    """One SQS message body holding many events encoded by `encode_event`."""
+    return (ENVELOPE_HEAD + b",".join(encoded_events) + ENVELOPE_TAIL).decode("utf-8")
 
 
 def envelope_size(encoded_events: list[bytes]) -> int:
-    """Bytes of the envelope `pack_envelope` would build (before the rare escaping)."""
+    """Bytes of the envelope `pack_envelope` would build."""
     return ENVELOPE_OVERHEAD + sum(len(e) for e in encoded_events) + max(len(encoded_events) - 1, 0)
 
 
@@ -223,18 +224,25 @@ def unpack_envelope(body: str) -> list[Event]:
         raise EnvelopeError("envelope has no events list")
     for event in events:
         if not _looks_stored(event):
-            raise EnvelopeError("envelope holds an event without id, service, level or timestamp")
+            raise EnvelopeError("envelope holds an event that is not a valid logpipe event")
     return events
 
 
 def _looks_stored(event: object) -> bool:
+    """Enough of the schema that `to_item` cannot fail on it (bodies may come from anyone)."""
+    if not isinstance(event, dict):
+        return False
+    timestamp = event.get("timestamp")
+    attributes = event.get("attributes", {})
     return (
-        isinstance(event, dict)
-        and isinstance(event.get("id"), str)
-        and isinstance(event.get("service"), str)
-        and isinstance(event.get("level"), str)
-        and isinstance(event.get("message"), str)
-        and isinstance(event.get("timestamp"), int)
+        all(isinstance(event.get(name), str) for name in ("id", "service", "level", "message"))
+        and bool(event["id"])
+        and isinstance(timestamp, int)
+        and 0 <= timestamp < MAX_TIMESTAMP_MS
+        and isinstance(event.get("ingested_at", 0), int)
+        and all(isinstance(event.get(name, ""), str) for name in ("trace_id", "span_id"))
+        and isinstance(attributes, dict)
+        and all(isinstance(v, str | int | float) for v in attributes.values())
     )
 
 

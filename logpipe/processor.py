@@ -70,6 +70,10 @@ def decode_message(message: dict[str, Any]) -> list[Event]:
     return unpack_envelope(body)
 
 
+def _key(item: Item) -> tuple[str, str]:
+    return item["pk"]["S"], item["sk"]["S"]
+
+
 def retry_delay(receive_count: int) -> int:
     """Seconds a message whose events could not all be stored stays hidden: 2, 4, 8, ..."""
     return int(min(2 ** max(receive_count, 1), MAX_RETRY_DELAY_S))
@@ -83,7 +87,7 @@ def plan_writes(
     for tracker, events in trackers_events:
         for event in events:
             item = to_item(event, shards, retention_days)
-            key = (item["pk"]["S"], item["sk"]["S"])
+            key = _key(item)
             write = writes.get(key)
             if write is None:
                 write = writes[key] = _Write(item)
@@ -204,37 +208,44 @@ class Processor:
         metrics.messages_retried.inc(len(retry))
 
     async def _write_chunk(self, writes: list[_Write]) -> None:
+        """Write up to 25 items, retrying what is unprocessed; isolate an item DynamoDB refuses."""
         table = self._settings.table_name
-        by_key = {(w.item["pk"]["S"], w.item["sk"]["S"]): w for w in writes}
-        pending = [{"PutRequest": {"Item": w.item}} for w in writes]
+        pending = {_key(w.item): w for w in writes}
+        reason = "retries exhausted"
         for attempt in range(self._settings.write_attempts):
             if attempt:
                 metrics.write_retries.inc(len(pending))
                 await asyncio.sleep(backoff_delay(attempt - 1, base=0.05, cap=5.0))
-            async with self._writes:
-                try:
-                    response = await self._dynamodb.batch_write_item(RequestItems={table: pending})
-                except Exception as exc:
-                    if not is_retriable(exc):
-                        log.error("BatchWriteItem failed: %s", error_code(exc))
-                        break
-                    if error_code(exc) in THROTTLE_CODES:
+            request = [{"PutRequest": {"Item": w.item}} for w in pending.values()]
+            try:
+                async with self._writes:
+                    response = await self._dynamodb.batch_write_item(RequestItems={table: request})
+            except Exception as exc:
+                reason = error_code(exc)
+                if is_retriable(exc):
+                    if reason in THROTTLE_CODES:
                         metrics.write_throttles.inc()
                     continue
+                if len(pending) > 1:
+                    # One bad item fails the whole call: halve until it stands alone, so the
+                    # messages around it are still stored and deleted.
+                    items = list(pending.values())
+                    middle = len(items) // 2
+                    await asyncio.gather(
+                        self._write_chunk(items[:middle]), self._write_chunk(items[middle:])
+                    )
+                    return
+                break
             unprocessed = response.get("UnprocessedItems", {}).get(table, [])
-            left = {
-                (r["PutRequest"]["Item"]["pk"]["S"], r["PutRequest"]["Item"]["sk"]["S"])
-                for r in unprocessed
-            }
-            self._record_stored([w for key, w in by_key.items() if key not in left])
-            by_key = {key: by_key[key] for key in left}
-            pending = unprocessed
+            left = {_key(r["PutRequest"]["Item"]) for r in unprocessed}
+            self._record_stored([w for key, w in pending.items() if key not in left])
+            pending = {key: pending[key] for key in left}
             if not pending:
                 return
         log.warning(
-            "gave up on %d items after %d attempts", len(by_key), self._settings.write_attempts
+            "could not store %d items (%s); their messages will be retried", len(pending), reason
         )
-        for write in by_key.values():
+        for write in pending.values():
             for tracker in write.trackers:
                 tracker.failed = True
 

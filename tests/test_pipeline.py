@@ -1,4 +1,4 @@
-"""The whole path, with every role a real subprocess: HTTP -> ingestor -> SQS -> processor -> table."""
+"""The whole path, each role a real subprocess: HTTP -> ingestor -> SQS -> processor -> table."""
 
 from __future__ import annotations
 

@@ -1,0 +1,190 @@
+"""The group-commit batcher: packing decisions, and its promises against a real SQS endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from functools import partial
+
+import orjson
+import pytest
+
+from logpipe.aws import Clients, queue_url, send_message_batch
+from logpipe.batching import Batcher, SendBatch, _Request, take_batch
+from logpipe.config import Settings
+from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
+from logpipe.models import ENVELOPE_OVERHEAD, envelope_size, unpack_envelope
+from tests.conftest import queue_counts
+
+
+def _buffer(sizes: list[int]) -> deque[tuple[bytes, _Request]]:
+    request = _Request(asyncio.get_running_loop().create_future(), remaining=len(sizes))
+    return deque((b"x" * size, request) for size in sizes)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "max_bytes", "expected"),
+    [
+        ([10, 10, 10], 1000, [3]),
+        ([400, 400, 400], 1000, [2]),
+        ([100] * 30, 300, [2]),
+        ([100] * 30, 1000, [9]),
+        ([], 1000, []),
+    ],
+    ids=["all-fit-one-message", "message-full", "small-limit", "nine-per-kilobyte", "empty"],
+)
+async def test_take_batch_fills_messages_up_to_the_byte_limit(
+    sizes: list[int], max_bytes: int, expected: list[int]
+) -> None:
+    buffer = _buffer(sizes)
+    messages = take_batch(buffer, max_bytes, max_bytes)
+    assert [len(m.events) for m in messages] == expected
+    assert all(m.size == envelope_size(m.events) <= max_bytes for m in messages)
+    assert len(buffer) == len(sizes) - sum(expected)
+
+
+async def test_take_batch_splits_into_at_most_ten_messages_within_the_total() -> None:
+    # Events too big to share a message: one per message, ten per batch at most.
+    buffer = _buffer([600] * 25)
+    messages = take_batch(buffer, message_bytes=1000, batch_bytes=10000, max_entries=10)
+    assert len(messages) == 10
+    assert sum(m.size for m in messages) <= 10000
+    assert all(len(m.events) == 1 for m in messages)
+    assert len(buffer) == 15
+
+
+async def test_take_batch_keeps_the_order_of_events() -> None:
+    request = _Request(asyncio.get_running_loop().create_future(), remaining=5)
+    buffer = deque((f'"{n}"'.encode(), request) for n in range(5))
+    messages = take_batch(buffer, ENVELOPE_OVERHEAD + 8, ENVELOPE_OVERHEAD + 8)
+    assert [e for m in messages for e in m.events] == [b'"0"', b'"1"']
+
+
+def _batcher(send: SendBatch, **overrides: float) -> Batcher:
+    options: dict[str, float] = {
+        "max_bytes": 65536,
+        "linger_s": 0.01,
+        "concurrency": 4,
+        "max_inflight_bytes": 1 << 24,
+        "attempts": 4,
+    }
+    options.update(overrides)
+    return Batcher(send, **options)  # type: ignore[arg-type]
+
+
+async def _drain(clients: Clients, url: str) -> list[list[dict[str, object]]]:
+    """Every envelope in the queue, each as its list of events."""
+    envelopes = []
+    while True:
+        got = await clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        if not got.get("Messages"):
+            return envelopes
+        for message in got["Messages"]:
+            envelopes.append(unpack_envelope(message["Body"]))
+            await clients.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def _event(n: int) -> bytes:
+    return orjson.dumps(
+        {"id": f"e{n}", "service": "s", "level": "info", "message": "m" * 200, "timestamp": n}
+    )
+
+
+async def test_concurrent_requests_share_messages_and_every_event_lands_once(
+    clients: Clients, settings: Settings
+) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    async with _batcher(partial(send_message_batch, clients.sqs, url)) as batcher:
+        await asyncio.gather(
+            *(batcher.submit([_event(r * 10 + n) for n in range(10)]) for r in range(200))
+        )
+        assert batcher.inflight_bytes == 0
+
+    envelopes = await _drain(clients, url)
+    ids = [e["id"] for events in envelopes for e in events]
+    assert sorted(ids) == sorted(f"e{n}" for n in range(2000))
+    assert len(envelopes) < 200 / 4  # packed: far fewer messages than requests
+
+
+async def test_entries_that_fail_once_are_sent_again(clients: Clients, settings: Settings) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    calls: list[int] = []
+
+    async def first_entry_fails_once(bodies: list[str]) -> list[EntryFailure | None]:
+        calls.append(len(bodies))
+        if len(calls) == 1:
+            return [EntryFailure("InternalError", retriable=True)] * len(bodies)
+        return await send_message_batch(clients.sqs, url, bodies)
+
+    async with _batcher(first_entry_fails_once) as batcher:
+        await batcher.submit([_event(n) for n in range(20)])
+
+    assert len(calls) == 2
+    envelopes = await _drain(clients, url)
+    assert sorted(e["id"] for events in envelopes for e in events) == sorted(
+        f"e{n}" for n in range(20)
+    )
+
+
+async def test_a_refused_entry_fails_its_request_with_queue_unavailable() -> None:
+    async def refuse(bodies: list[str]) -> list[EntryFailure | None]:
+        return [EntryFailure("InvalidMessageContents", retriable=False)] * len(bodies)
+
+    async with _batcher(refuse) as batcher:
+        with pytest.raises(QueueUnavailable, match="InvalidMessageContents"):
+            await batcher.submit([_event(1)])
+        assert batcher.inflight_bytes == 0
+
+
+async def test_retriable_failures_give_up_after_the_last_attempt() -> None:
+    calls = 0
+
+    async def always_throttled(bodies: list[str]) -> list[EntryFailure | None]:
+        nonlocal calls
+        calls += 1
+        return [EntryFailure("ThrottlingException", retriable=True)] * len(bodies)
+
+    async with _batcher(always_throttled, attempts=3) as batcher:
+        with pytest.raises(QueueUnavailable, match="ThrottlingException"):
+            await batcher.submit([_event(1)])
+    assert calls == 3
+
+
+async def test_a_full_batcher_refuses_new_work_instead_of_growing(
+    clients: Clients, settings: Settings
+) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    gate = asyncio.Event()
+
+    async def slow_send(bodies: list[str]) -> list[EntryFailure | None]:
+        await gate.wait()
+        return await send_message_batch(clients.sqs, url, bodies)
+
+    async with _batcher(slow_send, max_inflight_bytes=1 << 20) as batcher:
+        big = [_event(n) for n in range(4000)]  # ~1 MiB together: the whole allowance
+        first = asyncio.create_task(batcher.submit(big[:3500]))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await batcher.submit(big[3500:])
+        gate.set()
+        await first
+        await batcher.submit(big[3500:])  # room again once SQS has the first request
+
+    visible, _ = await queue_counts(clients, url)
+    assert visible > 0
+    assert len(await _drain(clients, url)) == visible
+
+
+async def test_stop_sends_what_is_still_lingering(clients: Clients, settings: Settings) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    batcher = _batcher(partial(send_message_batch, clients.sqs, url), linger_s=60)
+    await batcher.start()
+    pending = asyncio.create_task(batcher.submit([_event(1), _event(2)]))
+    await asyncio.sleep(0)
+    await batcher.stop()
+    await pending
+    await batcher.stop()  # idempotent
+    with pytest.raises(Overloaded):
+        await batcher.submit([_event(3)])
+    envelopes = await _drain(clients, url)
+    assert [e["id"] for events in envelopes for e in events] == ["e1", "e2"]

@@ -1,0 +1,181 @@
+"""Settings.from_env: DESIGN.md's defaults, every variable read, bad values refused in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from logpipe.config import Settings
+from logpipe.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_those_of_the_design() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.queue_name == "logpipe-events"
+    assert settings.dlq_name == "logpipe-events-dlq"
+    assert settings.table_name == "logpipe-logs"
+    assert settings.port == 8080
+    assert settings.metrics_port == 9100
+    assert settings.retention_days == 30
+    assert settings.shards == 8
+    assert settings.sqs_max_bytes == 262144
+    assert settings.api_keys == ()
+    assert settings.endpoint_url is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "attribute", "expected"),
+    [
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000", "endpoint_url", "http://127.0.0.1:5000"),
+        ("AWS_ENDPOINT_URL", "https://sqs.example.com/", "endpoint_url", "https://sqs.example.com"),
+        ("AWS_REGION", "eu-west-1", "region", "eu-west-1"),
+        ("AWS_DEFAULT_REGION", "eu-central-1", "region", "eu-central-1"),
+        ("LOGPIPE_QUEUE_NAME", "prod-events", "queue_name", "prod-events"),
+        ("LOGPIPE_DLQ_NAME", "prod-events-dlq", "dlq_name", "prod-events-dlq"),
+        ("LOGPIPE_TABLE_NAME", "prod.logs_v2", "table_name", "prod.logs_v2"),
+        ("LOGPIPE_PORT", "9000", "port", 9000),
+        ("LOGPIPE_PORT", " 9001 ", "port", 9001),
+        ("LOGPIPE_METRICS_PORT", "9200", "metrics_port", 9200),
+        ("LOGPIPE_API_KEYS", "key-one-1,key-two-22", "api_keys", ("key-one-1", "key-two-22")),
+        ("LOGPIPE_API_KEYS", " key-one-1 , ,key-two-22,", "api_keys", ("key-one-1", "key-two-22")),
+        ("LOGPIPE_INGESTOR_URL", "http://ingestor:8080/", "ingestor_url", "http://ingestor:8080"),
+        ("LOGPIPE_RETENTION_DAYS", "7", "retention_days", 7),
+        ("LOGPIPE_LOG_LEVEL", "DEBUG", "log_level", "debug"),
+        ("LOGPIPE_LOG_LEVEL", "warn", "log_level", "warning"),
+        ("LOGPIPE_SHARDS", "16", "shards", 16),
+        ("LOGPIPE_SQS_MAX_BYTES", "1048576", "sqs_max_bytes", 1048576),
+        ("LOGPIPE_LINGER_MS", "0", "linger_ms", 0),
+        ("LOGPIPE_HOST", "127.0.0.1", "host", "127.0.0.1"),
+        ("LOGPIPE_EMITTER_SERVICE", "service-b", "emitter_service", "service-b"),
+        ("LOGPIPE_EMITTER_RATE", "2.5", "emitter_rate", 2.5),
+        ("LOGPIPE_DRAIN_SECONDS", "10", "drain_seconds", 10.0),
+    ],
+    ids=[
+        "endpoint-url",
+        "endpoint-url-trailing-slash-dropped",
+        "region",
+        "default-region-fallback",
+        "queue-name",
+        "dlq-name",
+        "table-name",
+        "port",
+        "port-with-spaces",
+        "metrics-port",
+        "api-keys",
+        "api-keys-blanks-dropped",
+        "ingestor-url",
+        "retention-days",
+        "log-level-upper-case",
+        "log-level-warn-alias",
+        "shards",
+        "sqs-max-bytes-1-mib",
+        "linger-ms",
+        "host",
+        "emitter-service",
+        "emitter-rate",
+        "drain-seconds",
+    ],
+)
+def test_each_variable_is_read(variable: str, value: str, attribute: str, expected: object) -> None:
+    settings = Settings.from_env({variable: value})
+
+    assert getattr(settings, attribute) == expected
+
+
+def test_aws_region_wins_over_aws_default_region() -> None:
+    settings = Settings.from_env({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-west-2"})
+
+    assert settings.region == "eu-west-1"
+
+
+@pytest.mark.parametrize(
+    "variable", ["LOGPIPE_PORT", "LOGPIPE_SHARDS", "LOGPIPE_QUEUE_NAME", "AWS_ENDPOINT_URL"]
+)
+def test_blank_value_means_the_default(variable: str) -> None:
+    assert Settings.from_env({variable: "  "}) == Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("LOGPIPE_PORT", "abc", "must be an integer 1-65535, got 'abc'"),
+        ("LOGPIPE_PORT", "70000", "must be an integer 1-65535, got '70000'"),
+        ("LOGPIPE_PORT", "0", "got '0'"),
+        ("LOGPIPE_SHARDS", "0", "got '0'"),
+        ("LOGPIPE_RETENTION_DAYS", "-1", "got '-1'"),
+        ("LOGPIPE_LOG_LEVEL", "loud", "got 'loud'"),
+        ("AWS_ENDPOINT_URL", "not-a-url", "must be an http(s) URL, got 'not-a-url'"),
+        ("LOGPIPE_INGESTOR_URL", "ftp://host", "got 'ftp://host'"),
+        ("LOGPIPE_SQS_MAX_BYTES", "2000000", "got '2000000'"),
+        ("LOGPIPE_API_KEYS", "good-key-1,abc", "at least 8 characters"),
+        ("LOGPIPE_QUEUE_NAME", "my queue", "got 'my queue'"),
+        ("LOGPIPE_TABLE_NAME", "logs/prod", "got 'logs/prod'"),
+        ("LOGPIPE_EMITTER_RATE", "fast", "got 'fast'"),
+    ],
+    ids=[
+        "port-not-integer",
+        "port-above-65535",
+        "port-zero",
+        "shards-zero",
+        "retention-negative",
+        "log-level-unknown",
+        "endpoint-not-a-url",
+        "ingestor-url-not-http",
+        "sqs-max-bytes-above-1-mib",
+        "api-key-3-chars",
+        "queue-name-with-space",
+        "table-name-with-slash",
+        "emitter-rate-not-number",
+    ],
+)
+def test_bad_value_raises_config_error_naming_the_variable(
+    variable: str, value: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+
+    message = str(caught.value)
+    assert message.startswith(variable)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m logpipe ARGS` with the test's environment plus `env`, no ROLE or LOGPIPE_*."""
+    base = {k: v for k, v in os.environ.items() if k != "ROLE" and not k.startswith("LOGPIPE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "logpipe", *args],
+        env={**base, **env},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_turns_a_bad_value_into_one_stderr_line_and_exit_code_2() -> None:
+    result = run_cli("processor", LOGPIPE_PORT="abc")
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "LOGPIPE_PORT" in lines[0]
+    assert "'abc'" in lines[0]
+
+
+def test_cli_unknown_role_without_command_gives_one_line_and_exit_code_2() -> None:
+    result = run_cli(ROLE="nonsense")
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "ROLE" in lines[0]
+    assert "'nonsense'" in lines[0]

@@ -1,0 +1,724 @@
+"""Event normalisation, ids, keys, the stored item and the SQS envelope: pure functions."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+import pytest
+
+from logpipe.errors import EventError
+from logpipe.models import (
+    MAX_EVENT_BYTES,
+    MAX_MESSAGE_BYTES,
+    EnvelopeError,
+    encode_event,
+    envelope_size,
+    from_item,
+    item_key,
+    new_id,
+    normalise,
+    pack_envelope,
+    to_item,
+    unpack_envelope,
+)
+
+NOW_MS = 1_714_564_800_000  # 2024-05-01T12:00:00.000Z
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+MISSING = object()
+
+
+def raw_event(**changes: object) -> dict[str, object]:
+    """A valid input event; a change to MISSING removes the field."""
+    raw: dict[str, object] = {"service": "checkout", "level": "info", "message": "hello"}
+    for name, value in changes.items():
+        if value is MISSING:
+            raw.pop(name, None)
+        else:
+            raw[name] = value
+    return raw
+
+
+def stored_event(**changes: Any) -> dict[str, Any]:
+    """An event as `normalise` returns it, with a fixed id and timestamp."""
+    event: dict[str, Any] = {
+        "id": "ev-1",
+        "service": "checkout",
+        "level": "info",
+        "message": "hello",
+        "timestamp": NOW_MS + 789,
+        "ingested_at": NOW_MS + 1000,
+    }
+    event.update(changes)
+    return event
+
+
+def id_ms(event_id: str) -> int:
+    """The milliseconds encoded in the first 10 characters (50 bits) of a generated id."""
+    value = 0
+    for char in event_id[:10]:
+        value = value * 32 + CROCKFORD.index(char)
+    return value
+
+
+# --- normalise: good values ------------------------------------------------------------------
+
+
+def test_a_full_event_is_normalised_to_the_envelope_form() -> None:
+    raw = {
+        "id": "Order-42",
+        "service": "Checkout",
+        "level": "WARNING",
+        "message": "card declined",
+        "timestamp": "2024-05-01T14:00:00.250+02:00",
+        "trace_id": "4BF92F3577B34DA6A3CE929D0E0E4736",
+        "span_id": "00F067AA0BA902B7",
+        "attributes": {"region": "eu-west-1", "attempt": 2, "ratio": 0.5, "retry": True},
+    }
+
+    assert normalise(raw, NOW_MS) == {
+        "id": "Order-42",
+        "service": "checkout",
+        "level": "warn",
+        "message": "card declined",
+        "timestamp": NOW_MS + 250,
+        "ingested_at": NOW_MS,
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "span_id": "00f067aa0ba902b7",
+        "attributes": {"region": "eu-west-1", "attempt": 2, "ratio": 0.5, "retry": True},
+    }
+
+
+def test_absent_optional_fields_are_not_added() -> None:
+    event = normalise(raw_event(), NOW_MS)
+
+    assert event.keys() == {"id", "service", "level", "message", "timestamp", "ingested_at"}
+
+
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        ("checkout", "checkout"),
+        ("Checkout", "checkout"),
+        ("API-Gateway.v2_EU", "api-gateway.v2_eu"),
+        ("a", "a"),
+        ("s" * 64, "s" * 64),
+    ],
+    ids=["lower", "capitalised", "mixed-with-punctuation", "one-char", "64-chars"],
+)
+def test_service_is_lower_cased(service: str, expected: str) -> None:
+    assert normalise(raw_event(service=service), NOW_MS)["service"] == expected
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        ("trace", "trace"),
+        ("debug", "debug"),
+        ("info", "info"),
+        ("warn", "warn"),
+        ("error", "error"),
+        ("fatal", "fatal"),
+        ("INFO", "info"),
+        ("Error", "error"),
+        ("warning", "warn"),
+        ("WARNING", "warn"),
+        ("Warn", "warn"),
+    ],
+    ids=[
+        "trace",
+        "debug",
+        "info",
+        "warn",
+        "error",
+        "fatal",
+        "upper-case",
+        "capitalised",
+        "warning-alias",
+        "warning-alias-upper",
+        "warn-capitalised",
+    ],
+)
+def test_level_is_case_insensitive_and_normalised(level: str, expected: str) -> None:
+    assert normalise(raw_event(level=level), NOW_MS)["level"] == expected
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "expected_ms"),
+    [
+        ("2024-05-01T12:00:00Z", NOW_MS),
+        ("2024-05-01T12:00:00.123Z", NOW_MS + 123),
+        ("2024-05-01T12:00:00.123456789Z", NOW_MS + 123),
+        ("2024-05-01T14:00:00+02:00", NOW_MS),
+        ("2024-05-01T07:30:00.5-04:30", NOW_MS + 500),
+        ("2024-05-01T12:00:00+00:00", NOW_MS),
+        ("2024-05-01t12:00:00z", NOW_MS),
+        ("1970-01-01T00:00:00Z", 0),
+        ("1987-02-07T00:30:25.879Z", 539_656_225_879),
+        (NOW_MS + 123, NOW_MS + 123),
+        (0, 0),
+        (10**13 - 1, 10**13 - 1),
+    ],
+    ids=[
+        "rfc3339-z",
+        "rfc3339-z-ms",
+        "rfc3339-z-ns-truncated",
+        "rfc3339-positive-offset",
+        "rfc3339-negative-half-hour-offset-fraction",
+        "rfc3339-zero-offset",
+        "rfc3339-lower-case-t-and-z",
+        "rfc3339-epoch",
+        "rfc3339-ms-not-lost-to-float-rounding",
+        "epoch-ms",
+        "epoch-ms-zero",
+        "epoch-ms-last-valid",
+    ],
+)
+def test_timestamp_is_stored_as_epoch_ms(timestamp: object, expected_ms: int) -> None:
+    assert normalise(raw_event(timestamp=timestamp), NOW_MS)["timestamp"] == expected_ms
+
+
+def test_missing_timestamp_defaults_to_ingest_time() -> None:
+    event = normalise(raw_event(), NOW_MS)
+
+    assert event["timestamp"] == NOW_MS
+    assert event["ingested_at"] == NOW_MS
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("trace_id", "4BF92F3577B34DA6A3CE929D0E0E4736", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("trace_id", "abc", "abc"),
+        ("span_id", "00F067AA0BA902B7", "00f067aa0ba902b7"),
+        ("span_id", "0", "0"),
+    ],
+    ids=["trace-id-upper-32", "trace-id-short", "span-id-upper-16", "span-id-one-digit"],
+)
+def test_trace_and_span_ids_are_lower_cased(field: str, value: str, expected: str) -> None:
+    assert normalise(raw_event(**{field: value}), NOW_MS)[field] == expected
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    ["Order-42", "x", "i" * 128, "01HX3Z/ünïcode id#1"],
+    ids=["plain", "one-char", "128-chars", "unicode-and-punctuation"],
+)
+def test_client_id_is_kept_unchanged(event_id: str) -> None:
+    assert normalise(raw_event(id=event_id), NOW_MS)["id"] == event_id
+
+
+def test_missing_id_is_generated_from_ingest_time() -> None:
+    event = normalise(raw_event(), NOW_MS)
+
+    assert len(event["id"]) == 26
+    assert id_ms(event["id"]) == NOW_MS
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "",
+        "x" * MAX_MESSAGE_BYTES,
+        "€" * 5461 + "a",
+        "€" * 5461,
+        "😀" * 4096,
+    ],
+    ids=[
+        "empty",
+        "ascii-at-limit",
+        "multibyte-at-limit-16384-bytes",
+        "multibyte-just-under-16383-bytes",
+        "four-byte-chars-at-limit",
+    ],
+)
+def test_message_up_to_16_kib_in_utf8_is_kept(message: str) -> None:
+    assert normalise(raw_event(message=message), NOW_MS)["message"] == message
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {},
+        {"region": "eu", "attempt": 3, "ratio": 0.25, "cached": False},
+        {f"k{n}": n for n in range(64)},
+        {"big": 10**38 - 1, "negative": -(10**38 - 1)},
+        {"tiny": 1e-130, "large": 1e125, "zero": 0.0},
+        {"k" * 128: "v"},
+    ],
+    ids=[
+        "empty",
+        "string-int-float-bool",
+        "64-keys",
+        "38-digit-integers",
+        "floats-at-dynamodb-range-edges",
+        "128-char-key",
+    ],
+)
+def test_flat_attributes_are_kept(attributes: dict[str, object]) -> None:
+    assert normalise(raw_event(attributes=attributes), NOW_MS)["attributes"] == attributes
+
+
+# --- normalise: bad values -------------------------------------------------------------------
+
+BAD_EVENTS: list[tuple[object, str, str]] = [
+    # (raw event, EventError.field, fragment of the message)
+    (raw_event(service=MISSING), "service", "is required"),
+    (raw_event(level=MISSING), "level", "is required"),
+    (raw_event(message=MISSING), "message", "is required"),
+    (raw_event(service=42), "service", "must be a string"),
+    (raw_event(level=3), "level", "must be one of trace, debug, info, warn, error, fatal"),
+    (raw_event(message=["hello"]), "message", "must be a string"),
+    (raw_event(service="check out"), "service", "1-64 characters of a-z 0-9 . _ -"),
+    (raw_event(service="svc/a"), "service", "1-64 characters of a-z 0-9 . _ -"),
+    (raw_event(service=""), "service", "1-64 characters"),
+    (raw_event(service="s" * 65), "service", "1-64 characters"),
+    (raw_event(level="loud"), "level", "must be one of trace, debug, info, warn, error, fatal"),
+    (raw_event(level=""), "level", "must be one of"),
+    (raw_event(message="x" * (MAX_MESSAGE_BYTES + 1)), "message", "is 16385 bytes; the limit"),
+    (raw_event(message="€" * 5461 + "ab"), "message", "is 16385 bytes; the limit is 16384"),
+    (raw_event(message="😀" * 4096 + "a"), "message", "is 16385 bytes; the limit is 16384"),
+    (raw_event(timestamp="2024-05-01T12:00:00"), "timestamp", "needs a time zone offset"),
+    (raw_event(timestamp="yesterday"), "timestamp", "is not an RFC 3339 date-time"),
+    (raw_event(timestamp=""), "timestamp", "is not an RFC 3339 date-time"),
+    (raw_event(timestamp=True), "timestamp", "RFC 3339 string or epoch milliseconds"),
+    (raw_event(timestamp=[NOW_MS]), "timestamp", "RFC 3339 string or epoch milliseconds"),
+    (raw_event(timestamp=float("nan")), "timestamp", "finite number of epoch milliseconds"),
+    (raw_event(timestamp=10**13), "timestamp", "must lie between 1970 and 2286"),
+    (raw_event(timestamp=-1), "timestamp", "must lie between 1970 and 2286"),
+    (raw_event(timestamp="2300-01-01T00:00:00Z"), "timestamp", "between 1970 and 2286"),
+    (raw_event(timestamp="1969-12-31T23:59:59Z"), "timestamp", "between 1970 and 2286"),
+    (raw_event(id=""), "id", "must be a string of 1-128 characters"),
+    (raw_event(id="i" * 129), "id", "must be a string of 1-128 characters"),
+    (raw_event(id=42), "id", "must be a string of 1-128 characters"),
+    (raw_event(id="ab\ncd"), "id", "must not contain control characters"),
+    (raw_event(id="ab\x00cd"), "id", "must not contain control characters"),
+    (raw_event(trace_id="xyz"), "trace_id", "must contain only hex digits"),
+    (raw_event(trace_id="0" * 33), "trace_id", "hex string of 1-32 characters"),
+    (raw_event(trace_id=123), "trace_id", "hex string of 1-32 characters"),
+    (raw_event(span_id="a" * 17), "span_id", "hex string of 1-16 characters"),
+    (raw_event(span_id=""), "span_id", "hex string of 1-16 characters"),
+    (raw_event(attributes="region=eu"), "attributes", "must be a flat JSON object"),
+    (raw_event(attributes=["eu"]), "attributes", "must be a flat JSON object"),
+    (raw_event(attributes={f"k{n}": n for n in range(65)}), "attributes", "has 65 keys"),
+    (raw_event(attributes={"": 1}), "attributes", "keys must be 1-128 characters"),
+    (raw_event(attributes={"k" * 129: 1}), "attributes", "keys must be 1-128 characters"),
+    (raw_event(attributes={"http": {"status": 200}}), "attributes.http", "string, number or"),
+    (raw_event(attributes={"tags": ["a"]}), "attributes.tags", "string, number or boolean"),
+    (raw_event(attributes={"user": None}), "attributes.user", "string, number or boolean"),
+    (raw_event(attributes={"n": 10**38}), "attributes.n", "integer has more than 38 digits"),
+    (raw_event(attributes={"n": -(10**38)}), "attributes.n", "more than 38 digits"),
+    (raw_event(attributes={"x": 1e200}), "attributes.x", "number is out of range"),
+    (raw_event(attributes={"x": 1e126}), "attributes.x", "number is out of range"),
+    (raw_event(attributes={"x": 1e-131}), "attributes.x", "number is out of range"),
+    (raw_event(attributes={"x": float("inf")}), "attributes.x", "number is out of range"),
+    (raw_event(host="web-1"), "host", "is not a known field; put custom fields in 'attributes'"),
+    (raw_event(ingested_at=NOW_MS), "ingested_at", "is not a known field"),
+    ([raw_event()], "", "event must be a JSON object"),
+    ("hello", "", "event must be a JSON object"),
+    (None, "", "event must be a JSON object"),
+]
+BAD_EVENT_IDS = [
+    "service-missing",
+    "level-missing",
+    "message-missing",
+    "service-not-string",
+    "level-not-string",
+    "message-not-string",
+    "service-with-space",
+    "service-with-slash",
+    "service-empty",
+    "service-65-chars",
+    "level-unknown",
+    "level-empty",
+    "message-ascii-one-byte-over",
+    "message-multibyte-one-byte-over",
+    "message-four-byte-chars-one-byte-over",
+    "timestamp-naive",
+    "timestamp-unparsable",
+    "timestamp-empty-string",
+    "timestamp-bool",
+    "timestamp-list",
+    "timestamp-nan",
+    "timestamp-epoch-ms-too-large",
+    "timestamp-epoch-ms-negative",
+    "timestamp-rfc3339-after-2286",
+    "timestamp-rfc3339-before-1970",
+    "id-empty",
+    "id-129-chars",
+    "id-not-string",
+    "id-newline",
+    "id-nul",
+    "trace-id-not-hex",
+    "trace-id-33-chars",
+    "trace-id-not-string",
+    "span-id-17-chars",
+    "span-id-empty",
+    "attributes-string",
+    "attributes-list",
+    "attributes-65-keys",
+    "attributes-empty-key",
+    "attributes-129-char-key",
+    "attributes-nested-object",
+    "attributes-list-value",
+    "attributes-null-value",
+    "attributes-39-digit-integer",
+    "attributes-39-digit-negative-integer",
+    "attributes-float-1e200",
+    "attributes-float-1e126-above-dynamodb-max",
+    "attributes-float-below-dynamodb-min",
+    "attributes-float-inf",
+    "unknown-top-level-field",
+    "ingested-at-is-not-client-settable",
+    "event-is-array",
+    "event-is-string",
+    "event-is-null",
+]
+
+
+@pytest.mark.parametrize(("raw", "field", "fragment"), BAD_EVENTS, ids=BAD_EVENT_IDS)
+def test_bad_event_is_refused_naming_field_and_problem(
+    raw: object, field: str, fragment: str
+) -> None:
+    with pytest.raises(EventError) as caught:
+        normalise(raw, NOW_MS)
+
+    assert caught.value.field == field
+    assert str(caught.value).startswith(field)
+    assert fragment in str(caught.value)
+
+
+# --- ids -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "now_ms", [0, 1, NOW_MS, 10**13 - 1], ids=["epoch", "one-ms", "2024", "year-2286"]
+)
+def test_new_id_is_26_chars_of_crockford_base32(now_ms: int) -> None:
+    event_id = new_id(now_ms)
+
+    assert len(event_id) == 26
+    assert set(event_id) <= set(CROCKFORD)
+    assert id_ms(event_id) == now_ms
+
+
+def test_new_ids_made_at_later_milliseconds_sort_after_earlier_ones() -> None:
+    moments = [0, 1, 31, 32, 999, 1000, NOW_MS, NOW_MS + 1, NOW_MS + 1000, 10**13 - 1]
+
+    for _ in range(50):
+        ids = [new_id(ms) for ms in moments]
+        assert sorted(ids) == ids
+
+
+def test_new_ids_made_in_the_same_millisecond_differ() -> None:
+    assert len({new_id(NOW_MS) for _ in range(1000)}) == 1000
+
+
+# --- encode_event ----------------------------------------------------------------------------
+
+
+def padded_event(encoded_size: int) -> dict[str, Any]:
+    """A normalised event whose compact JSON is exactly `encoded_size` bytes."""
+    event = stored_event(attributes={"pad": ""})
+    event["attributes"]["pad"] = "x" * (encoded_size - len(orjson.dumps(event)))
+    return event
+
+
+def test_encode_event_gives_compact_json_of_the_event() -> None:
+    event = stored_event(attributes={"region": "eu", "attempt": 2})
+
+    data = encode_event(event)
+
+    assert orjson.loads(data) == event
+    assert b" " not in data
+
+
+def test_encode_event_accepts_an_event_of_exactly_max_event_bytes() -> None:
+    assert len(encode_event(padded_event(MAX_EVENT_BYTES))) == MAX_EVENT_BYTES
+
+
+def test_encode_event_refuses_an_event_over_max_event_bytes() -> None:
+    with pytest.raises(EventError) as caught:
+        encode_event(padded_event(MAX_EVENT_BYTES + 1))
+
+    assert caught.value.field == ""
+    assert f"event is {MAX_EVENT_BYTES + 1} bytes encoded" in str(caught.value)
+    assert f"the limit is {MAX_EVENT_BYTES}" in str(caught.value)
+
+
+def test_a_valid_event_with_64_large_attributes_is_refused_on_encoding() -> None:
+    raw = raw_event(
+        message="m" * MAX_MESSAGE_BYTES, attributes={f"k{n}": "v" * 300 for n in range(64)}
+    )
+
+    with pytest.raises(EventError, match="bytes encoded; the limit is"):
+        encode_event(normalise(raw, NOW_MS))
+
+
+# --- item_key --------------------------------------------------------------------------------
+
+
+def test_item_key_is_a_pure_function_of_the_event() -> None:
+    event = stored_event()
+
+    assert item_key(event, 8) == item_key(dict(event), 8) == item_key(stored_event(), 8)
+
+
+def test_redelivered_event_gets_the_same_key_whenever_it_is_normalised() -> None:
+    raw = raw_event(id="order-42", timestamp="2024-05-01T12:34:56.789Z")
+
+    first = normalise(raw, NOW_MS)
+    later = normalise(raw, NOW_MS + 3_600_000)
+
+    assert item_key(first, 8) == item_key(later, 8)
+
+
+@pytest.mark.parametrize("shards", [1, 8, 1000], ids=["one-shard", "default-8", "1000-shards"])
+def test_pk_is_service_utc_hour_and_shard(shards: int) -> None:
+    event = stored_event(service="checkout", timestamp=NOW_MS + 34 * 60_000 + 56_789)
+
+    pk, _ = item_key(event, shards)
+
+    match = re.fullmatch(r"checkout#2024-05-01T12#(\d+)", pk)
+    assert match is not None, pk
+    assert int(match.group(1)) in range(shards)
+
+
+def test_pk_hour_is_taken_in_utc() -> None:
+    event = normalise(raw_event(id="e", timestamp="2024-05-01T01:30:00+02:00"), NOW_MS)
+
+    pk, _ = item_key(event, 8)
+
+    assert pk.startswith("checkout#2024-04-30T23#")
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "event_id", "expected_sk"),
+    [
+        (0, "ev-1", "0000000000000#ev-1"),
+        (5, "ev-1", "0000000000005#ev-1"),
+        (NOW_MS + 789, "ev-1", "1714564800789#ev-1"),
+        (10**13 - 1, "Order#42", "9999999999999#Order#42"),
+    ],
+    ids=["epoch", "five-ms", "2024", "last-valid-ms"],
+)
+def test_sk_is_13_digit_zero_padded_ms_then_id(
+    timestamp: int, event_id: str, expected_sk: str
+) -> None:
+    _, sk = item_key(stored_event(id=event_id, timestamp=timestamp), 8)
+
+    assert sk == expected_sk
+
+
+def test_sk_sorts_by_time() -> None:
+    sks = [item_key(stored_event(timestamp=ms), 8)[1] for ms in (9, 10, 999, NOW_MS)]
+
+    assert sorted(sks) == sks
+
+
+def test_different_ids_spread_over_all_shards() -> None:
+    shards = {item_key(stored_event(id=f"ev-{n}"), 8)[0].rsplit("#", 1)[1] for n in range(200)}
+
+    assert shards == {str(shard) for shard in range(8)}
+
+
+# --- to_item / from_item ---------------------------------------------------------------------
+
+
+def test_to_item_gives_the_stored_attributes_of_the_design() -> None:
+    event = stored_event(
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id="00f067aa0ba902b7",
+        attributes={"region": "eu", "attempt": 3, "ratio": 0.5, "cached": True},
+    )
+    pk, sk = item_key(event, 8)
+
+    assert to_item(event, shards=8, retention_days=30) == {
+        "pk": {"S": pk},
+        "sk": {"S": sk},
+        "id": {"S": "ev-1"},
+        "service": {"S": "checkout"},
+        "level": {"S": "info"},
+        "message": {"S": "hello"},
+        "timestamp": {"S": "2024-05-01T12:00:00.789Z"},
+        "ingested_at": {"S": "2024-05-01T12:00:01.000Z"},
+        "expires_at": {"N": str(1_714_564_800 + 30 * 86400)},
+        "trace_id": {"S": "4bf92f3577b34da6a3ce929d0e0e4736"},
+        "span_id": {"S": "00f067aa0ba902b7"},
+        "attributes": {
+            "M": {
+                "region": {"S": "eu"},
+                "attempt": {"N": "3"},
+                "ratio": {"N": "0.5"},
+                "cached": {"BOOL": True},
+            }
+        },
+    }
+
+
+def test_to_item_leaves_out_absent_optional_attributes() -> None:
+    item = to_item(stored_event(), shards=8, retention_days=30)
+
+    assert "trace_id" not in item
+    assert "span_id" not in item
+    assert "attributes" not in item
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "expected"),
+    [
+        (0, "1970-01-01T00:00:00.000Z"),
+        (NOW_MS + 7, "2024-05-01T12:00:00.007Z"),
+        (NOW_MS + 999, "2024-05-01T12:00:00.999Z"),
+        (10**13 - 1, "2286-11-20T17:46:39.999Z"),
+    ],
+    ids=["epoch", "leading-zero-ms", "999-ms", "last-valid-ms"],
+)
+def test_stored_timestamp_is_iso8601_utc_with_ms_and_z(timestamp: int, expected: str) -> None:
+    item = to_item(stored_event(timestamp=timestamp), shards=8, retention_days=30)
+
+    assert item["timestamp"] == {"S": expected}
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "retention_days", "expected"),
+    [
+        (NOW_MS + 999, 30, 1_714_564_800 + 30 * 86400),
+        (NOW_MS, 1, 1_714_564_800 + 86400),
+        (1999, 365, 1 + 365 * 86400),
+    ],
+    ids=["default-30-days-ms-dropped", "one-day", "one-year"],
+)
+def test_expires_at_is_timestamp_seconds_plus_retention_days(
+    timestamp: int, retention_days: int, expected: int
+) -> None:
+    item = to_item(stored_event(timestamp=timestamp), shards=8, retention_days=retention_days)
+
+    assert item["expires_at"] == {"N": str(expected)}
+
+
+def test_from_item_round_trips_the_values_of_to_item() -> None:
+    attributes = {
+        "region": "eu",
+        "empty": "",
+        "attempt": 3,
+        "negative": -7,
+        "big": 10**38 - 1,
+        "ratio": 0.5,
+        "small": 1e-05,
+        "large": 1e16,
+        "whole_float": 2.0,
+        "cached": True,
+        "stale": False,
+    }
+    event = stored_event(
+        message="naïve ☃ message",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id="00f067aa0ba902b7",
+        attributes=attributes,
+    )
+
+    read = from_item(to_item(event, shards=8, retention_days=30))
+
+    assert read == {
+        "id": "ev-1",
+        "service": "checkout",
+        "level": "info",
+        "message": "naïve ☃ message",
+        "timestamp": "2024-05-01T12:00:00.789Z",
+        "ingested_at": "2024-05-01T12:00:01.000Z",
+        "expires_at": 1_714_564_800 + 30 * 86400,
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "span_id": "00f067aa0ba902b7",
+        "attributes": attributes,
+    }
+    assert {name: type(value) for name, value in read["attributes"].items()} == {
+        name: type(value) for name, value in attributes.items()
+    }
+
+
+# --- SQS envelope ----------------------------------------------------------------------------
+
+
+def envelope_events() -> list[dict[str, Any]]:
+    return [
+        normalise(raw_event(id="a", message="plain"), NOW_MS),
+        normalise(raw_event(id="b", message="naïve ☃ 😀", trace_id="ABC"), NOW_MS),
+        normalise(raw_event(id="c", attributes={"n": 1, "ok": True}), NOW_MS),
+    ]
+
+
+def test_pack_then_unpack_envelope_round_trips_the_events() -> None:
+    events = envelope_events()
+
+    body = pack_envelope([encode_event(e) for e in events])
+
+    assert unpack_envelope(body) == events
+
+
+@pytest.mark.parametrize(
+    "count", [0, 1, 3], ids=["no-events", "one-event", "three-events-with-multibyte"]
+)
+def test_envelope_size_equals_the_packed_length_in_bytes(count: int) -> None:
+    encoded = [encode_event(e) for e in envelope_events()[:count]]
+
+    assert envelope_size(encoded) == len(pack_envelope(encoded).encode("utf-8"))
+
+
+def test_noncharacters_in_a_message_are_escaped_in_the_body_and_come_back_unchanged() -> None:
+    message = "before \uffff middle \ufffe after \ufffd"
+    event = normalise(raw_event(id="nc", message=message), NOW_MS)
+
+    body = pack_envelope([encode_event(event)])
+
+    assert "\uffff" not in body
+    assert "\ufffe" not in body
+    assert "\\uffff" in body
+    assert "\\ufffe" in body
+    assert unpack_envelope(body)[0]["message"] == message
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("not json", "body is not JSON"),
+        ("", "body is not JSON"),
+        ('{"v":2,"events":[]}', "not a version 1 logpipe envelope"),
+        ('[{"v":1}]', "not a version 1 logpipe envelope"),
+        ('{"v":1}', "envelope has no events list"),
+        ('{"v":1,"events":{}}', "envelope has no events list"),
+        (
+            '{"v":1,"events":[{"service":"s","level":"info","message":"m","timestamp":1}]}',
+            "not a valid logpipe event",
+        ),
+        ('{"v":1,"events":["text"]}', "not a valid logpipe event"),
+        (
+            '{"v":1,"events":[{"id":"a","service":"s","level":"info","message":"m",'
+            '"timestamp":100000000000000}]}',
+            "not a valid logpipe event",
+        ),
+        (
+            '{"v":1,"events":[{"id":"a","service":"s","level":"info","message":"m",'
+            '"timestamp":1,"attributes":{"k":[1]}}]}',
+            "not a valid logpipe event",
+        ),
+    ],
+    ids=[
+        "not-json",
+        "empty-body",
+        "wrong-version",
+        "not-an-object",
+        "events-missing",
+        "events-not-a-list",
+        "event-missing-id",
+        "event-not-an-object",
+        "timestamp-past-2286",
+        "nested-attribute",
+    ],
+)
+def test_unpack_envelope_refuses_a_body_that_is_not_a_logpipe_envelope(
+    body: str, fragment: str
+) -> None:
+    with pytest.raises(EnvelopeError, match=re.escape(fragment)):
+        unpack_envelope(body)
