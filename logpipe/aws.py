@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -102,9 +103,15 @@ def client_config(pool: int) -> AioConfig:
     )
 
 
+@functools.cache
+def _session(region: str) -> aioboto3.Session:
+    """One session per process and region: it loads the service models once."""
+    return aioboto3.Session(region_name=region)
+
+
 async def open_clients(stack: AsyncExitStack, settings: Settings, pool: int) -> Clients:
     """Open the SQS and DynamoDB clients on `stack`, sized for `pool` concurrent calls."""
-    session = aioboto3.Session(region_name=settings.region)
+    session = _session(settings.region)
     config = client_config(pool)
     sqs = await stack.enter_async_context(
         session.client("sqs", endpoint_url=settings.endpoint_url, config=config)

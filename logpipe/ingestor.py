@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import signal
 import time
-import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -30,6 +28,15 @@ from logpipe.batching import Batcher
 from logpipe.config import Settings
 from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
 from logpipe.models import encode_event, normalise
+from logpipe.web import (
+    authorised,
+    decode_content,
+    error_response,
+    http_error,
+    json_response,
+    media_type,
+    read_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,77 +53,6 @@ class Pipeline:
     clients: Clients
     queue_url: str
     batcher: Batcher
-
-
-def json_response(
-    content: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(orjson.dumps(content), status, headers, media_type="application/json")
-
-
-def error_response(status: int, message: str, **extra: Any) -> Response:
-    headers = None
-    if status in (429, 503):
-        headers = {"Retry-After": "1" if status == 429 else "2"}
-    elif status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="logpipe"'}
-    return json_response({"error": message, **extra}, status, headers)
-
-
-def authorised(header: str | None, keys: tuple[str, ...]) -> bool:
-    """True when no keys are set, or the Bearer token equals one of them (constant time)."""
-    if not keys:
-        return True
-    scheme, _, token = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return False
-    given = token.strip().encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key.encode())
-    return matched
-
-
-def media_type(header: str | None) -> str:
-    return (header or "").split(";", 1)[0].strip().lower()
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyError(413, f"body is {declared} bytes; the limit is {limit}")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyError(413, f"body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo Content-Encoding (identity or gzip), inflating at most `limit` bytes."""
-    encoding = (encoding or "identity").strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "x-gzip"):
-        raise BodyError(415, f"Content-Encoding {encoding!r} is not supported; use gzip")
-    out = bytearray()
-    data = body
-    while data:
-        inflater = zlib.decompressobj(wbits=31)
-        try:
-            out += inflater.decompress(data, limit + 1 - len(out))
-        except zlib.error:
-            raise BodyError(400, "body is not valid gzip") from None
-        if len(out) > limit or inflater.unconsumed_tail:
-            raise BodyError(413, f"body is larger than the limit of {limit} bytes once inflated")
-        if not inflater.eof:
-            raise BodyError(400, "gzip body is truncated")
-        data = inflater.unused_data
-    return bytes(out)
 
 
 def parse_events(body: bytes, ndjson: bool) -> list[Any]:
@@ -187,7 +123,8 @@ async def ingest(request: Request) -> Response:
     metrics.events_received.inc(len(raw_events))
     accepted, rejected = validate(raw_events, int(time.time() * 1000))
     if not accepted:
-        return error_response(400, "no valid events", accepted=0, rejected=rejected)
+        first = f": {rejected[0]['error']}" if len(rejected) == 1 else ""
+        return error_response(400, f"no valid events{first}", accepted=0, rejected=rejected)
     try:
         await pipeline.batcher.submit(accepted)
     except Overloaded as exc:
@@ -216,11 +153,6 @@ async def readyz(request: Request) -> Response:
 
 async def prometheus(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, str(exc.detail))
 
 
 def create_app(settings: Settings) -> Starlette:
