@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -185,6 +186,7 @@ class Batcher:
             if attempt:
                 metrics.sqs_send_retries.inc(len(pending))
                 await asyncio.sleep(backoff_delay(attempt - 1, base=0.1, cap=2.0))
+            started = time.perf_counter()
             try:
                 outcomes = await self._send_batch([bodies[i] for i in pending])
             except Exception as exc:
@@ -193,6 +195,7 @@ class Batcher:
                     break
                 outcomes = [EntryFailure(error_code(exc), True)] * len(pending)
             metrics.sqs_batches_sent.inc()
+            metrics.sqs_send_seconds.observe(time.perf_counter() - started)
             retry = []
             for index, outcome in zip(pending, outcomes, strict=True):
                 if outcome is None:
@@ -214,6 +217,7 @@ class Batcher:
         metrics.inflight_events.dec(len(message.events))
         if error is None:
             metrics.sqs_messages_sent.inc()
+            metrics.sqs_events_per_message.observe(len(message.events))
         for request, count in Counter(message.requests).items():
             request.remaining -= count
             if request.future.done():

@@ -57,6 +57,9 @@ class Settings:
     emitter_batch: int = 100
     # Every role
     drain_seconds: float = 25.0
+    emf: bool = False
+    emf_interval_s: float = 60.0
+    queue_poll_s: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -108,6 +111,9 @@ class Settings:
             emitter_events=_int(env, "LOGPIPE_EMITTER_EVENTS", d.emitter_events, 0, 1 << 40),
             emitter_batch=_int(env, "LOGPIPE_EMITTER_BATCH", d.emitter_batch, 1, 10000),
             drain_seconds=_float(env, "LOGPIPE_DRAIN_SECONDS", d.drain_seconds, 0.0, 3600.0),
+            emf=_bool(env, "LOGPIPE_EMF", d.emf),
+            emf_interval_s=_float(env, "LOGPIPE_EMF_INTERVAL_S", d.emf_interval_s, 0.1, 3600.0),
+            queue_poll_s=_float(env, "LOGPIPE_QUEUE_POLL_S", d.queue_poll_s, 0.1, 3600.0),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -146,6 +152,17 @@ def _float(
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name} must be a number {minimum:g}-{maximum:g}, got {raw!r}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true or false), got {raw!r}")
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -7,6 +7,7 @@ import logging
 import random
 import secrets
 import time
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import orjson
 from logpipe import metrics
 from logpipe.aws import backoff_delay
 from logpipe.config import Settings
+from logpipe.emf import EmfReporter
 from logpipe.lifecycle import run_until_signalled
 from logpipe.metrics import serve_metrics
 from logpipe.models import new_id
@@ -268,7 +270,10 @@ async def serve(settings: Settings) -> int:
     api_key = settings.api_keys[0] if settings.api_keys else None
     timeout = aiohttp.ClientTimeout(total=30)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with AsyncExitStack() as stack:
+            if settings.emf:
+                await stack.enter_async_context(EmfReporter("emitter", settings.emf_interval_s))
+            session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
             emitter = Emitter(settings, Shipper(session, settings.ingestor_url, api_key))
             log.info(
                 "emitting %s at %s events/s to %s; metrics on port %d",

@@ -20,7 +20,7 @@ import orjson
 
 from logpipe.aws import Clients, bootstrap, open_clients
 from logpipe.config import Settings
-from logpipe.metrics import scrape
+from logpipe.metrics import bucket_deltas, buckets, histogram_quantile, scrape, total
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +128,6 @@ def role_env(settings: Settings, **variables: str | int | float) -> dict[str, st
     return env
 
 
-async def queue_depth(clients: Clients, url: str) -> int:
-    """Messages in the queue, visible or in flight."""
-    response = await clients.sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )
-    attrs = response["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
-
-
 async def count_items(clients: Clients, table: str) -> int:
     """Items in the table, by a paginated COUNT scan."""
     total = 0
@@ -152,30 +140,52 @@ async def count_items(clients: Clients, table: str) -> int:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One look at the running pipeline, from the roles' own /metrics."""
+
+    at: float
+    accepted: float
+    stored: float
+    queue: float
+    dlq: float
+    e2e_buckets: list[tuple[float, float]]
+
+    def latency_ms(self, q: float, before: Reading | None = None) -> float | None:
+        window = bucket_deltas(self.e2e_buckets, before.e2e_buckets if before else [])
+        seconds = histogram_quantile(window, q)
+        return None if seconds is None else seconds * 1000
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}ms"
+
+
 class Progress:
-    """The live line: what was accepted and stored, how fast, and what waits in the queues."""
+    """The live line: in/s, stored/s, queue and DLQ depth, end-to-end p50/p99."""
 
     def __init__(self, out: IO[str]) -> None:
         self._out = out
         self._tty = out.isatty()
-        self._last = (time.monotonic(), 0.0, 0.0)
+        self._last: Reading | None = None
         self._printed = 0.0
 
-    def show(self, accepted: float, stored: float, depth: int, dlq: int) -> None:
-        now = time.monotonic()
-        then, accepted_before, stored_before = self._last
-        span = max(now - then, 1e-6)
-        self._last = (now, accepted, stored)
+    def show(self, now: Reading) -> None:
+        last = self._last or Reading(now.at - 1, 0, 0, 0, 0, [])
+        self._last = now
+        span = max(now.at - last.at, 1e-6)
         line = (
-            f"accepted {accepted:>8.0f} ({(accepted - accepted_before) / span:>6.0f}/s)  "
-            f"stored {stored:>8.0f} ({(stored - stored_before) / span:>6.0f}/s)  "
-            f"queue {depth:>4}  dlq {dlq:>3}"
+            f"in {(now.accepted - last.accepted) / span:>6.0f}/s  "
+            f"stored {(now.stored - last.stored) / span:>6.0f}/s  "
+            f"total {now.stored:>8.0f}/{now.accepted:<8.0f}  "
+            f"queue {now.queue:>4.0f}  dlq {now.dlq:>3.0f}  "
+            f"p50 {_ms(now.latency_ms(0.5, last)):>7}  p99 {_ms(now.latency_ms(0.99, last)):>7}"
         )
         if self._tty:
             self._out.write("\r" + line)
-        elif now - self._printed >= 5:
+        elif now.at - self._printed >= 5:
             self._out.write(line + "\n")
-            self._printed = now
+            self._printed = now.at
         self._out.flush()
 
     def end(self) -> None:
@@ -220,7 +230,7 @@ class LocalStack:
             clients = await open_clients(stack, self.settings, pool=4)
             urls = await bootstrap(clients, self.settings)
             session = await stack.enter_async_context(aiohttp.ClientSession())
-            env = role_env(self.settings)
+            env = role_env(self.settings, LOGPIPE_QUEUE_POLL_S=1)
             ingestor = await RoleProcess.start(
                 "ingestor",
                 {**env, "LOGPIPE_PORT": str(self.ingestor_port)},
@@ -287,17 +297,22 @@ class Watch:
         self._urls = urls
         self._progress = Progress(sys.stdout)
 
-    async def sample(self) -> tuple[float, float, int]:
+    async def sample(self) -> Reading:
         ingestor = await scrape(self._session, f"{self._stack.ingestor_url}/metrics")
         processor = await scrape(
             self._session, f"http://127.0.0.1:{self._stack.processor_metrics_port}/metrics"
         )
-        depth = await queue_depth(self._clients, self._urls["queue_url"])
-        dlq = await queue_depth(self._clients, self._urls["dlq_url"])
-        accepted = ingestor.get("logpipe_events_accepted_total", 0.0)
-        stored = processor.get("logpipe_events_stored_total", 0.0)
-        self._progress.show(accepted, stored, depth, dlq)
-        return accepted, stored, depth
+        reading = Reading(
+            at=time.monotonic(),
+            accepted=total(ingestor, "logpipe_events_accepted_total"),
+            stored=total(processor, "logpipe_events_stored_total"),
+            queue=total(processor, "logpipe_queue_visible_messages", queue="main")
+            + total(processor, "logpipe_queue_inflight_messages", queue="main"),
+            dlq=total(processor, "logpipe_queue_visible_messages", queue="dlq"),
+            e2e_buckets=buckets(processor, "logpipe_e2e_latency_seconds"),
+        )
+        self._progress.show(reading)
+        return reading
 
     async def until(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -322,15 +337,16 @@ class Watch:
             for key in totals:
                 totals[key] += int(summary.get(key, 0))
         last_change, last_stored = time.monotonic(), -1.0
+        reading = await self.sample()
         while not stopping.is_set():
-            _, stored, depth = await self.sample()
-            if stored >= totals["accepted"] and depth == 0:
+            if reading.stored >= totals["accepted"] and reading.queue == 0:
                 break
-            if stored != last_stored:
-                last_change, last_stored = time.monotonic(), stored
+            if reading.stored != last_stored:
+                last_change, last_stored = time.monotonic(), reading.stored
             elif time.monotonic() - last_change > STALL_SECONDS:
                 break
             await asyncio.sleep(0.5)
+            reading = await self.sample()
         seconds = time.monotonic() - started
         self._progress.end()
         stored_items = await count_items(self._clients, self._stack.settings.table_name)
@@ -342,7 +358,10 @@ class Watch:
             f"  stored    {stored_items}\n"
             f"  lost      {lost}\n"
             f"  seconds   {seconds:.1f}\n"
-            f"  events/s  {stored_items / seconds:.0f}",
+            f"  events/s  {stored_items / seconds:.0f}\n"
+            f"  e2e p50   {_ms(reading.latency_ms(0.5))}\n"
+            f"  e2e p99   {_ms(reading.latency_ms(0.99))}\n"
+            f"  dlq       {reading.dlq:.0f}",
             flush=True,
         )
         return 0 if lost == 0 and totals["accepted"] == totals["sent"] else 1

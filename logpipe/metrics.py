@@ -12,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 # Labels stay bounded: past this many distinct services, the rest count as "other".
 MAX_SERVICE_LABELS = 100
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_COUNT_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 events_received = Counter("logpipe_events_received_total", "Events read from request bodies.")
 events_accepted = Counter("logpipe_events_accepted_total", "Events SQS accepted (answered 202).")
@@ -20,6 +22,12 @@ sqs_messages_sent = Counter("logpipe_sqs_messages_sent_total", "SQS messages acc
 sqs_batches_sent = Counter("logpipe_sqs_batches_sent_total", "SendMessageBatch calls made.")
 sqs_send_retries = Counter(
     "logpipe_sqs_send_retries_total", "SQS entries sent again after a failure."
+)
+sqs_send_seconds = Histogram(
+    "logpipe_sqs_send_seconds", "SendMessageBatch call latency.", buckets=_CALL_BUCKETS
+)
+sqs_events_per_message = Histogram(
+    "logpipe_sqs_events_per_message", "Events packed in one SQS message.", buckets=_COUNT_BUCKETS
 )
 inflight_events = Gauge("logpipe_inflight_events", "Events accepted over HTTP, not yet in SQS.")
 
@@ -43,8 +51,22 @@ write_retries = Counter(
     "logpipe_write_retries_total", "Items written again (UnprocessedItems or a failed call)."
 )
 write_throttles = Counter("logpipe_write_throttles_total", "BatchWriteItem calls throttled.")
+write_failures = Counter(
+    "logpipe_write_failures_total", "Items given up on after every attempt (message retried)."
+)
+write_seconds = Histogram(
+    "logpipe_dynamodb_write_seconds", "BatchWriteItem call latency.", buckets=_CALL_BUCKETS
+)
 e2e_latency = Histogram(
     "logpipe_e2e_latency_seconds", "From ingest to stored.", buckets=_LATENCY_BUCKETS
+)
+
+queue_visible = Gauge("logpipe_queue_visible_messages", "Messages waiting in the queue.", ["queue"])
+queue_inflight = Gauge(
+    "logpipe_queue_inflight_messages", "Messages received and not yet deleted.", ["queue"]
+)
+queue_oldest_age = Gauge(
+    "logpipe_queue_oldest_age_seconds", "Age of the oldest message seen in the queue.", ["queue"]
 )
 
 emitter_events_sent = Counter(
@@ -82,12 +104,61 @@ def serve_metrics(host: str, port: int) -> tuple[int, Callable[[], None]]:
     return bound, stop
 
 
-async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """Read a /metrics page: each sample name with its values summed over labels."""
+Sample = tuple[str, dict[str, str], float]
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> list[Sample]:
+    """Every sample of a /metrics page as (name, labels, value)."""
     async with session.get(url) as resp:
         text = await resp.text()
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    return totals
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def total(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    return sum(
+        value
+        for sample_name, sample_labels, value in samples
+        if sample_name == name and labels.items() <= sample_labels.items()
+    )
+
+
+def buckets(samples: list[Sample], histogram: str) -> list[tuple[float, float]]:
+    """A histogram's cumulative buckets, summed over its other labels."""
+    counts: dict[float, float] = {}
+    for name, labels, value in samples:
+        if name == f"{histogram}_bucket":
+            bound = float(labels["le"])
+            counts[bound] = counts.get(bound, 0.0) + value
+    return sorted(counts.items())
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile of cumulative (upper bound, count) buckets, interpolated as PromQL does."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count
+            )
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def bucket_deltas(
+    now: list[tuple[float, float]], before: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """Cumulative buckets of the observations made between two scrapes of one histogram."""
+    earlier = dict(before)
+    return [(bound, count - earlier.get(bound, 0.0)) for bound, count in now]

@@ -27,9 +27,11 @@ from logpipe.aws import (
     with_retries,
 )
 from logpipe.config import Settings
+from logpipe.emf import EmfReporter
 from logpipe.lifecycle import run_until_signalled
 from logpipe.metrics import serve_metrics
 from logpipe.models import EnvelopeError, Event, Item, to_item, unpack_envelope
+from logpipe.monitor import QueueMonitor, oldest_age_s
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +158,7 @@ class Processor:
             QueueUrl=self._queue_url,
             MaxNumberOfMessages=RECEIVE_MESSAGES,
             WaitTimeSeconds=wait_s,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
             MessageAttributeNames=["All"],
         )
         messages: list[dict[str, Any]] = response.get("Messages", [])
@@ -167,6 +169,7 @@ class Processor:
         if not messages:
             return
         metrics.messages_received.inc(len(messages))
+        metrics.queue_oldest_age.labels("main").set(oldest_age_s(messages, time.time() * 1000))
         decoded: list[tuple[Tracker, list[Event]]] = []
         undecodable: list[Tracker] = []
         for message in messages:
@@ -219,7 +222,9 @@ class Processor:
             request = [{"PutRequest": {"Item": w.item}} for w in pending.values()]
             try:
                 async with self._writes:
+                    started = time.perf_counter()
                     response = await self._dynamodb.batch_write_item(RequestItems={table: request})
+                    metrics.write_seconds.observe(time.perf_counter() - started)
             except Exception as exc:
                 reason = error_code(exc)
                 if is_retriable(exc):
@@ -245,6 +250,7 @@ class Processor:
         log.warning(
             "could not store %d items (%s); their messages will be retried", len(pending), reason
         )
+        metrics.write_failures.inc(len(pending))
         for write in pending.values():
             for tracker in write.trackers:
                 tracker.failed = True
@@ -326,6 +332,13 @@ async def serve(settings: Settings) -> int:
             pool = settings.write_concurrency + settings.pollers * 2 + 4
             clients = await open_clients(stack, settings, pool=pool)
             url = await queue_url(clients.sqs, settings.queue_name)
+            dlq_url = await queue_url(clients.sqs, settings.dlq_name)
+            monitor = QueueMonitor(
+                clients.sqs, {"main": url, "dlq": dlq_url}, settings.queue_poll_s
+            )
+            await stack.enter_async_context(monitor)
+            if settings.emf:
+                await stack.enter_async_context(EmfReporter("processor", settings.emf_interval_s))
             processor = Processor(settings, clients, url)
             log.info(
                 "processor polling %s with %d receivers; metrics on port %d",

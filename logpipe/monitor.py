@@ -1,0 +1,91 @@
+"""Queue depth and age, read with GetQueueAttributes on an interval (never per message)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from logpipe import metrics
+from logpipe.aws import error_code, is_retriable
+
+log = logging.getLogger(__name__)
+
+
+def oldest_age_s(messages: list[dict[str, Any]], now_ms: float) -> float:
+    """Seconds since the oldest of `messages` was sent (their SentTimestamp attribute)."""
+    sent = [int(m.get("Attributes", {}).get("SentTimestamp", now_ms)) for m in messages]
+    return max(0.0, (now_ms - min(sent)) / 1000) if sent else 0.0
+
+
+class QueueMonitor:
+    """Keeps the queue gauges of the main queue and the DLQ current.
+
+    The main queue's oldest age comes from the messages the processor receives (peeking
+    would count as a receive towards maxReceiveCount); the DLQ, which nothing consumes,
+    is peeked with a zero visibility timeout.
+    """
+
+    def __init__(self, sqs: Any, urls: dict[str, str], interval_s: float) -> None:
+        self._sqs = sqs
+        self._urls = urls
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def poll(self) -> None:
+        for queue, url in self._urls.items():
+            response = await self._sqs.get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
+            )
+            attrs = response["Attributes"]
+            visible = int(attrs["ApproximateNumberOfMessages"])
+            inflight = int(attrs["ApproximateNumberOfMessagesNotVisible"])
+            metrics.queue_visible.labels(queue).set(visible)
+            metrics.queue_inflight.labels(queue).set(inflight)
+            if visible + inflight == 0:
+                metrics.queue_oldest_age.labels(queue).set(0)
+            elif queue == "dlq" and visible:
+                metrics.queue_oldest_age.labels(queue).set(await self._peek_age(url))
+
+    async def _peek_age(self, url: str) -> float:
+        response = await self._sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=0,
+            MessageSystemAttributeNames=["SentTimestamp"],
+        )
+        return oldest_age_s(response.get("Messages", []), time.time() * 1000)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                log.warning("could not read queue attributes: %s", error_code(exc))
+            await asyncio.sleep(self._interval_s)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def __aenter__(self) -> QueueMonitor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
