@@ -17,12 +17,15 @@ import orjson
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from logpipe import metrics
 from logpipe.config import Settings
 from logpipe.errors import ConfigError, EntryFailure
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+SQS_BILLING_CHUNK = 64 * 1024
 
 RETRIABLE_CODES = frozenset(
     {
@@ -119,7 +122,34 @@ async def open_clients(stack: AsyncExitStack, settings: Settings, pool: int) -> 
     dynamodb = await stack.enter_async_context(
         session.client("dynamodb", endpoint_url=settings.endpoint_url, config=config)
     )
+    for client in (sqs, dynamodb):
+        client.meta.events.register("before-call", _count_call)
+    sqs.meta.events.register("after-call.sqs.ReceiveMessage", _count_received_chunks)
     return Clients(sqs=sqs, dynamodb=dynamodb)
+
+
+def sqs_billed_chunks(payload_bytes: int) -> int:
+    """SQS bills each started 64 KiB of a call's payload as one request."""
+    return max(1, -(-payload_bytes // SQS_BILLING_CHUNK))
+
+
+def _sqs_payload(params: dict[str, Any]) -> int:
+    entries = params.get("Entries") or [params]
+    return sum(len(str(e.get("MessageBody", "")).encode()) for e in entries)
+
+
+def _count_call(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+    """Count every API call as it is made, and what SQS bills for it."""
+    metrics.aws_requests.labels(model.name).inc()
+    if model.service_model.service_name == "sqs":
+        sends = model.name in ("SendMessage", "SendMessageBatch")
+        metrics.sqs_billed_requests.inc(sqs_billed_chunks(_sqs_payload(params)) if sends else 1)
+
+
+def _count_received_chunks(parsed: dict[str, Any], **kwargs: Any) -> None:
+    """A receive is billed per 64 KiB returned; the call itself was counted as one already."""
+    payload = sum(len(m.get("Body", "").encode()) for m in parsed.get("Messages", []))
+    metrics.sqs_billed_requests.inc(sqs_billed_chunks(payload) - 1)
 
 
 NO_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})

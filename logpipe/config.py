@@ -58,6 +58,8 @@ class Settings:
     # Every role
     drain_seconds: float = 25.0
     emf: bool = False
+    # The textbook one-call-per-event pipeline, for `logpipe bench --naive` only.
+    naive: bool = False
     emf_interval_s: float = 60.0
     queue_poll_s: float = 15.0
 
@@ -112,6 +114,7 @@ class Settings:
             emitter_batch=_int(env, "LOGPIPE_EMITTER_BATCH", d.emitter_batch, 1, 10000),
             drain_seconds=_float(env, "LOGPIPE_DRAIN_SECONDS", d.drain_seconds, 0.0, 3600.0),
             emf=_bool(env, "LOGPIPE_EMF", d.emf),
+            naive=_bool(env, "LOGPIPE_NAIVE", d.naive),
             emf_interval_s=_float(env, "LOGPIPE_EMF_INTERVAL_S", d.emf_interval_s, 0.1, 3600.0),
             queue_poll_s=_float(env, "LOGPIPE_QUEUE_POLL_S", d.queue_poll_s, 0.1, 3600.0),
         )

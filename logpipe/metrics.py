@@ -11,7 +11,29 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # Labels stay bounded: past this many distinct services, the rest count as "other".
 MAX_SERVICE_LABELS = 100
-_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1,
+    1.5,
+    2,
+    3,
+    5,
+    10,
+    30,
+    60,
+    300,
+)
 _CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _COUNT_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
@@ -67,6 +89,16 @@ queue_inflight = Gauge(
 )
 queue_oldest_age = Gauge(
     "logpipe_queue_oldest_age_seconds", "Age of the oldest message seen in the queue.", ["queue"]
+)
+
+aws_requests = Counter(
+    "logpipe_aws_requests_total", "AWS API calls made, by operation.", ["operation"]
+)
+sqs_billed_requests = Counter(
+    "logpipe_sqs_billed_requests_total", "SQS requests as billed: one per 64 KiB of payload."
+)
+dynamodb_write_units = Counter(
+    "logpipe_dynamodb_write_units_total", "DynamoDB write request units consumed (1 per KB)."
 )
 
 emitter_events_sent = Counter(

@@ -291,6 +291,27 @@ def to_item(event: Mapping[str, Any], shards: int, retention_days: int) -> Item:
     return item
 
 
+def item_size(item: Mapping[str, Any]) -> int:
+    """Bytes DynamoDB counts for an item: attribute names plus values (its sizing rules)."""
+    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
+
+
+def _value_size(typed: Mapping[str, Any]) -> int:
+    if "S" in typed:
+        return len(typed["S"].encode("utf-8", "surrogatepass"))
+    if "N" in typed:
+        digits = typed["N"].lstrip("-").replace(".", "").split("e")[0].split("E")[0].strip("0")
+        return (len(digits) + 1) // 2 + 1
+    if "M" in typed:
+        return 3 + sum(len(k.encode()) + _value_size(v) + 1 for k, v in typed["M"].items())
+    return 1
+
+
+def write_units(item: Mapping[str, Any]) -> int:
+    """Write request units to put `item`: one per started KB."""
+    return max(1, -(-item_size(item) // 1024))
+
+
 def _attribute_value(value: str | int | float | bool) -> dict[str, Any]:
     if isinstance(value, bool):
         return {"BOOL": value}

@@ -30,7 +30,7 @@ from logpipe.config import Settings
 from logpipe.emf import EmfReporter
 from logpipe.lifecycle import run_until_signalled
 from logpipe.metrics import serve_metrics
-from logpipe.models import EnvelopeError, Event, Item, to_item, unpack_envelope
+from logpipe.models import EnvelopeError, Event, Item, to_item, unpack_envelope, write_units
 from logpipe.monitor import QueueMonitor, oldest_age_s
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,8 @@ def plan_writes(
 class Processor:
     """Several long-poll receivers sharing a bounded pool of BatchWriteItem calls."""
 
+    receive_messages = RECEIVE_MESSAGES
+
     def __init__(self, settings: Settings, clients: Clients, queue_url: str) -> None:
         self._settings = settings
         self._sqs = clients.sqs
@@ -156,7 +158,7 @@ class Processor:
     async def _receive(self, wait_s: int) -> list[dict[str, Any]]:
         response = await self._sqs.receive_message(
             QueueUrl=self._queue_url,
-            MaxNumberOfMessages=RECEIVE_MESSAGES,
+            MaxNumberOfMessages=self.receive_messages,
             WaitTimeSeconds=wait_s,
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
             MessageAttributeNames=["All"],
@@ -258,12 +260,15 @@ class Processor:
     def _record_stored(self, writes: list[_Write]) -> None:
         now_ms = time.time() * 1000
         labels: Counter[tuple[str, str]] = Counter()
+        units = 0
         for write in writes:
+            units += write_units(write.item)
             for tracker in write.trackers:
                 tracker.pending -= 1
             labels[(write.item["service"]["S"], write.item["level"]["S"])] += 1
             if write.ingested_at is not None:
                 metrics.e2e_latency.observe(max(now_ms - write.ingested_at, 0) / 1000)
+        metrics.dynamodb_write_units.inc(units)
         for (service, level), count in labels.items():
             metrics.events_stored.labels(metrics.service_label(service), level).inc(count)
 
@@ -324,6 +329,35 @@ class Processor:
                 )
 
 
+class NaiveProcessor(Processor):
+    """The textbook consumer `logpipe bench --naive` measures against: one message per
+    ReceiveMessage, one PutItem per event, one DeleteMessage per message."""
+
+    receive_messages = 1
+
+    async def handle(self, messages: list[dict[str, Any]], delete: bool = True) -> None:
+        for message in messages:
+            metrics.messages_received.inc()
+            try:
+                events = decode_message(message)
+            except EnvelopeError:
+                metrics.messages_undecodable.inc()
+                continue
+            writes = plan_writes(
+                [(Tracker(message, len(events)), events)],
+                self._settings.shards,
+                self._settings.retention_days,
+            )
+            for write in writes:
+                await self._dynamodb.put_item(TableName=self._settings.table_name, Item=write.item)
+            self._record_stored(writes)
+            if delete:
+                await self._sqs.delete_message(
+                    QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"]
+                )
+                metrics.messages_deleted.inc()
+
+
 async def serve(settings: Settings) -> int:
     """The processor role: metrics endpoint, shared clients, receivers, drain on SIGTERM."""
     port, stop_metrics = serve_metrics(settings.host, settings.metrics_port)
@@ -339,7 +373,8 @@ async def serve(settings: Settings) -> int:
             await stack.enter_async_context(monitor)
             if settings.emf:
                 await stack.enter_async_context(EmfReporter("processor", settings.emf_interval_s))
-            processor = Processor(settings, clients, url)
+            kind = NaiveProcessor if settings.naive else Processor
+            processor = kind(settings, clients, url)
             log.info(
                 "processor polling %s with %d receivers; metrics on port %d",
                 settings.queue_name,

@@ -1,0 +1,139 @@
+"""`logpipe bench --ceiling`: what the endpoint itself allows for our traffic.
+
+The same events, packed into the same SQS messages, sent with SendMessageBatch, received and
+deleted in batches and written with concurrent BatchWriteItem — by one bare asyncio loop,
+with no HTTP, no validation and no per-message bookkeeping. The pipeline is measured as a
+fraction of this figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+from prometheus_client import REGISTRY
+
+from logpipe import metrics
+from logpipe.aws import Clients, queue_url, send_message_batch
+from logpipe.batching import take_batch
+from logpipe.config import Settings
+from logpipe.models import pack_envelope, to_item, unpack_envelope, write_units
+
+RECEIVE_WAIT_S = 1
+
+
+def registry_samples() -> list[metrics.Sample]:
+    return [(s.name, s.labels, s.value) for f in REGISTRY.collect() for s in f.samples]
+
+
+def counter_deltas(
+    after: list[metrics.Sample], before: list[metrics.Sample]
+) -> list[metrics.Sample]:
+    earlier = {(name, tuple(sorted(labels.items()))): value for name, labels, value in before}
+    return [
+        (name, labels, value - earlier.get((name, tuple(sorted(labels.items()))), 0.0))
+        for name, labels, value in after
+    ]
+
+
+async def run_ceiling(
+    settings: Settings, clients: Clients, events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    from logpipe.bench import summarise
+
+    url = await queue_url(clients.sqs, settings.queue_name)
+    units = sum(write_units(to_item(_envelope_event(e, 0), settings.shards, 1)) for e in events)
+    before = registry_samples()
+    latencies: list[float] = []
+    started = time.monotonic()
+    producer = asyncio.create_task(_produce(settings, clients, url, events))
+    consumers = [
+        asyncio.create_task(_consume(settings, clients, url, latencies, len(events)))
+        for _ in range(settings.pollers)
+    ]
+    await producer
+    await asyncio.wait(consumers, return_when=asyncio.FIRST_COMPLETED)
+    seconds = time.monotonic() - started
+    for task in consumers:
+        task.cancel()
+    await asyncio.gather(*consumers, return_exceptions=True)
+    metrics.dynamodb_write_units.inc(units)
+    samples = counter_deltas(registry_samples(), before)
+    latencies.sort()
+    return summarise(
+        mode="ceiling",
+        events=len(events),
+        acknowledged=len(events),
+        counts={"stored": len(latencies), "lost": len(events) - len(latencies), "duplicates": 0},
+        seconds=seconds,
+        samples=samples,
+        latency_ms=(_percentile(latencies, 0.5), _percentile(latencies, 0.99)),
+    )
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float | None:
+    if not sorted_ms:
+        return None
+    return round(sorted_ms[min(int(q * len(sorted_ms)), len(sorted_ms) - 1)], 1)
+
+
+def _envelope_event(event: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    return {**event, "ingested_at": now_ms}
+
+
+async def _produce(
+    settings: Settings, clients: Clients, url: str, events: list[dict[str, Any]]
+) -> None:
+    slots = asyncio.Semaphore(settings.send_concurrency)
+    now_ms = int(time.time() * 1000)
+    buffer = deque((orjson.dumps(_envelope_event(e, now_ms)), None) for e in events)
+    sends = []
+    while buffer:
+        messages = take_batch(buffer, settings.sqs_max_bytes, settings.sqs_max_bytes)  # type: ignore[arg-type]
+        bodies = [pack_envelope(m.events) for m in messages]
+        await slots.acquire()
+        task = asyncio.create_task(send_message_batch(clients.sqs, url, bodies))
+        task.add_done_callback(lambda _: slots.release())
+        sends.append(task)
+    for outcome in await asyncio.gather(*sends):
+        assert not any(outcome), "the endpoint refused a batch"
+
+
+async def _consume(
+    settings: Settings, clients: Clients, url: str, latencies: list[float], total: int
+) -> None:
+    writes = asyncio.Semaphore(settings.write_concurrency)
+    table = settings.table_name
+
+    async def write(chunk: list[dict[str, Any]]) -> None:
+        pending = [{"PutRequest": {"Item": item}} for item in chunk]
+        while pending:
+            async with writes:
+                response = await clients.dynamodb.batch_write_item(RequestItems={table: pending})
+            pending = response.get("UnprocessedItems", {}).get(table, [])
+
+    while len(latencies) < total:
+        response = await clients.sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=RECEIVE_WAIT_S
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            continue
+        items = []
+        ingested = []
+        for message in messages:
+            for event in unpack_envelope(message["Body"]):
+                items.append(to_item(event, settings.shards, settings.retention_days))
+                ingested.append(event["ingested_at"])
+        await asyncio.gather(*(write(items[i : i + 25]) for i in range(0, len(items), 25)))
+        now_ms = time.time() * 1000
+        latencies.extend(now_ms - t for t in ingested)
+        await clients.sqs.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )

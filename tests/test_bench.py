@@ -1,0 +1,91 @@
+"""`logpipe bench` at small scale: it runs end to end, counts exactly, and its requests fit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import orjson
+import pytest
+
+from logpipe.aws import sqs_billed_chunks
+from logpipe.bench import cost_figures
+
+FIELDS = {
+    "events",
+    "stored",
+    "lost",
+    "duplicates",
+    "seconds",
+    "events_per_s",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "aws_requests",
+    "billed_requests_per_event",
+    "usd_per_million_events",
+    "mode",
+    "chaos",
+}
+
+
+def bench(*args: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "logpipe", "bench", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    doc: dict[str, Any] = orjson.loads(lines[0])
+    assert doc.keys() >= FIELDS
+    assert (doc["lost"], doc["duplicates"]) == (0, 0)
+    assert doc["stored"] == doc["events"]
+    return doc
+
+
+def test_batched_bench_packs_events_and_batches_calls() -> None:
+    doc = bench("--events", "500")
+    requests = doc["aws_requests"]
+    assert doc["mode"] == "batched"
+    assert "SendMessage" not in requests and "PutItem" not in requests
+    assert requests["SendMessageBatch"] <= 10  # 500 events of ~450 bytes: a few messages
+    assert 500 / 25 <= requests["BatchWriteItem"] <= 500 / 25 + 8
+    assert doc["peak_rss_mb"]["ingestor"] > 0 and doc["peak_rss_mb"]["processor"] > 0
+
+
+def test_naive_bench_makes_one_call_per_event() -> None:
+    doc = bench("--events", "300", "--naive")
+    requests = doc["aws_requests"]
+    assert doc["mode"] == "naive"
+    assert requests["SendMessage"] == 300
+    assert requests["PutItem"] == 300
+    assert requests["DeleteMessage"] == 300
+    assert "SendMessageBatch" not in requests and "BatchWriteItem" not in requests
+
+
+def test_ceiling_bench_moves_the_same_events_with_batch_calls() -> None:
+    doc = bench("--events", "500", "--ceiling")
+    assert doc["mode"] == "ceiling"
+    assert doc["aws_requests"]["BatchWriteItem"] >= 500 / 25
+
+
+@pytest.mark.parametrize(
+    ("payload", "chunks"), [(0, 1), (1, 1), (65536, 1), (65537, 2), (262144, 4)]
+)
+def test_sqs_bills_each_started_64_kib(payload: int, chunks: int) -> None:
+    assert sqs_billed_chunks(payload) == chunks
+
+
+def test_cost_is_priced_per_billed_request_and_write_unit() -> None:
+    figures = cost_figures(events=1_000_000, billed_sqs=10_000, write_units=1_000_000)
+    assert figures["billed_sqs_requests_per_event"] == 0.01
+    assert figures["write_units_per_event"] == 1.0
+    # 10,000 SQS requests at $0.40/M plus 1M write units at $0.625/M.
+    assert figures["usd_per_million_events"] == pytest.approx(0.004 + 0.625)
