@@ -123,8 +123,13 @@ async def open_clients(stack: AsyncExitStack, settings: Settings, pool: int) -> 
         session.client("dynamodb", endpoint_url=settings.endpoint_url, config=config)
     )
     for client in (sqs, dynamodb):
-        client.meta.events.register("before-call", _count_call)
+        client.meta.events.register("before-parameter-build", _count_call)
     sqs.meta.events.register("after-call.sqs.ReceiveMessage", _count_received_chunks)
+    if settings.faults:
+        from logpipe.faults import Faults, Injector
+
+        log.warning("LOGPIPE_FAULTS is set: injecting %s", settings.faults)
+        Injector(Faults.parse(settings.faults).in_clients).install(sqs, dynamodb)
     return Clients(sqs=sqs, dynamodb=dynamodb)
 
 

@@ -17,15 +17,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import aiohttp
 
 from logpipe import metrics
-from logpipe.aws import Clients, bootstrap, open_clients
+from logpipe.aws import Clients, bootstrap, open_clients, queue_url
 from logpipe.config import Settings
 from logpipe.emitter import Shipper
+from logpipe.faults import Faults
 from logpipe.local import LOCAL_CREDENTIALS, RoleProcess, free_port, role_env, wait_http
 
 # Public on-demand prices, us-east-1, as listed on 2026-11-25 (unchanged since 2024-11-01):
@@ -50,6 +51,8 @@ class BenchOptions:
     concurrency: int = 16
     batch: int = 100
     endpoint: str | None = None
+    rate: float = 0.0
+    chaos: Faults = field(default_factory=Faults)
 
 
 def make_events(run: str, count: int, now_ms: int) -> list[dict[str, Any]]:
@@ -171,6 +174,8 @@ async def run(settings: Settings, options: BenchOptions) -> dict[str, Any]:
                 host="127.0.0.1",
                 port=free_port(),
                 metrics_port=free_port(),
+                # Messages a killed processor held come back after this: keep chaos runs short.
+                visibility_timeout_s=10 if options.chaos.kill_processor else 60,
             )
             clients = await open_clients(stack, settings, pool=64)
             await bootstrap(clients, settings)
@@ -194,76 +199,172 @@ class PipelineBench:
         self.log = log
         self.ingestor_url = f"http://127.0.0.1:{settings.port}"
         self.processor_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
-
-    async def run(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        env = role_env(
-            self.settings,
-            LOGPIPE_PORT=self.settings.port,
-            LOGPIPE_METRICS_PORT=self.settings.metrics_port,
-            LOGPIPE_NAIVE=int(self.options.naive),
+        self.env = role_env(
+            settings,
+            LOGPIPE_PORT=settings.port,
+            LOGPIPE_METRICS_PORT=settings.metrics_port,
+            LOGPIPE_NAIVE=int(options.naive),
             LOGPIPE_LOG_LEVEL="warning",
             LOGPIPE_QUEUE_POLL_S=1,
+            LOGPIPE_FAULTS=str(options.chaos.in_clients),
         )
-        roles = [
-            await RoleProcess.start("ingestor", env, log_file=self.log),
-            await RoleProcess.start("processor", env, log_file=self.log),
-        ]
-        timeout = aiohttp.ClientTimeout(total=60)
-        connector = aiohttp.TCPConnector(limit=self.options.concurrency)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            try:
-                await wait_http(session, f"{self.ingestor_url}/healthz")
-                await wait_http(session, self.processor_url)
-                return await self._measure(session, events, roles)
-            finally:
-                for role in roles:
-                    await role.stop()
+        self.roles: dict[str, RoleProcess] = {}
+        self.retired: list[metrics.Sample] = []  # metrics of role processes killed on purpose
+        self.peak_rss: dict[str, float | None] = {}
+        self.kills = {"ingestor": 0, "processor": 0}
 
-    async def _measure(
-        self, session: aiohttp.ClientSession, events: list[dict[str, Any]], roles: list[RoleProcess]
-    ) -> dict[str, Any]:
-        shipper = Shipper(session, self.ingestor_url)
+    async def run(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=60)
+        connector = aiohttp.TCPConnector(limit=self.options.concurrency + 4)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            self.session = session
+            try:
+                for role in ("ingestor", "processor"):
+                    await self.start(role)
+                return await self._measure(events)
+            finally:
+                for process in self.roles.values():
+                    await process.stop()
+
+    async def start(self, role: str) -> None:
+        self.roles[role] = await RoleProcess.start(role, self.env, log_file=self.log)
+        url = f"{self.ingestor_url}/healthz" if role == "ingestor" else self.processor_url
+        await wait_http(self.session, url)
+
+    def metrics_url(self, role: str) -> str:
+        return f"{self.ingestor_url}/metrics" if role == "ingestor" else self.processor_url
+
+    async def kill(self, role: str) -> None:
+        """SIGKILL `role` at once (its last metrics are kept), then start a fresh one."""
+        with contextlib.suppress(aiohttp.ClientError):
+            self.retired += await metrics.scrape(self.session, self.metrics_url(role))
+        self._note_rss(role)
+        process = self.roles[role].process
+        process.kill()
+        await process.wait()
+        self.kills[role] += 1
+        await self.start(role)
+
+    def _note_rss(self, role: str) -> None:
+        rss = peak_rss_mb(self.roles[role].process.pid)
+        if rss is not None:
+            self.peak_rss[role] = max(self.peak_rss.get(role) or 0.0, rss)
+
+    async def _chaos(self, drivers: asyncio.Future[Any]) -> None:
+        chaos = self.options.chaos
+        kills = ["processor"] * chaos.kill_processor + ["ingestor"] * chaos.kill_ingestor
+        random.shuffle(kills)
+        for role in kills:
+            await asyncio.sleep(random.uniform(0.5, 2.5))
+            await self.kill(role)
+
+    async def _measure(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        shipper = Shipper(self.session, self.ingestor_url)
         acknowledged: set[str] = set()
         pending = batches(events, self.options.batch)
         bar = ProgressBar(len(events))
+        main_url = await queue_url(self.clients.sqs, self.settings.queue_name)
+        await put_poison(self.clients.sqs, main_url, self.options.chaos.poison)
+        started = time.monotonic()
 
         async def driver() -> None:
             for batch in pending:
+                if self.options.rate:
+                    ahead = started + shipper.stats.sent / self.options.rate - time.monotonic()
+                    await asyncio.sleep(max(ahead, 0))
                 if await shipper.ship(batch) == len(batch):
                     acknowledged.update(e["id"] for e in batch)
 
-        started = time.monotonic()
         drivers = asyncio.gather(*(driver() for _ in range(self.options.concurrency)))
-        stored = 0.0
-        last_change, last_stored = time.monotonic(), -1.0
+        chaos = asyncio.ensure_future(self._chaos(drivers))
+        last_change, last_depth = time.monotonic(), -1
         while True:
-            samples = await metrics.scrape(session, self.processor_url)
-            stored = metrics.total(samples, "logpipe_events_stored_total")
-            bar.draw(shipper.stats.sent, stored)
-            if drivers.done() and stored >= len(acknowledged):
+            depth = await queue_depth(self.clients.sqs, main_url)
+            with contextlib.suppress(aiohttp.ClientError):
+                samples = await metrics.scrape(self.session, self.processor_url)
+                bar.draw(shipper.stats.sent, metrics.total(samples, "logpipe_events_stored_total"))
+            # Every 202 means SQS holds the event, and only stored events leave the queue.
+            if drivers.done() and chaos.done() and depth == 0:
                 break
-            if stored != last_stored:
-                last_change, last_stored = time.monotonic(), stored
+            if depth != last_depth:
+                last_change, last_depth = time.monotonic(), depth
             elif time.monotonic() - last_change > STALL_SECONDS:
                 break
             await asyncio.sleep(0.2)
         seconds = time.monotonic() - started
         bar.end()
-        drivers.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await drivers
-        rss = {role.role: peak_rss_mb(role.process.pid) for role in roles}
-        ingestor = await metrics.scrape(session, f"{self.ingestor_url}/metrics")
+        for task in (drivers, chaos):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for role in self.roles:
+            self._note_rss(role)
+        samples = self.retired
+        for role in self.roles:
+            samples = samples + await metrics.scrape(self.session, self.metrics_url(role))
         counts = await verify(self.clients, self.settings.table_name, acknowledged)
-        return summarise(
+        result = summarise(
             mode="naive" if self.options.naive else "batched",
             events=len(events),
             acknowledged=len(acknowledged),
             counts=counts,
             seconds=seconds,
-            samples=ingestor + samples,
-            peak_rss_mb=rss,
+            samples=samples,
+            peak_rss_mb=self.peak_rss,
         )
+        if self.options.chaos != Faults():
+            result["chaos"] = str(self.options.chaos)
+            result["faults"] = fired(samples, self.kills)
+            dlq_url = await queue_url(self.clients.sqs, self.settings.dlq_name)
+            result["poison_in_dlq"] = await wait_dlq(
+                self.clients.sqs, dlq_url, self.options.chaos.poison
+            )
+        return result
+
+
+POISON_BODIES = (
+    "not json at all",
+    '{"v": 99, "events": []}',
+    '{"v": 1, "events": [{"id": "x"}]}',
+    '{"v": 1}',
+)
+
+
+async def put_poison(sqs: Any, url: str, count: int) -> None:
+    """`count` undecodable messages, the kinds a processor must survive."""
+    for n in range(count):
+        await sqs.send_message(QueueUrl=url, MessageBody=POISON_BODIES[n % len(POISON_BODIES)])
+
+
+async def queue_depth(sqs: Any, url: str) -> int:
+    response = await sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    attrs = response["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+async def wait_dlq(sqs: Any, url: str, expected: int, timeout: float = 60.0) -> int:
+    """The DLQ's depth once it reaches `expected` (or when `timeout` passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        depth = await queue_depth(sqs, url)
+        if depth >= expected or time.monotonic() > deadline:
+            return depth
+        await asyncio.sleep(0.5)
+
+
+def fired(samples: list[metrics.Sample], kills: dict[str, int]) -> dict[str, int]:
+    """How often each fault fired: the roles' injection counters plus the bench's kills."""
+    counts: dict[str, int] = {}
+    for name, labels, value in samples:
+        if name == "logpipe_faults_injected_total" and value:
+            counts[labels["fault"]] = counts.get(labels["fault"], 0) + int(value)
+    counts.update({f"kill-{role}": n for role, n in kills.items() if n})
+    return dict(sorted(counts.items()))
 
 
 async def verify(clients: Clients, table: str, acknowledged: set[str]) -> dict[str, int]:

@@ -101,6 +101,10 @@ dynamodb_write_units = Counter(
     "logpipe_dynamodb_write_units_total", "DynamoDB write request units consumed (1 per KB)."
 )
 
+faults_injected = Counter(
+    "logpipe_faults_injected_total", "Faults injected by LOGPIPE_FAULTS (chaos runs).", ["fault"]
+)
+
 emitter_events_sent = Counter(
     "logpipe_emitter_events_sent_total", "Events the emitter shipped.", ["service"]
 )
