@@ -87,6 +87,40 @@ async def with_retries(call: Callable[[], Awaitable[T]], attempts: int, what: st
     raise AssertionError("unreachable")
 
 
+async def call_entries(
+    call: Callable[..., Awaitable[dict[str, Any]]],
+    entries: list[dict[str, Any]],
+    attempts: int,
+    what: str,
+) -> list[dict[str, Any]]:
+    """A batch call (Entries=...) retried as a whole and per failed entry; what never passed.
+
+    An entry SQS failed with SenderFault is not sent again: it cannot pass.
+    """
+    pending = entries
+    reason = "no attempt"
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(backoff_delay(attempt - 1))
+        try:
+            response = await call(Entries=pending)
+        except Exception as exc:
+            reason = error_code(exc)
+            if not is_retriable(exc):
+                break
+            continue
+        failed = {f["Id"]: f for f in response.get("Failed", [])}
+        if not failed:
+            return []
+        reason = next(iter(failed.values()))["Code"]
+        if any(f.get("SenderFault") for f in failed.values()):
+            log.warning("%s: SQS refused %d entries: %s", what, len(failed), reason)
+            return [e for e in pending if e["Id"] in failed]
+        pending = [e for e in pending if e["Id"] in failed]
+    log.warning("%s failed for %d entries after retries: %s", what, len(pending), reason)
+    return pending
+
+
 @dataclass
 class Clients:
     """The AWS clients one process shares; open with `open_clients`."""

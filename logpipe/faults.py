@@ -140,22 +140,28 @@ class Injector:
                 }
             )
 
-    def _dynamodb_call(self, model: Any, **kwargs: Any) -> Any:
-        if model.name in DYNAMODB_CALLS and self._fires(self._faults.ddb_throttle, "ddb-throttle"):
-            return _error("ProvisionedThroughputExceededException", 400)
-        return None
-
     def _drop_items(
         self, params: dict[str, Any], model: Any, context: dict[str, Any], **kwargs: Any
     ) -> None:
-        """UnprocessedItems: write only the first half; hand the rest back as unprocessed."""
-        if model.name != "BatchWriteItem":
+        """A fraction of writes fail: throttled outright, or (for a batch) half unprocessed."""
+        if model.name not in DYNAMODB_CALLS or not self._rng.random() < self._faults.ddb_throttle:
             return
-        [(table, requests)] = params["RequestItems"].items()
-        if len(requests) >= 2 and self._fires(self._faults.ddb_throttle, "ddb-unprocessed"):
+        batch: dict[str, list[Any]] = params.get("RequestItems", {})
+        requests: list[Any] = next(iter(batch.values()), [])
+        if len(requests) >= 2 and self._rng.random() < 0.5:
+            metrics.faults_injected.labels("ddb-unprocessed").inc()
+            [table] = params["RequestItems"]
             half = len(requests) // 2
             params["RequestItems"] = {table: requests[:half]}
             context["logpipe_unprocessed"] = (table, requests[half:])
+        else:
+            metrics.faults_injected.labels("ddb-throttle").inc()
+            context["logpipe_throttle"] = True
+
+    def _dynamodb_call(self, context: dict[str, Any], **kwargs: Any) -> Any:
+        if context.pop("logpipe_throttle", False):
+            return _error("ProvisionedThroughputExceededException", 400)
+        return None
 
     def _report_items(self, parsed: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
         if "logpipe_unprocessed" in context:

@@ -20,11 +20,11 @@ from logpipe.aws import (
     THROTTLE_CODES,
     Clients,
     backoff_delay,
+    call_entries,
     error_code,
     is_retriable,
     open_clients,
     queue_url,
-    with_retries,
 )
 from logpipe.config import Settings
 from logpipe.emf import EmfReporter
@@ -287,22 +287,10 @@ class Processor:
                 {"Id": str(i), "ReceiptHandle": t.message["ReceiptHandle"]}
                 for i, t in enumerate(group)
             ]
-            try:
-                response = await with_retries(
-                    partial(
-                        self._sqs.delete_message_batch, QueueUrl=self._queue_url, Entries=entries
-                    ),
-                    attempts=5,
-                    what="DeleteMessageBatch",
-                )
-            except Exception as exc:
-                # Not deleted means redelivered: the same keys are written again, no duplicate.
-                log.warning("could not delete %d messages: %s", len(group), error_code(exc))
-                continue
-            failed = response.get("Failed", [])
-            if failed:
-                log.warning("SQS did not delete %d messages: %s", len(failed), failed[0]["Code"])
-            metrics.messages_deleted.inc(len(group) - len(failed))
+            call = partial(self._sqs.delete_message_batch, QueueUrl=self._queue_url)
+            # What is not deleted is redelivered: the same keys are written again, no double.
+            left = await call_entries(call, entries, attempts=5, what="DeleteMessageBatch")
+            metrics.messages_deleted.inc(len(group) - len(left))
 
     async def _set_visibility(
         self, trackers: list[Tracker], seconds: Callable[[Tracker], int]
@@ -317,16 +305,8 @@ class Processor:
                 }
                 for i, t in enumerate(group)
             ]
-            try:
-                await self._sqs.change_message_visibility_batch(
-                    QueueUrl=self._queue_url, Entries=entries
-                )
-            except Exception as exc:
-                if not is_retriable(exc):
-                    raise
-                log.warning(
-                    "could not change visibility of %d messages: %s", len(group), error_code(exc)
-                )
+            call = partial(self._sqs.change_message_visibility_batch, QueueUrl=self._queue_url)
+            await call_entries(call, entries, attempts=3, what="ChangeMessageVisibilityBatch")
 
 
 class NaiveProcessor(Processor):

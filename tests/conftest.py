@@ -164,16 +164,15 @@ class Roles:
 
     def env(self, **extra: str | int | float) -> dict[str, str]:
         s = self.settings
-        return role_env(
-            s,
-            LOGPIPE_PORT=s.port,
-            LOGPIPE_METRICS_PORT=s.metrics_port,
-            LOGPIPE_RECEIVE_WAIT_S=s.receive_wait_s,
-            LOGPIPE_POLLERS=s.pollers,
-            LOGPIPE_LINGER_MS=s.linger_ms,
-            LOGPIPE_LOG_LEVEL="warning",
-            **extra,
-        )
+        variables: dict[str, str | int | float] = {
+            "LOGPIPE_PORT": s.port,
+            "LOGPIPE_METRICS_PORT": s.metrics_port,
+            "LOGPIPE_RECEIVE_WAIT_S": s.receive_wait_s,
+            "LOGPIPE_POLLERS": s.pollers,
+            "LOGPIPE_LINGER_MS": s.linger_ms,
+            "LOGPIPE_LOG_LEVEL": "warning",
+        }
+        return role_env(s, **{**variables, **extra})
 
     async def start(self, role: str, **extra: str | int | float) -> RoleProcess:
         """Start `role` and wait until it serves HTTP (its API or its metrics)."""

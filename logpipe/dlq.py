@@ -1,0 +1,149 @@
+"""`logpipe dlq inspect` and `logpipe dlq redrive`: look at dead letters, move them back."""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any
+
+from logpipe.aws import Clients, call_entries, open_clients, queue_url
+from logpipe.config import Settings
+from logpipe.models import EnvelopeError
+from logpipe.processor import decode_message
+
+BATCH = 10
+INSPECT_HOLD_S = 5
+
+
+def diagnose(message: dict[str, Any]) -> str:
+    """Why a dead letter is there, as far as its body can tell."""
+    try:
+        events = decode_message(message)
+    except EnvelopeError as exc:
+        return f"undecodable: {exc}"
+    return f"decodes to {len(events)} events: storing them failed (see the processor's log)"
+
+
+def describe(message: dict[str, Any], now_ms: float) -> dict[str, Any]:
+    attrs = message.get("Attributes", {})
+    sent = int(attrs.get("SentTimestamp", now_ms))
+    return {
+        "message_id": message.get("MessageId"),
+        "receive_count": int(attrs.get("ApproximateReceiveCount", 0)),
+        "age_s": round((now_ms - sent) / 1000, 1),
+        "bytes": len(message.get("Body", "").encode()),
+        "why": diagnose(message),
+    }
+
+
+async def _receive(clients: Clients, url: str, hold_s: int) -> list[dict[str, Any]]:
+    response = await clients.sqs.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=BATCH,
+        VisibilityTimeout=hold_s,
+        WaitTimeSeconds=0,
+        MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        MessageAttributeNames=["All"],
+    )
+    messages: list[dict[str, Any]] = response.get("Messages", [])
+    return messages
+
+
+async def inspect(clients: Clients, settings: Settings, sample: int) -> dict[str, Any]:
+    """The DLQ's depth, and a sample of its messages with their receive counts and a reason.
+
+    Sampled messages are hidden for a few seconds and then visible again, untouched.
+    """
+    url = await queue_url(clients.sqs, settings.dlq_name)
+    attrs = await clients.sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    seen: dict[str, dict[str, Any]] = {}
+    while len(seen) < sample:
+        messages = await _receive(clients, url, INSPECT_HOLD_S)
+        fresh = [m for m in messages if m["MessageId"] not in seen]
+        if not fresh:
+            break
+        now_ms = time.time() * 1000
+        for message in fresh[: sample - len(seen)]:
+            seen[message["MessageId"]] = describe(message, now_ms)
+    return {
+        "queue": settings.dlq_name,
+        "messages": int(attrs["Attributes"]["ApproximateNumberOfMessages"]),
+        "in_flight": int(attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"]),
+        "sample": list(seen.values()),
+    }
+
+
+async def redrive(clients: Clients, settings: Settings, everything: bool) -> dict[str, int]:
+    """Move dead letters back to the main queue; undecodable ones stay unless `everything`.
+
+    Each message is sent to the main queue before it is deleted from the DLQ, so a crash
+    in between leaves a copy in both — harmless, since storing an event twice writes the
+    same item. Running it again moves whatever is left.
+    """
+    source = await queue_url(clients.sqs, settings.dlq_name)
+    target = await queue_url(clients.sqs, settings.queue_name)
+    moved = kept = 0
+    kept_ids: set[str] = set()
+    while True:
+        messages = [
+            m for m in await _receive(clients, source, 30) if m["MessageId"] not in kept_ids
+        ]
+        if not messages:
+            return {"moved": moved, "kept": kept}
+        chosen = [m for m in messages if everything or not diagnose(m).startswith("undecodable")]
+        for message in messages:
+            if message not in chosen:
+                kept_ids.add(message["MessageId"])
+                kept += 1
+        if not chosen:
+            continue
+        entries = [
+            {
+                "Id": str(i),
+                "MessageBody": m["Body"],
+                **(
+                    {"MessageAttributes": m["MessageAttributes"]}
+                    if m.get("MessageAttributes")
+                    else {}
+                ),
+            }
+            for i, m in enumerate(chosen)
+        ]
+        failed = await call_entries(
+            partial(clients.sqs.send_message_batch, QueueUrl=target), entries, 5, "SendMessageBatch"
+        )
+        done = [m for m, e in zip(chosen, entries, strict=True) if e not in failed]
+        receipts = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)]
+        if receipts:
+            await call_entries(
+                partial(clients.sqs.delete_message_batch, QueueUrl=source),
+                receipts,
+                5,
+                "DeleteMessageBatch",
+            )
+        moved += len(done)
+
+
+async def run(
+    settings: Settings, action: str, *, sample: int = 10, everything: bool = False
+) -> dict[str, Any]:
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(stack, settings, pool=4)
+        if action == "inspect":
+            return await inspect(clients, settings, sample)
+        return await redrive(clients, settings, everything)
+
+
+def render_inspection(report: dict[str, Any]) -> str:
+    """The inspect report for a person."""
+    lines = [f"{report['queue']}: {report['messages']} messages ({report['in_flight']} in flight)"]
+    for item in report["sample"]:
+        lines.append(
+            f"  {item['message_id']}  received {item['receive_count']}x  "
+            f"age {item['age_s']}s  {item['bytes']} B  {item['why']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""`logpipe dlq inspect` and `redrive` against real queues."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+
+from logpipe import dlq
+from logpipe.aws import Clients, queue_url
+from logpipe.config import Settings
+from logpipe.models import encode_event, normalise, pack_envelope
+from logpipe.processor import Processor
+from tests.conftest import make_event, queue_counts, scan_items
+
+
+async def _fill_dlq(clients: Clients, settings: Settings) -> str:
+    url = await queue_url(clients.sqs, settings.dlq_name)
+    good = pack_envelope([encode_event(normalise(make_event(n), now_ms=1)) for n in range(5)])
+    await clients.sqs.send_message(QueueUrl=url, MessageBody=good)
+    await clients.sqs.send_message(QueueUrl=url, MessageBody="{broken")
+    return url
+
+
+async def test_inspect_counts_and_says_why_each_message_failed(
+    clients: Clients, settings: Settings
+) -> None:
+    await _fill_dlq(clients, settings)
+
+    report = await dlq.inspect(clients, settings, sample=10)
+
+    assert report["messages"] == 2
+    reasons = sorted(item["why"] for item in report["sample"])
+    assert reasons[0].startswith("decodes to 5 events")
+    assert reasons[1].startswith("undecodable: body is not JSON")
+    assert all(item["receive_count"] >= 1 for item in report["sample"])
+    assert "undecodable" in dlq.render_inspection(report)
+
+
+async def test_redrive_moves_what_can_be_stored_and_is_safe_to_run_twice(
+    clients: Clients, settings: Settings
+) -> None:
+    dlq_url = await _fill_dlq(clients, settings)
+    main_url = await queue_url(clients.sqs, settings.queue_name)
+
+    first = await dlq.redrive(clients, settings, everything=False)
+    second = await dlq.redrive(clients, settings, everything=False)
+
+    assert first == {"moved": 1, "kept": 1}
+    assert second["moved"] == 0
+    assert await queue_counts(clients, main_url) == (1, 0)
+    assert sum(await queue_counts(clients, dlq_url)) == 1  # the undecodable one stays
+    await Processor(settings, clients, main_url).run_until_empty()
+    assert len(await scan_items(clients, settings.table_name)) == 5
+
+
+def test_dlq_inspect_command_prints_json(aws_endpoint: str, settings: Settings) -> None:
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": aws_endpoint,
+        "LOGPIPE_QUEUE_NAME": settings.queue_name,
+        "LOGPIPE_DLQ_NAME": settings.dlq_name,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "logpipe", "dlq", "inspect", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert orjson.loads(result.stdout)["messages"] == 0
