@@ -1,0 +1,45 @@
+# The deploy workflow applies these two resources first (-target), pushes the image, then
+# applies the rest with the new tag.
+resource "aws_ecr_repository" "app" {
+  name                 = var.name
+  image_tag_mutability = "IMMUTABLE"
+
+  image_scanning_configuration {
+    scan_on_push = true
+  }
+
+  # KMS with the AWS-managed key aws/ecr: no key to pay for or administer.
+  encryption_configuration {
+    encryption_type = "KMS"
+  }
+}
+
+resource "aws_ecr_lifecycle_policy" "app" {
+  repository = aws_ecr_repository.app.name
+
+  policy = jsonencode({
+    rules = [
+      {
+        rulePriority = 1
+        description  = "Untagged layers of interrupted pushes go after a week"
+        selection = {
+          tagStatus   = "untagged"
+          countType   = "sinceImagePushed"
+          countUnit   = "days"
+          countNumber = 7
+        }
+        action = { type = "expire" }
+      },
+      {
+        rulePriority = 2
+        description  = "Keep the newest images: the rollback window"
+        selection = {
+          tagStatus   = "any"
+          countType   = "imageCountMoreThan"
+          countNumber = var.ecr_keep_images
+        }
+        action = { type = "expire" }
+      },
+    ]
+  })
+}

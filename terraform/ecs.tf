@@ -1,0 +1,240 @@
+# One image, five services: ROLE (and for the emitters LOGPIPE_EMITTER_SERVICE) is the only
+# difference between them. Every value a role needs comes from the resources above, so a
+# task can never point at a queue or table this stack did not create.
+locals {
+  image = "${aws_ecr_repository.app.repository_url}:${var.image_tag}"
+
+  environment = {
+    AWS_REGION                   = var.region
+    LOGPIPE_QUEUE_NAME           = aws_sqs_queue.events.name
+    LOGPIPE_DLQ_NAME             = aws_sqs_queue.dlq.name
+    LOGPIPE_TABLE_NAME           = aws_dynamodb_table.logs.name
+    LOGPIPE_RETENTION_DAYS       = tostring(var.event_retention_days)
+    LOGPIPE_SHARDS               = tostring(var.shards)
+    LOGPIPE_LOG_LEVEL            = var.log_level
+    LOGPIPE_VISIBILITY_TIMEOUT_S = tostring(local.visibility_timeout_s)
+    LOGPIPE_MAX_RECEIVE_COUNT    = tostring(local.max_receive_count)
+    LOGPIPE_PORT                 = tostring(local.http_port)
+    LOGPIPE_METRICS_PORT         = tostring(local.metrics_port)
+    LOGPIPE_DRAIN_SECONDS        = "25"
+    # Metrics as EMF lines on stdout; awslogs ships them and CloudWatch extracts them.
+    LOGPIPE_EMF = "true"
+  }
+
+  # The same command as the image's HEALTHCHECK (ECS ignores the Dockerfile's): GET /healthz
+  # on LOGPIPE_PORT for the HTTP roles, /metrics on LOGPIPE_METRICS_PORT for the others.
+  health_check_command = ["CMD", "python", "-c", "import os, urllib.request as r; h = os.environ.get('ROLE') in ('ingestor', 'console'); p = os.environ.get('LOGPIPE_PORT' if h else 'LOGPIPE_METRICS_PORT') or ('8080' if h else '9100'); r.urlopen(f'http://127.0.0.1:{p}/' + ('healthz' if h else 'metrics'), timeout=4)"]
+
+  services = ["ingestor", "processor", "console", "emitter-a", "emitter-b"]
+
+  service_defaults = {
+    region               = var.region
+    cluster_arn          = aws_ecs_cluster.main.arn
+    execution_role_arn   = aws_iam_role.execution.arn
+    subnet_ids           = aws_subnet.private[*].id
+    health_check_command = local.health_check_command
+  }
+}
+
+resource "aws_ecs_cluster" "main" {
+  name = var.name
+
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+}
+
+resource "aws_cloudwatch_log_group" "service" {
+  for_each = toset(local.services)
+
+  name              = "/ecs/${var.name}/${each.key}"
+  retention_in_days = var.log_retention_days
+}
+
+module "ingestor" {
+  source = "./modules/service"
+
+  name              = "${var.name}-ingestor"
+  role              = "ingestor"
+  image             = local.image
+  environment       = local.environment
+  secrets           = { LOGPIPE_API_KEYS = var.api_keys_secret_arn }
+  task_role_arn     = aws_iam_role.ingestor.arn
+  security_group_id = aws_security_group.ingestor.id
+  log_group_name    = aws_cloudwatch_log_group.service["ingestor"].name
+  desired_count     = var.ingestor_count
+  cpu               = 512
+  memory            = 1024
+  container_port    = local.http_port
+  target_group_arn  = aws_lb_target_group.ingestor.arn
+  defaults          = local.service_defaults
+
+  depends_on = [aws_lb_listener.ingest, aws_iam_role_policy.execution]
+}
+
+module "processor" {
+  source = "./modules/service"
+
+  name              = "${var.name}-processor"
+  role              = "processor"
+  image             = local.image
+  environment       = local.environment
+  secrets           = {}
+  task_role_arn     = aws_iam_role.processor.arn
+  security_group_id = aws_security_group.processor.id
+  log_group_name    = aws_cloudwatch_log_group.service["processor"].name
+  desired_count     = var.processor_min_count
+  autoscaled        = true
+  cpu               = 512
+  memory            = 1024
+  defaults          = local.service_defaults
+
+  depends_on = [aws_iam_role_policy.execution]
+}
+
+module "console" {
+  source = "./modules/service"
+
+  name              = "${var.name}-console"
+  role              = "console"
+  image             = local.image
+  environment       = local.environment
+  secrets           = {}
+  task_role_arn     = aws_iam_role.console.arn
+  security_group_id = aws_security_group.console.id
+  log_group_name    = aws_cloudwatch_log_group.service["console"].name
+  desired_count     = var.console_count
+  cpu               = 256
+  memory            = 512
+  container_port    = local.http_port
+  target_group_arn  = aws_lb_target_group.console.arn
+  defaults          = local.service_defaults
+
+  depends_on = [aws_lb_listener.console, aws_iam_role_policy.execution]
+}
+
+# The emitters send with the first API key, so they get the same secret as the ingestor.
+module "emitter_a" {
+  source = "./modules/service"
+
+  name  = "${var.name}-emitter-a"
+  role  = "emitter"
+  image = local.image
+  role_environment = {
+    LOGPIPE_EMITTER_SERVICE = "service-a"
+    LOGPIPE_INGESTOR_URL    = local.ingest_url
+    LOGPIPE_EMITTER_RATE    = tostring(var.emitter_rate)
+  }
+  environment       = local.environment
+  secrets           = { LOGPIPE_API_KEYS = var.api_keys_secret_arn }
+  task_role_arn     = null
+  security_group_id = aws_security_group.emitter.id
+  log_group_name    = aws_cloudwatch_log_group.service["emitter-a"].name
+  desired_count     = var.emitter_a_count
+  cpu               = 256
+  memory            = 512
+  defaults          = local.service_defaults
+
+  depends_on = [aws_iam_role_policy.execution]
+}
+
+module "emitter_b" {
+  source = "./modules/service"
+
+  name  = "${var.name}-emitter-b"
+  role  = "emitter"
+  image = local.image
+  role_environment = {
+    LOGPIPE_EMITTER_SERVICE = "service-b"
+    LOGPIPE_INGESTOR_URL    = local.ingest_url
+    LOGPIPE_EMITTER_RATE    = tostring(var.emitter_rate)
+  }
+  environment       = local.environment
+  secrets           = { LOGPIPE_API_KEYS = var.api_keys_secret_arn }
+  task_role_arn     = null
+  security_group_id = aws_security_group.emitter.id
+  log_group_name    = aws_cloudwatch_log_group.service["emitter-b"].name
+  desired_count     = var.emitter_b_count
+  cpu               = 256
+  memory            = 512
+  defaults          = local.service_defaults
+
+  depends_on = [aws_iam_role_policy.execution]
+}
+
+# --- processor autoscaling: target tracking on visible messages per running task ---
+
+resource "aws_appautoscaling_target" "processor" {
+  service_namespace  = "ecs"
+  scalable_dimension = "ecs:service:DesiredCount"
+  resource_id        = "service/${aws_ecs_cluster.main.name}/${module.processor.service_name}"
+  min_capacity       = var.processor_min_count
+  max_capacity       = max(var.processor_max_count, var.processor_min_count)
+}
+
+resource "aws_appautoscaling_policy" "processor_backlog" {
+  name               = "${var.name}-processor-backlog-per-task"
+  policy_type        = "TargetTrackingScaling"
+  service_namespace  = aws_appautoscaling_target.processor.service_namespace
+  scalable_dimension = aws_appautoscaling_target.processor.scalable_dimension
+  resource_id        = aws_appautoscaling_target.processor.resource_id
+
+  target_tracking_scaling_policy_configuration {
+    target_value       = var.processor_backlog_per_task
+    scale_out_cooldown = 60
+    scale_in_cooldown  = 300
+
+    customized_metric_specification {
+      metrics {
+        id          = "visible"
+        return_data = false
+
+        metric_stat {
+          stat = "Average"
+
+          metric {
+            namespace   = "AWS/SQS"
+            metric_name = "ApproximateNumberOfMessagesVisible"
+
+            dimensions {
+              name  = "QueueName"
+              value = aws_sqs_queue.events.name
+            }
+          }
+        }
+      }
+
+      metrics {
+        id          = "tasks"
+        return_data = false
+
+        metric_stat {
+          stat = "Average"
+
+          metric {
+            namespace   = "ECS/ContainerInsights"
+            metric_name = "RunningTaskCount"
+
+            dimensions {
+              name  = "ClusterName"
+              value = aws_ecs_cluster.main.name
+            }
+
+            dimensions {
+              name  = "ServiceName"
+              value = module.processor.service_name
+            }
+          }
+        }
+      }
+
+      metrics {
+        id          = "backlog_per_task"
+        label       = "Visible messages per processor task"
+        expression  = "visible / tasks"
+        return_data = true
+      }
+    }
+  }
+}

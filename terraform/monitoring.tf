@@ -1,0 +1,257 @@
+# Alarms and a dashboard. Application metrics arrive as CloudWatch Embedded Metric Format
+# lines on each task's stdout: namespace "logpipe", dimension Role, DESIGN.md's Prometheus
+# names without the "logpipe_" prefix. Queue and load balancer metrics are AWS's own.
+locals {
+  emf_namespace  = "logpipe"
+  dashboard_name = var.name
+  alarm_actions  = [aws_sns_topic.alarms.arn]
+}
+
+resource "aws_sns_topic" "alarms" {
+  name = "${var.name}-alarms"
+}
+
+resource "aws_sns_topic_subscription" "alarm_email" {
+  count = var.alarm_email == "" ? 0 : 1
+
+  topic_arn = aws_sns_topic.alarms.arn
+  protocol  = "email"
+  endpoint  = var.alarm_email
+}
+
+data "aws_iam_policy_document" "alarms_topic" {
+  statement {
+    sid       = "CloudWatchAlarmsPublish"
+    actions   = ["sns:Publish"]
+    resources = [aws_sns_topic.alarms.arn]
+
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+resource "aws_sns_topic_policy" "alarms" {
+  arn    = aws_sns_topic.alarms.arn
+  policy = data.aws_iam_policy_document.alarms_topic.json
+}
+
+# Anything in the DLQ is an event that could not be stored after maxReceiveCount receives.
+resource "aws_cloudwatch_metric_alarm" "dlq_not_empty" {
+  alarm_name          = "${var.name}-dlq-not-empty"
+  alarm_description   = "Messages in ${local.dlq_name}: inspect with `logpipe dlq inspect`, fix, then `logpipe dlq redrive`."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.dlq.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+resource "aws_cloudwatch_metric_alarm" "oldest_message_age" {
+  alarm_name          = "${var.name}-oldest-message-age"
+  alarm_description   = "The oldest message of ${local.queue_name} waits longer than ${var.max_message_age_seconds} s: the processors are behind or stuck."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateAgeOfOldestMessage"
+  dimensions          = { QueueName = aws_sqs_queue.events.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 5
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.max_message_age_seconds
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# The processor's JSON log lines at level error or critical, counted per role.
+resource "aws_cloudwatch_log_metric_filter" "processor_errors" {
+  name           = "${var.name}-processor-errors"
+  log_group_name = aws_cloudwatch_log_group.service["processor"].name
+  pattern        = "{ ($.level = \"error\") || ($.level = \"critical\") }"
+
+  metric_transformation {
+    namespace  = local.emf_namespace
+    name       = "log_errors_total"
+    value      = "1"
+    dimensions = { Role = "$.role" }
+    unit       = "Count"
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "processor_errors" {
+  alarm_name          = "${var.name}-processor-errors"
+  alarm_description   = "The processor logged errors; see /ecs/${var.name}/processor."
+  namespace           = local.emf_namespace
+  metric_name         = "log_errors_total"
+  dimensions          = { Role = "processor" }
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  threshold           = 1
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+
+  depends_on = [aws_cloudwatch_log_metric_filter.processor_errors]
+}
+
+resource "aws_cloudwatch_metric_alarm" "ingest_5xx" {
+  alarm_name          = "${var.name}-ingest-5xx"
+  alarm_description   = "Ingestor tasks answer 5xx: clients are retrying or losing logs."
+  namespace           = "AWS/ApplicationELB"
+  metric_name         = "HTTPCode_Target_5XX_Count"
+  dimensions          = { LoadBalancer = aws_lb.main.arn_suffix, TargetGroup = aws_lb_target_group.ingestor.arn_suffix }
+  statistic           = "Sum"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 3
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.ingest_5xx_threshold
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+resource "aws_cloudwatch_metric_alarm" "ingestor_unhealthy" {
+  count = var.ingestor_count > 0 ? 1 : 0
+
+  alarm_name          = "${var.name}-ingestor-no-healthy-target"
+  alarm_description   = "No ingestor task passes /healthz: ingest is down."
+  namespace           = "AWS/ApplicationELB"
+  metric_name         = "HealthyHostCount"
+  dimensions          = { LoadBalancer = aws_lb.main.arn_suffix, TargetGroup = aws_lb_target_group.ingestor.arn_suffix }
+  statistic           = "Minimum"
+  period              = 60
+  evaluation_periods  = 3
+  comparison_operator = "LessThanThreshold"
+  threshold           = 1
+  treat_missing_data  = "breaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+resource "aws_cloudwatch_dashboard" "main" {
+  dashboard_name = local.dashboard_name
+
+  dashboard_body = jsonencode({
+    widgets = [
+      {
+        type = "metric", x = 0, y = 0, width = 12, height = 6
+        properties = {
+          title  = "Events per minute: accepted, stored"
+          region = var.region
+          stat   = "Sum"
+          period = 60
+          view   = "timeSeries"
+          metrics = [
+            [local.emf_namespace, "events_accepted_total", "Role", "ingestor", { label = "accepted (ingestor)" }],
+            [local.emf_namespace, "events_rejected_total", "Role", "ingestor", { label = "rejected (ingestor)" }],
+            # Stored events carry a Service dimension as well: summed over every service.
+            [{ id = "stored", label = "stored (processor)", expression = "SUM(SEARCH('{${local.emf_namespace},Role,Service} MetricName=\"events_stored_total\" Role=\"processor\"', 'Sum', 60))" }],
+          ]
+        }
+      },
+      {
+        type = "metric", x = 12, y = 0, width = 12, height = 6
+        properties = {
+          title  = "End-to-end latency, ingest to stored (s)"
+          region = var.region
+          stat   = "Maximum"
+          period = 60
+          view   = "timeSeries"
+          # The processor reports each interval's quantiles of its latency histogram.
+          metrics = [
+            [local.emf_namespace, "e2e_latency_seconds_p50", "Role", "processor", { label = "p50" }],
+            [local.emf_namespace, "e2e_latency_seconds_p99", "Role", "processor", { label = "p99" }],
+            [local.emf_namespace, "e2e_latency_seconds", "Role", "processor", { stat = "Average", label = "mean" }],
+          ]
+        }
+      },
+      {
+        type = "metric", x = 0, y = 6, width = 12, height = 6
+        properties = {
+          title  = "Queue: visible messages and age of the oldest"
+          region = var.region
+          stat   = "Maximum"
+          period = 60
+          view   = "timeSeries"
+          metrics = [
+            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", aws_sqs_queue.events.name, { label = "visible (events)" }],
+            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", aws_sqs_queue.dlq.name, { label = "visible (DLQ)" }],
+            ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", aws_sqs_queue.events.name, { label = "oldest age s (events)", yAxis = "right" }],
+            [local.emf_namespace, "queue_oldest_age_seconds", "Role", "processor", "Queue", "dlq", { label = "oldest age s (DLQ)", yAxis = "right" }],
+          ]
+        }
+      },
+      {
+        type = "metric", x = 12, y = 6, width = 12, height = 6
+        properties = {
+          title  = "SQS messages sent / deleted per minute"
+          region = var.region
+          stat   = "Sum"
+          period = 60
+          view   = "timeSeries"
+          metrics = [
+            [local.emf_namespace, "sqs_messages_sent_total", "Role", "ingestor", { label = "sent (ingestor)" }],
+            [local.emf_namespace, "messages_deleted_total", "Role", "processor", { label = "deleted (processor)" }],
+          ]
+        }
+      },
+      {
+        type = "metric", x = 0, y = 12, width = 12, height = 6
+        properties = {
+          title  = "Ingest load balancer: requests and 5xx"
+          region = var.region
+          stat   = "Sum"
+          period = 60
+          view   = "timeSeries"
+          metrics = [
+            ["AWS/ApplicationELB", "RequestCount", "LoadBalancer", aws_lb.main.arn_suffix, { label = "requests" }],
+            ["AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", "LoadBalancer", aws_lb.main.arn_suffix, { label = "target 5xx" }],
+            ["AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", "LoadBalancer", aws_lb.main.arn_suffix, { label = "load balancer 5xx" }],
+          ]
+        }
+      },
+      {
+        type = "metric", x = 12, y = 12, width = 12, height = 6
+        properties = {
+          title  = "Running tasks and processor errors"
+          region = var.region
+          period = 60
+          view   = "timeSeries"
+          metrics = [
+            ["ECS/ContainerInsights", "RunningTaskCount", "ClusterName", aws_ecs_cluster.main.name, "ServiceName", module.ingestor.service_name, { stat = "Average", label = "ingestor tasks" }],
+            ["ECS/ContainerInsights", "RunningTaskCount", "ClusterName", aws_ecs_cluster.main.name, "ServiceName", module.processor.service_name, { stat = "Average", label = "processor tasks" }],
+            [local.emf_namespace, "log_errors_total", "Role", "processor", { stat = "Sum", label = "processor errors", yAxis = "right" }],
+          ]
+        }
+      },
+      {
+        type = "alarm", x = 0, y = 18, width = 24, height = 3
+        properties = {
+          title = "Alarms"
+          alarms = concat([
+            aws_cloudwatch_metric_alarm.dlq_not_empty.arn,
+            aws_cloudwatch_metric_alarm.oldest_message_age.arn,
+            aws_cloudwatch_metric_alarm.processor_errors.arn,
+            aws_cloudwatch_metric_alarm.ingest_5xx.arn,
+          ], aws_cloudwatch_metric_alarm.ingestor_unhealthy[*].arn)
+        }
+      },
+    ]
+  })
+}

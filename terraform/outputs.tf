@@ -1,0 +1,55 @@
+output "ingest_url" {
+  description = "Base URL of the ingestor: POST <ingest_url>/ingest."
+  value       = local.ingest_url
+}
+
+output "console_url" {
+  description = "Console URL, reachable from console_allowed_cidrs only."
+  value       = local.console_url
+}
+
+output "queue_url" {
+  description = "URL of the events queue."
+  value       = aws_sqs_queue.events.url
+}
+
+output "dlq_url" {
+  description = "URL of the dead-letter queue."
+  value       = aws_sqs_queue.dlq.url
+}
+
+output "table_name" {
+  description = "DynamoDB table of stored events."
+  value       = aws_dynamodb_table.logs.name
+}
+
+output "dashboard_url" {
+  description = "CloudWatch dashboard of the stack."
+  value       = "https://${var.region}.console.aws.amazon.com/cloudwatch/home?region=${var.region}#dashboards:name=${aws_cloudwatch_dashboard.main.dashboard_name}"
+}
+
+output "ecr_repository_url" {
+  description = "ECR repository the deploy workflow pushes the image to."
+  value       = aws_ecr_repository.app.repository_url
+}
+
+output "cluster_name" {
+  description = "ECS cluster of the services."
+  value       = aws_ecs_cluster.main.name
+}
+
+output "service_names" {
+  description = "ECS services of the stack, one per role (the deploy workflow redeploys and waits for each)."
+  value = [
+    module.ingestor.service_name,
+    module.processor.service_name,
+    module.console.service_name,
+    module.emitter_a.service_name,
+    module.emitter_b.service_name,
+  ]
+}
+
+output "alarm_topic_arn" {
+  description = "SNS topic the alarms notify; subscribe more endpoints to it as needed."
+  value       = aws_sns_topic.alarms.arn
+}

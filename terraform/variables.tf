@@ -1,0 +1,291 @@
+variable "region" {
+  description = "AWS region for the whole stack."
+  type        = string
+  default     = "us-east-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", var.region))
+    error_message = "region must be an AWS region name such as us-east-1."
+  }
+}
+
+variable "name" {
+  description = "Name prefix of every resource; the queue, DLQ and table are <name>-events, <name>-events-dlq and <name>-logs."
+  type        = string
+  default     = "logpipe"
+
+  validation {
+    # The ALB target group names (<name>-ingestor, <name>-console) must fit in 32 characters.
+    condition     = can(regex("^[a-z][a-z0-9-]{1,22}$", var.name))
+    error_message = "name must be 2-23 characters of a-z, 0-9 and -, starting with a letter."
+  }
+}
+
+variable "image_tag" {
+  description = "Tag of the logpipe image in the stack's ECR repository (the deploy workflow uses the commit SHA)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
+    error_message = "image_tag must be a valid, immutable Docker tag (not \"latest\"), e.g. a commit SHA."
+  }
+}
+
+variable "api_keys_secret_arn" {
+  description = "ARN of a Secrets Manager secret or SSM SecureString parameter whose value is the comma-separated ingest API keys; injected as LOGPIPE_API_KEYS through ECS secrets, never as plain environment."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+|ssm:[a-z0-9-]+:[0-9]{12}:parameter/.+)$", var.api_keys_secret_arn))
+    error_message = "api_keys_secret_arn must be the ARN of a Secrets Manager secret or an SSM parameter."
+  }
+}
+
+variable "ingestor_count" {
+  description = "Ingestor tasks behind the load balancer."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.ingestor_count >= 0 && var.ingestor_count <= 50 && floor(var.ingestor_count) == var.ingestor_count
+    error_message = "ingestor_count must be a whole number 0-50."
+  }
+}
+
+variable "processor_min_count" {
+  description = "Fewest processor tasks; autoscaling on queue backlog per task adds more."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.processor_min_count >= 1 && var.processor_min_count <= 50 && floor(var.processor_min_count) == var.processor_min_count
+    error_message = "processor_min_count must be a whole number 1-50."
+  }
+}
+
+variable "processor_max_count" {
+  description = "Most processor tasks autoscaling may run."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.processor_max_count >= 1 && var.processor_max_count <= 100 && floor(var.processor_max_count) == var.processor_max_count
+    error_message = "processor_max_count must be a whole number 1-100."
+  }
+}
+
+variable "processor_backlog_per_task" {
+  description = "Target of the processor's autoscaling: visible SQS messages per running processor task."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.processor_backlog_per_task >= 1
+    error_message = "processor_backlog_per_task must be at least 1."
+  }
+}
+
+variable "console_count" {
+  description = "Console tasks (read-only log search)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.console_count >= 0 && var.console_count <= 10 && floor(var.console_count) == var.console_count
+    error_message = "console_count must be a whole number 0-10."
+  }
+}
+
+variable "emitter_a_count" {
+  description = "Emitter tasks simulating service-a (demo and load only: they generate billable traffic)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.emitter_a_count >= 0 && var.emitter_a_count <= 20 && floor(var.emitter_a_count) == var.emitter_a_count
+    error_message = "emitter_a_count must be a whole number 0-20."
+  }
+}
+
+variable "emitter_b_count" {
+  description = "Emitter tasks simulating service-b (demo and load only: they generate billable traffic)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.emitter_b_count >= 0 && var.emitter_b_count <= 20 && floor(var.emitter_b_count) == var.emitter_b_count
+    error_message = "emitter_b_count must be a whole number 0-20."
+  }
+}
+
+variable "emitter_rate" {
+  description = "Events per second each emitter task sends (LOGPIPE_EMITTER_RATE)."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.emitter_rate > 0 && var.emitter_rate <= 10000
+    error_message = "emitter_rate must be above 0 and at most 10000."
+  }
+}
+
+variable "event_retention_days" {
+  description = "Days a stored event lives before DynamoDB's TTL removes it (LOGPIPE_RETENTION_DAYS, attribute expires_at)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.event_retention_days >= 1 && var.event_retention_days <= 36500 && floor(var.event_retention_days) == var.event_retention_days
+    error_message = "event_retention_days must be a whole number 1-36500."
+  }
+}
+
+variable "log_retention_days" {
+  description = "Retention of the containers' own CloudWatch log groups (and the VPC flow logs)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be a value CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, 60, 90, ..., 3653)."
+  }
+}
+
+variable "shards" {
+  description = "Partitions per service and hour in the table key (LOGPIPE_SHARDS); the console reads every shard."
+  type        = number
+  default     = 8
+
+  validation {
+    condition     = var.shards >= 1 && var.shards <= 1000 && floor(var.shards) == var.shards
+    error_message = "shards must be a whole number 1-1000."
+  }
+}
+
+variable "log_level" {
+  description = "LOGPIPE_LOG_LEVEL of every task."
+  type        = string
+  default     = "info"
+
+  validation {
+    condition     = contains(["debug", "info", "warning", "error"], var.log_level)
+    error_message = "log_level must be debug, info, warning or error."
+  }
+}
+
+variable "vpc_cidr" {
+  description = "CIDR block of the stack's VPC (a /16 to /20; subnets are /24s carved from it)."
+  type        = string
+  default     = "10.40.0.0/16"
+
+  validation {
+    condition     = can(cidrhost(var.vpc_cidr, 0)) && tonumber(split("/", var.vpc_cidr)[1]) <= 20
+    error_message = "vpc_cidr must be an IPv4 CIDR block of /20 or larger."
+  }
+}
+
+variable "ingest_allowed_cidrs" {
+  description = "Client networks allowed to reach the ingest listener (applications that send logs)."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+
+  validation {
+    condition     = alltrue([for c in var.ingest_allowed_cidrs : can(cidrhost(c, 0))])
+    error_message = "ingest_allowed_cidrs must be IPv4 CIDR blocks."
+  }
+}
+
+variable "console_allowed_cidrs" {
+  description = "Networks allowed to reach the console listener; empty (the default) keeps the console unreachable from outside the VPC."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.console_allowed_cidrs : can(cidrhost(c, 0)) && c != "0.0.0.0/0"])
+    error_message = "console_allowed_cidrs must be IPv4 CIDR blocks, and not 0.0.0.0/0: the console reads every stored log."
+  }
+}
+
+variable "console_port" {
+  description = "Load balancer port of the console listener."
+  type        = number
+  default     = 8443
+
+  validation {
+    condition     = var.console_port >= 1024 && var.console_port <= 65535 && var.console_port != 8080
+    error_message = "console_port must be 1024-65535 and not 8080."
+  }
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate for HTTPS on the load balancer; empty serves plain HTTP (first deploy without a domain only)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.certificate_arn == "" || can(regex("^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/.+$", var.certificate_arn))
+    error_message = "certificate_arn must be empty or an ACM certificate ARN."
+  }
+}
+
+variable "domain_name" {
+  description = "DNS name covered by certificate_arn that points at the load balancer (a CNAME or alias you create); required with certificate_arn."
+  type        = string
+  default     = ""
+
+  validation {
+    # Cross-variable validation needs Terraform 1.9+ (required_version is 1.10).
+    condition     = (var.domain_name == "") == (var.certificate_arn == "") && (var.domain_name == "" || can(regex("^([a-z0-9-]+\\.)+[a-z]{2,}$", var.domain_name)))
+    error_message = "domain_name must be set exactly when certificate_arn is, to a DNS name such as logs.example.com."
+  }
+}
+
+variable "alarm_email" {
+  description = "E-mail address subscribed to the alarm topic (confirm the subscription mail); empty subscribes nobody."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.alarm_email == "" || can(regex("^[^@ ]+@[^@ ]+\\.[^@ ]+$", var.alarm_email))
+    error_message = "alarm_email must be empty or an e-mail address."
+  }
+}
+
+variable "max_message_age_seconds" {
+  description = "Alarm when the oldest message of the queue is older than this (the processor is behind or stuck)."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.max_message_age_seconds >= 60
+    error_message = "max_message_age_seconds must be at least 60."
+  }
+}
+
+variable "ingest_5xx_threshold" {
+  description = "Alarm when the ingestors answer more 5xx than this per minute, for 3 of 5 minutes."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.ingest_5xx_threshold >= 0
+    error_message = "ingest_5xx_threshold must not be negative."
+  }
+}
+
+variable "ecr_keep_images" {
+  description = "Images kept in ECR (older ones expire): how far back a rollback can go."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.ecr_keep_images >= 5 && var.ecr_keep_images <= 1000
+    error_message = "ecr_keep_images must be 5-1000."
+  }
+}
+
+variable "deletion_protection" {
+  description = "Protect the table and the load balancer from deletion; set false (and apply) before `terraform destroy`."
+  type        = bool
+  default     = true
+}

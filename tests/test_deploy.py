@@ -1,0 +1,847 @@
+"""The deploy files: offline linters, and the contract between them and the code.
+
+hadolint, `terraform fmt`, checkov and actionlint run from the tools `make deploy-tools`
+installs from committed locks. `terraform validate` cannot run here (it needs the provider
+from the registry), so python-hcl2 reads terraform/ and checks what matters to logpipe:
+one image with ROLE per task, the names and ports the code reads, least-privilege IAM,
+the queue/DLQ and table shapes of `logpipe bootstrap`, graceful stops, alarms.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+import yaml
+from hcl2 import SerializationOptions
+
+from logpipe import emf
+from logpipe.config import Settings
+from logpipe.local import free_port
+from logpipe.models import normalise, to_item
+
+ROOT = Path(__file__).resolve().parents[1]
+TERRAFORM = ROOT / "terraform"
+MODULE = TERRAFORM / "modules" / "service"
+WORKFLOWS = ROOT / ".github" / "workflows"
+DEPLOY_BIN = ROOT / ".venv-deploy" / "bin"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+ACTIONLINT = ROOT / "tools" / "actionlint.cjs"
+TOOL_TIMEOUT_S = 300
+
+# The module calls of terraform/ecs.tf: call name -> (ROLE, LOGPIPE_EMITTER_SERVICE).
+SERVICES = {
+    "ingestor": ("ingestor", None),
+    "processor": ("processor", None),
+    "console": ("console", None),
+    "emitter_a": ("emitter", "service-a"),
+    "emitter_b": ("emitter", "service-b"),
+}
+# Actions that have no resource-level permissions: AWS accepts only "*" for them.
+STAR_RESOURCE_ACTIONS = frozenset({"ecr:GetAuthorizationToken"})
+
+
+# --- helpers ---
+
+
+def tool(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"{path.relative_to(ROOT)} is missing: run `make deploy-tools`")
+    return path
+
+
+def run(*command: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        check=False,
+    )
+
+
+_HCL = SerializationOptions(with_comments=False, strip_string_quotes=True, explicit_blocks=False)
+
+
+@cache
+def load_tf(directory: Path) -> dict[str, Any]:
+    """Every *.tf file of `directory`, merged: {"resource": {type: {name: body}}, ...}."""
+    merged: dict[str, Any] = {"resource": {}, "data": {}, "module": {}, "locals": {}}
+    merged.update(variable={}, output={})
+    for path in sorted(directory.glob("*.tf")):
+        doc = hcl2.loads(path.read_text(), serialization_options=_HCL)
+        for kind in ("resource", "data"):
+            for block in doc.get(kind, []):
+                for type_, named in block.items():
+                    merged[kind].setdefault(type_, {}).update(named)
+        for kind in ("module", "variable", "output"):
+            for block in doc.get(kind, []):
+                merged[kind].update(block)
+        for block in doc.get("locals", []):
+            merged["locals"].update(block)
+    return merged
+
+
+def hcl_value(text: str) -> Any:
+    """An HCL expression (object, tuple, literal) as Python, references left as strings."""
+    return hcl2.loads(f"value = {text}\n", serialization_options=_HCL)["value"]
+
+
+def call_argument(expression: str, function: str) -> Any:
+    """The single argument of `${function(...)}`, parsed: jsonencode({...}) -> dict."""
+    prefix = "${" + function + "("
+    assert expression.startswith(prefix) and expression.endswith(")}"), expression
+    return hcl_value(expression[len(prefix) : -2])
+
+
+def policy_statements(name: str) -> list[dict[str, Any]]:
+    return load_tf(TERRAFORM)["data"]["aws_iam_policy_document"][name]["statement"]
+
+
+def grants(name: str) -> set[tuple[frozenset[str], tuple[str, ...]]]:
+    """The Allow statements of a policy document as (actions, resources) pairs."""
+    return {
+        (frozenset(s["actions"]), tuple(s["resources"]))
+        for s in policy_statements(name)
+        if s.get("effect", "Allow") == "Allow"
+    }
+
+
+def module_call(name: str) -> dict[str, Any]:
+    return load_tf(TERRAFORM)["module"][name]
+
+
+def resource(type_: str, name: str) -> dict[str, Any]:
+    return load_tf(TERRAFORM)["resource"][type_][name]
+
+
+@cache
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions per stage, as (INSTRUCTION, arguments), lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        assert stages, f"instruction before the first FROM: {line}"
+        stages[-1].append((instruction.upper(), " ".join(arguments.split())))
+    return stages
+
+
+def instructions(stage: list[tuple[str, str]], name: str) -> list[str]:
+    return [arguments for instruction, arguments in stage if instruction == name]
+
+
+def healthcheck_command() -> list[str]:
+    (healthcheck,) = instructions(dockerfile_stages()[-1], "HEALTHCHECK")
+    _, _, command = healthcheck.partition(" CMD ")
+    parsed: list[str] = json.loads(command)
+    return parsed
+
+
+def workflow(name: str) -> dict[Any, Any]:
+    doc: dict[Any, Any] = yaml.safe_load((WORKFLOWS / name).read_text())
+    # YAML 1.1 reads the key `on` as True.
+    doc["on"] = doc.pop(True, doc.get("on"))
+    return doc
+
+
+def run_steps(doc: dict[Any, Any]) -> list[str]:
+    return [s.get("run", "") for job in doc["jobs"].values() for s in job["steps"]]
+
+
+# --- the offline linters ---
+
+
+def test_dockerfile_is_clean_under_hadolint() -> None:
+    result = run(tool(HADOLINT), "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_reports_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN cd /src && pip install flask\n")
+    result = run(tool(HADOLINT), bad)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout  # latest tag
+    assert "DL3013" in result.stdout  # unpinned pip install
+
+
+def test_terraform_is_formatted() -> None:
+    result = run(
+        tool(DEPLOY_BIN / "terraform"), "fmt", "-check", "-recursive", "-diff", "terraform/"
+    )
+    assert result.returncode == 0, f"run `terraform fmt -recursive terraform/`:\n{result.stdout}"
+
+
+def test_terraform_fmt_check_reports_an_unformatted_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.tf").write_text('locals {\n  a = 1\n      bb = "x"\n}\n')
+    result = run(tool(DEPLOY_BIN / "terraform"), "fmt", "-check", "-recursive", tmp_path)
+    assert result.returncode == 3 and "bad.tf" in result.stdout
+
+
+def checkov(tmp_path: Path, target: str, framework: str, skips: bool) -> dict[str, Any]:
+    """checkov's JSON report for `target` under .checkov.yaml, passed checks listed too."""
+    settings = yaml.safe_load((ROOT / ".checkov.yaml").read_text())
+    settings["quiet"] = False
+    if not skips:
+        settings.pop("skip-check")
+    config = tmp_path / "checkov.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    # Run outside ROOT: checkov also reads a .checkov.yaml from its working directory.
+    path = ROOT / target
+    command = (tool(DEPLOY_BIN / "checkov"), "--config-file", config, "--framework", framework)
+    result = run(*command, "-d" if path.is_dir() else "-f", path, "-o", "json", cwd=tmp_path)
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["summary"]["parsing_errors"] == 0, report["summary"]
+    return report
+
+
+def failures(report: dict[str, Any]) -> list[str]:
+    return [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}:{c['file_line_range'][0]})"
+        for c in report["results"]["failed_checks"]
+    ]
+
+
+def checkov_skips() -> dict[str, str]:
+    """The skipped checks of .checkov.yaml with the reason written beside each."""
+    skips = {}
+    for line in (ROOT / ".checkov.yaml").read_text().splitlines():
+        match = re.match(r"^\s*-\s*(CKV\w+)\s*(?:#\s*(.*))?$", line)
+        if match:
+            skips[match[1]] = (match[2] or "").strip()
+    assert skips == {
+        k: skips[k] for k in yaml.safe_load((ROOT / ".checkov.yaml").read_text())["skip-check"]
+    }
+    return skips
+
+
+def test_checkov_passes_terraform_with_only_the_documented_skips(tmp_path: Path) -> None:
+    report = checkov(tmp_path, "terraform", "terraform", skips=True)
+    assert report["summary"]["failed"] == 0, "\n".join(failures(report))
+    # The module is scanned too, not only the root.
+    scanned = {c["file_path"] for c in report["results"]["passed_checks"]}
+    assert "/modules/service/main.tf" in scanned and "/iam.tf" in scanned
+
+
+def test_every_checkov_skip_has_a_reason_and_is_still_needed(tmp_path: Path) -> None:
+    skips = checkov_skips()
+    assert skips, "no skip list in .checkov.yaml"
+    for check, reason in skips.items():
+        assert len(reason.split()) >= 6, f"{check} needs a one-line reason in .checkov.yaml"
+    report = checkov(tmp_path, "terraform", "terraform", skips=False)
+    failed = {c["check_id"] for c in report["results"]["failed_checks"]}
+    assert failed == set(skips), f"unlisted: {failed - set(skips)}, stale: {set(skips) - failed}"
+
+
+def test_checkov_passes_the_dockerfile(tmp_path: Path) -> None:
+    report = checkov(tmp_path, "Dockerfile", "dockerfile", skips=True)
+    assert report["summary"]["failed"] == 0, "\n".join(failures(report))
+    assert report["summary"]["passed"] > 0
+
+
+needs_node = pytest.mark.skipif(
+    shutil.which("node") is None, reason="node is not installed: actionlint (WASM) runs on it"
+)
+
+
+@needs_node
+def test_workflows_are_clean_under_actionlint() -> None:
+    workflows = sorted(WORKFLOWS.glob("*.yml"))
+    assert {p.name for p in workflows} >= {"ci.yml", "deploy.yml"}
+    result = run("node", tool(ACTIONLINT), *workflows)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_node
+def test_actionlint_reports_a_broken_workflow(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n"
+        "    steps:\n      - run: echo ${{ github.no_such_property }}\n"
+    )
+    result = run("node", tool(ACTIONLINT), bad)
+    assert result.returncode == 1
+    assert "bad.yml:6:" in result.stdout and "no_such_property" in result.stdout
+
+
+# --- Terraform: one image, ROLE per task, the names and ports the code reads ---
+
+
+def test_every_role_runs_the_same_image_with_its_role() -> None:
+    tf = load_tf(TERRAFORM)
+    assert tf["locals"]["image"] == "${aws_ecr_repository.app.repository_url}:${var.image_tag}"
+    calls = {n: m for n, m in tf["module"].items() if m["source"] == "./modules/service"}
+    assert set(calls) == set(SERVICES)
+    for name, (role, emitted_service) in SERVICES.items():
+        call = calls[name]
+        assert call["image"] == "${local.image}", name
+        assert call["role"] == role, name
+        assert call["environment"] == "${local.environment}", name
+        role_env = call.get("role_environment", {})
+        assert "ROLE" not in role_env, name
+        assert role_env.get("LOGPIPE_EMITTER_SERVICE") == emitted_service, name
+        if role == "emitter":
+            assert role_env["LOGPIPE_INGESTOR_URL"] == "${local.ingest_url}"
+    # In the module, ROLE is merged last, so nothing can override it, and the one container
+    # runs the image given.
+    module = load_tf(MODULE)["locals"]
+    assert (
+        module["environment"]
+        == "${merge(var.environment, var.role_environment, {ROLE = var.role})}"
+    )
+    assert module["container"]["image"] == "${var.image}"
+    assert "local.environment" in module["container"]["environment"]
+
+
+def test_tasks_get_the_stack_names_and_the_codes_ports() -> None:
+    tf = load_tf(TERRAFORM)
+    env = tf["locals"]["environment"]
+    assert env["LOGPIPE_QUEUE_NAME"] == "${aws_sqs_queue.events.name}"
+    assert env["LOGPIPE_DLQ_NAME"] == "${aws_sqs_queue.dlq.name}"
+    assert env["LOGPIPE_TABLE_NAME"] == "${aws_dynamodb_table.logs.name}"
+    assert env["AWS_REGION"] == "${var.region}"
+    assert resource("aws_sqs_queue", "events")["name"] == "${local.queue_name}"
+    assert resource("aws_sqs_queue", "dlq")["name"] == "${local.dlq_name}"
+    assert resource("aws_dynamodb_table", "logs")["name"] == "${local.table_name}"
+    # With the default prefix, the names are the code's own defaults.
+    defaults, prefix = Settings(), tf["variable"]["name"]["default"]
+
+    def named(template: str) -> str:
+        return template.replace("${var.name}", prefix)
+
+    assert named(tf["locals"]["queue_name"]) == defaults.queue_name
+    assert named(tf["locals"]["dlq_name"]) == defaults.dlq_name
+    assert named(tf["locals"]["table_name"]) == defaults.table_name
+    assert tf["locals"]["http_port"] == defaults.port
+    assert tf["locals"]["metrics_port"] == defaults.metrics_port
+    assert env["LOGPIPE_PORT"] == "${tostring(local.http_port)}"
+    assert env["LOGPIPE_METRICS_PORT"] == "${tostring(local.metrics_port)}"
+
+
+def test_every_variable_given_to_a_task_is_one_the_code_reads() -> None:
+    known = set(
+        re.findall(r'"((?:LOGPIPE|AWS)_[A-Z0-9_]+)"', (ROOT / "logpipe/config.py").read_text())
+    )
+    known.add("ROLE")
+    given = set(load_tf(TERRAFORM)["locals"]["environment"])
+    for name in SERVICES:
+        call = module_call(name)
+        given |= set(call.get("role_environment", {})) | set(call["secrets"])
+    assert given <= known, f"not read by logpipe/config.py: {sorted(given - known)}"
+    assert "LOGPIPE_EMITTER_SERVICE" in given and "LOGPIPE_INGESTOR_URL" in given
+
+
+def test_api_keys_come_from_a_secret_never_from_plain_environment() -> None:
+    tf = load_tf(TERRAFORM)
+    assert "LOGPIPE_API_KEYS" not in tf["locals"]["environment"]
+    for name, (role, _) in SERVICES.items():
+        call = module_call(name)
+        assert "LOGPIPE_API_KEYS" not in call.get("role_environment", {}), name
+        expected = (
+            {}
+            if role in ("processor", "console")
+            else {"LOGPIPE_API_KEYS": "${var.api_keys_secret_arn}"}
+        )
+        assert call["secrets"] == expected, name
+    variable = tf["variable"]["api_keys_secret_arn"]
+    assert "default" not in variable and variable["validation"], variable
+    # The module passes secrets as ECS `secrets` (valueFrom), resolved when the task starts.
+    assert "valueFrom = arn" in load_tf(MODULE)["locals"]["container"]["secrets"]
+    # Neither the keys nor where they live leave through an output.
+    for name, output in tf["output"].items():
+        assert "api_keys" not in json.dumps(output), name
+
+
+def test_task_roles_allow_exactly_what_each_role_calls() -> None:
+    queue, dlq = "${aws_sqs_queue.events.arn}", "${aws_sqs_queue.dlq.arn}"
+    table = "${aws_dynamodb_table.logs.arn}"
+    # Resolving a queue's URL (at start) and reading its depth (/readyz, the queue gauges)
+    # go with the calls the issue names; the processor's monitor also peeks at the DLQ.
+    queue_metadata = {"sqs:GetQueueUrl", "sqs:GetQueueAttributes"}
+    drain = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
+    expected = {
+        "ingestor": {(frozenset({"sqs:SendMessage", *queue_metadata}), (queue,))},
+        "processor": {
+            (frozenset(drain | queue_metadata), (queue,)),
+            (frozenset({"sqs:ReceiveMessage", *queue_metadata}), (dlq,)),
+            (frozenset({"dynamodb:BatchWriteItem", "dynamodb:PutItem"}), (table,)),
+        },
+        "console": {(frozenset({"dynamodb:Query", "dynamodb:GetItem"}), (table,))},
+    }
+    for role, allowed in expected.items():
+        assert grants(role) == allowed, role
+        attached = resource("aws_iam_role_policy", role)
+        assert attached["role"] == f"${{aws_iam_role.{role}.id}}"
+        assert attached["policy"] == f"${{data.aws_iam_policy_document.{role}.json}}"
+        assert module_call(role)["task_role_arn"] == f"${{aws_iam_role.{role}.arn}}"
+    # The emitters call no AWS API: no task role at all.
+    assert module_call("emitter_a")["task_role_arn"] is None
+    assert module_call("emitter_b")["task_role_arn"] is None
+    # Nothing else grants the task roles more (managed policies, extra inline policies).
+    tf = load_tf(TERRAFORM)
+    assert "aws_iam_role_policy_attachment" not in tf["resource"]
+    assert "aws_iam_policy" not in tf["resource"]
+    roles = {p["role"] for p in tf["resource"]["aws_iam_role_policy"].values()}
+    assert len(roles) == len(tf["resource"]["aws_iam_role_policy"]), "two policies on one role"
+
+
+def test_execution_role_pulls_the_image_writes_logs_and_reads_only_the_key_secret() -> None:
+    statements = {s["sid"]: s for s in policy_statements("execution")}
+    assert set(statements) == {"EcrLogin", "PullImage", "WriteLogs", "ReadApiKeys"}
+    assert statements["PullImage"]["resources"] == ["${aws_ecr_repository.app.arn}"]
+    assert statements["WriteLogs"]["resources"] == (
+        '${[for group in aws_cloudwatch_log_group.service : "${group.arn}:*"]}'
+    )
+    assert statements["ReadApiKeys"]["resources"] == ["${var.api_keys_secret_arn}"]
+    (action,) = statements["ReadApiKeys"]["actions"]
+    assert "ssm:GetParameters" in action and "secretsmanager:GetSecretValue" in action
+
+
+def test_no_allow_statement_uses_a_wildcard_aws_could_narrow() -> None:
+    documents = load_tf(TERRAFORM)["data"]["aws_iam_policy_document"]
+    checked = 0
+    for name, document in documents.items():
+        for statement in document["statement"]:
+            if statement.get("effect", "Allow") != "Allow":
+                continue
+            checked += 1
+            actions, resources = statement["actions"], statement.get("resources", [])
+            if isinstance(resources, str):  # one expression, e.g. a for over log groups
+                resources = [resources]
+            assert not any("*" in a for a in actions), (name, actions)
+            assert all(":" in a for a in actions), (name, actions)
+            if "*" in resources:
+                assert set(actions) <= STAR_RESOURCE_ACTIONS, (name, actions)
+            for principal in statement.get("principals", []):
+                assert "*" not in principal["identifiers"], (name, principal)
+    assert checked >= 8
+
+
+# --- Terraform: queue, DLQ and table as `logpipe bootstrap` makes them ---
+
+
+def test_queue_redrives_to_the_dlq_after_five_receives_and_is_encrypted() -> None:
+    tf, settings = load_tf(TERRAFORM), Settings()
+    events, dlq = resource("aws_sqs_queue", "events"), resource("aws_sqs_queue", "dlq")
+    redrive = call_argument(events["redrive_policy"], "jsonencode")
+    assert redrive == {
+        "deadLetterTargetArn": "${aws_sqs_queue.dlq.arn}",
+        "maxReceiveCount": "${local.max_receive_count}",
+    }
+    assert tf["locals"]["max_receive_count"] == settings.max_receive_count == 5
+    allow = call_argument(
+        resource("aws_sqs_queue_redrive_allow_policy", "dlq")["redrive_allow_policy"], "jsonencode"
+    )
+    assert allow == {
+        "redrivePermission": "byQueue",
+        "sourceQueueArns": ["${aws_sqs_queue.events.arn}"],
+    }
+    assert events["sqs_managed_sse_enabled"] is True and dlq["sqs_managed_sse_enabled"] is True
+    # Dead letters outlive the messages they came from, so there is time to redrive them.
+    assert dlq["message_retention_seconds"] > events["message_retention_seconds"]
+    assert events["max_message_size"] >= settings.sqs_max_bytes
+
+
+def test_visibility_timeout_is_well_above_the_processors_work() -> None:
+    tf, settings = load_tf(TERRAFORM), Settings()
+    timeout = tf["locals"]["visibility_timeout_s"]
+    assert (
+        resource("aws_sqs_queue", "events")["visibility_timeout_seconds"]
+        == "${local.visibility_timeout_s}"
+    )
+    # The processor extends visibility with the same number it is told here.
+    assert (
+        tf["locals"]["environment"]["LOGPIPE_VISIBILITY_TIMEOUT_S"]
+        == "${tostring(local.visibility_timeout_s)}"
+    )
+    # A receive (long poll), its writes and a whole drain fit several times over.
+    assert timeout >= 4 * (settings.receive_wait_s + settings.drain_seconds), timeout
+    assert timeout > settings.visibility_timeout_s
+
+
+def test_table_has_the_stored_items_keys_ttl_recovery_and_encryption() -> None:
+    table = resource("aws_dynamodb_table", "logs")
+    assert table["billing_mode"] == "PAY_PER_REQUEST"
+    assert (table["hash_key"], table["range_key"]) == ("pk", "sk")
+    assert {a["name"]: a["type"] for a in table["attribute"]} == {"pk": "S", "sk": "S"}
+    assert table["ttl"] == [{"attribute_name": "expires_at", "enabled": True}]
+    assert table["point_in_time_recovery"] == [{"enabled": True}]
+    assert table["server_side_encryption"] == [{"enabled": True}]
+    # The code's item: string keys, and the TTL attribute as a number of epoch seconds.
+    event = normalise(
+        {"service": "checkout", "level": "info", "message": "paid"}, 1_700_000_000_000
+    )
+    item = to_item(event, shards=8, retention_days=30)
+    assert set(item["pk"]) == {"S"} and set(item["sk"]) == {"S"}
+    assert int(item["expires_at"]["N"]) == 1_700_000_000 + 30 * 86400
+
+
+# --- Terraform: tasks, services, load balancer, autoscaling, alarms ---
+
+
+def test_tasks_stop_within_their_drain_and_log_with_retention() -> None:
+    module = load_tf(MODULE)
+    stop = module["variable"]["stop_timeout"]
+    assert stop["default"] >= 30 and "var.stop_timeout >= 30" in stop["validation"][0]["condition"]
+    assert module["locals"]["container"]["stopTimeout"] == "${var.stop_timeout}"
+    for name in SERVICES:
+        assert module_call(name).get("stop_timeout", 30) >= 30, name
+    drain = float(load_tf(TERRAFORM)["locals"]["environment"]["LOGPIPE_DRAIN_SECONDS"])
+    assert drain < stop["default"]
+    # Every log group has a retention; each service writes to its own.
+    groups = load_tf(TERRAFORM)["resource"]["aws_cloudwatch_log_group"]
+    assert all("retention_in_days" in g for g in groups.values()), groups
+    assert groups["service"]["for_each"] == "${toset(local.services)}"
+    logs = module["locals"]["container"]["logConfiguration"]
+    assert (
+        logs["logDriver"] == "awslogs"
+        and logs["options"]["awslogs-group"] == "${var.log_group_name}"
+    )
+    for name in SERVICES:
+        service = name.replace("_", "-")
+        expected = f'${{aws_cloudwatch_log_group.service["{service}"].name}}'
+        assert module_call(name)["log_group_name"] == expected
+    assert len(load_tf(TERRAFORM)["locals"]["services"]) == len(SERVICES)
+
+
+def test_tasks_run_read_only_in_private_subnets_with_circuit_breaker() -> None:
+    module = load_tf(MODULE)
+    assert module["locals"]["container"]["readonlyRootFilesystem"] is True
+    assert module["locals"]["network_configuration"]["assign_public_ip"] is False
+    assert (
+        load_tf(TERRAFORM)["locals"]["service_defaults"]["subnet_ids"]
+        == "${aws_subnet.private[*].id}"
+    )
+    services = module["resource"]["aws_ecs_service"]
+    assert set(services) == {"this", "autoscaled"}
+    for service in services.values():
+        assert service["deployment_circuit_breaker"] == [{"enable": True, "rollback": True}]
+        assert service["deployment_minimum_healthy_percent"] == 100
+    # Autoscaling owns the processor's count: an apply must not reset it.
+    assert services["autoscaled"]["lifecycle"] == [{"ignore_changes": ["desired_count"]}]
+    assert "lifecycle" not in services["this"]
+    cluster = resource("aws_ecs_cluster", "main")
+    assert cluster["setting"] == [{"name": "containerInsights", "value": "enabled"}]
+
+
+def test_http_roles_sit_behind_the_load_balancer_with_healthz() -> None:
+    for role in ("ingestor", "console"):
+        call = module_call(role)
+        assert call["target_group_arn"] == f"${{aws_lb_target_group.{role}.arn}}"
+        assert call["container_port"] == "${local.http_port}"
+        group = resource("aws_lb_target_group", role)
+        assert group["health_check"][0]["path"] == "/healthz"
+        assert group["target_type"] == "ip" and group["port"] == "${local.http_port}"
+        # Tasks take traffic from the load balancer only.
+        rule = resource("aws_vpc_security_group_ingress_rule", f"{role}_from_alb")
+        assert rule["referenced_security_group_id"] == "${aws_security_group.alb.id}"
+    for role in ("processor", "emitter_a", "emitter_b"):
+        assert "target_group_arn" not in module_call(role)
+    ingress = load_tf(TERRAFORM)["resource"]["aws_vpc_security_group_ingress_rule"]
+    tasks = {"${aws_security_group.processor.id}", "${aws_security_group.emitter.id}"}
+    assert not any(r["security_group_id"] in tasks for r in ingress.values())
+    # The console reads every stored log: never open to the world.
+    console = load_tf(TERRAFORM)["variable"]["console_allowed_cidrs"]
+    assert console["default"] == [] and '"0.0.0.0/0"' in console["validation"][0]["condition"]
+
+
+def test_processor_autoscales_on_queue_backlog_per_task() -> None:
+    assert module_call("processor")["autoscaled"] is True
+    policy = resource("aws_appautoscaling_policy", "processor_backlog")
+    assert policy["policy_type"] == "TargetTrackingScaling"
+    config = policy["target_tracking_scaling_policy_configuration"][0]
+    assert config["target_value"] == "${var.processor_backlog_per_task}"
+    metrics = {m["id"]: m for m in config["customized_metric_specification"][0]["metrics"]}
+    assert metrics["backlog_per_task"]["expression"] == "visible / tasks"
+    assert metrics["backlog_per_task"]["return_data"] is True
+    visible = metrics["visible"]["metric_stat"][0]["metric"][0]
+    assert visible["metric_name"] == "ApproximateNumberOfMessagesVisible"
+    assert visible["dimensions"][0]["value"] == "${aws_sqs_queue.events.name}"
+    tasks = metrics["tasks"]["metric_stat"][0]["metric"][0]
+    assert (tasks["namespace"], tasks["metric_name"]) == (
+        "ECS/ContainerInsights",
+        "RunningTaskCount",
+    )
+    target = resource("aws_appautoscaling_target", "processor")
+    assert "module.processor.service_name" in target["resource_id"]
+
+
+def test_alarms_watch_the_dlq_message_age_processor_errors_and_ingest_5xx() -> None:
+    alarms = load_tf(TERRAFORM)["resource"]["aws_cloudwatch_metric_alarm"]
+    watched = {
+        "dlq_not_empty": (
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            "${aws_sqs_queue.dlq.name}",
+        ),
+        "oldest_message_age": (
+            "AWS/SQS",
+            "ApproximateAgeOfOldestMessage",
+            "${aws_sqs_queue.events.name}",
+        ),
+        "processor_errors": ("logpipe", "log_errors_total", "processor"),
+        "ingest_5xx": (
+            "AWS/ApplicationELB",
+            "HTTPCode_Target_5XX_Count",
+            "${aws_lb.main.arn_suffix}",
+        ),
+    }
+    for name, (namespace, metric, dimension) in watched.items():
+        alarm = alarms[name]
+        assert alarm["namespace"] in (namespace, "${local.emf_namespace}"), name
+        assert alarm["metric_name"] == metric, name
+        assert dimension in alarm["dimensions"].values(), name
+        assert alarm["alarm_actions"] == "${local.alarm_actions}", name
+    assert alarms["dlq_not_empty"]["threshold"] == 0
+    assert alarms["dlq_not_empty"]["comparison_operator"] == "GreaterThanThreshold"
+    assert load_tf(TERRAFORM)["locals"]["emf_namespace"] == "logpipe"
+    errors = resource("aws_cloudwatch_log_metric_filter", "processor_errors")
+    assert errors["log_group_name"] == '${aws_cloudwatch_log_group.service["processor"].name}'
+    assert errors["metric_transformation"][0]["name"] == "log_errors_total"
+
+
+def test_dashboard_reads_the_emf_metrics_the_code_writes() -> None:
+    tf = load_tf(TERRAFORM)
+    assert tf["locals"]["environment"]["LOGPIPE_EMF"] == "true"
+    assert tf["locals"]["emf_namespace"] == emf.NAMESPACE
+    body = call_argument(
+        resource("aws_cloudwatch_dashboard", "main")["dashboard_body"], "jsonencode"
+    )
+    rows = [row for w in body["widgets"] for row in w["properties"].get("metrics", [])]
+    emf_rows = [row for row in rows if row[0] == "${local.emf_namespace}"]
+    names = {row[1] for row in emf_rows}
+    assert {"events_accepted_total", "e2e_latency_seconds_p99", "queue_oldest_age_seconds"} <= names
+    metrics_source = (ROOT / "logpipe/metrics.py").read_text()
+    for row in emf_rows:
+        assert row[2] == "Role", row
+        # The histogram's quantiles are reported as <name>_p50 / <name>_p99.
+        name = re.sub(r"_p(50|99)$", "", row[1])
+        if name != "log_errors_total":  # the processor_errors log metric filter, not EMF
+            assert f'"logpipe_{name}"' in metrics_source, f"no logpipe_{name} in metrics.py"
+    # Stored events are reported per service (Role, Service): the dashboard sums them.
+    (stored,) = [row[0]["expression"] for row in rows if isinstance(row[0], dict)]
+    assert emf.DIMENSION_LABELS["service"] == "Service"
+    assert "{${local.emf_namespace},Role,Service}" in stored and "events_stored_total" in stored
+    assert '"logpipe_events_stored_total"' in metrics_source
+
+
+def test_variables_are_described_typed_and_validated() -> None:
+    for directory in (TERRAFORM, MODULE):
+        for name, variable in load_tf(directory)["variable"].items():
+            assert variable.get("description", "").strip(), name
+            assert "type" in variable, name
+    root = load_tf(TERRAFORM)["variable"]
+    must_validate = {
+        "region",
+        "name",
+        "image_tag",
+        "api_keys_secret_arn",
+        "ingestor_count",
+        "processor_min_count",
+        "processor_max_count",
+        "console_count",
+        "emitter_a_count",
+        "emitter_b_count",
+        "event_retention_days",
+        "log_retention_days",
+        "shards",
+    }
+    for name in must_validate:
+        assert root[name].get("validation"), name
+    assert "default" not in root["image_tag"]
+
+
+def test_outputs_give_the_urls_names_and_dashboard() -> None:
+    outputs = load_tf(TERRAFORM)["output"]
+    assert set(outputs) >= {
+        "ingest_url",
+        "queue_url",
+        "dlq_url",
+        "table_name",
+        "dashboard_url",
+        "ecr_repository_url",
+        "cluster_name",
+        "service_names",
+    }
+    listed = "".join(outputs["service_names"]["value"])
+    assert all(f"module.{name}.service_name" in listed for name in SERVICES)
+    assert all(not o.get("sensitive") for o in outputs.values())
+
+
+def test_provider_is_pinned_and_state_is_remote() -> None:
+    (terraform,) = hcl2.loads((TERRAFORM / "versions.tf").read_text(), serialization_options=_HCL)[
+        "terraform"
+    ]
+    (providers,) = terraform["required_providers"]
+    assert providers["aws"]["source"] == "hashicorp/aws"
+    assert re.fullmatch(r"~> \d+\.\d+", providers["aws"]["version"])
+    assert "s3" in terraform["backend"][0]
+
+
+# --- the image ---
+
+
+def test_dockerfile_builds_in_stages_and_runs_logpipe_as_non_root() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "multi-stage build"
+    bases = [instructions(s, "FROM")[0].split()[0] for s in stages]
+    assert len(set(bases)) == 1 and "slim" in bases[0] and not bases[0].endswith(":latest")
+    build, final = stages[0], stages[-1]
+    # Dependencies from the lock, without resolving anything else.
+    assert any("requirements.lock" in c for c in instructions(build, "COPY"))
+    assert any("--no-deps -r requirements.lock" in r for r in instructions(build, "RUN"))
+    (user,) = instructions(final, "USER")
+    assert user.split(":")[0] not in ("root", "0"), user
+    assert instructions(final, "ENTRYPOINT") == ['["logpipe"]']
+    assert not instructions(final, "CMD"), "ROLE picks the role, not CMD"
+    assert "8080" in instructions(final, "EXPOSE")[0]
+
+
+def test_final_image_has_no_tests_sources_build_tools_or_secrets() -> None:
+    final = dockerfile_stages()[-1]
+    copies = instructions(final, "COPY") + instructions(final, "ADD")
+    assert copies and all(c.startswith("--from=build ") for c in copies), copies
+    assert not any("apt-get" in r or "pip install" in r for r in instructions(final, "RUN"))
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"(?i)^\s*(ENV|ARG)\b.*(KEY|SECRET|TOKEN|PASSWORD)", text, re.M)
+    assert "LOGPIPE_API_KEYS" not in text
+    # The build context itself holds no tests, venvs or credentials.
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    ignore = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*", "the context is an allowlist"
+    included = [line[1:] for line in ignore if line.startswith("!")]
+    assert "tests/" not in included and not any(
+        p.startswith((".venv", ".env", "tests")) for p in included
+    )
+    assert set(included) <= {"requirements.lock", "pyproject.toml", "README.md", "logpipe/"}
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path in ("/healthz", "/metrics") else 404)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_stub() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Stub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_port
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("role", "port_variable"),
+    [
+        ("ingestor", "LOGPIPE_PORT"),
+        ("console", "LOGPIPE_PORT"),
+        ("processor", "LOGPIPE_METRICS_PORT"),
+        ("emitter", "LOGPIPE_METRICS_PORT"),
+    ],
+)
+def test_healthcheck_asks_the_roles_own_port_without_curl(
+    http_stub: int, role: str, port_variable: str
+) -> None:
+    _, _, code = healthcheck_command()
+    env = {
+        "ROLE": role,
+        "LOGPIPE_PORT": "1",
+        "LOGPIPE_METRICS_PORT": "1",
+        port_variable: str(http_stub),
+    }
+    started = time.monotonic()
+    healthy = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30)
+    assert healthy.returncode == 0, healthy.stderr
+    env[port_variable] = str(free_port())  # nothing listens there
+    down = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30)
+    assert down.returncode != 0
+    assert time.monotonic() - started < 20
+
+
+def test_ecs_health_check_is_the_images_healthcheck() -> None:
+    command = healthcheck_command()
+    assert command[:2] == ["python", "-c"]
+    assert load_tf(TERRAFORM)["locals"]["health_check_command"] == ["CMD", *command]
+    assert load_tf(MODULE)["locals"]["container"]["healthCheck"]["command"] == (
+        "${var.defaults.health_check_command}"
+    )
+
+
+# --- the workflows and the Makefile ---
+
+
+def test_deploy_workflow_uses_oidc_and_never_overlaps() -> None:
+    deploy = workflow("deploy.yml")
+    assert deploy["on"]["push"]["branches"] == ["main"]
+    assert deploy["permissions"]["id-token"] == "write"
+    assert deploy["concurrency"]["cancel-in-progress"] is False
+    text = (WORKFLOWS / "deploy.yml").read_text()
+    assert not re.search(r"(?i)aws[-_]?(secret[-_]?)?access[-_]?key", text), "static AWS keys"
+    steps = [s for job in deploy["jobs"].values() for s in job["steps"]]
+    oidc = [
+        s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
+    ]
+    assert len(oidc) == 1 and "role-to-assume" in oidc[0]["with"]
+
+
+def test_deploy_workflow_runs_its_steps_in_order() -> None:
+    script = "\n".join(run_steps(workflow("deploy.yml")))
+    order = [
+        "-target=aws_ecr_repository.app",
+        "docker push",
+        "terraform apply -auto-approve\n",
+        "--force-new-deployment",
+        "aws ecs wait services-stable",
+    ]
+    positions = [script.find(marker) for marker in order]
+    assert -1 not in positions, dict(zip(order, positions, strict=True))
+    assert positions == sorted(positions), dict(zip(order, positions, strict=True))
+    assert "terraform output -json service_names" in script
+
+
+def test_ci_workflow_runs_tests_lint_and_deploy_checks() -> None:
+    ci = workflow("ci.yml")
+    assert "pull_request" in ci["on"] and "push" in ci["on"]
+    script = "\n".join(run_steps(ci))
+    for command in ("make test", "make lint", "make deploy-check"):
+        assert command in script, command
+
+
+def test_make_test_installs_the_deploy_tools_and_make_up_does_not() -> None:
+    rules = {}
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        match = re.match(r"^([\w$()./-]+):(?!=)(.*)$", line)
+        if match:
+            rules[match[1]] = match[2].split()
+    assert "deploy-tools" in rules["test"]
+    assert rules["up"] == ["$(STAMP)"]
+    assert {"$(STAMP)", "$(DEPLOY_STAMP)"} <= set(rules["deploy-tools"])
+    assert "$(if $(NPM),$(NODE_STAMP))" in " ".join(rules["deploy-tools"])  # where npm is
+    assert "tools/requirements-deploy.lock" in rules["$(DEPLOY_STAMP)"]
+    assert "tools/package-lock.json" in rules["$(NODE_STAMP)"]
