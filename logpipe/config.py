@@ -50,6 +50,7 @@ class Settings:
     visibility_timeout_s: int = 60
     max_receive_count: int = 5
     write_attempts: int = 8
+    max_inflight_events: int = 10000
     # Emitter
     emitter_service: str = "service-a"
     emitter_rate: float = 20.0
@@ -108,6 +109,9 @@ class Settings:
             ),
             max_receive_count=_int(env, "LOGPIPE_MAX_RECEIVE_COUNT", d.max_receive_count, 1, 1000),
             write_attempts=_int(env, "LOGPIPE_WRITE_ATTEMPTS", d.write_attempts, 1, 100),
+            max_inflight_events=_int(
+                env, "LOGPIPE_MAX_INFLIGHT_EVENTS", d.max_inflight_events, 100, 10_000_000
+            ),
             emitter_service=_choice(
                 env, "LOGPIPE_EMITTER_SERVICE", d.emitter_service, EMITTER_SERVICES
             ),

@@ -30,7 +30,15 @@ from logpipe.config import Settings
 from logpipe.emf import EmfReporter
 from logpipe.lifecycle import run_until_signalled
 from logpipe.metrics import serve_metrics
-from logpipe.models import EnvelopeError, Event, Item, to_item, unpack_envelope, write_units
+from logpipe.models import (
+    EnvelopeError,
+    Event,
+    Item,
+    item_key,
+    to_item,
+    unpack_envelope,
+    write_units,
+)
 from logpipe.monitor import QueueMonitor, oldest_age_s
 
 log = logging.getLogger(__name__)
@@ -55,9 +63,12 @@ class Tracker:
 
 @dataclass
 class _Write:
-    item: Item
+    """One item to write, and the messages waiting for it. The item is built when written,
+    so only the items of the calls in flight exist at once."""
+
+    event: Event
+    key: tuple[str, str]
     trackers: list[Tracker] = field(default_factory=list)
-    ingested_at: int | None = None
 
 
 def decode_message(message: dict[str, Any]) -> list[Event]:
@@ -82,22 +93,19 @@ def retry_delay(receive_count: int) -> int:
 
 
 def plan_writes(
-    trackers_events: Iterable[tuple[Tracker, list[Event]]], shards: int, retention_days: int
+    trackers_events: Iterable[tuple[Tracker, list[Event]]], shards: int
 ) -> list[_Write]:
     """One write per distinct key; an event repeated across messages is written once for all."""
     writes: dict[tuple[str, str], _Write] = {}
     for tracker, events in trackers_events:
         for event in events:
-            item = to_item(event, shards, retention_days)
-            key = _key(item)
+            key = item_key(event, shards)
             write = writes.get(key)
             if write is None:
-                write = writes[key] = _Write(item)
+                write = writes[key] = _Write(event, key)
             else:
-                write.item = item
+                write.event = event
             write.trackers.append(tracker)
-            ingested_at = event.get("ingested_at")
-            write.ingested_at = ingested_at if isinstance(ingested_at, int) else None
     return list(writes.values())
 
 
@@ -113,6 +121,9 @@ class Processor:
         self._queue_url = queue_url
         self._writes = asyncio.Semaphore(settings.write_concurrency)
         self._stopping = asyncio.Event()
+        # Events received and not yet finished; receivers wait while it is over the bound.
+        self._inflight = 0
+        self._room = asyncio.Condition()
 
     def stop(self) -> None:
         """Stop receiving; messages already received are still finished."""
@@ -135,6 +146,10 @@ class Processor:
         stop_wait = asyncio.create_task(self._stopping.wait())
         try:
             while not self._stopping.is_set():
+                async with self._room:
+                    await self._room.wait_for(
+                        lambda: self._inflight < self._settings.max_inflight_events
+                    )
                 receive = asyncio.create_task(self._receive(self._settings.receive_wait_s))
                 await asyncio.wait({receive, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if not receive.done():
@@ -192,9 +207,11 @@ class Processor:
                 continue
             tracker.pending = len(events)
             decoded.append((tracker, events))
-        writes = plan_writes(decoded, self._settings.shards, self._settings.retention_days)
-        busy = [t for t, _ in decoded]
-        heartbeat = asyncio.create_task(self._keep_invisible(busy))
+        writes = plan_writes(decoded, self._settings.shards)
+        trackers = [t for t, _ in decoded]
+        del decoded  # the items hold what is needed; let the events go
+        heartbeat = asyncio.create_task(self._keep_invisible(trackers))
+        self._inflight += len(writes)
         try:
             chunks = [
                 writes[i : i + BATCH_WRITE_ITEMS] for i in range(0, len(writes), BATCH_WRITE_ITEMS)
@@ -202,8 +219,11 @@ class Processor:
             await asyncio.gather(*(self._write_chunk(chunk) for chunk in chunks))
         finally:
             heartbeat.cancel()
-        done = [t for t, _ in decoded if not t.failed and t.pending == 0]
-        retry = [t for t, _ in decoded if t not in done]
+            async with self._room:
+                self._inflight -= len(writes)
+                self._room.notify_all()
+        done = [t for t in trackers if not t.failed and t.pending == 0]
+        retry = [t for t in trackers if t.failed or t.pending > 0]
         if delete:
             await self._delete(done)
         # Waiting cannot mend an undecodable message: make it visible now, so it reaches the
@@ -215,13 +235,14 @@ class Processor:
     async def _write_chunk(self, writes: list[_Write]) -> None:
         """Write up to 25 items, retrying what is unprocessed; isolate an item DynamoDB refuses."""
         table = self._settings.table_name
-        pending = {_key(w.item): w for w in writes}
+        items = {w.key: self._item(w.event) for w in writes}
+        pending = {w.key: w for w in writes}
         reason = "retries exhausted"
         for attempt in range(self._settings.write_attempts):
             if attempt:
                 metrics.write_retries.inc(len(pending))
                 await asyncio.sleep(backoff_delay(attempt - 1, base=0.05, cap=5.0))
-            request = [{"PutRequest": {"Item": w.item}} for w in pending.values()]
+            request = [{"PutRequest": {"Item": items[key]}} for key in pending]
             try:
                 async with self._writes:
                     started = time.perf_counter()
@@ -236,16 +257,19 @@ class Processor:
                 if len(pending) > 1:
                     # One bad item fails the whole call: halve until it stands alone, so the
                     # messages around it are still stored and deleted.
-                    items = list(pending.values())
-                    middle = len(items) // 2
+                    halves = list(pending.values())
+                    middle = len(halves) // 2
                     await asyncio.gather(
-                        self._write_chunk(items[:middle]), self._write_chunk(items[middle:])
+                        self._write_chunk(halves[:middle]), self._write_chunk(halves[middle:])
                     )
                     return
                 break
             unprocessed = response.get("UnprocessedItems", {}).get(table, [])
             left = {_key(r["PutRequest"]["Item"]) for r in unprocessed}
-            self._record_stored([w for key, w in pending.items() if key not in left])
+            self._record_stored(
+                [w for key, w in pending.items() if key not in left],
+                sum(write_units(items[key]) for key in pending if key not in left),
+            )
             pending = {key: pending[key] for key in left}
             if not pending:
                 return
@@ -257,17 +281,19 @@ class Processor:
             for tracker in write.trackers:
                 tracker.failed = True
 
-    def _record_stored(self, writes: list[_Write]) -> None:
+    def _item(self, event: Event) -> Item:
+        return to_item(event, self._settings.shards, self._settings.retention_days)
+
+    def _record_stored(self, writes: list[_Write], units: int) -> None:
         now_ms = time.time() * 1000
         labels: Counter[tuple[str, str]] = Counter()
-        units = 0
         for write in writes:
-            units += write_units(write.item)
             for tracker in write.trackers:
                 tracker.pending -= 1
-            labels[(write.item["service"]["S"], write.item["level"]["S"])] += 1
-            if write.ingested_at is not None:
-                metrics.e2e_latency.observe(max(now_ms - write.ingested_at, 0) / 1000)
+            labels[(write.event["service"], write.event["level"])] += 1
+            ingested_at = write.event.get("ingested_at")
+            if isinstance(ingested_at, int):
+                metrics.e2e_latency.observe(max(now_ms - ingested_at, 0) / 1000)
         metrics.dynamodb_write_units.inc(units)
         for (service, level), count in labels.items():
             metrics.events_stored.labels(metrics.service_label(service), level).inc(count)
@@ -323,14 +349,11 @@ class NaiveProcessor(Processor):
             except EnvelopeError:
                 metrics.messages_undecodable.inc()
                 continue
-            writes = plan_writes(
-                [(Tracker(message, len(events)), events)],
-                self._settings.shards,
-                self._settings.retention_days,
-            )
+            writes = plan_writes([(Tracker(message, len(events)), events)], self._settings.shards)
             for write in writes:
-                await self._dynamodb.put_item(TableName=self._settings.table_name, Item=write.item)
-            self._record_stored(writes)
+                item = self._item(write.event)
+                await self._dynamodb.put_item(TableName=self._settings.table_name, Item=item)
+                self._record_stored([write], write_units(item))
             if delete:
                 await self._sqs.delete_message(
                     QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"]
