@@ -8,6 +8,8 @@ import logging
 import time
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from logpipe import metrics
 from logpipe.aws import error_code, is_retriable
 
@@ -67,7 +69,9 @@ class QueueMonitor:
             try:
                 await self.poll()
             except Exception as exc:
-                if not is_retriable(exc):
+                # The gauges are worth a warning, never the role: a denied or failing call
+                # (say, no sqs:ReceiveMessage on the DLQ) is logged and tried again later.
+                if not (is_retriable(exc) or isinstance(exc, ClientError)):
                     raise
                 log.warning("could not read queue attributes: %s", error_code(exc))
             await asyncio.sleep(self._interval_s)
