@@ -24,8 +24,8 @@ import aiohttp
 
 from logpipe import metrics
 from logpipe.aws import Clients, bootstrap, open_clients, queue_url
+from logpipe.client import Shipper
 from logpipe.config import Settings
-from logpipe.emitter import Shipper
 from logpipe.faults import Faults
 from logpipe.local import LOCAL_CREDENTIALS, RoleProcess, free_port, role_env, wait_http
 
@@ -370,7 +370,11 @@ def fired(samples: list[metrics.Sample], kills: dict[str, int]) -> dict[str, int
 async def verify(clients: Clients, table: str, acknowledged: set[str]) -> dict[str, int]:
     """Read the table back: how many acknowledged events are stored, lost, or stored twice."""
     ids: list[str] = []
-    kwargs: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id"}
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "ProjectionExpression": "id",
+        "FilterExpression": "attribute_exists(id)",  # events only, not the services registry
+    }
     while True:
         page = await clients.dynamodb.scan(**kwargs)
         ids.extend(item["id"]["S"] for item in page["Items"])

@@ -16,7 +16,7 @@ from logpipe.config import Settings
 from logpipe.errors import ConfigError
 from logpipe.lifecycle import run_async
 
-ROLES = ("ingestor", "processor", "emitter")
+ROLES = ("ingestor", "processor", "emitter", "console")
 QUIET_LOGGERS = ("botocore", "aiobotocore", "aioboto3", "werkzeug", "urllib3", "uvicorn.access")
 
 
@@ -77,6 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     emitter.add_argument("--url", dest="ingestor_url", help="ingestor URL (LOGPIPE_INGESTOR_URL)")
 
     commands.add_parser("bootstrap", help="create the queue, DLQ and table (idempotent)")
+
+    dlq = commands.add_parser("dlq", help="inspect or redrive dead-lettered messages")
+    dlq.add_argument("action", choices=("inspect", "redrive"))
+    dlq.add_argument("--sample", type=int, default=10, help="inspect: messages to show")
+    dlq.add_argument("--all", action="store_true", help="redrive undecodable messages too")
+    dlq.add_argument("--json", action="store_true", help="inspect: print JSON")
+
+    bench = commands.add_parser("bench", help="load-test end to end; prints one JSON object")
+    bench.add_argument("--events", type=int, help="events to drive (20000; naive 2000)")
+    bench.add_argument("--naive", action="store_true", help="the one-call-per-event pipeline")
+    bench.add_argument("--ceiling", action="store_true", help="the endpoint alone, no pipeline")
+    bench.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
+    bench.add_argument("--endpoint", help="AWS endpoint to use (default: start moto's server)")
+    bench.add_argument("--rate", type=float, default=0.0, help="events/s to drive (0 = max)")
+    bench.add_argument("--chaos", default="", help="faults, e.g. kill-processor:3,sqs-error:0.1")
+
+    console = commands.add_parser("console", help="serve the read API and the web page")
+    console.add_argument("--port", type=int, help="HTTP port (LOGPIPE_PORT)")
+
+    query = commands.add_parser("query", help="read stored events, newest first")
+    query.add_argument("--service", required=True, help="the service whose events to read")
+    query.add_argument("--since", help="start: 15m, 6h, 2d back from now or RFC 3339 (15m)")
+    query.add_argument("--until", help="end: a duration back from now or RFC 3339 (now)")
+    query.add_argument("--level", help="only this level: trace debug info warn error fatal")
+    query.add_argument("--grep", help="only events whose message contains TEXT (case-sensitive)")
+    query.add_argument("--limit", type=int, help="at most N events, 1-1000 (100)")
+    query.add_argument("--json", action="store_true", help="one JSON object per line")
     return parser
 
 
@@ -87,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command:
         parser.print_help(sys.stderr)
         return 2
-    if command not in (*ROLES, "up", "bootstrap"):
+    if not args.command and command not in ROLES:
         print(f"logpipe: ROLE must be one of {', '.join(ROLES)}, got {command!r}", file=sys.stderr)
         return 2
     try:
@@ -114,6 +141,40 @@ async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) 
         from logpipe import emitter
 
         return await emitter.serve(settings)
+    if command == "console":
+        from logpipe import console
+
+        return await console.serve(settings)
+    if command == "query":
+        from logpipe import console
+
+        return await console.query_command(settings, console.query_params(args), args.json)
+    if command == "bench":
+        from logpipe import bench
+        from logpipe.faults import Faults
+
+        options = bench.BenchOptions(
+            events=args.events or (2000 if args.naive else 20000),
+            naive=args.naive,
+            ceiling=args.ceiling,
+            concurrency=args.concurrency,
+            endpoint=args.endpoint,
+            rate=args.rate,
+            chaos=Faults.parse(args.chaos),
+        )
+        result = await bench.run(settings, options)
+        print(orjson.dumps(result).decode(), flush=True)
+        clean = result["lost"] == 0 and result["duplicates"] == 0
+        return 0 if clean and result.get("poison_in_dlq", 0) == options.chaos.poison else 1
+    if command == "dlq":
+        from logpipe import dlq
+
+        report = await dlq.run(settings, args.action, sample=args.sample, everything=args.all)
+        if args.action == "inspect" and not args.json:
+            print(dlq.render_inspection(report))
+        else:
+            print(orjson.dumps(report).decode())
+        return 0
     if command == "bootstrap":
         from logpipe import aws
 

@@ -1,4 +1,4 @@
-"""Simulated services (service-a: an HTTP API, service-b: a job worker) and the shipping client."""
+"""Simulated services: service-a (an HTTP API) and service-b (a job worker)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import random
 import secrets
 import time
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import aiohttp
 import orjson
 
 from logpipe import metrics
-from logpipe.aws import backoff_delay
+from logpipe.client import Shipper, ShipStats
 from logpipe.config import Settings
 from logpipe.emf import EmfReporter
 from logpipe.lifecycle import run_until_signalled
@@ -24,7 +24,6 @@ from logpipe.models import new_id
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 SHIP_CONCURRENCY = 4
 
 _ROUTES = (
@@ -125,82 +124,6 @@ def service_b_event(now_ms: int) -> dict[str, Any]:
 
 
 GENERATORS = {"service-a": service_a_event, "service-b": service_b_event}
-
-
-@dataclass
-class ShipStats:
-    """What happened to the events a Shipper was given."""
-
-    sent: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    failed: int = 0
-
-
-class Shipper:
-    """Posts batches of events to /ingest; retries 429/5xx/connection errors with the same ids.
-
-    Because the ids travel with the events, a retry of a batch SQS did accept overwrites
-    the same items downstream instead of doubling them.
-    """
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        api_key: str | None = None,
-        give_up_after_s: float = 300.0,
-    ) -> None:
-        self._session = session
-        self._url = url.rstrip("/") + "/ingest"
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._give_up_after_s = give_up_after_s
-        self.stats = ShipStats()
-
-    async def ship(self, events: list[dict[str, Any]]) -> int:
-        """Post `events` until answered for good; return how many the ingestor accepted."""
-        body = orjson.dumps(events)
-        self.stats.sent += len(events)
-        deadline = time.monotonic() + self._give_up_after_s
-        attempt = 0
-        while True:
-            try:
-                async with self._session.post(self._url, data=body, headers=self._headers) as resp:
-                    answer = await resp.read()
-                    status = resp.status
-                    retry_after = resp.headers.get("Retry-After", "")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                status, answer, retry_after = 0, repr(exc).encode(), ""
-            if status == 202:
-                doc = orjson.loads(answer)
-                self.stats.accepted += doc["accepted"]
-                self.stats.rejected += len(doc["rejected"])
-                return int(doc["accepted"])
-            if status not in RETRY_STATUSES and status != 0:
-                log.warning(
-                    "ingestor refused %d events (%d): %s",
-                    len(events),
-                    status,
-                    answer[:200].decode(errors="replace"),
-                )
-                self.stats.rejected += len(events)
-                return 0
-            if time.monotonic() > deadline:
-                log.error(
-                    "gave up on %d events after %d attempts (%s)",
-                    len(events),
-                    attempt + 1,
-                    status or "no connection",
-                )
-                self.stats.failed += len(events)
-                return 0
-            delay = float(retry_after) if retry_after.isdigit() else 0.0
-            await asyncio.sleep(
-                max(delay * random.uniform(0.5, 1.0), backoff_delay(attempt, base=0.1, cap=5.0))
-            )
-            attempt += 1
 
 
 class Emitter:

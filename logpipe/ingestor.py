@@ -1,19 +1,17 @@
-"""The ingestor: a Starlette app that validates events and hands them to the batcher."""
+"""The ingestor: a Starlette app that validates events (/ingest, OTLP /v1/logs) for the batcher."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import orjson
-import uvicorn
 from botocore.exceptions import ClientError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -22,12 +20,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from logpipe import metrics
+from logpipe import metrics, otlp
 from logpipe.aws import Clients, error_code, open_clients, queue_url, send_message_batch
-from logpipe.batching import Batcher
+from logpipe.batching import Batcher, OnePerEventSender
 from logpipe.config import Settings
+from logpipe.emf import EmfReporter
 from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
 from logpipe.models import encode_event, normalise
+from logpipe.monitor import QueueMonitor
 from logpipe.web import (
     authorised,
     decode_content,
@@ -36,6 +36,7 @@ from logpipe.web import (
     json_response,
     media_type,
     read_body,
+    serve_app,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Pipeline:
     settings: Settings
     clients: Clients
     queue_url: str
-    batcher: Batcher
+    batcher: Batcher | OnePerEventSender
 
 
 def parse_events(body: bytes, ndjson: bool) -> list[Any]:
@@ -94,45 +95,124 @@ def validate(raw_events: list[Any], now_ms: int) -> tuple[list[bytes], list[dict
     return accepted, rejected
 
 
-async def ingest(request: Request) -> Response:
+@dataclass(frozen=True)
+class Protocol:
+    """What one ingest route does its own way; the steps between are shared (`receive`)."""
+
+    content_types: frozenset[str]
+    wrong_type: str
+    parse: Callable[[bytes, str], list[Any]]
+    answer: Callable[[int, list[dict[str, Any]], int, str], Response]
+    refuse: Callable[[int, str, str], Response]
+
+
+async def receive(request: Request, protocol: Protocol) -> Response:
+    """Auth, content type, bounded body, gzip, parse, validate, submit; 2xx only once in SQS."""
     pipeline: Pipeline = request.app.state.pipeline
     settings = pipeline.settings
-    if not authorised(request.headers.get("authorization"), settings.api_keys):
-        return error_response(401, "missing or wrong API key (Authorization: Bearer <key>)")
     kind = media_type(request.headers.get("content-type"))
-    if kind not in JSON_TYPES and kind not in NDJSON_TYPES:
-        return error_response(415, "Content-Type must be application/json or application/x-ndjson")
+    if not authorised(request.headers.get("authorization"), settings.api_keys):
+        return protocol.refuse(401, "missing or wrong API key (Authorization: Bearer <key>)", kind)
+    if kind not in protocol.content_types:
+        return protocol.refuse(415, protocol.wrong_type, kind)
     try:
         raw = await read_body(request, settings.max_body_bytes)
         body = decode_content(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
-        if not body.strip():
-            raise BodyError(400, "body is empty")
-        raw_events = parse_events(body, ndjson=kind in NDJSON_TYPES)
+        raw_events = protocol.parse(body, kind)
     except BodyError as exc:
-        return error_response(exc.status, str(exc))
+        return protocol.refuse(exc.status, str(exc), kind)
     except ClientDisconnect:
-        return error_response(400, "client disconnected before sending the whole body")
-    if not raw_events:
-        return error_response(400, "body holds no events")
+        return protocol.refuse(400, "client disconnected before sending the whole body", kind)
     if len(raw_events) > settings.max_events_per_request:
-        return error_response(
-            413,
-            f"body holds {len(raw_events)} events; the limit is "
-            f"{settings.max_events_per_request} per request",
-        )
+        limit = settings.max_events_per_request
+        error = f"body holds {len(raw_events)} events; the limit is {limit} per request"
+        return protocol.refuse(413, error, kind)
     metrics.events_received.inc(len(raw_events))
     accepted, rejected = validate(raw_events, int(time.time() * 1000))
+    if accepted:
+        try:
+            await pipeline.batcher.submit(accepted)
+        except Overloaded as exc:
+            return protocol.refuse(429, str(exc), kind)
+        except QueueUnavailable as exc:
+            return protocol.refuse(503, str(exc), kind)
+        metrics.events_accepted.inc(len(accepted))
+    return protocol.answer(len(accepted), rejected, len(raw_events), kind)
+
+
+# --- POST /ingest: logpipe's own JSON --------------------------------------------------------
+
+
+def _parse_native(body: bytes, kind: str) -> list[Any]:
+    if not body.strip():
+        raise BodyError(400, "body is empty")
+    raw_events = parse_events(body, ndjson=kind in NDJSON_TYPES)
+    if not raw_events:
+        raise BodyError(400, "body holds no events")
+    return raw_events
+
+
+def _answer_native(
+    accepted: int, rejected: list[dict[str, Any]], total: int, kind: str
+) -> Response:
     if not accepted:
         first = f": {rejected[0]['error']}" if len(rejected) == 1 else ""
         return error_response(400, f"no valid events{first}", accepted=0, rejected=rejected)
-    try:
-        await pipeline.batcher.submit(accepted)
-    except Overloaded as exc:
-        return error_response(429, str(exc))
-    except QueueUnavailable as exc:
-        return error_response(503, str(exc))
-    metrics.events_accepted.inc(len(accepted))
-    return json_response({"accepted": len(accepted), "rejected": rejected}, 202)
+    return json_response({"accepted": accepted, "rejected": rejected}, 202)
+
+
+NATIVE = Protocol(
+    content_types=JSON_TYPES | NDJSON_TYPES,
+    wrong_type="Content-Type must be application/json or application/x-ndjson",
+    parse=_parse_native,
+    answer=_answer_native,
+    refuse=lambda status, error, kind: error_response(status, error),
+)
+
+
+async def ingest(request: Request) -> Response:
+    return await receive(request, NATIVE)
+
+
+# --- POST /v1/logs: OTLP/HTTP ----------------------------------------------------------------
+
+
+def _otlp_media(kind: str) -> str:
+    # The answer's encoding follows the request's (OTLP/HTTP); JSON when the type is unknown.
+    return kind if kind in otlp.PROTOBUF_TYPES else otlp.JSON_TYPE
+
+
+def _answer_otlp(accepted: int, rejected: list[dict[str, Any]], total: int, kind: str) -> Response:
+    # Records that fail validation are a partial success, not a failure: a retry cannot mend them.
+    error = otlp.rejection_summary(rejected, total) if rejected else ""
+    media = _otlp_media(kind)
+    body = otlp.encode_response(len(rejected), error, as_json=media == otlp.JSON_TYPE)
+    return Response(body, 200, media_type=media)
+
+
+def _refuse_otlp(status: int, error: str, kind: str) -> Response:
+    """A google.rpc.Status body with the same Retry-After / WWW-Authenticate as /ingest."""
+    media = _otlp_media(kind)
+    body = otlp.encode_status(status, error, as_json=media == otlp.JSON_TYPE)
+    response = Response(body, status, media_type=media)
+    shared = error_response(status, error).headers
+    for name in ("retry-after", "www-authenticate"):
+        if name in shared:
+            response.headers[name] = shared[name]
+    return response
+
+
+OTLP = Protocol(
+    content_types=otlp.CONTENT_TYPES,
+    wrong_type="Content-Type must be application/x-protobuf or application/json (OTLP/HTTP)",
+    parse=otlp.parse,
+    answer=_answer_otlp,
+    refuse=_refuse_otlp,
+)
+
+
+async def otlp_logs(request: Request) -> Response:
+    return await receive(request, OTLP)
 
 
 async def healthz(request: Request) -> Response:
@@ -163,15 +243,24 @@ def create_app(settings: Settings) -> Starlette:
         async with AsyncExitStack() as stack:
             clients = await open_clients(stack, settings, pool=settings.send_concurrency + 4)
             url = await queue_url(clients.sqs, settings.queue_name)
-            batcher = Batcher(
-                partial(send_message_batch, clients.sqs, url),
-                max_bytes=settings.sqs_max_bytes,
-                linger_s=settings.linger_ms / 1000,
-                concurrency=settings.send_concurrency,
-                max_inflight_bytes=settings.max_inflight_bytes,
-                attempts=settings.send_attempts,
-            )
+            batcher: Batcher | OnePerEventSender
+            if settings.naive:
+                batcher = OnePerEventSender(clients.sqs, url, settings.send_concurrency)
+            else:
+                batcher = Batcher(
+                    partial(send_message_batch, clients.sqs, url),
+                    max_bytes=settings.sqs_max_bytes,
+                    linger_s=settings.linger_ms / 1000,
+                    concurrency=settings.send_concurrency,
+                    max_inflight_bytes=settings.max_inflight_bytes,
+                    attempts=settings.send_attempts,
+                )
             await stack.enter_async_context(batcher)
+            # The main queue's depth, even while no processor runs (the DLQ is the processor's).
+            monitor = QueueMonitor(clients.sqs, {"main": url}, settings.queue_poll_s)
+            await stack.enter_async_context(monitor)
+            if settings.emf:
+                await stack.enter_async_context(EmfReporter("ingestor", settings.emf_interval_s))
             app.state.pipeline = Pipeline(settings, clients, url, batcher)
             log.info("ingestor ready on port %d, queue %s", settings.port, settings.queue_name)
             yield
@@ -179,6 +268,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             Route("/ingest", ingest, methods=["POST"]),
+            Route("/v1/logs", otlp_logs, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", prometheus),
@@ -188,34 +278,8 @@ def create_app(settings: Settings) -> Starlette:
     )
 
 
-class _Server(uvicorn.Server):
-    """uvicorn whose SIGTERM/SIGINT mean "drain and exit 0" (ECS), not "die by the signal"."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
-
 async def serve(settings: Settings) -> int:
     """Run the ingestor under uvicorn, which owns SIGTERM/SIGINT and drains connections."""
     if not settings.api_keys:
-        log.warning("LOGPIPE_API_KEYS is not set: /ingest accepts events from anyone")
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_seconds),
-        server_header=False,
-    )
-    server = _Server(config)
-    await server.serve()
-    return 0 if server.started else 1
+        log.warning("LOGPIPE_API_KEYS is not set: /ingest and /v1/logs accept events from anyone")
+    return await serve_app(create_app(settings), settings)

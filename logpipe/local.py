@@ -129,9 +129,13 @@ def role_env(settings: Settings, **variables: str | int | float) -> dict[str, st
 
 
 async def count_items(clients: Clients, table: str) -> int:
-    """Items in the table, by a paginated COUNT scan."""
+    """Events in the table, by a paginated COUNT scan."""
     total = 0
-    kwargs: dict[str, Any] = {"TableName": table, "Select": "COUNT"}
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "Select": "COUNT",
+        "FilterExpression": "attribute_exists(id)",  # events only, not the services registry
+    }
     while True:
         page = await clients.dynamodb.scan(**kwargs)
         total += int(page["Count"])

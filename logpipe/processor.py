@@ -40,6 +40,7 @@ from logpipe.models import (
     write_units,
 )
 from logpipe.monitor import QueueMonitor, oldest_age_s
+from logpipe.reader import ServiceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class Processor:
         self._dynamodb = clients.dynamodb
         self._queue_url = queue_url
         self._writes = asyncio.Semaphore(settings.write_concurrency)
+        self._registry = ServiceRegistry(
+            clients.dynamodb, settings.table_name, settings.retention_days
+        )
         self._stopping = asyncio.Event()
         # Events received and not yet finished; receivers wait while it is over the bound.
         self._inflight = 0
@@ -222,6 +226,7 @@ class Processor:
             async with self._room:
                 self._inflight -= len(writes)
                 self._room.notify_all()
+        await self._registry.note({w.event["service"] for w in writes})
         done = [t for t in trackers if not t.failed and t.pending == 0]
         retry = [t for t in trackers if t.failed or t.pending > 0]
         if delete:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import signal
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
+import uvicorn
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from logpipe.config import Settings
 from logpipe.errors import BodyError
 
 
@@ -91,3 +98,34 @@ async def http_error(request: Request, exc: Exception) -> Response:
     response = error_response(exc.status_code, str(exc.detail))
     response.headers.update(exc.headers or {})
     return response
+
+
+class _Server(uvicorn.Server):
+    """uvicorn whose SIGTERM/SIGINT mean "drain and exit 0" (ECS), not "die by the signal"."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+async def serve_app(app: Starlette, settings: Settings) -> int:
+    """Serve `app` on LOGPIPE_PORT until SIGTERM, draining connections; 1 if it never started."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_seconds),
+        server_header=False,
+    )
+    server = _Server(config)
+    await server.serve()
+    return 0 if server.started else 1

@@ -119,9 +119,13 @@ async def wait_until(
 
 
 async def scan_items(clients: Clients, table: str) -> list[dict[str, Any]]:
-    """Every item of the table (consistent read), across pages."""
+    """Every stored event of the table (consistent read), across pages."""
     items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "ConsistentRead": True,
+        "FilterExpression": "attribute_exists(id)",  # events only, not the services registry
+    }
     while True:
         page = await clients.dynamodb.scan(**kwargs)
         items.extend(page["Items"])

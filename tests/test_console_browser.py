@@ -1,0 +1,212 @@
+"""The console page in a real headless Chromium (Debian's), driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from logpipe.aws import Clients
+from logpipe.config import Settings
+from logpipe.reader import ServiceRegistry
+from tests.conftest import make_event
+from tests.test_console import running_console
+from tests.test_reader import store_events
+
+playwright = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LEVELS = ["info", "info", "warn", "error", "debug", "info", "trace"]
+ROWS = "#results tbody tr.event"
+
+
+def _apt_get(*args: str) -> None:
+    subprocess.run(
+        ["apt-get", *args],
+        check=True,
+        capture_output=True,
+        timeout=900,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, installed with apt-get when missing; the test skips if it cannot be."""
+    if not CHROMIUM.exists():
+        try:
+            try:
+                _apt_get("install", "-y", "-q", "chromium")
+            except subprocess.CalledProcessError:
+                _apt_get("update", "-q")  # a fresh image has no package lists yet
+                _apt_get("install", "-y", "-q", "chromium")
+        except (OSError, subprocess.SubprocessError) as exc:
+            pytest.skip(f"Chromium is missing and 'apt-get install chromium' failed: {exc}")
+    return str(CHROMIUM)
+
+
+@pytest.fixture
+async def page(chromium: str) -> AsyncIterator[Any]:
+    async with playwright.async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield await browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            await browser.close()
+
+
+def shop_events(now_ms: int) -> list[dict[str, Any]]:
+    """Half an hour of a shop's events, every 40 s, plus one we will search for."""
+    events = [
+        make_event(
+            n,
+            service="shop",
+            timestamp=now_ms - 60_000 - n * 40_000,
+            level=LEVELS[n % len(LEVELS)],
+            message=f"order {1000 + n} {'placed' if n % 3 else 'shipped'}",
+            attributes={"order": 1000 + n, "region": "eu" if n % 2 else "us"},
+        )
+        for n in range(45)
+    ]
+    events.append(
+        make_event(
+            100,
+            service="shop",
+            timestamp=now_ms - 5 * 60_000 - 500,
+            level="error",
+            message="payment declined for order 4242",
+            attributes={"order": 4242, "card": "visa"},
+        )
+    )
+    events.append(
+        make_event(
+            101,
+            service="shop",
+            timestamp=now_ms - 7 * 60_000 - 500,
+            level="warn",
+            message="<img src=x onerror=\"document.title='pwned'\"> sent by a client",
+        )
+    )
+    return events
+
+
+async def row_ids(page: Any) -> list[str]:
+    ids: list[str] = await page.locator(ROWS).evaluate_all("rows => rows.map(r => r.dataset.id)")
+    return ids
+
+
+@pytest.mark.timeout(900)  # the first run may install Chromium
+async def test_a_user_searches_pages_and_tails_events_in_a_real_browser(
+    clients: Clients, settings: Settings, page: Any, tmp_path: Path
+) -> None:
+    expect = playwright.expect
+    now_ms = int(time.time() * 1000)
+    await store_events(clients, settings, shop_events(now_ms))
+    await ServiceRegistry(clients.dynamodb, settings.table_name, 30).note(["shop"])
+    failures: list[str] = []
+    page.on("pageerror", lambda exc: failures.append(str(exc)))
+    # Errors the page logs itself, or the browser logs for it (a CSP violation, say); the
+    # 400 the page provokes on purpose at the end shows up as a failed resource load.
+    page.on(
+        "console",
+        lambda message: (
+            message.type == "error"
+            and "status of 400" not in message.text
+            and failures.append(message.text)
+        ),
+    )
+
+    async with running_console(settings) as url:
+        # Opening the page picks the service seen most recently and shows its last hour.
+        await page.goto(url)
+        await expect(page.locator("#service")).to_have_value("shop")
+        await expect(page.locator(ROWS)).to_have_count(47)
+        await expect(page.locator("#chart rect.f-error").first).to_be_visible()
+
+        # Search for a known event.
+        await page.fill("#q", "declined")
+        await page.click("#go")
+        await expect(page.locator(ROWS)).to_have_count(1)
+        found = page.locator(ROWS).first
+        await expect(found).to_contain_text("payment declined for order 4242")
+        await expect(found).to_contain_text("card=visa")
+        badge = found.locator(".badge")
+        await expect(badge).to_have_text("error")
+        await expect(badge).to_have_css("background-color", "rgb(229, 55, 43)")
+
+        # Markup in a message is shown as text, never run.
+        await page.fill("#q", "onerror")
+        await page.click("#go")
+        await expect(page.locator(ROWS)).to_have_count(1)
+        await expect(page.locator(f"{ROWS} td.msg")).to_have_text(
+            "<img src=x onerror=\"document.title='pwned'\"> sent by a client"
+        )
+        await expect(page.locator("#results img")).to_have_count(0)
+
+        # Page forward through the 47 events, 10 at a time, and back.
+        await page.fill("#q", "")
+        await page.select_option("#limit", "10")
+        await page.click("#go")
+        await expect(page.locator(ROWS)).to_have_count(10)
+        first_page = await row_ids(page)
+        await page.click("#older")
+        await expect(page.locator("#summary")).to_contain_text("page 2")
+        await expect(page.locator(ROWS)).to_have_count(10)
+        second_page = await row_ids(page)
+        assert not set(first_page) & set(second_page)
+        for _ in range(3):
+            await page.click("#older")
+        await expect(page.locator("#summary")).to_contain_text("page 5")
+        await expect(page.locator(ROWS)).to_have_count(7)
+        await expect(page.locator("#older")).to_be_disabled()
+        for _ in range(4):
+            await page.click("#newer")
+        await expect(page.locator("#summary")).to_contain_text("page 1")
+        assert await row_ids(page) == first_page
+
+        # Live tail: an event stored now appears on top without reloading.
+        await page.check("#tail")
+        await expect(page.locator("#tail-status")).to_contain_text("Live tail: checked")
+        arrival = make_event(
+            200,
+            service="shop",
+            timestamp=int(time.time() * 1000),
+            level="fatal",
+            message="tail: checkout crashed",
+            attributes={"order": 5150},
+        )
+        await store_events(clients, settings, [arrival])
+        await expect(page.locator(ROWS).first).to_contain_text(
+            "tail: checkout crashed", timeout=15_000
+        )
+        await expect(page.locator(ROWS)).to_have_count(11)
+        await page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
+
+        # A bad time range: the API's 400 is shown on the page.
+        await page.uncheck("#tail")
+        await page.select_option("#range", "custom")
+        await page.fill("#since", "last tuesday")
+        await page.click("#go")
+        await expect(page.locator("#error")).to_contain_text(
+            "since must be a duration back from now"
+        )
+        await page.screenshot(path=str(tmp_path / "console-error.png"))
+
+    assert await page.title() == "logpipe console"
+    assert failures == []
+    print(f"screenshots: {tmp_path / 'console.png'} {tmp_path / 'console-error.png'}")

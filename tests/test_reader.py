@@ -1,0 +1,534 @@
+"""The read path: query parameters, hour buckets and cursors (pure), and the reader against moto."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from logpipe.aws import Clients
+from logpipe.config import Settings
+from logpipe.models import Event, from_item, item_key, normalise, to_item
+from logpipe.query import (
+    MAX_HOURS,
+    LogQuery,
+    QueryError,
+    decode_cursor,
+    encode_cursor,
+    hour_bucket,
+    hour_buckets,
+    hour_starts,
+    hours_ahead,
+    parse_query,
+    parse_time,
+    sort_key_range,
+)
+from logpipe.reader import Reader, ServiceRegistry
+from tests.conftest import make_event
+
+NOW = 1_790_000_000_000  # 2026-09-21T14:13:20Z
+HOUR = 3_600_000
+T0 = 1_789_999_200_000  # 2026-09-21T14:00:00Z, an hour boundary
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+async def store_events(clients: Clients, settings: Settings, events: Iterable[Event]) -> None:
+    """Write events as the processor would (same key and item), 25 per BatchWriteItem."""
+    items = [
+        to_item(normalise(e, now_ms=NOW), settings.shards, settings.retention_days) for e in events
+    ]
+    for start in range(0, len(items), 25):
+        requests = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
+        response = await clients.dynamodb.batch_write_item(
+            RequestItems={settings.table_name: requests}
+        )
+        assert not response.get("UnprocessedItems")
+
+
+def window(since: int, until: int, **params: str) -> dict[str, str]:
+    return {
+        "service": "svc",
+        "since": datetime.fromtimestamp(since / 1000, UTC).isoformat(),
+        "until": datetime.fromtimestamp(until / 1000, UTC).isoformat(),
+        **params,
+    }
+
+
+# --- pure: times, parameters, buckets, cursors ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("now", NOW),
+        ("NOW", NOW),
+        ("0s", NOW),
+        ("15m", NOW - 15 * 60_000),
+        ("6h", NOW - 6 * HOUR),
+        ("2d", NOW - 48 * HOUR),
+        ("1w", NOW - 168 * HOUR),
+        ("1h30m", NOW - 90 * 60_000),
+        ("2026-09-21T14:00:00Z", T0),
+        ("2026-09-21t14:00:00z", T0),
+        ("2026-09-21T16:00:00+02:00", T0),
+        ("2026-09-21T14:00:00.250Z", T0 + 250),
+        ("100000d", 0),
+    ],
+    ids=lambda v: str(v),
+)
+def test_time_is_a_duration_back_from_now_or_rfc3339(text: str, expected: int) -> None:
+    assert parse_time("since", text, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("15x", "must be a duration back from now"),
+        ("m15", "must be a duration back from now"),
+        ("yesterday", "must be a duration back from now"),
+        ("-5m", "must be a duration back from now"),
+        ("2026-09-21T14:00:00", "needs a time zone offset"),
+        ("2026-13-01T00:00:00Z", "must be a duration back from now"),
+    ],
+)
+def test_a_time_that_is_neither_duration_nor_rfc3339_is_refused(text: str, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        parse_time("since", text, NOW)
+
+
+def test_query_defaults_to_the_last_15_minutes_and_100_events() -> None:
+    query = parse_query({"service": "svc"}, NOW)
+    assert (query.service, query.since_ms, query.until_ms) == ("svc", NOW - 15 * 60_000, NOW)
+    assert (query.level, query.q, query.limit, query.position) == (None, None, 100, None)
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "value"),
+    [
+        ({"level": "WARNING"}, "level", "warn"),
+        ({"level": "Error"}, "level", "error"),
+        ({"service": "Shop.API"}, "service", "shop.api"),
+        ({"q": "disk full"}, "q", "disk full"),
+        ({"q": ""}, "q", None),
+        ({"limit": "1"}, "limit", 1),
+        ({"limit": "1000"}, "limit", 1000),
+    ],
+    ids=["level-alias", "level-case", "service-case", "q", "empty-q", "limit-1", "limit-1000"],
+)
+def test_query_parameters_are_normalised(params: dict[str, str], field: str, value: Any) -> None:
+    assert getattr(parse_query({"service": "svc", **params}, NOW), field) == value
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "service is required"),
+        ({"service": "a b"}, "service must be 1-64 characters"),
+        ({"service": "svc", "level": "verbose"}, "level must be one of"),
+        ({"service": "svc", "limit": "0"}, "limit must be an integer 1-1000"),
+        ({"service": "svc", "limit": "1001"}, "limit must be an integer 1-1000"),
+        ({"service": "svc", "limit": "ten"}, "limit must be an integer 1-1000"),
+        ({"service": "svc", "since": "1h", "until": "2h"}, "must not be after until"),
+        ({"service": "svc", "since": "32d"}, f"the limit is {MAX_HOURS} \\(31 days\\)"),
+        ({"service": "svc", "q": "x" * 1025}, "q must be at most 1024 characters"),
+        ({"service": "svc", "cursor": "not-a-cursor"}, "cursor is malformed"),
+    ],
+    ids=[
+        "no-service",
+        "bad-service",
+        "unknown-level",
+        "limit-0",
+        "limit-1001",
+        "limit-text",
+        "since-after-until",
+        "over-31-days",
+        "long-q",
+        "garbage-cursor",
+    ],
+)
+def test_bad_query_parameters_are_refused_with_a_reason(
+    params: dict[str, str], message: str
+) -> None:
+    with pytest.raises(QueryError, match=message):
+        parse_query(params, NOW)
+
+
+@pytest.mark.parametrize("now", [T0, T0 + 1, T0 + HOUR - 1])
+def test_any_31_day_range_is_allowed(now: int) -> None:
+    query = parse_query({"service": "svc", "since": "31d"}, now)
+    assert len(hour_buckets(query.since_ms, query.until_ms)) <= MAX_HOURS
+
+
+def test_a_range_of_more_than_31_days_is_refused() -> None:
+    with pytest.raises(QueryError, match="spans 746 hour buckets"):
+        parse_query(window(T0 - 31 * 24 * HOUR, T0 + HOUR), NOW)
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "expected"),
+    [
+        ("2026-09-21T14:00:00", "2026-09-21T14:59:59.999", ["2026-09-21T14"]),
+        ("2026-09-21T14:59:59.999", "2026-09-21T15:00:00", ["2026-09-21T15", "2026-09-21T14"]),
+        (
+            "2026-09-21T13:30:00",
+            "2026-09-21T15:10:00",
+            ["2026-09-21T15", "2026-09-21T14", "2026-09-21T13"],
+        ),
+        ("2026-12-31T23:10:00", "2027-01-01T00:05:00", ["2027-01-01T00", "2026-12-31T23"]),
+        ("1970-01-01T00:00:00", "1970-01-01T00:00:00", ["1970-01-01T00"]),
+    ],
+    ids=["one-hour", "boundary", "three-hours", "new-year", "epoch"],
+)
+def test_hour_buckets_cover_the_window_newest_first(
+    since: str, until: str, expected: list[str]
+) -> None:
+    assert hour_buckets(ms(since + "+00:00"), ms(until + "+00:00")) == expected
+
+
+def test_hour_starts_are_the_hours_of_the_buckets() -> None:
+    starts = hour_starts(T0 - 1, T0 + HOUR)
+    assert starts == [T0 + HOUR, T0, T0 - HOUR]
+    assert [hour_bucket(s) for s in starts] == hour_buckets(T0 - 1, T0 + HOUR)
+
+
+@pytest.mark.parametrize(
+    ("found", "want", "covered_ms", "most", "expected"),
+    [
+        (0, 101, 0, 2, 2),
+        (0, 101, 3 * HOUR, 2, 2),
+        (50, 101, HOUR // 2, 2, 1),
+        (100, 101, HOUR, 4, 1),
+        (10, 101, HOUR, 2, 2),
+        (5, 101, HOUR, 100, 20),
+        (100, 101, 1, 2, 1),
+    ],
+    ids=[
+        "nothing-yet",
+        "empty-hours",
+        "dense-half-hour",
+        "one-more-needed",
+        "sparse-capped",
+        "sparse-uncapped",
+        "very-dense",
+    ],
+)
+def test_hours_fetched_ahead_follow_the_density_seen_so_far(
+    found: int, want: int, covered_ms: int, most: int, expected: int
+) -> None:
+    assert hours_ahead(found, want, covered_ms, most) == expected
+
+
+@pytest.mark.parametrize(
+    "timestamp", [0, T0 - 1, T0, T0 + 1, T0 + HOUR - 1, 1_798_761_599_999, 9_999_999_999_999]
+)
+def test_hour_bucket_is_the_one_the_writer_puts_in_the_partition_key(timestamp: int) -> None:
+    pk, _ = item_key({"service": "svc", "id": "x", "timestamp": timestamp}, 8)
+    assert pk.split("#")[1] == hour_bucket(timestamp)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (LogQuery("svc", T0, T0 + 999), (f"{T0:013d}", f"{T0 + 1000:013d}")),
+        (LogQuery("svc", 0, 5, position="0000000000004#id"), ("0000000000000", "0000000000004#id")),
+    ],
+    ids=["window", "after-a-page"],
+)
+def test_sort_key_range_spans_the_window_or_continues_below_the_position(
+    query: LogQuery, expected: tuple[str, str]
+) -> None:
+    assert sort_key_range(query) == expected
+
+
+def test_a_cursor_continues_the_same_window_below_its_position() -> None:
+    params = window(T0, T0 + HOUR, level="error")
+    first = parse_query(params, NOW)
+    cursor = encode_cursor(first.fingerprint, first.since_ms, f"{T0 + 500:013d}#ev-1")
+
+    later = parse_query({**params, "cursor": cursor, "limit": "5"}, NOW)
+
+    assert later.position == f"{T0 + 500:013d}#ev-1"
+    assert (later.since_ms, later.until_ms, later.limit) == (T0, T0 + 500, 5)
+
+
+def test_a_cursor_pins_a_relative_since_so_pages_do_not_slide() -> None:
+    first = parse_query({"service": "svc", "since": "1h"}, NOW)
+    cursor = encode_cursor(first.fingerprint, first.since_ms, f"{NOW - 10:013d}#ev")
+
+    an_hour_later = parse_query({"service": "svc", "since": "1h", "cursor": cursor}, NOW + HOUR)
+
+    assert an_hour_later.since_ms == NOW - HOUR
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"service": "other"}, {"level": "info"}, {"q": "x"}, {"since": "2h"}, {"until": "5m"}],
+    ids=["service", "level", "q", "since", "until"],
+)
+def test_a_cursor_used_with_other_parameters_is_refused(changed: dict[str, str]) -> None:
+    params = {"service": "svc", "since": "1h", "level": "error"}
+    first = parse_query(params, NOW)
+    cursor = encode_cursor(first.fingerprint, first.since_ms, f"{NOW - 10:013d}#ev")
+
+    with pytest.raises(QueryError, match="other parameters"):
+        parse_query({**params, **changed, "cursor": cursor}, NOW)
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "%%%",
+        "bm90IGpzb24",  # "not json"
+        encode_cursor("f", 0, "0000000000001#x").replace("eyJ2Ijox", "eyJ2Ijoy"),  # v: 2
+        encode_cursor("f", 0, "12#x"),
+        encode_cursor("f", 5, "0000000000001#x"),
+        encode_cursor("f", 0, "0000000000001#"),
+    ],
+    ids=["not-base64", "not-json", "other-version", "short-position", "since-after", "no-id"],
+)
+def test_a_damaged_cursor_is_refused(cursor: str) -> None:
+    with pytest.raises(QueryError, match="cursor is malformed"):
+        decode_cursor(cursor, "f")
+
+
+# --- the reader against moto's DynamoDB -------------------------------------------------------
+
+
+def spread(count: int, step_ms: int, **fields: Any) -> list[Event]:
+    """`count` events from T0 on, every `step_ms`, with levels and messages that vary."""
+    levels = ["info", "info", "warn", "error", "debug"]
+    return [
+        make_event(
+            n,
+            timestamp=T0 + n * step_ms,
+            level=levels[n % len(levels)],
+            message=f"request {n} {'timed out' if n % 7 == 0 else 'ok'}",
+            **fields,
+        )
+        for n in range(count)
+    ]
+
+
+def newest_first(events: list[Event]) -> list[str]:
+    return [e["id"] for e in sorted(events, key=lambda e: (e["timestamp"], e["id"]), reverse=True)]
+
+
+async def read_all(reader: Reader, params: dict[str, str]) -> tuple[list[str], int]:
+    """Follow cursors to the end: every id in order, and how many pages it took."""
+    ids: list[str] = []
+    pages = 0
+    cursor = None
+    while True:
+        query = parse_query({**params, **({"cursor": cursor} if cursor else {})}, NOW)
+        page = await reader.read(query)
+        pages += 1
+        ids.extend(from_item(i)["id"] for i in page.items)
+        if page.cursor is None:
+            return ids, pages
+        assert len(page.items) == query.limit
+        cursor = page.cursor
+
+
+@pytest.fixture
+def reader(clients: Clients, settings: Settings) -> Reader:
+    return Reader(clients.dynamodb, settings.table_name, settings.shards, concurrency=16)
+
+
+async def test_events_come_back_newest_first_across_shards_and_hours(
+    clients: Clients, settings: Settings, reader: Reader
+) -> None:
+    events = spread(200, step_ms=97_000)  # about 5.4 hours, every shard
+    await store_events(clients, settings, events)
+
+    page = await reader.read(parse_query(window(T0, T0 + 6 * HOUR, limit="1000"), NOW))
+
+    assert [from_item(i)["id"] for i in page.items] == newest_first(events)
+    assert page.cursor is None
+
+
+@pytest.mark.parametrize("limit", [7, 50])
+async def test_pages_cover_every_event_exactly_once_in_order(
+    clients: Clients, settings: Settings, reader: Reader, limit: int
+) -> None:
+    events = spread(120, step_ms=150_000)
+    # Ties: several events in one millisecond, spread over shards by their ids.
+    events += [make_event(1000 + n, timestamp=T0 + HOUR) for n in range(12)]
+    await store_events(clients, settings, events)
+
+    ids, pages = await read_all(reader, window(T0, T0 + 6 * HOUR, limit=str(limit)))
+
+    assert ids == newest_first(events)
+    assert pages == -(-len(events) // limit)
+
+
+async def test_level_and_text_filters_select_exactly_the_matching_events(
+    clients: Clients, settings: Settings, reader: Reader
+) -> None:
+    events = spread(150, step_ms=60_000)
+    await store_events(clients, settings, events)
+    expected = [e for e in events if e["level"] == "error" and "timed out" in e["message"]]
+
+    ids, _ = await read_all(
+        reader, window(T0, T0 + 3 * HOUR, level="error", q="timed out", limit="2")
+    )
+
+    assert len(expected) > 2
+    assert ids == newest_first(expected)
+
+
+async def test_window_bounds_are_inclusive_to_the_millisecond(
+    clients: Clients, settings: Settings, reader: Reader
+) -> None:
+    times = [T0 - 1, T0, T0 + 5000, T0 + 10_000, T0 + 10_001]
+    events = [make_event(n, timestamp=t) for n, t in enumerate(times)]
+    await store_events(clients, settings, events)
+
+    page = await reader.read(parse_query(window(T0, T0 + 10_000), NOW))
+
+    assert [from_item(i)["id"] for i in page.items] == ["ev-00000003", "ev-00000002", "ev-00000001"]
+
+
+async def test_other_services_events_are_not_returned(
+    clients: Clients, settings: Settings, reader: Reader
+) -> None:
+    await store_events(clients, settings, spread(10, 1000) + spread(10, 1000, service="svc2"))
+
+    page = await reader.read(parse_query(window(T0, T0 + HOUR), NOW))
+
+    assert {from_item(i)["service"] for i in page.items} == {"svc"}
+    assert len(page.items) == 10
+
+
+async def test_a_full_page_in_the_newest_hour_reads_few_partitions_and_never_scans(
+    clients: Clients, settings: Settings, reader: Reader
+) -> None:
+    await store_events(clients, settings, spread(300, step_ms=1000))  # 5 minutes, one hour
+    operations: list[str] = []
+
+    def record(model: Any, **kwargs: Any) -> None:
+        operations.append(model.name)
+
+    clients.dynamodb.meta.events.register("before-call.dynamodb", record)
+
+    page = await reader.read(parse_query(window(T0 - 23 * HOUR, T0 + HOUR - 1, limit="100"), NOW))
+
+    assert len(page.items) == 100
+    assert set(operations) == {"Query"}
+    # The newest hour's 8 shards, plus the next hour fetched ahead: not all 24 x 8 partitions.
+    assert len(operations) <= 2 * settings.shards
+
+
+async def test_a_dense_service_reads_only_the_hours_the_page_needs(
+    clients: Clients, settings: Settings, reader: Reader
+) -> None:
+    # 100 events an hour; the window ends half-way through an hour.
+    events = [make_event(n, timestamp=T0 + HOUR // 2 - 1 - n * 36_000) for n in range(600)]
+    await store_events(clients, settings, events)
+    calls: list[str] = []
+    clients.dynamodb.meta.events.register(
+        "before-call.dynamodb.Query", lambda **kwargs: calls.append("Query")
+    )
+
+    page = await reader.read(parse_query(window(T0 - 12 * HOUR, T0 + HOUR // 2 - 1), NOW))
+
+    assert [from_item(i)["id"] for i in page.items] == newest_first(events)[:100]
+    # The half hour (50 events) and the hour before it: two hours of 8 shards, no third.
+    assert len(calls) == 2 * settings.shards
+
+
+async def test_an_empty_window_answers_no_events_and_no_cursor(reader: Reader) -> None:
+    page = await reader.read(parse_query(window(T0, T0 + 24 * HOUR), NOW))
+    assert (page.items, page.cursor) == ([], None)
+
+
+async def test_fewer_shards_than_the_default_are_read_the_same_way(
+    clients: Clients, settings: Settings
+) -> None:
+    settings = dataclasses.replace(settings, shards=3)
+    events = spread(40, step_ms=300_000)
+    await store_events(clients, settings, events)
+    reader = Reader(clients.dynamodb, settings.table_name, shards=3, concurrency=2)
+
+    ids, _ = await read_all(reader, window(T0, T0 + 4 * HOUR, limit="9"))
+
+    assert ids == newest_first(events)
+
+
+# --- the services registry ----------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_services_seen_are_listed_by_name_with_when_they_were_last_seen(
+    clients: Clients, settings: Settings
+) -> None:
+    clock = Clock(1_790_000_000.0)
+    registry = ServiceRegistry(clients.dynamodb, settings.table_name, 30, clock=clock)
+
+    await registry.note(["shop", "billing", "shop"])
+
+    assert await registry.services() == [
+        {"service": "billing", "last_seen": "2026-09-21T14:13:20.000Z"},
+        {"service": "shop", "last_seen": "2026-09-21T14:13:20.000Z"},
+    ]
+
+
+async def test_a_service_is_written_at_most_once_a_minute(
+    clients: Clients, settings: Settings
+) -> None:
+    clock = Clock(1_790_000_000.0)
+    registry = ServiceRegistry(clients.dynamodb, settings.table_name, 30, clock=clock)
+    await registry.note(["shop"])
+
+    clock.now += 59
+    await registry.note(["shop", "billing"])
+    seen = {s["service"]: s["last_seen"] for s in await registry.services()}
+    assert seen == {"shop": "2026-09-21T14:13:20.000Z", "billing": "2026-09-21T14:14:19.000Z"}
+
+    clock.now += 1
+    await registry.note(["shop"])
+    seen = {s["service"]: s["last_seen"] for s in await registry.services()}
+    assert seen["shop"] == "2026-09-21T14:14:20.000Z"
+
+
+async def test_services_not_seen_within_the_retention_are_not_listed(
+    clients: Clients, settings: Settings
+) -> None:
+    clock = Clock(1_790_000_000.0)
+    registry = ServiceRegistry(clients.dynamodb, settings.table_name, 1, clock=clock)
+    await registry.note(["old"])
+    clock.now += 86_400 - 120
+    await registry.note(["new"])
+
+    clock.now += 121
+    assert [s["service"] for s in await registry.services()] == ["new"]
+
+
+async def test_registry_items_never_appear_in_a_search(
+    clients: Clients, settings: Settings, reader: Reader
+) -> None:
+    await ServiceRegistry(clients.dynamodb, settings.table_name, 30).note(["svc"])
+    page = await reader.read(parse_query({"service": "svc", "since": "2h"}, NOW))
+    assert page.items == []
+
+
+async def test_noting_services_when_the_table_is_missing_logs_and_does_not_raise(
+    clients: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = ServiceRegistry(clients.dynamodb, "no-such-table", 30)
+
+    await registry.note(["shop"])
+
+    assert "could not record 1 services: ResourceNotFoundException" in caplog.text
