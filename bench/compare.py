@@ -71,7 +71,7 @@ def table(runs: dict[str, dict[str, object]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20000)
-    parser.add_argument("--naive-events", type=int, default=2000)
+    parser.add_argument("--naive-events", type=int, default=500)
     parser.add_argument("--out", default="bench/results.md")
     args = parser.parse_args()
     runs = {

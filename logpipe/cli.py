@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -20,24 +21,31 @@ ROLES = ("ingestor", "processor", "emitter", "console")
 QUIET_LOGGERS = ("botocore", "aiobotocore", "aioboto3", "werkzeug", "urllib3", "uvicorn.access")
 
 
+# What every LogRecord carries; anything else came from `extra=` and goes under "context".
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, role, logger, message (and error, if any)."""
+    """One JSON object per line: time, level, role, logger, message, context (from `extra=`)."""
 
     def __init__(self, role: str) -> None:
         super().__init__()
         self._role = role
 
     def format(self, record: logging.LogRecord) -> str:
-        doc = {
+        doc: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "role": self._role,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        context = {k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS}
+        if context:
+            doc["context"] = context
         if record.exc_info:
             doc["error"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
+        return orjson.dumps(doc, default=str).decode()
 
 
 def setup_logging(role: str, level: int) -> None:
@@ -85,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--json", action="store_true", help="inspect: print JSON")
 
     bench = commands.add_parser("bench", help="load-test end to end; prints one JSON object")
-    bench.add_argument("--events", type=int, help="events to drive (20000; naive 2000)")
+    bench.add_argument("--events", type=int, help="events to drive (20000; naive 500)")
     bench.add_argument("--naive", action="store_true", help="the one-call-per-event pipeline")
     bench.add_argument("--ceiling", action="store_true", help="the endpoint alone, no pipeline")
     bench.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
@@ -154,7 +162,7 @@ async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) 
         from logpipe.faults import Faults
 
         options = bench.BenchOptions(
-            events=args.events or (2000 if args.naive else 20000),
+            events=args.events or (500 if args.naive else 20000),
             naive=args.naive,
             ceiling=args.ceiling,
             concurrency=args.concurrency,

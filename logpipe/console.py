@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from logpipe import metrics
 from logpipe.aws import error_code, open_clients
 from logpipe.config import Settings
 from logpipe.models import Event, from_item
@@ -39,15 +40,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
-
-searches = Counter(
-    "logpipe_console_searches_total", "GET /api/logs answered, by outcome.", ["outcome"]
-)
-search_seconds = Histogram(
-    "logpipe_console_search_seconds",
-    "Time to answer GET /api/logs.",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
 
 
 @dataclass
@@ -68,22 +60,22 @@ async def logs(request: Request) -> Response:
     started = time.perf_counter()
     unknown = sorted(set(request.query_params) - QUERY_PARAMETERS)
     if unknown:
-        searches.labels("bad_request").inc()
+        metrics.console_searches.labels("bad_request").inc()
         known = ", ".join(sorted(QUERY_PARAMETERS))
         return error_response(400, f"unknown parameter {unknown[0]!r}; known: {known}")
     try:
         query = parse_query(request.query_params, now_ms())
     except QueryError as exc:
-        searches.labels("bad_request").inc()
+        metrics.console_searches.labels("bad_request").inc()
         return error_response(400, str(exc))
     try:
         page = await console.reader.read(query)
     except AWS_ERRORS as exc:
-        searches.labels("unavailable").inc()
+        metrics.console_searches.labels("unavailable").inc()
         log.warning("search of %s failed: %s", query.service, error_code(exc))
         return error_response(503, f"the log table could not be read ({error_code(exc)})")
-    searches.labels("ok").inc()
-    search_seconds.observe(time.perf_counter() - started)
+    metrics.console_searches.labels("ok").inc()
+    metrics.console_search_seconds.observe(time.perf_counter() - started)
     return json_response({"events": [from_item(i) for i in page.items], "cursor": page.cursor})
 
 

@@ -18,7 +18,7 @@ from logpipe import metrics
 from logpipe.client import Shipper, ShipStats
 from logpipe.config import Settings
 from logpipe.emf import EmfReporter
-from logpipe.lifecycle import run_until_signalled
+from logpipe.lifecycle import run_until_signalled, stop_signals
 from logpipe.metrics import serve_metrics
 from logpipe.models import new_id
 
@@ -189,24 +189,27 @@ def summary(service: str, stats: ShipStats) -> bytes:
 
 async def serve(settings: Settings) -> int:
     """The emitter role: ship simulated events until stopped or done; summary on stdout."""
-    port, stop_metrics = serve_metrics(settings.host, settings.metrics_port)
     api_key = settings.api_keys[0] if settings.api_keys else None
     timeout = aiohttp.ClientTimeout(total=30)
-    try:
-        async with AsyncExitStack() as stack:
-            if settings.emf:
-                await stack.enter_async_context(EmfReporter("emitter", settings.emf_interval_s))
-            session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
-            emitter = Emitter(settings, Shipper(session, settings.ingestor_url, api_key))
-            log.info(
-                "emitting %s at %s events/s to %s; metrics on port %d",
-                settings.emitter_service,
-                settings.emitter_rate or "max",
-                settings.ingestor_url,
-                port,
-            )
-            code = await run_until_signalled(emitter.run, emitter.stop, settings.drain_seconds)
-    finally:
-        stop_metrics()
+    with stop_signals() as stopping:
+        port, stop_metrics = serve_metrics(settings.host, settings.metrics_port)
+        try:
+            async with AsyncExitStack() as stack:
+                if settings.emf:
+                    await stack.enter_async_context(EmfReporter("emitter", settings.emf_interval_s))
+                session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
+                emitter = Emitter(settings, Shipper(session, settings.ingestor_url, api_key))
+                log.info(
+                    "emitting %s at %s events/s to %s; metrics on port %d",
+                    settings.emitter_service,
+                    settings.emitter_rate or "max",
+                    settings.ingestor_url,
+                    port,
+                )
+                code = await run_until_signalled(
+                    emitter.run, emitter.stop, settings.drain_seconds, stopping
+                )
+        finally:
+            stop_metrics()
     print(summary(settings.emitter_service, emitter.stats).decode(), flush=True)
     return code

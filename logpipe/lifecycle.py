@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -21,17 +22,30 @@ def run_async(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-async def run_until_signalled(
-    run: Callable[[], Awaitable[None]], stop: Callable[[], None], drain_seconds: float
-) -> int:
-    """Run `run` until it returns or SIGTERM/SIGINT; then `stop` and wait up to the deadline.
-
-    Exit code 0 when the work finished or drained in time, 1 when the deadline cut it short.
-    """
+@contextmanager
+def stop_signals() -> Iterator[asyncio.Event]:
+    """An event that SIGTERM or SIGINT sets, from the first moment of a role's start-up."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    try:
+        yield stopping
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def run_until_signalled(
+    run: Callable[[], Awaitable[None]],
+    stop: Callable[[], None],
+    drain_seconds: float,
+    stopping: asyncio.Event,
+) -> int:
+    """Run `run` until it returns or `stopping` is set; then `stop` and wait up to the deadline.
+
+    Exit code 0 when the work finished or drained in time, 1 when the deadline cut it short.
+    """
     work = asyncio.ensure_future(run())
     signalled = asyncio.ensure_future(stopping.wait())
     try:
@@ -48,5 +62,3 @@ async def run_until_signalled(
         return 0
     finally:
         signalled.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)

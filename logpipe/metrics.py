@@ -101,6 +101,13 @@ dynamodb_write_units = Counter(
     "logpipe_dynamodb_write_units_total", "DynamoDB write request units consumed (1 per KB)."
 )
 
+console_searches = Counter(
+    "logpipe_console_searches_total", "GET /api/logs answered, by outcome.", ["outcome"]
+)
+console_search_seconds = Histogram(
+    "logpipe_console_search_seconds", "Time to answer GET /api/logs.", buckets=_CALL_BUCKETS
+)
+
 faults_injected = Counter(
     "logpipe_faults_injected_total", "Faults injected by LOGPIPE_FAULTS (chaos runs).", ["fault"]
 )

@@ -28,7 +28,7 @@ from logpipe.aws import (
 )
 from logpipe.config import Settings
 from logpipe.emf import EmfReporter
-from logpipe.lifecycle import run_until_signalled
+from logpipe.lifecycle import run_until_signalled, stop_signals
 from logpipe.metrics import serve_metrics
 from logpipe.models import (
     EnvelopeError,
@@ -279,7 +279,10 @@ class Processor:
             if not pending:
                 return
         log.warning(
-            "could not store %d items (%s); their messages will be retried", len(pending), reason
+            "could not store %d items (%s); their messages will be retried",
+            len(pending),
+            reason,
+            extra={"items": len(pending), "reason": reason},
         )
         metrics.write_failures.inc(len(pending))
         for write in pending.values():
@@ -368,27 +371,33 @@ class NaiveProcessor(Processor):
 
 async def serve(settings: Settings) -> int:
     """The processor role: metrics endpoint, shared clients, receivers, drain on SIGTERM."""
-    port, stop_metrics = serve_metrics(settings.host, settings.metrics_port)
-    try:
-        async with AsyncExitStack() as stack:
-            pool = settings.write_concurrency + settings.pollers * 2 + 4
-            clients = await open_clients(stack, settings, pool=pool)
-            url = await queue_url(clients.sqs, settings.queue_name)
-            dlq_url = await queue_url(clients.sqs, settings.dlq_name)
-            monitor = QueueMonitor(
-                clients.sqs, {"main": url, "dlq": dlq_url}, settings.queue_poll_s
-            )
-            await stack.enter_async_context(monitor)
-            if settings.emf:
-                await stack.enter_async_context(EmfReporter("processor", settings.emf_interval_s))
-            kind = NaiveProcessor if settings.naive else Processor
-            processor = kind(settings, clients, url)
-            log.info(
-                "processor polling %s with %d receivers; metrics on port %d",
-                settings.queue_name,
-                settings.pollers,
-                port,
-            )
-            return await run_until_signalled(processor.run, processor.stop, settings.drain_seconds)
-    finally:
-        stop_metrics()
+    with stop_signals() as stopping:
+        port, stop_metrics = serve_metrics(settings.host, settings.metrics_port)
+        try:
+            async with AsyncExitStack() as stack:
+                pool = settings.write_concurrency + settings.pollers * 2 + 4
+                clients = await open_clients(stack, settings, pool=pool)
+                url = await queue_url(clients.sqs, settings.queue_name)
+                dlq_url = await queue_url(clients.sqs, settings.dlq_name)
+                queues = {"main": url, "dlq": dlq_url}
+                await stack.enter_async_context(
+                    QueueMonitor(clients.sqs, queues, settings.queue_poll_s)
+                )
+                if settings.emf:
+                    await stack.enter_async_context(
+                        EmfReporter("processor", settings.emf_interval_s)
+                    )
+                processor = (NaiveProcessor if settings.naive else Processor)(
+                    settings, clients, url
+                )
+                log.info(
+                    "processor polling %s with %d receivers; metrics on port %d",
+                    settings.queue_name,
+                    settings.pollers,
+                    port,
+                )
+                return await run_until_signalled(
+                    processor.run, processor.stop, settings.drain_seconds, stopping
+                )
+        finally:
+            stop_metrics()
