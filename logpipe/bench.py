@@ -27,7 +27,15 @@ from logpipe.aws import Clients, bootstrap, open_clients, queue_url
 from logpipe.client import Shipper
 from logpipe.config import Settings
 from logpipe.faults import Faults
-from logpipe.local import LOCAL_CREDENTIALS, RoleProcess, free_port, role_env, wait_http
+from logpipe.local import (
+    LOCAL_CREDENTIALS,
+    RoleProcess,
+    free_port,
+    role_env,
+    start_moto,
+    stored_ids,
+    wait_http,
+)
 
 # Public on-demand prices, us-east-1, as listed on 2026-11-25 (unchanged since 2024-11-01):
 # SQS standard queue, per million requests after the free tier
@@ -102,20 +110,8 @@ async def endpoint(url: str | None, log: IO[bytes]) -> AsyncIterator[str]:
         yield url
         return
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "moto.server",
-        "-H",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        stdout=log,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    process = await start_moto(port, log)
     try:
-        async with aiohttp.ClientSession() as session:
-            await wait_http(session, f"http://127.0.0.1:{port}/moto-api/", timeout=30)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -369,18 +365,7 @@ def fired(samples: list[metrics.Sample], kills: dict[str, int]) -> dict[str, int
 
 async def verify(clients: Clients, table: str, acknowledged: set[str]) -> dict[str, int]:
     """Read the table back: how many acknowledged events are stored, lost, or stored twice."""
-    ids: list[str] = []
-    kwargs: dict[str, Any] = {
-        "TableName": table,
-        "ProjectionExpression": "id",
-        "FilterExpression": "attribute_exists(id)",  # events only, not the services registry
-    }
-    while True:
-        page = await clients.dynamodb.scan(**kwargs)
-        ids.extend(item["id"]["S"] for item in page["Items"])
-        if "LastEvaluatedKey" not in page:
-            break
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    ids = await stored_ids(clients, table)
     distinct = set(ids)
     return {
         "stored": len(distinct & acknowledged),

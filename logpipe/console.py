@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,7 +26,7 @@ from logpipe.config import Settings
 from logpipe.models import Event, from_item
 from logpipe.query import QueryError, parse_query
 from logpipe.reader import AWS_ERRORS, Reader, ServiceRegistry
-from logpipe.web import error_response, http_error, json_response, serve_app
+from logpipe.web import error_response, http_error, json_response, prometheus, serve_app
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +109,6 @@ async def readyz(request: Request) -> Response:
     except AWS_ERRORS as exc:
         return json_response({"status": "unavailable", "error": error_code(exc)}, 503)
     return json_response({"status": "ready"})
-
-
-async def prometheus(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings) -> Starlette:

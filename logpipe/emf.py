@@ -6,8 +6,6 @@ metrics in the `logpipe` namespace — no PutMetricData calls, no agent.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
 import time
 from collections import defaultdict
@@ -18,6 +16,7 @@ from typing import Any
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from logpipe.lifecycle import Periodic
 from logpipe.metrics import bucket_deltas, histogram_quantile
 
 NAMESPACE = "logpipe"
@@ -138,17 +137,17 @@ def documents(
     return docs
 
 
-class EmfReporter:
+class EmfReporter(Periodic):
     """Writes the role's EMF lines every `interval_s`, and once more when stopped."""
 
     def __init__(
         self, role: str, interval_s: float, write: Callable[[str], Any] | None = None
     ) -> None:
+        super().__init__(interval_s)
         self._role = role
-        self._interval_s = interval_s
         self._write = write or _stdout
         self._before = Snapshot()
-        self._task: asyncio.Task[None] | None = None
+        self._started = False
 
     def report(self) -> None:
         now = take_snapshot()
@@ -156,29 +155,17 @@ class EmfReporter:
             self._write(orjson.dumps(doc).decode())
         self._before = now
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
+    async def tick(self) -> None:
+        # The first tick comes at start: there is nothing to report yet.
+        if self._started:
             self.report()
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop())
+        self._started = True
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        running = self._task is not None
+        await super().stop()
+        if running:
             self.report()
-
-    async def __aenter__(self) -> EmfReporter:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
 
 def _stdout(line: str) -> None:

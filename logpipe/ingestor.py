@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 from botocore.exceptions import ClientError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -35,6 +34,7 @@ from logpipe.web import (
     http_error,
     json_response,
     media_type,
+    prometheus,
     read_body,
     serve_app,
 )
@@ -229,10 +229,6 @@ async def readyz(request: Request) -> Response:
     except (ClientError, OSError, TimeoutError) as exc:
         return json_response({"status": "unavailable", "error": error_code(exc)}, 503)
     return json_response({"status": "ready"})
-
-
-async def prometheus(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -62,3 +63,38 @@ async def run_until_signalled(
         return 0
     finally:
         signalled.cancel()
+
+
+class Periodic:
+    """A background task that calls `tick` every `interval_s`, with start/stop/async with."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def tick(self) -> None:
+        raise NotImplementedError
+
+    async def _loop(self) -> None:
+        while True:
+            await self.tick()
+            await asyncio.sleep(self.interval_s)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Cancel the task; idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def __aenter__(self) -> Periodic:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

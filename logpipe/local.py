@@ -128,20 +128,40 @@ def role_env(settings: Settings, **variables: str | int | float) -> dict[str, st
     return env
 
 
-async def count_items(clients: Clients, table: str) -> int:
-    """Events in the table, by a paginated COUNT scan."""
-    total = 0
+async def stored_ids(clients: Clients, table: str) -> list[str]:
+    """The id of every event in the table (a paginated scan; the services registry left out)."""
+    ids: list[str] = []
     kwargs: dict[str, Any] = {
         "TableName": table,
-        "Select": "COUNT",
-        "FilterExpression": "attribute_exists(id)",  # events only, not the services registry
+        "ProjectionExpression": "id",
+        "FilterExpression": "attribute_exists(id)",
     }
     while True:
         page = await clients.dynamodb.scan(**kwargs)
-        total += int(page["Count"])
+        ids.extend(item["id"]["S"] for item in page["Items"])
         if "LastEvaluatedKey" not in page:
-            return total
+            return ids
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+async def start_moto(
+    port: int, log: IO[bytes] | int = asyncio.subprocess.DEVNULL
+) -> asyncio.subprocess.Process:
+    """moto's server in a process of its own on `port`, once it answers."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        stdout=log,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with aiohttp.ClientSession() as session:
+        await wait_http(session, f"http://127.0.0.1:{port}/moto-api/", timeout=30)
+    return process
 
 
 @dataclass(frozen=True)
@@ -353,7 +373,7 @@ class Watch:
             reading = await self.sample()
         seconds = time.monotonic() - started
         self._progress.end()
-        stored_items = await count_items(self._clients, self._stack.settings.table_name)
+        stored_items = len(set(await stored_ids(self._clients, self._stack.settings.table_name)))
         lost = max(totals["accepted"] - stored_items, 0)
         print(
             f"logpipe up: done\n"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -12,6 +10,7 @@ from botocore.exceptions import ClientError
 
 from logpipe import metrics
 from logpipe.aws import error_code, is_retriable
+from logpipe.lifecycle import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ def oldest_age_s(messages: list[dict[str, Any]], now_ms: float) -> float:
     return max(0.0, (now_ms - min(sent)) / 1000) if sent else 0.0
 
 
-class QueueMonitor:
+class QueueMonitor(Periodic):
     """Keeps the queue gauges of the main queue and the DLQ current.
 
     The main queue's oldest age comes from the messages the processor receives (peeking
@@ -31,10 +30,9 @@ class QueueMonitor:
     """
 
     def __init__(self, sqs: Any, urls: dict[str, str], interval_s: float) -> None:
+        super().__init__(interval_s)
         self._sqs = sqs
         self._urls = urls
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
 
     async def poll(self) -> None:
         for queue, url in self._urls.items():
@@ -64,32 +62,12 @@ class QueueMonitor:
         )
         return oldest_age_s(response.get("Messages", []), time.time() * 1000)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.poll()
-            except Exception as exc:
-                # The gauges are worth a warning, never the role: a denied or failing call
-                # (say, no sqs:ReceiveMessage on the DLQ) is logged and tried again later.
-                if not (is_retriable(exc) or isinstance(exc, ClientError)):
-                    raise
-                log.warning("could not read queue attributes: %s", error_code(exc))
-            await asyncio.sleep(self._interval_s)
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def __aenter__(self) -> QueueMonitor:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    async def tick(self) -> None:
+        try:
+            await self.poll()
+        except Exception as exc:
+            # The gauges are worth a warning, never the role: a denied or failing call
+            # (say, no sqs:ReceiveMessage on the DLQ) is logged and tried again later.
+            if not (is_retriable(exc) or isinstance(exc, ClientError)):
+                raise
+            log.warning("could not read queue attributes: %s", error_code(exc))

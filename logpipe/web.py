@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -90,6 +91,11 @@ def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
             raise BodyError(400, "gzip body is truncated")
         data = inflater.unused_data
     return bytes(out)
+
+
+async def prometheus(request: Request) -> Response:
+    """GET /metrics: this process's Prometheus registry."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -11,6 +13,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import uvicorn
 
@@ -197,3 +200,21 @@ async def roles(settings: Settings, http: aiohttp.ClientSession) -> AsyncIterato
     running = Roles(settings, http)
     yield running
     await running.stop_all()
+
+
+def run_bench(*args: str) -> dict[str, Any]:
+    """`logpipe bench ARGS` in a subprocess (its own moto server); its one JSON object."""
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "logpipe", "bench", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    doc: dict[str, Any] = orjson.loads(lines[0])
+    return doc

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from typing import Any
 
-import orjson
 import pytest
 
 from logpipe.aws import sqs_billed_chunks
 from logpipe.bench import cost_figures
+from tests.conftest import run_bench
 
 FIELDS = {
     "events",
@@ -31,19 +28,7 @@ FIELDS = {
 
 
 def bench(*args: str) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
-    result = subprocess.run(
-        [sys.executable, "-m", "logpipe", "bench", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1, result.stdout
-    doc: dict[str, Any] = orjson.loads(lines[0])
+    doc = run_bench(*args)
     assert doc.keys() >= FIELDS
     assert (doc["lost"], doc["duplicates"]) == (0, 0)
     assert doc["stored"] == doc["events"]

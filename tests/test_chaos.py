@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import signal
-import subprocess
-import sys
 import time
 from contextlib import AsyncExitStack
 from typing import Any
@@ -22,10 +19,17 @@ from logpipe.bench import peak_rss_mb
 from logpipe.config import Settings
 from logpipe.errors import ConfigError
 from logpipe.faults import SQS_ERRORS, Faults
-from logpipe.local import RoleProcess, free_port, wait_http
+from logpipe.local import RoleProcess, free_port, start_moto
 from logpipe.models import encode_event, normalise, pack_envelope
 from logpipe.processor import Processor
-from tests.conftest import Roles, make_event, queue_counts, scan_items, wait_until
+from tests.conftest import (
+    Roles,
+    make_event,
+    queue_counts,
+    run_bench,
+    scan_items,
+    wait_until,
+)
 
 
 @pytest.mark.parametrize(
@@ -97,21 +101,6 @@ async def _drained(clients: Clients, url: str) -> bool:
     return await queue_counts(clients, url) == (0, 0)
 
 
-def run_bench(*args: str) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
-    result = subprocess.run(
-        [sys.executable, "-m", "logpipe", "bench", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    doc: dict[str, Any] = orjson.loads(result.stdout)
-    return doc
-
-
 @pytest.mark.parametrize(
     ("spec", "fault"),
     [
@@ -154,7 +143,7 @@ async def test_ingestor_answers_503_while_sqs_is_down_and_recovers_without_resta
 ) -> None:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    moto = await _start_moto(port)
+    moto = await start_moto(port)
     settings = dataclasses.replace(settings, endpoint_url=endpoint)
     async with AsyncExitStack() as stack:
         await bootstrap(await open_clients(stack, settings, pool=2), settings)
@@ -171,7 +160,7 @@ async def test_ingestor_answers_503_while_sqs_is_down_and_recovers_without_resta
         rss = peak_rss_mb(ingestor.process.pid)
         assert rss is not None and rss < 200
 
-        moto = await _start_moto(port)
+        moto = await start_moto(port)
         async with AsyncExitStack() as stack:
             await bootstrap(await open_clients(stack, settings, pool=2), settings)
         async with http.post(url, json=[make_event(1)]) as resp:
@@ -181,23 +170,6 @@ async def test_ingestor_answers_503_while_sqs_is_down_and_recovers_without_resta
         await roles.stop_all()
         moto.terminate()
         await moto.wait()
-
-
-async def _start_moto(port: int) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "moto.server",
-        "-H",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    async with aiohttp.ClientSession() as session:
-        await wait_http(session, f"http://127.0.0.1:{port}/moto-api/", timeout=30)
-    return process
 
 
 async def test_emitter_sigterm_exits_zero_with_everything_it_sent_acknowledged(
