@@ -17,7 +17,7 @@ from logpipe.local import RoleProcess
 from logpipe.models import encode_event, normalise, pack_envelope
 from logpipe.monitor import QueueMonitor
 from logpipe.processor import Processor
-from tests.conftest import Roles, make_event, wait_until
+from tests.conftest import Roles, make_event, queue_counts, wait_until
 
 INF = float("inf")
 
@@ -227,3 +227,22 @@ def test_snapshot_reads_only_logpipe_metrics() -> None:
     assert names and all(
         not n.startswith("logpipe_") and not n.startswith("process_") for n in names
     )
+
+
+async def test_ingestor_queue_gauge_follows_the_backlog_while_no_processor_runs(
+    roles: Roles, clients: Clients, settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    await roles.start("ingestor", LOGPIPE_QUEUE_POLL_S=0.2, LOGPIPE_LINGER_MS=0)
+    ingest = f"http://127.0.0.1:{settings.port}"
+    url = await queue_url(clients.sqs, settings.queue_name)
+
+    async def gauge_matches_sqs() -> bool:
+        visible, _ = await queue_counts(clients, url)
+        samples = await metrics.scrape(http, f"{ingest}/metrics")
+        gauge = metrics.total(samples, "logpipe_queue_visible_messages", queue="main")
+        return visible > 0 and gauge == visible
+
+    for batch in range(5):
+        async with http.post(f"{ingest}/ingest", json=[make_event(batch)]) as resp:
+            assert resp.status == 202
+        await wait_until(gauge_matches_sqs, timeout=10)
