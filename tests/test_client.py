@@ -19,26 +19,12 @@ import orjson
 import pytest
 
 from logpipe.aws import Clients, queue_url
-from logpipe.client import (
-    TRUNCATED,
-    Answer,
-    AsyncClient,
-    Client,
-    Delivery,
-    LogpipeHandler,
-    ShipStats,
-    clip,
-    encode_record,
-    level_of,
-    new_event,
-    pack,
-    retry_delay,
-    stamped,
-    take_batch,
-)
+from logpipe.client import AsyncClient, Client, new_event, stamped
 from logpipe.config import Settings
+from logpipe.loghandler import TRUNCATED, LogpipeHandler, clip, encode_record, level_of
 from logpipe.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, from_item, normalise
 from logpipe.processor import Processor
+from logpipe.shipping import Answer, Delivery, ShipStats, pack, retry_delay, take_batch
 from tests.conftest import Roles, scan_items, wait_until
 
 # --- what an answer means --------------------------------------------------------------------

@@ -1,0 +1,267 @@
+"""A stdlib logging handler that ships records to logpipe from a background thread.
+
+`LogpipeHandler.emit` encodes a record (cut to the schema's limits rather than refused)
+into a bounded buffer and never waits for the network; a daemon thread ships batches
+with the blocking shipper from `logpipe.shipping`.
+
+    handler = LogpipeHandler("http://logpipe:8080", service="checkout", api_key=KEY)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger(__name__).warning("card declined", extra={"order": 42})
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from logpipe.models import (
+    MAX_ATTRIBUTE_KEY_CHARS,
+    MAX_ATTRIBUTES,
+    MAX_EVENT_BYTES,
+    MAX_MESSAGE_BYTES,
+    new_id,
+)
+from logpipe.shipping import BATCH_BYTES, BATCH_EVENTS, ShipStats, _BlockingShipper, take_batch
+
+log = logging.getLogger(__name__)
+
+TRUNCATED = "… [truncated]"
+
+Scalar = str | int | float | bool
+_HEX = re.compile(r"[0-9a-fA-F]{1,32}")
+_DDB_MIN, _DDB_LIMIT = 1e-130, 1e126
+
+
+class LogpipeHandler(logging.Handler):
+    """A logging handler that ships records to logpipe from a background thread.
+
+    `emit` never waits for the network: a record is encoded and put in a bounded buffer,
+    or dropped and counted in `dropped` when the buffer is full (the ingestor is down or
+    slow). A daemon thread ships batches, retrying with the same ids. `flush` and `close`
+    (logging.shutdown calls both at interpreter exit) ship what is left, each waiting at
+    most `close_timeout_s`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        service: str,
+        *,
+        api_key: str | None = None,
+        level: int = logging.NOTSET,
+        capacity: int = 10_000,
+        batch_events: int = BATCH_EVENTS,
+        batch_bytes: int = BATCH_BYTES,
+        flush_interval_s: float = 1.0,
+        close_timeout_s: float = 5.0,
+        give_up_after_s: float = 300.0,
+        timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(level)
+        self.service = service
+        self._shipper = _BlockingShipper(url, api_key, give_up_after_s, timeout_s)
+        self._capacity = capacity
+        self._batch_events = batch_events
+        self._batch_bytes = batch_bytes
+        self._flush_interval_s = flush_interval_s
+        self._close_timeout_s = close_timeout_s
+        self._ready = threading.Condition(threading.Lock())
+        self._buffer: deque[bytes] = deque()
+        self._unsettled = 0
+        self._flushing = 0
+        self._closing = False
+        self._dropped = 0
+        self._thread = self._start_thread()
+        if hasattr(os, "register_at_fork"):
+            after_fork = weakref.WeakMethod(self._after_fork_in_child)
+            os.register_at_fork(after_in_child=lambda: _call(after_fork))
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped because the buffer was full (or the handler closed)."""
+        return self._dropped
+
+    @property
+    def stats(self) -> ShipStats:
+        return self._shipper.stats
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if threading.current_thread() is self._thread:
+            return  # the shipper's own warnings would feed the buffer they are about
+        try:
+            data = encode_record(record, self.service, self.format(record))
+        except Exception:
+            self.handleError(record)
+            return
+        with self._ready:
+            if self._closing or len(self._buffer) >= self._capacity:
+                self._dropped += 1
+                return
+            self._buffer.append(data)
+            self._unsettled += 1
+            if len(self._buffer) >= self._batch_events:
+                self._ready.notify_all()
+
+    def flush(self) -> None:
+        """Ship what is buffered; wait for the answers, at most `close_timeout_s`."""
+        with self._ready:
+            self._flushing += 1
+            self._ready.notify_all()
+            try:
+                self._ready.wait_for(
+                    lambda: self._unsettled == 0 or not self._thread.is_alive(),
+                    self._close_timeout_s,
+                )
+            finally:
+                self._flushing -= 1
+
+    def close(self) -> None:
+        """Ship what is left (at most `close_timeout_s`), then stop the thread. Idempotent."""
+        with self._ready:
+            closing, self._closing = self._closing, True
+            self._ready.notify_all()
+        if not closing:
+            self._thread.join(self._close_timeout_s)
+            if self._thread.is_alive():
+                log.warning("closed with %d log records undelivered", self._unsettled)
+            else:
+                self._shipper.close()
+        super().close()
+
+    def _start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="logpipe-handler", daemon=True)
+        thread.start()
+        return thread
+
+    def _after_fork_in_child(self) -> None:
+        # A forked worker (gunicorn, multiprocessing) has no shipping thread and may hold
+        # a lock the parent's thread had taken: start afresh; the parent ships its buffer.
+        self._ready = threading.Condition(threading.Lock())
+        self._buffer.clear()
+        self._unsettled = 0
+        self._shipper.forget_connection()
+        if not self._closing:
+            self._thread = self._start_thread()
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                self._shipper.ship_encoded(batch)
+            except Exception:
+                # A bug here must not silence every later record: count the batch, go on.
+                log.exception("could not ship %d log records", len(batch))
+                self._shipper.stats.failed += len(batch)
+            with self._ready:
+                self._unsettled -= len(batch)
+                self._ready.notify_all()
+
+    def _next_batch(self) -> list[bytes] | None:
+        with self._ready:
+            self._ready.wait_for(lambda: bool(self._buffer) or self._closing)
+            if not self._buffer:
+                return None
+            self._ready.wait_for(self._due, self._flush_interval_s)
+            return take_batch(self._buffer, self._batch_events, self._batch_bytes)
+
+    def _due(self) -> bool:
+        return len(self._buffer) >= self._batch_events or self._closing or bool(self._flushing)
+
+
+def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
+
+
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "otelTraceID",
+    "otelSpanID",
+    "otelTraceSampled",
+    "otelServiceName",
+}
+
+
+def level_of(levelno: int) -> str:
+    """The schema level of a stdlib logging level (custom levels round down)."""
+    for threshold, name in (
+        (logging.CRITICAL, "fatal"),
+        (logging.ERROR, "error"),
+        (logging.WARNING, "warn"),
+        (logging.INFO, "info"),
+        (logging.DEBUG, "debug"),
+    ):
+        if levelno >= threshold:
+            return name
+    return "trace"
+
+
+def encode_record(record: logging.LogRecord, service: str, message: str) -> bytes:
+    """A log record as an encoded event, cut to the schema's limits rather than refused."""
+    ms = int(record.created * 1000)
+    event: dict[str, Any] = {
+        "id": new_id(ms),
+        "service": service,
+        "level": level_of(record.levelno),
+        "message": clip(message, MAX_MESSAGE_BYTES),
+        "timestamp": ms,
+        "attributes": record_attributes(record),
+    }
+    # Set by opentelemetry-instrumentation-logging inside a span; all zeros outside one.
+    for name, field in (("trace_id", "otelTraceID"), ("span_id", "otelSpanID")):
+        value = getattr(record, field, None)
+        if isinstance(value, str) and _HEX.fullmatch(value) and value.strip("0"):
+            event[name] = value
+    data = orjson.dumps(event)
+    if len(data) > MAX_EVENT_BYTES:
+        event["attributes"] = {"logger.name": record.name, "logpipe.attributes_dropped": True}
+        data = orjson.dumps(event)
+    return data
+
+
+def record_attributes(record: logging.LogRecord) -> dict[str, Scalar]:
+    """Where the record came from, plus the `extra=` fields, as flat attributes."""
+    attributes: dict[str, Scalar] = {
+        "logger.name": record.name,
+        "code.function.name": record.funcName or "",
+        "code.file.path": record.pathname,
+        "code.line.number": record.lineno,
+        "thread.name": record.threadName or "",
+        "process.pid": record.process or 0,
+    }
+    if record.exc_info and record.exc_info[0] is not None:
+        attributes["exception.type"] = record.exc_info[0].__name__
+    for key, value in vars(record).items():
+        if len(attributes) >= MAX_ATTRIBUTES:
+            break
+        if key not in _RECORD_FIELDS and 1 <= len(key) <= MAX_ATTRIBUTE_KEY_CHARS:
+            attributes[key] = _scalar(value)
+    return attributes
+
+
+def _scalar(value: object) -> Scalar:
+    if isinstance(value, str | bool):
+        return value
+    if isinstance(value, int) and abs(value) < 10**38:
+        return value
+    if isinstance(value, float) and (value == 0 or _DDB_MIN <= abs(value) < _DDB_LIMIT):
+        return value  # what DynamoDB can store as a number (NaN and Inf are not)
+    return repr(value)
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, marked as truncated when cut."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return text
+    room = max_bytes - len(TRUNCATED.encode())
+    return data[:room].decode("utf-8", "ignore") + TRUNCATED
