@@ -283,3 +283,19 @@ async def send_message_batch(sqs: Any, url: str, bodies: list[str]) -> list[Entr
         # SenderFault marks an entry SQS will never take; anything else may pass next time.
         outcomes[int(failed["Id"])] = EntryFailure(failed["Code"], not failed.get("SenderFault"))
     return outcomes
+
+
+async def stored_ids(clients: Clients, table: str) -> list[str]:
+    """The id of every event in the table (a paginated scan; the services registry left out)."""
+    ids: list[str] = []
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "ProjectionExpression": "id",
+        "FilterExpression": "attribute_exists(id)",
+    }
+    while True:
+        page = await clients.dynamodb.scan(**kwargs)
+        ids.extend(item["id"]["S"] for item in page["Items"])
+        if "LastEvaluatedKey" not in page:
+            return ids
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -9,7 +9,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from logpipe import metrics
 from logpipe.aws import backoff_delay, error_code, is_retriable
@@ -227,32 +226,3 @@ class Batcher:
                 request.future.set_exception(error)
             elif request.remaining == 0:
                 request.future.set_result(None)
-
-
-class OnePerEventSender:
-    """The textbook producer `logpipe bench --naive` measures against: one SendMessage per
-    event, same promise as the Batcher (returns once SQS holds every event)."""
-
-    def __init__(self, sqs: Any, url: str, concurrency: int) -> None:
-        self._sqs = sqs
-        self._url = url
-        self._slots = asyncio.Semaphore(concurrency)
-
-    async def __aenter__(self) -> OnePerEventSender:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    async def submit(self, events: list[bytes]) -> None:
-        await asyncio.gather(*(self._send(event) for event in events))
-
-    async def _send(self, event: bytes) -> None:
-        async with self._slots:
-            try:
-                await self._sqs.send_message(QueueUrl=self._url, MessageBody=pack_envelope([event]))
-            except Exception as exc:
-                if not is_retriable(exc):
-                    raise
-                raise QueueUnavailable(f"SQS is unavailable: {error_code(exc)}") from None
-        metrics.sqs_messages_sent.inc()

@@ -23,17 +23,16 @@ from typing import IO, Any
 import aiohttp
 
 from logpipe import metrics
-from logpipe.aws import Clients, bootstrap, open_clients, queue_url
+from logpipe.aws import Clients, bootstrap, open_clients, queue_url, stored_ids
 from logpipe.client import Shipper
 from logpipe.config import Settings
 from logpipe.faults import Faults
-from logpipe.local import (
+from logpipe.processes import (
     LOCAL_CREDENTIALS,
     RoleProcess,
     free_port,
     role_env,
     start_moto,
-    stored_ids,
     wait_http,
 )
 

@@ -21,12 +21,13 @@ from starlette.routing import Route
 
 from logpipe import metrics, otlp
 from logpipe.aws import Clients, error_code, open_clients, queue_url, send_message_batch
-from logpipe.batching import Batcher, OnePerEventSender
+from logpipe.batching import Batcher
 from logpipe.config import Settings
 from logpipe.emf import EmfReporter
 from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
 from logpipe.models import encode_event, normalise
 from logpipe.monitor import QueueMonitor
+from logpipe.naive import OnePerEventSender
 from logpipe.web import (
     authorised,
     decode_content,

@@ -343,32 +343,6 @@ class Processor:
             await call_entries(call, entries, attempts=3, what="ChangeMessageVisibilityBatch")
 
 
-class NaiveProcessor(Processor):
-    """The textbook consumer `logpipe bench --naive` measures against: one message per
-    ReceiveMessage, one PutItem per event, one DeleteMessage per message."""
-
-    receive_messages = 1
-
-    async def handle(self, messages: list[dict[str, Any]], delete: bool = True) -> None:
-        for message in messages:
-            metrics.messages_received.inc()
-            try:
-                events = decode_message(message)
-            except EnvelopeError:
-                metrics.messages_undecodable.inc()
-                continue
-            writes = plan_writes([(Tracker(message, len(events)), events)], self._settings.shards)
-            for write in writes:
-                item = self._item(write.event)
-                await self._dynamodb.put_item(TableName=self._settings.table_name, Item=item)
-                self._record_stored([write], write_units(item))
-            if delete:
-                await self._sqs.delete_message(
-                    QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"]
-                )
-                metrics.messages_deleted.inc()
-
-
 async def serve(settings: Settings) -> int:
     """The processor role: metrics endpoint, shared clients, receivers, drain on SIGTERM."""
     with stop_signals() as stopping:
@@ -387,9 +361,11 @@ async def serve(settings: Settings) -> int:
                     await stack.enter_async_context(
                         EmfReporter("processor", settings.emf_interval_s)
                     )
-                processor = (NaiveProcessor if settings.naive else Processor)(
-                    settings, clients, url
-                )
+                processor = Processor(settings, clients, url)
+                if settings.naive:
+                    from logpipe.naive import NaiveProcessor
+
+                    processor = NaiveProcessor(settings, clients, url)
                 log.info(
                     "processor polling %s with %d receivers; metrics on port %d",
                     settings.queue_name,

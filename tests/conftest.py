@@ -20,7 +20,7 @@ import uvicorn
 from logpipe.aws import Clients, bootstrap, open_clients
 from logpipe.config import Settings
 from logpipe.ingestor import create_app
-from logpipe.local import (
+from logpipe.processes import (
     LOCAL_CREDENTIALS,
     EmbeddedAws,
     RoleProcess,

@@ -25,8 +25,8 @@ import orjson
 from logpipe.aws import bootstrap, open_clients
 from logpipe.config import Settings
 from logpipe.console import READ_CONCURRENCY
-from logpipe.local import LOCAL_CREDENTIALS, EmbeddedAws
 from logpipe.models import from_item, normalise, to_item
+from logpipe.processes import LOCAL_CREDENTIALS, EmbeddedAws
 from logpipe.query import parse_query
 from logpipe.reader import Reader
 

@@ -19,8 +19,8 @@ from logpipe.bench import peak_rss_mb
 from logpipe.config import Settings
 from logpipe.errors import ConfigError
 from logpipe.faults import SQS_ERRORS, Faults
-from logpipe.local import RoleProcess, free_port, start_moto
 from logpipe.models import encode_event, normalise, pack_envelope
+from logpipe.processes import RoleProcess, free_port, start_moto
 from logpipe.processor import Processor
 from tests.conftest import (
     Roles,

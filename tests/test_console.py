@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from logpipe.aws import Clients
 from logpipe.config import Settings
 from logpipe.console import create_app
-from logpipe.local import RoleProcess, role_env, wait_http
+from logpipe.processes import RoleProcess, role_env, wait_http
 from logpipe.reader import ServiceRegistry
 from tests.conftest import _QuietServer, _started, make_event, wait_until
 from tests.test_reader import T0, newest_first, spread, store_events

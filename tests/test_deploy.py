@@ -29,8 +29,8 @@ from hcl2 import SerializationOptions
 
 from logpipe import emf
 from logpipe.config import Settings
-from logpipe.local import free_port
 from logpipe.models import normalise, to_item
+from logpipe.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TERRAFORM = ROOT / "terraform"

@@ -10,8 +10,8 @@ import orjson
 from logpipe.aws import Clients, queue_url
 from logpipe.cli import JsonFormatter
 from logpipe.config import Settings
-from logpipe.local import RoleProcess, wait_http
 from logpipe.models import encode_event, normalise, pack_envelope
+from logpipe.processes import RoleProcess, wait_http
 from tests.conftest import Roles, make_event, scan_items, wait_until
 
 SECRET = "card 4111-1111-1111-1111"

@@ -13,9 +13,9 @@ from logpipe import metrics
 from logpipe.aws import Clients, queue_url
 from logpipe.config import Settings
 from logpipe.emf import EmfReporter, Snapshot, documents, take_snapshot
-from logpipe.local import RoleProcess
 from logpipe.models import encode_event, normalise, pack_envelope
 from logpipe.monitor import QueueMonitor
+from logpipe.processes import RoleProcess
 from logpipe.processor import Processor
 from tests.conftest import Roles, make_event, queue_counts, wait_until
 

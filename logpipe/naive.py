@@ -1,0 +1,69 @@
+"""The textbook pipeline `logpipe bench --naive` measures against, with the same promises:
+one SendMessage per event on the ingest side; one message per ReceiveMessage, one PutItem
+per event and one DeleteMessage per message on the processing side."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from logpipe import metrics
+from logpipe.aws import error_code, is_retriable
+from logpipe.errors import QueueUnavailable
+from logpipe.models import EnvelopeError, pack_envelope, write_units
+from logpipe.processor import Processor, Tracker, decode_message, plan_writes
+
+
+class OnePerEventSender:
+    """The textbook producer `logpipe bench --naive` measures against: one SendMessage per
+    event, same promise as the Batcher (returns once SQS holds every event)."""
+
+    def __init__(self, sqs: Any, url: str, concurrency: int) -> None:
+        self._sqs = sqs
+        self._url = url
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def __aenter__(self) -> OnePerEventSender:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def submit(self, events: list[bytes]) -> None:
+        await asyncio.gather(*(self._send(event) for event in events))
+
+    async def _send(self, event: bytes) -> None:
+        async with self._slots:
+            try:
+                await self._sqs.send_message(QueueUrl=self._url, MessageBody=pack_envelope([event]))
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                raise QueueUnavailable(f"SQS is unavailable: {error_code(exc)}") from None
+        metrics.sqs_messages_sent.inc()
+
+
+class NaiveProcessor(Processor):
+    """The textbook consumer `logpipe bench --naive` measures against: one message per
+    ReceiveMessage, one PutItem per event, one DeleteMessage per message."""
+
+    receive_messages = 1
+
+    async def handle(self, messages: list[dict[str, Any]], delete: bool = True) -> None:
+        for message in messages:
+            metrics.messages_received.inc()
+            try:
+                events = decode_message(message)
+            except EnvelopeError:
+                metrics.messages_undecodable.inc()
+                continue
+            writes = plan_writes([(Tracker(message, len(events)), events)], self._settings.shards)
+            for write in writes:
+                item = self._item(write.event)
+                await self._dynamodb.put_item(TableName=self._settings.table_name, Item=item)
+                self._record_stored([write], write_units(item))
+            if delete:
+                await self._sqs.delete_message(
+                    QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"]
+                )
+                metrics.messages_deleted.inc()

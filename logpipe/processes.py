@@ -1,0 +1,142 @@
+"""Running roles and endpoints as processes: moto embedded or on its own, each role as a child.
+
+Used by `logpipe up` (local.py), by `logpipe bench` (bench.py) and by the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO
+
+import aiohttp
+
+from logpipe.config import Settings
+
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedAws:
+    """moto's server on a free loopback port, in this process: SQS and DynamoDB over HTTP."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+        self.url = ""
+
+    def start(self) -> str:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@dataclass
+class RoleProcess:
+    """One role running as `python -m logpipe <role>` in its own process."""
+
+    role: str
+    process: asyncio.subprocess.Process
+
+    @classmethod
+    async def start(
+        cls, role: str, env: Mapping[str, str], *args: str, log_file: IO[bytes] | None = None
+    ) -> RoleProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "logpipe",
+            role,
+            *args,
+            env=dict(env),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log_file if log_file is not None else None,
+        )
+        return cls(role, process)
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout`; the exit code."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        return int(self.process.returncode or 0)
+
+    async def output(self) -> bytes:
+        """Everything the role printed on stdout, once it has exited."""
+        assert self.process.stdout is not None
+        data = await self.process.stdout.read()
+        await self.process.wait()
+        return data
+
+
+async def wait_http(session: aiohttp.ClientSession, url: str, timeout: float = 30.0) -> None:
+    """Poll `url` until it answers 200, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with session.get(url) as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+def role_env(settings: Settings, **variables: str | int | float) -> dict[str, str]:
+    """The environment of a child role: ours, pointed at the same endpoint and resources."""
+    env = {k: v for k, v in os.environ.items() if k != "ROLE"}
+    env.update(LOCAL_CREDENTIALS)
+    env.update(
+        AWS_ENDPOINT_URL=settings.endpoint_url or "",
+        AWS_REGION=settings.region,
+        LOGPIPE_QUEUE_NAME=settings.queue_name,
+        LOGPIPE_DLQ_NAME=settings.dlq_name,
+        LOGPIPE_TABLE_NAME=settings.table_name,
+        LOGPIPE_HOST="127.0.0.1",
+    )
+    env.update({k: str(v) for k, v in variables.items()})
+    return env
+
+
+async def start_moto(
+    port: int, log: IO[bytes] | int = asyncio.subprocess.DEVNULL
+) -> asyncio.subprocess.Process:
+    """moto's server in a process of its own on `port`, once it answers."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        stdout=log,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with aiohttp.ClientSession() as session:
+        await wait_http(session, f"http://127.0.0.1:{port}/moto-api/", timeout=30)
+    return process
