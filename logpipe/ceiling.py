@@ -21,6 +21,7 @@ from logpipe.aws import Clients, queue_url, send_message_batch
 from logpipe.batching import take_batch
 from logpipe.config import Settings
 from logpipe.models import pack_envelope, to_item, unpack_envelope, write_units
+from logpipe.report import summarise
 
 RECEIVE_WAIT_S = 1
 
@@ -42,8 +43,6 @@ def counter_deltas(
 async def run_ceiling(
     settings: Settings, clients: Clients, events: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    from logpipe.bench import summarise
-
     url = await queue_url(clients.sqs, settings.queue_name)
     units = sum(write_units(to_item(_envelope_event(e, 0), settings.shards, 1)) for e in events)
     before = registry_samples()

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from logpipe.aws import sqs_billed_chunks
-from logpipe.bench import cost_figures
+from logpipe.report import cost_figures
 from tests.conftest import run_bench
 
 FIELDS = {
