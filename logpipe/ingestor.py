@@ -25,7 +25,7 @@ from logpipe.batching import Batcher
 from logpipe.config import Settings
 from logpipe.emf import EmfReporter
 from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
-from logpipe.models import encode_event, normalise
+from logpipe.models import encode_event, loads_exact, normalise
 from logpipe.monitor import QueueMonitor
 from logpipe.naive import OnePerEventSender
 from logpipe.web import (
@@ -65,12 +65,12 @@ def parse_events(body: bytes, ndjson: bool) -> list[Any]:
             if not line.strip():
                 continue
             try:
-                events.append(orjson.loads(line))
+                events.append(loads_exact(line))
             except orjson.JSONDecodeError:
                 events.append(EventError("", "line is not valid JSON"))
         return events
     try:
-        doc = orjson.loads(body)
+        doc = loads_exact(body)
     except orjson.JSONDecodeError as exc:
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
     if isinstance(doc, dict):
