@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from logpipe import metrics
-from logpipe.aws import error_code, open_clients
+from logpipe.aws import error_code, open_clients, read_table_shards
 from logpipe.config import Settings
 from logpipe.models import Event, from_item
 from logpipe.query import QueryError, parse_query
@@ -119,9 +119,19 @@ def create_app(settings: Settings) -> Starlette:
         async with AsyncExitStack() as stack:
             clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
             app.state.dynamodb = clients.dynamodb
+            # The shard count belongs to the table (see aws.table_shards).
+            try:
+                shards = await read_table_shards(
+                    clients.dynamodb, settings.table_name, settings.shards
+                )
+            except AWS_ERRORS as exc:
+                log.warning(
+                    "shard count unreadable (%s): using %d", error_code(exc), settings.shards
+                )
+                shards = settings.shards
             app.state.console = Console(
                 settings,
-                Reader(clients.dynamodb, settings.table_name, settings.shards, READ_CONCURRENCY),
+                Reader(clients.dynamodb, settings.table_name, shards, READ_CONCURRENCY),
                 ServiceRegistry(clients.dynamodb, settings.table_name, settings.retention_days),
             )
             log.info("console ready on port %d, table %s", settings.port, settings.table_name)
@@ -187,8 +197,9 @@ async def query_command(
         return 2
     async with AsyncExitStack() as stack:
         clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
-        reader = Reader(clients.dynamodb, settings.table_name, settings.shards, READ_CONCURRENCY)
         try:
+            shards = await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
+            reader = Reader(clients.dynamodb, settings.table_name, shards, READ_CONCURRENCY)
             page = await reader.read(query)
         except AWS_ERRORS as exc:
             print(f"logpipe: the log table could not be read ({error_code(exc)})", file=err)

@@ -636,8 +636,17 @@ async def serve(settings: Settings) -> int:
                         EmfReporter("processor", settings.emf_interval_s)
                     )
                 # Keys depend on the shard count: the table's, not this process's setting.
-                shards = await table_shards(clients.dynamodb, settings.table_name, settings.shards)
-                settings = replace(settings, shards=shards)
+                shards = await with_retries(
+                    partial(table_shards, clients.dynamodb, settings.table_name, settings.shards),
+                    8,
+                    "PutItem (shard count)",
+                )
+                # The heartbeat must beat within the queue's own visibility timeout.
+                attrs = await clients.sqs.get_queue_attributes(
+                    QueueUrl=url, AttributeNames=["VisibilityTimeout"]
+                )
+                visibility = int(attrs["Attributes"]["VisibilityTimeout"])
+                settings = replace(settings, shards=shards, visibility_timeout_s=visibility)
                 processor = Processor(settings, clients, url, dlq_url)
                 if settings.naive:
                     from logpipe.naive import NaiveProcessor
