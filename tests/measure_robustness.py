@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import signal
 import time
@@ -205,7 +204,9 @@ async def client_retry(endpoint: str, args: argparse.Namespace) -> dict[str, Any
         await run.role("ingestor")
         await run.role("processor")
         ingest = f"http://127.0.0.1:{run.settings.port}/ingest"
-        no_ts = [{"id": f"r-{n}", "service": "svc", "level": "info", "message": "m"} for n in range(50)]
+        no_ts = [
+            {"id": f"r-{n}", "service": "svc", "level": "info", "message": "m"} for n in range(50)
+        ]
         for attempt in range(2):
             async with run.http.post(ingest, json=no_ts) as resp:
                 assert resp.status == 202, await resp.text()
@@ -214,7 +215,9 @@ async def client_retry(endpoint: str, args: argparse.Namespace) -> dict[str, Any
         otlp = {
             "resourceLogs": [
                 {
-                    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "otel"}}]},
+                    "resource": {
+                        "attributes": [{"key": "service.name", "value": {"stringValue": "otel"}}]
+                    },
                     "scopeLogs": [{"logRecords": [{"body": {"stringValue": "no time fields"}}]}],
                 }
             ]
@@ -235,9 +238,11 @@ async def client_retry(endpoint: str, args: argparse.Namespace) -> dict[str, Any
             "attributes": {"n": 123456789012345678901234},
         }
         async with run.http.post(
-            ingest, data=b'{"id":"big","service":"nums","level":"info","message":"m",'
+            ingest,
+            data=b'{"id":"big","service":"nums","level":"info","message":"m",'
             b'"timestamp":1790000000000,"attributes":{"n":123456789012345678901234,'
-            b'"d":0.12345678901234567891}}', headers={"Content-Type": "application/json"}
+            b'"d":0.12345678901234567891}}',
+            headers={"Content-Type": "application/json"},
         ) as resp:
             accepted = resp.status
         del number
@@ -296,7 +301,9 @@ async def heartbeat(endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
         async with run.http.get(f"http://127.0.0.1:{run.settings.metrics_port}/metrics") as resp:
             text = await resp.text()
         redelivered = [
-            line for line in text.splitlines() if line.startswith("logpipe_messages_redelivered_total")
+            line
+            for line in text.splitlines()
+            if line.startswith("logpipe_messages_redelivered_total")
         ]
         result = {
             "finding": "heartbeat",

@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 import orjson
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from logpipe import metrics
