@@ -45,8 +45,10 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DDB_MIN, _DDB_LIMIT = 1e-130, 1e126
 _DDB_DIGITS = 38
 # A number of 16 or more digits may not survive a float (orjson reads big integers as floats).
-_LONG_NUMBER = re.compile(r"\d(?:\.?\d){15}")
-_LONG_BYTES = re.compile(rb"\d(?:\.?\d){15}")
+# A JSON number starts after ':', '[', ',' or a space, never after a letter, digit, '"' or
+# '.': so hex ids and digests in strings do not send a body down the slow path.
+_LONG_NUMBER = re.compile(r'(?<![\w".])\d(?:\.?\d){15}')
+_LONG_BYTES = re.compile(rb'(?<![\w".])\d(?:\.?\d){15}')
 _INT64 = range(-(2**63), 2**64)
 # Set on an event whose client sent an id but no timestamp: the processor then keeps the
 # first timestamp assigned to that id, so a retry lands on the same key.
