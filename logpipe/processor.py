@@ -237,8 +237,8 @@ class Processor:
                 task.cancel()
             await self.release()
         for task in pollers:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
     async def run_until_empty(self, idle_rounds: int = 2) -> None:
         """Burst mode: handle messages until `idle_rounds` receives in a row come back empty."""

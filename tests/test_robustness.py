@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from logpipe import metrics
 from logpipe.aws import Clients, bootstrap, open_clients, queue_url
 from logpipe.config import Settings
+from logpipe.errors import ConfigError
 from logpipe.models import (
     EnvelopeError,
     dead_letter_body,
@@ -316,3 +318,10 @@ async def test_at_the_drain_deadline_unfinished_messages_are_made_visible_again(
 
 async def _throttled(http: aiohttp.ClientSession, settings: Settings) -> bool:
     return await _metric(http, settings, "logpipe_write_throttles_total") > 0
+
+
+def test_the_retry_horizon_defaults_to_15_minutes_and_refuses_nonsense() -> None:
+    assert Settings.from_env({}).retry_horizon_s == 900
+    assert Settings.from_env({"LOGPIPE_RETRY_HORIZON_S": "60"}).retry_horizon_s == 60
+    with pytest.raises(ConfigError, match="LOGPIPE_RETRY_HORIZON_S"):
+        Settings.from_env({"LOGPIPE_RETRY_HORIZON_S": "0"})
