@@ -241,18 +241,18 @@ async def test_every_message_of_a_receive_stays_hidden_until_it_is_deleted(
 ) -> None:
     url = await queue_url(clients.sqs, settings.queue_name)
     await clients.sqs.send_message(QueueUrl=url, MessageBody=_envelope(range(1)))
-    for m in range(2):
+    for m in range(6):
         await clients.sqs.send_message(
             QueueUrl=url, MessageBody=_envelope(range(1000 + m * 1000, 2000 + m * 1000))
         )
     received: list[dict[str, Any]] = []
-    while len(received) < 3:
+    while len(received) < 7:
         response = await clients.sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=1
+            QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=2
         )
         received.extend(response.get("Messages", []))
-    # One write at a time: the small message is stored long before its siblings.
-    quick = dataclasses.replace(settings, visibility_timeout_s=1, write_concurrency=1)
+    # One write at a time: the small message is stored seconds before its siblings.
+    quick = dataclasses.replace(settings, visibility_timeout_s=2, write_concurrency=1)
     handling = asyncio.create_task(Processor(quick, clients, url).handle(received))
     seen_again = 0
     while not handling.done():
@@ -262,7 +262,7 @@ async def test_every_message_of_a_receive_stays_hidden_until_it_is_deleted(
     await handling
 
     assert seen_again == 0
-    assert len(await _ids(clients, settings)) == 2001
+    assert len(await _ids(clients, settings)) == 6001
     assert await queue_counts(clients, url) == (0, 0)
 
 
