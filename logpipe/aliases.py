@@ -97,7 +97,11 @@ def fold(raw: Mapping[str, Any], default_service: str | None = None) -> dict[str
 
 
 def _take_first(
-    raw: Mapping[str, Any], names: tuple[str, ...], event: dict[str, Any], to: str, consumed: set[str]
+    raw: Mapping[str, Any],
+    names: tuple[str, ...],
+    event: dict[str, Any],
+    to: str,
+    consumed: set[str],
 ) -> str | None:
     for name in names:
         if raw.get(name) is not None:

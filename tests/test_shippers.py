@@ -46,7 +46,9 @@ def _collector_body() -> bytes:
     request = ExportLogsServiceRequest(
         resource_logs=[
             ResourceLogs(
-                resource=Resource(attributes=[kv("service.name", "billing"), kv("host.name", "h3")]),
+                resource=Resource(
+                    attributes=[kv("service.name", "billing"), kv("host.name", "h3")]
+                ),
                 scope_logs=[
                     ScopeLogs(
                         log_records=[
