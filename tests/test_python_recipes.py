@@ -100,3 +100,21 @@ async def test_python_zero_code_instrumentation(
         f"card declined {n}" for n in range(COUNT)
     )
     assert {(e["service"], e["level"]) for e in events} == {("checkout", "error")}
+
+
+def test_readme_shows_the_recipes_these_tests_run() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    node = (Path(__file__).parent / "node" / "otel.js").read_text()
+    for line in (
+        "LoggingInstrumentor().instrument()",
+        "provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))",
+        "opentelemetry-instrument python app.py",
+        "resource: detectResources({ detectors: [envDetector] }),",
+        "processors: [new BatchLogRecordProcessor({ exporter: new OTLPLogExporter() })],",
+        "uvicorn --factory logpipe.asgi:ingestor",
+        "Format           json",
+        'encoding.codec = "json"',
+    ):
+        assert line in readme, line
+    assert "detectResources({ detectors: [envDetector] })" in node
+    assert "LoggingInstrumentor().instrument()" in SDK_APP
