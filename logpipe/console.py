@@ -310,6 +310,7 @@ async def query_command(
     except QueryError as exc:
         print(f"logpipe: {exc}", file=err)
         return 2
+    wanted = query.limit
     events: list[Event] = []
     more = False
     progress = _Progress(err)
@@ -327,11 +328,10 @@ async def query_command(
             while True:
                 page = await reader.read(query)
                 events.extend(from_item(item) for item in page.items)
-                if page.cursor is None or len(events) >= query.limit or page.complete:
+                if page.cursor is None or len(events) >= wanted or page.complete:
                     more = page.cursor is not None
                     break
-                next_params = {**params, "cursor": page.cursor}
-                next_params["limit"] = str(query.limit - len(events))
+                next_params = {**params, "cursor": page.cursor, "limit": str(wanted - len(events))}
                 query = parse_query(next_params, now_ms(), secret)
                 progress.show(len(events), iso_ms(query.until_ms))
         except AWS_ERRORS as exc:

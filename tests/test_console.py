@@ -15,6 +15,7 @@ import orjson
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
 
 from logpipe.aws import Clients
 from logpipe.config import Settings
@@ -29,10 +30,10 @@ WINDOW = {"service": "svc", "since": "2026-09-21T14:00:00Z", "until": "2026-09-2
 
 
 @asynccontextmanager
-async def running_console(settings: Settings) -> AsyncIterator[str]:
+async def running_console(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
     """The console app under a real uvicorn on a free loopback port; its base URL."""
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=settings.port, log_config=None
+        app or create_app(settings), host="127.0.0.1", port=settings.port, log_config=None
     )
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve())
@@ -51,9 +52,12 @@ async def console_url(settings: Settings) -> AsyncIterator[str]:
 
 
 async def get(
-    http: aiohttp.ClientSession, url: str, params: dict[str, str] | None = None
+    http: aiohttp.ClientSession,
+    url: str,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    async with http.get(url, params=params) as response:
+    async with http.get(url, params=params, headers=headers) as response:
         assert response.content_type == "application/json"
         return response.status, await response.json()
 

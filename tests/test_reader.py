@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +31,7 @@ from logpipe.query import (
     parse_time,
     sort_key_range,
 )
-from logpipe.reader import Reader, ServiceRegistry
+from logpipe.reader import Page, Reader, ServiceRegistry
 from tests.conftest import make_event
 
 SECRET = b"a secret of the tests, 32 bytes."
@@ -640,3 +641,147 @@ async def test_noting_services_when_the_table_is_missing_logs_and_does_not_raise
     await registry.note(["shop"])
 
     assert "could not record 1 services: ResourceNotFoundException" in caplog.text
+
+
+# --- the budget of one read ---------------------------------------------------------------------
+
+
+def budget_reader(clients: Clients, settings: Settings, budget: int, deadline_s: float) -> Reader:
+    return Reader(
+        clients.dynamodb,
+        settings.table_name,
+        settings.shards,
+        concurrency=16,
+        cursor_secret=SECRET,
+        query_budget=budget,
+        deadline_s=deadline_s,
+    )
+
+
+async def test_a_month_of_an_empty_service_answers_within_the_budget_with_a_cursor(
+    clients: Clients, settings: Settings
+) -> None:
+    reader = budget_reader(clients, settings, budget=48, deadline_s=60)
+    started = time.monotonic()
+
+    page = await reader.read(parse_query({"service": "nobody", "since": "31d"}, NOW, SECRET))
+
+    assert (page.items, page.complete) == ([], False)
+    assert page.cursor is not None
+    assert reader.query_calls <= 48
+    assert time.monotonic() - started < 5
+    # The cursor goes on below the hours already searched, inside the same window.
+    later = parse_query({"service": "nobody", "since": "31d", "cursor": page.cursor}, NOW, SECRET)
+    assert later.until_ms < NOW - 4 * HOUR and later.since_ms == NOW - 31 * 24 * HOUR
+
+
+@pytest.mark.parametrize(
+    ("budget", "filtered_page_items", "params", "inside_an_hour"),
+    [
+        (8, 1000, {"limit": "7"}, False),
+        (9, 3, {"level": "error", "limit": "4"}, True),
+        (16, 2, {"q": "request", "limit": "25"}, True),
+    ],
+    ids=["an-hour-a-read", "shards-stall-inside-an-hour", "pages-inside-an-hour"],
+)
+async def test_reads_stopped_by_the_budget_still_cover_every_event_once_in_order(
+    clients: Clients,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    budget: int,
+    filtered_page_items: int,
+    params: dict[str, str],
+    inside_an_hour: bool,
+) -> None:
+    # Few items per filtered Query, so shards need several Queries and run out part-way.
+    monkeypatch.setattr("logpipe.reader.FILTERED_PAGE_ITEMS", filtered_page_items)
+    events = spread(160, step_ms=97_000)  # about 4.3 hours, every shard
+    await store_events(clients, settings, events)
+    reader = budget_reader(clients, settings, budget=budget, deadline_s=60)
+    query = window(T0 - HOUR, T0 + 6 * HOUR, **params)
+    ids: list[str] = []
+    stops: list[str] = []  # where the reads the budget stopped ended
+    cursor = None
+    while True:
+        before = reader.query_calls
+        page = await reader.read(
+            parse_query({**query, **({"cursor": cursor} if cursor else {})}, NOW, SECRET)
+        )
+        assert reader.query_calls - before <= budget
+        ids.extend(from_item(i)["id"] for i in page.items)
+        if not page.complete:
+            assert page.cursor is not None
+            stops.append(
+                decode_cursor(page.cursor, parse_query(query, NOW, SECRET).fingerprint, SECRET)[1]
+            )
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+
+    level, q = params.get("level"), params.get("q")
+    expected = [
+        e for e in events if (not level or e["level"] == level) and (not q or q in e["message"])
+    ]
+    assert ids == newest_first(expected)
+    assert stops
+    # An hour's boundary is a bare time; inside an hour, the sort key a stalled shard reached.
+    assert any("#" in stop for stop in stops) == inside_an_hour
+
+
+async def test_past_its_deadline_a_read_finishes_the_first_hour_and_stops(
+    clients: Clients, settings: Settings
+) -> None:
+    reader = budget_reader(clients, settings, budget=10_000, deadline_s=0)
+    await store_events(clients, settings, [make_event(1, timestamp=T0 + 2 * HOUR + 5)])
+    query = window(T0, T0 + 6 * HOUR - 1)
+    pages: list[Page] = []
+    cursor = None
+    while True:
+        page = await reader.read(
+            parse_query({**query, **({"cursor": cursor} if cursor else {})}, NOW, SECRET)
+        )
+        pages.append(page)
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+
+    assert len(pages) == 6  # one hour bucket each: every answer moved the search on
+    assert [len(p.items) for p in pages] == [0, 0, 0, 1, 0, 0]
+    assert [p.complete for p in pages] == [False] * 5 + [True]
+
+
+# --- the registry's bounds ----------------------------------------------------------------------
+
+
+async def test_the_registry_remembers_only_the_services_noted_most_recently(
+    clients: Clients, settings: Settings
+) -> None:
+    clock = Clock(1_790_000_000.0)
+    registry = ServiceRegistry(clients.dynamodb, settings.table_name, 30, clock=clock, remembered=3)
+    await registry.note([f"junk-{n}" for n in range(50)])
+    await registry.note(["shop"])
+    assert registry.remembered == 3
+
+    clock.now += 10
+    await registry.note(["shop", "junk-0"])  # shop is remembered, junk-0 was forgotten
+
+    seen = {s["service"]: s["last_seen"] for s in (await registry.services())[0]}
+    assert seen["shop"] == "2026-09-21T14:13:20.000Z"
+    assert seen["junk-0"] == "2026-09-21T14:13:30.000Z"
+    assert registry.remembered == 3
+
+
+async def test_services_are_listed_newest_first_up_to_the_limit(
+    clients: Clients, settings: Settings
+) -> None:
+    clock = Clock(1_790_000_000.0)
+    registry = ServiceRegistry(clients.dynamodb, settings.table_name, 30, clock=clock)
+    for n in range(5):
+        await registry.note([f"svc-{n}"])
+        clock.now += 60
+
+    listed, truncated = await registry.services(limit=3)
+
+    assert [s["service"] for s in listed] == ["svc-4", "svc-3", "svc-2"]
+    assert truncated
+    assert (await registry.services(limit=5))[1] is False
