@@ -29,7 +29,7 @@ from logpipe.aws import error_code, open_clients
 from logpipe.config import Settings
 from logpipe.models import Event, from_item, iso_ms
 from logpipe.query import QueryError, parse_query
-from logpipe.reader import AWS_ERRORS, Reader, ServiceRegistry
+from logpipe.reader import AWS_ERRORS, READ_DEADLINE_S, Reader, ServiceRegistry
 from logpipe.web import (
     authorised,
     error_response,
@@ -178,8 +178,12 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The console's ASGI app; the AWS clients live for the app's lifespan."""
+def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> Starlette:
+    """The console's ASGI app; the AWS clients live for the app's lifespan.
+
+    Each search stops asking DynamoDB for more after `read_deadline_s` (and after
+    LOGPIPE_QUERY_BUDGET Queries), answering what it found and a cursor.
+    """
     secret = cursor_secret(settings)
 
     @asynccontextmanager
@@ -196,6 +200,7 @@ def create_app(settings: Settings) -> Starlette:
                     READ_CONCURRENCY,
                     cursor_secret=secret,
                     query_budget=settings.query_budget,
+                    deadline_s=read_deadline_s,
                 ),
                 ServiceRegistry(clients.dynamodb, settings.table_name, settings.retention_days),
                 secret,

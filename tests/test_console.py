@@ -26,14 +26,20 @@ from tests.conftest import _QuietServer, _started, make_event, wait_until
 from tests.test_reader import T0, newest_first, spread, store_events
 
 HOUR = 3_600_000
-WINDOW = {"service": "svc", "since": "2026-09-21T14:00:00Z", "until": "2026-09-21T20:00:00Z"}
+# Five hour buckets: 40 Queries, within one answer's budget (48).
+WINDOW = {"service": "svc", "since": "2026-09-21T14:00:00Z", "until": "2026-09-21T18:59:59Z"}
+# Reads in these tests may take their time on a busy machine: the deadline has its own tests.
+DEADLINE_S = 60.0
 
 
 @asynccontextmanager
 async def running_console(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
     """The console app under a real uvicorn on a free loopback port; its base URL."""
     config = uvicorn.Config(
-        app or create_app(settings), host="127.0.0.1", port=settings.port, log_config=None
+        app or create_app(settings, read_deadline_s=DEADLINE_S),
+        host="127.0.0.1",
+        port=settings.port,
+        log_config=None,
     )
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve())
