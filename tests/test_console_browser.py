@@ -117,7 +117,14 @@ async def test_a_user_gives_a_read_key_then_searches_pages_and_tails_in_a_real_b
     clients: Clients, settings: Settings, page: Any, tmp_path: Path
 ) -> None:
     expect = playwright.expect
-    settings = dataclasses.replace(settings, read_keys=(READ_KEY,), api_keys=("ingest-key-0123",))
+    # One hour bucket per answer: the last hour takes the page two answers or more, the second
+    # continuing the first's cursor ("complete": false).
+    settings = dataclasses.replace(
+        settings,
+        read_keys=(READ_KEY,),
+        api_keys=("ingest-key-0123",),
+        query_budget=settings.shards,
+    )
     api_requests: list[Any] = []
     page.on("request", lambda request: "/api/" in request.url and api_requests.append(request))
     now_ms = int(time.time() * 1000)
@@ -156,6 +163,7 @@ async def test_a_user_gives_a_read_key_then_searches_pages_and_tails_in_a_real_b
         # Then the page picks the service seen most recently and shows its last hour.
         await expect(page.locator("#service")).to_have_value("shop")
         await expect(page.locator(ROWS)).to_have_count(47)
+        assert any("cursor=" in r.url for r in api_requests)  # followed, nobody clicked
         await expect(page.locator("#chart rect.f-error").first).to_be_visible()
 
         # Search for a known event.
