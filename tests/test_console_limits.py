@@ -18,6 +18,7 @@ from logpipe.aws import Clients
 from logpipe.config import Settings
 from logpipe.console import _Progress, create_app, escape_controls, format_table
 from logpipe.errors import ConfigError
+from logpipe.ingestor import MAX_SERVICES_PER_REQUEST, validate
 from logpipe.processes import role_env
 from logpipe.query import encode_cursor, parse_query
 from logpipe.reader import ServiceRegistry
@@ -372,3 +373,17 @@ def test_the_progress_line_is_shown_on_a_terminal_only_and_cleared() -> None:
     shown = terminal.getvalue()
     assert "12 found, searched back to 2026-09-21T13:00:00.000Z" in shown
     assert shown.endswith("\r") and "\n" not in shown
+
+
+def test_one_ingest_request_names_a_bounded_number_of_services() -> None:
+    raw = [
+        {"service": f"svc-{n % 80}", "level": "info", "message": "m", "id": f"e{n}"}
+        for n in range(160)
+    ]
+
+    accepted, rejected = validate(raw, 1_790_000_000_000)
+
+    services = {orjson.loads(e)["service"] for e in accepted}
+    assert len(services) == MAX_SERVICES_PER_REQUEST == 64
+    assert len(rejected) == 2 * (80 - 64)
+    assert rejected[0] == {"index": 64, "error": "service is one more than 64 in a request"}
