@@ -172,13 +172,27 @@ class Reader:
     async def read(self, query: LogQuery) -> Page:
         """One page of `query`: its items newest first, with a cursor when older ones exist."""
         want = query.limit + 1  # one more than the page: then a cursor means "there is more"
-        budget = _Budget(self._budget, self._deadline_s)
+        found, stopped_at = await self._walk(query, want, _Budget(self._budget, self._deadline_s))
+        items = found[: query.limit]
+        if len(found) > query.limit:
+            return Page(items, self._cursor(query, items[-1]["sk"]["S"]))
+        if stopped_at is not None:
+            return Page(items, self._cursor(query, stopped_at), complete=False)
+        return Page(items, None)
+
+    async def _walk(
+        self, query: LogQuery, want: int, budget: _Budget
+    ) -> tuple[list[Item], str | None]:
+        """Hours newest first until `want` items are found, the window ends or the budget does.
+
+        Also where the search stopped short of the window's start (None if it did not):
+        everything above that position has been searched.
+        """
         found: list[Item] = []
         hours = hour_starts(query.since_ms, query.until_ms)
         scheduled = 0
         ahead: deque[tuple[int, asyncio.Task[tuple[list[Item], str | None]]]] = deque()
         covered_from = query.until_ms + 1
-        stopped_at: str | None = None
         try:
             while len(found) < want:
                 covered = query.until_ms + 1 - covered_from
@@ -198,20 +212,15 @@ class Reader:
                 items, stopped_at = await task
                 found.extend(items)
                 if stopped_at is not None:
-                    break
+                    return found, stopped_at
                 covered_from = max(start, query.since_ms)
         finally:
             for _, task in ahead:
                 task.cancel()
             await asyncio.gather(*(task for _, task in ahead), return_exceptions=True)
-        items = found[: query.limit]
-        if len(found) > query.limit:
-            return Page(items, self._cursor(query, items[-1]["sk"]["S"]))
-        if stopped_at is None and scheduled < len(hours):
-            stopped_at = f"{covered_from:013d}"  # every hour from here up was searched
-        if stopped_at is not None:
-            return Page(items, self._cursor(query, stopped_at), complete=False)
-        return Page(items, None)
+        if scheduled < len(hours):
+            return found, f"{covered_from:013d}"  # every hour from here up was searched
+        return found, None
 
     def _cursor(self, query: LogQuery, position: str) -> str:
         return encode_cursor(query.fingerprint, query.since_ms, position, self._secret)

@@ -71,11 +71,11 @@ async def _store(clients: Any, settings: Settings, now_ms: int) -> None:
 
 def _forge(cursor: str, delta_ms: int) -> str:
     """The cursor with its position moved `delta_ms` later (outside the window when large)."""
-    raw = base64.urlsafe_b64decode(cursor.split(".")[0] + "=" * (-len(cursor) % 4))
-    doc = orjson.loads(raw)
+    body, dot, mac = cursor.partition(".")  # a signature, where there is one, is kept
+    doc = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     ms = int(doc["p"][:13]) + delta_ms
     doc["p"] = f"{ms:013d}{doc['p'][13:]}"
-    return base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=")
+    return base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=") + dot + mac
 
 
 async def measure() -> dict[str, Any]:
@@ -120,6 +120,18 @@ async def measure() -> dict[str, Any]:
                         "cursor": bool(body.get("cursor")),
                         "complete": body.get("complete"),
                     }
+
+                answers, cursor = 1, body.get("cursor")
+                while cursor:
+                    more = {**nobody, "cursor": cursor}
+                    async with http.get(f"{url}/api/logs", params=more, headers=auth) as r:
+                        cursor = (await r.json())["cursor"]
+                        answers += 1
+                found["empty_31d_followed_to_the_end"] = {
+                    "answers": answers,
+                    "seconds": round(time.perf_counter() - started, 2),
+                    "queries": reader.query_calls - calls,
+                }
 
                 async with http.get(f"{url}/api/logs", params=victim, headers=auth) as r:
                     page = await r.json()
