@@ -9,6 +9,7 @@ import io
 import sys
 import time
 import unicodedata
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -19,7 +20,7 @@ from logpipe.config import Settings
 from logpipe.console import _Progress, create_app, escape_controls, format_table
 from logpipe.errors import ConfigError
 from logpipe.ingestor import MAX_SERVICES_PER_REQUEST, validate
-from logpipe.processes import role_env
+from logpipe.processes import RoleProcess, role_env, wait_http
 from logpipe.query import encode_cursor, parse_query
 from logpipe.reader import ServiceRegistry
 from tests.conftest import make_event
@@ -387,3 +388,33 @@ def test_one_ingest_request_names_a_bounded_number_of_services() -> None:
     assert len(services) == MAX_SERVICES_PER_REQUEST == 64
     assert len(rejected) == 2 * (80 - 64)
     assert rejected[0] == {"index": 64, "error": "service is one more than 64 in a request"}
+
+
+async def test_the_console_warns_when_open_and_refuses_to_start_with_blank_read_keys(
+    settings: Settings, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    env = role_env(settings, LOGPIPE_PORT=settings.port, LOGPIPE_LOG_LEVEL="warning")
+    env.pop("LOGPIPE_READ_KEYS", None)
+    env.pop("LOGPIPE_CURSOR_SECRET", None)
+    with (tmp_path / "console.log").open("wb") as log:
+        role = await RoleProcess.start("console", env, log_file=log)
+        try:
+            await wait_http(http, f"http://127.0.0.1:{settings.port}/healthz", timeout=30)
+        finally:
+            assert await role.stop(timeout=30) == 0
+    printed = (tmp_path / "console.log").read_text()
+    assert "LOGPIPE_READ_KEYS is unset: anyone who reaches the console reads" in printed
+    assert "LOGPIPE_CURSOR_SECRET is unset" in printed
+
+    blank = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "logpipe",
+        "console",
+        env={**env, "LOGPIPE_READ_KEYS": " , "},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await blank.communicate()
+    assert blank.returncode == 2
+    assert "LOGPIPE_READ_KEYS is set but holds no key" in err.decode()
