@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 _REASONS = frozenset({"id", "service", "level", "message", "timestamp", "trace_id", "span_id"})
+# Distinct services one request may name: each becomes a registry entry the console lists.
+MAX_SERVICES_PER_REQUEST = 64
 
 
 @dataclass
@@ -86,11 +88,18 @@ def validate(
     """Split raw events into encoded valid ones and the rejection list of the 202 answer."""
     accepted: list[bytes] = []
     rejected: list[dict[str, Any]] = []
+    services: set[str] = set()
     for index, raw in enumerate(raw_events):
         try:
             if isinstance(raw, EventError):
                 raise raw
-            accepted.append(encode_event(normalise(raw, now_ms, default_service)))
+            event = normalise(raw, now_ms, default_service)
+            if event["service"] not in services and len(services) >= MAX_SERVICES_PER_REQUEST:
+                raise EventError(
+                    "service", f"is one more than {MAX_SERVICES_PER_REQUEST} in a request"
+                )
+            services.add(event["service"])
+            accepted.append(encode_event(event))
         except EventError as exc:
             rejected.append({"index": index, "error": str(exc)})
             reason = exc.field.split(".", 1)[0]
