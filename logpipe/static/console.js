@@ -392,7 +392,12 @@ function renderChart() {
   chart.append(svg("text", { x: left, y: 146 }, `${time(first)} UTC`));
   chart.append(svg("text", { x: left + plotW, y: 146, "text-anchor": "end" }, `${time(last)} UTC`));
   const per = width === 1 ? "minute" : `${width} minutes`;
-  $("chart-title").textContent = `Events per ${per} by level (${events.length} shown)`;
+  // Say what the bars count: the events on this page, which is the whole time range only
+  // when there is no further page.
+  const scope = state.next || state.page > 0
+    ? `the ${events.length} events on this page, not the whole time range`
+    : `all ${events.length} events in the time range`;
+  $("chart-title").textContent = `Events per ${per} by level: ${scope}`;
   for (const level of LEVELS) {
     if (!totals[level]) continue;
     const li = document.createElement("li");
