@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 _REASONS = frozenset({"id", "service", "level", "message", "timestamp", "trace_id", "span_id"})
+# Distinct services one request may name: each becomes a registry entry the console lists.
+MAX_SERVICES_PER_REQUEST = 64
 
 
 @dataclass
@@ -80,15 +82,24 @@ def parse_events(body: bytes, ndjson: bool) -> list[Any]:
     raise BodyError(400, "body must be a JSON object or an array of objects")
 
 
-def validate(raw_events: list[Any], now_ms: int) -> tuple[list[bytes], list[dict[str, Any]]]:
+def validate(
+    raw_events: list[Any], now_ms: int, default_service: str | None = None
+) -> tuple[list[bytes], list[dict[str, Any]]]:
     """Split raw events into encoded valid ones and the rejection list of the 202 answer."""
     accepted: list[bytes] = []
     rejected: list[dict[str, Any]] = []
+    services: set[str] = set()
     for index, raw in enumerate(raw_events):
         try:
             if isinstance(raw, EventError):
                 raise raw
-            accepted.append(encode_event(normalise(raw, now_ms)))
+            event = normalise(raw, now_ms, default_service)
+            if event["service"] not in services and len(services) >= MAX_SERVICES_PER_REQUEST:
+                raise EventError(
+                    "service", f"is one more than {MAX_SERVICES_PER_REQUEST} in a request"
+                )
+            services.add(event["service"])
+            accepted.append(encode_event(event))
         except EventError as exc:
             rejected.append({"index": index, "error": str(exc)})
             reason = exc.field.split(".", 1)[0]
@@ -129,7 +140,7 @@ async def receive(request: Request, protocol: Protocol) -> Response:
         error = f"body holds {len(raw_events)} events; the limit is {limit} per request"
         return protocol.refuse(413, error, kind)
     metrics.events_received.inc(len(raw_events))
-    accepted, rejected = validate(raw_events, int(time.time() * 1000))
+    accepted, rejected = validate(raw_events, int(time.time() * 1000), default_service(request))
     if accepted:
         try:
             await pipeline.batcher.submit(accepted)
@@ -139,6 +150,11 @@ async def receive(request: Request, protocol: Protocol) -> Response:
             return protocol.refuse(503, str(exc), kind)
         metrics.events_accepted.inc(len(accepted))
     return protocol.answer(len(accepted), rejected, len(raw_events), kind)
+
+
+def default_service(request: Request) -> str | None:
+    """The service for events that name none: `?service=`, else the X-Logpipe-Service header."""
+    return request.query_params.get("service") or request.headers.get("x-logpipe-service")
 
 
 # --- POST /ingest: logpipe's own JSON --------------------------------------------------------
