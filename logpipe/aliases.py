@@ -12,8 +12,8 @@ result, so the schema's limits still apply to what was folded.
 from __future__ import annotations
 
 import math
-from decimal import Decimal
 from collections.abc import Iterator, Mapping
+from decimal import Decimal
 from typing import Any
 
 import orjson

@@ -65,7 +65,8 @@ def loads_exact(data: bytes | str) -> Any:
 
     orjson reads an integer beyond 64 bits as a float; when the text holds a run of 16 or
     more digits it is read again by the standard library: integers beyond 64 bits and
-    decimals a double cannot hold exactly as Decimal. orjson checks the syntax first, so both accept the same documents.
+    decimals a double cannot hold exactly as Decimal. orjson checks the syntax first, so
+    both accept the same documents.
     """
     doc = orjson.loads(data)
     long = _LONG_BYTES.search(data) if isinstance(data, bytes) else _LONG_NUMBER.search(data)
