@@ -335,7 +335,8 @@ def _check_stored(event: dict[str, Any]) -> None:
     _id(event["id"], 0)
     if _service(event.get("service")) != event["service"]:
         raise EventError("service", "must be lower case")
-    if event.get("level") not in _STORED_LEVELS:
+    level = event.get("level")
+    if not isinstance(level, str) or level not in _STORED_LEVELS:
         raise EventError("level", "must be one of trace, debug, info, warn, error, fatal")
     _message(event.get("message"))
     for name in ("timestamp", "ingested_at"):
