@@ -141,12 +141,16 @@ def normalise(raw: object, now_ms: int, default_service: str | None = None) -> E
 
 def encode_event(event: Event) -> bytes:
     """The event as compact JSON, refused when it is too large to store."""
-    data = dumps_exact(event)
-    # SQS refuses the noncharacters U+FFFE and U+FFFF; as JSON escapes they pass unchanged.
-    if b"\xef\xbf" in data:
-        data = data.replace(b"\xef\xbf\xbe", b"\\ufffe").replace(b"\xef\xbf\xbf", b"\\uffff")
+    data = _sqs_safe(dumps_exact(event))
     if len(data) > MAX_EVENT_BYTES:
         raise EventError("", f"event is {len(data)} bytes encoded; the limit is {MAX_EVENT_BYTES}")
+    return data
+
+
+def _sqs_safe(data: bytes) -> bytes:
+    """SQS refuses the noncharacters U+FFFE and U+FFFF; as JSON escapes they pass unchanged."""
+    if b"\xef\xbf" in data:
+        data = data.replace(b"\xef\xbf\xbe", b"\\ufffe").replace(b"\xef\xbf\xbf", b"\\uffff")
     return data
 
 
@@ -313,7 +317,11 @@ def unpack_events(body: str) -> list[Any]:
 
 def dead_letter_body(event: object, reason: str) -> str:
     """The envelope that carries one event that can never be stored, and why, to the DLQ."""
-    return dumps_exact({"v": ENVELOPE_VERSION, "events": [event], "reason": reason}).decode()
+    try:
+        data = dumps_exact({"v": ENVELOPE_VERSION, "events": [event], "reason": reason})
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: only the reason goes
+        data = dumps_exact({"v": ENVELOPE_VERSION, "events": [], "reason": reason})
+    return _sqs_safe(data).decode()
 
 
 def event_problem(event: object) -> str | None:
@@ -352,7 +360,10 @@ def _check_stored(event: dict[str, Any]) -> None:
         _attributes(event["attributes"])
     if not isinstance(event.get(ASSIGNED_TIMESTAMP, False), bool):
         raise EventError(ASSIGNED_TIMESTAMP, "must be a boolean")
-    size = len(dumps_exact(event))
+    try:
+        size = len(dumps_exact(event))
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (an unknown field)
+        raise EventError("", "event cannot be encoded as JSON") from None
     if size > MAX_EVENT_BYTES:
         raise EventError("", f"event is {size} bytes encoded; the limit is {MAX_EVENT_BYTES}")
 

@@ -732,6 +732,7 @@ def test_unpack_envelope_refuses_a_body_that_is_not_a_logpipe_envelope(
         ({"service": 7}, "service must be a string"),
         ({"level": "WARNING"}, "level must be one of"),
         ({"level": []}, "level must be one of"),
+        ({"extra": orjson.loads("[" * 300 + "]" * 300)}, "event cannot be encoded as JSON"),
         ({"message": None}, "message is required"),
         ({"message": "x" * (MAX_MESSAGE_BYTES + 1)}, "message is"),
         ({"timestamp": 10**13}, "timestamp must be epoch milliseconds"),

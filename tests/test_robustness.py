@@ -159,6 +159,14 @@ NASTY_BODIES: list[tuple[str, dict[str, Any]]] = [
     ),
     ("[" * 900 + "1" * 20 + "]" * 900, {}),
     (base64.b64encode(gzip.compress(b"0" * (32 * 1024 * 1024))).decode(), GZIP),
+    (
+        '{"v":1,"events":[{"id":"c","service":"s","level":[],"message":"m","timestamp":1},'
+        '{"id":"d","service":"s","level":"info","message":"m","timestamp":1,"x":'
+        + "[" * 300
+        + "]" * 300
+        + "}]}",
+        {},
+    ),
     ("not base64 at all!", GZIP),
     (base64.b64encode(b"\xff" * 100).decode(), GZIP),
 ]
@@ -177,10 +185,10 @@ async def test_the_processor_survives_any_body_and_stores_the_good_messages_arou
     await wait_until(lambda: _has_ids(clients, settings, 20), timeout=30)
 
     assert processor.process.returncode is None
-    # Seven events that can never be stored, each on its own, and five undecodable messages
+    # Nine events that can never be stored, each on its own, and five undecodable messages
     # once they have been received maxReceiveCount times.
     dlq_url = await queue_url(clients.sqs, settings.dlq_name)
-    await wait_until(lambda: _depth_at_least(clients, dlq_url, 7 + 5), timeout=30)
+    await wait_until(lambda: _depth_at_least(clients, dlq_url, 9 + 5), timeout=30)
     assert await processor.stop() == 0
     assert await _ids(clients, settings) == [f"ev-{n:08d}" for n in range(20)]
     assert await queue_counts(clients, url) == (0, 0)
