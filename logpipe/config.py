@@ -43,6 +43,10 @@ class Settings:
     max_events_per_request: int = 10000
     max_inflight_bytes: int = 64 * 1024 * 1024
     send_attempts: int = 6
+    memory_budget_mb: int = 256
+    read_timeout_s: float = 15.0
+    max_connections: int = 1000
+    keep_alive_s: int = 75
     # Processor
     pollers: int = 4
     write_concurrency: int = 16
@@ -101,6 +105,9 @@ class Settings:
                 1 << 34,
             ),
             send_attempts=_int(env, "LOGPIPE_SEND_ATTEMPTS", d.send_attempts, 1, 100),
+            memory_budget_mb=_int(env, "LOGPIPE_MEMORY_BUDGET_MB", d.memory_budget_mb, 16, 65536),
+            read_timeout_s=_float(env, "LOGPIPE_READ_TIMEOUT_S", d.read_timeout_s, 0.1, 3600.0),
+            max_connections=_int(env, "LOGPIPE_MAX_CONNECTIONS", d.max_connections, 1, 1_000_000),
             pollers=_int(env, "LOGPIPE_POLLERS", d.pollers, 1, 64),
             write_concurrency=_int(env, "LOGPIPE_WRITE_CONCURRENCY", d.write_concurrency, 1, 256),
             receive_wait_s=_int(env, "LOGPIPE_RECEIVE_WAIT_S", d.receive_wait_s, 0, 20),
@@ -215,7 +222,11 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
 
 
 def _keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    keys = tuple(k.strip() for k in env.get(name, "").split(",") if k.strip())
+    raw = env.get(name)
+    keys = tuple(k.strip() for k in (raw or "").split(",") if k.strip())
+    if raw is not None and not keys:
+        # Set but blank: opening the door to everyone would be the wrong guess.
+        raise ConfigError(f"{name} is set but holds no key; unset it to run open")
     if any(len(k) < 8 for k in keys):
         raise ConfigError(f"{name} must be comma-separated keys of at least 8 characters each")
     return keys
