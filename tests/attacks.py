@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -138,7 +139,7 @@ async def post(
     session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
 ) -> int | str:
     try:
-        async with session.post(url, data=body, headers=headers) as response:
+        async with session.post(url, data=io.BytesIO(body), headers=headers) as response:
             await response.read()
             return response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
