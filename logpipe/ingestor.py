@@ -32,6 +32,7 @@ from logpipe.limits import (
     HELD_BYTES_PER_EVENT,
     MIB,
     MemoryBudget,
+    Refused,
     Reservation,
     count_array_items,
     count_ndjson_lines,
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 DECODE_WORKERS = 2
+DECODE_WAIT_S = 2.0
 _ARRAY = re.compile(rb"\s*\[")
 _REASONS = frozenset({"id", "service", "level", "message", "timestamp", "trace_id", "span_id"})
 
@@ -73,6 +75,7 @@ class Pipeline:
     budget: MemoryBudget
     # Decoding is CPU work: a worker thread keeps /healthz and the other requests answering.
     decoder: ThreadPoolExecutor
+    decode_slots: asyncio.Semaphore
 
 
 def parse_events(body: bytes, ndjson: bool) -> list[Any]:
@@ -231,7 +234,16 @@ async def _read_and_decode(
         reservation.add,
     )
     del raw  # the worker holds the only reference, and drops it when done
-    return await asyncio.get_running_loop().run_in_executor(pipeline.decoder, work)
+    try:
+        # A request that cannot start decoding soon is refused rather than queued for long.
+        async with asyncio.timeout(DECODE_WAIT_S):
+            await pipeline.decode_slots.acquire()
+    except TimeoutError:
+        raise Refused(503, "the ingestor is busy decoding; retry later", "busy") from None
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pipeline.decoder, work)
+    finally:
+        pipeline.decode_slots.release()
 
 
 # --- POST /ingest: logpipe's own JSON --------------------------------------------------------
@@ -364,7 +376,8 @@ def create_app(settings: Settings) -> Starlette:
             await stack.enter_async_context(monitor)
             if settings.emf:
                 await stack.enter_async_context(EmfReporter("ingestor", settings.emf_interval_s))
-            app.state.pipeline = Pipeline(settings, clients, url, batcher, budget, decoder)
+            slots = asyncio.Semaphore(DECODE_WORKERS)
+            app.state.pipeline = Pipeline(settings, clients, url, batcher, budget, decoder, slots)
             log.info("ingestor ready on port %d, queue %s", settings.port, settings.queue_name)
             yield
 

@@ -146,11 +146,24 @@ async def post(
         return type(exc).__name__
 
 
+# The slowest answer of each status in the last `concurrent_posts`, for the measurements.
+slowest_answer: dict[str, float] = {}
+
+
 async def concurrent_posts(url: str, bodies: list[bytes], headers: dict[str, str]) -> list[Any]:
     connector = aiohttp.TCPConnector(limit=len(bodies) + 1)
     timeout = aiohttp.ClientTimeout(total=120)
+    slowest_answer.clear()
+    started = time.perf_counter()
+
+    async def timed(session: aiohttp.ClientSession, body: bytes) -> int | str:
+        status = await post(session, url, body, headers)
+        elapsed = time.perf_counter() - started
+        slowest_answer[str(status)] = max(slowest_answer.get(str(status), 0.0), elapsed)
+        return status
+
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        return list(await asyncio.gather(*(post(session, url, b, headers) for b in bodies)))
+        return list(await asyncio.gather(*(timed(session, b) for b in bodies)))
 
 
 async def attack_otlp_bomb(base: str) -> list[Any]:

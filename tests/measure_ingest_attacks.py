@@ -77,6 +77,10 @@ async def measure(aws_url: str, name: str) -> attacks.Outcome:
             outcome.seconds = time.perf_counter() - started
         outcome.worst_healthz_s = max(latencies, default=0.0)
         outcome.peak_rss_mb = attacks.peak_rss_mb(role.process.pid)
+        if attacks.slowest_answer:
+            outcome.note = "slowest answer by status: " + ", ".join(
+                f"{status} {seconds:.2f} s" for status, seconds in attacks.slowest_answer.items()
+            )
         return outcome
     finally:
         role.process.kill()

@@ -53,9 +53,7 @@ def test_budget_refuses_413_past_one_request_share() -> None:
         pytest.param(b"[1,2,3,}", 3, 3, id="broken-left-to-the-parser"),
     ],
 )
-def test_array_items_are_counted_up_to_the_cap(
-    body: bytes, cap: int, expected: int | None
-) -> None:
+def test_array_items_are_counted_up_to_the_cap(body: bytes, cap: int, expected: int | None) -> None:
     if expected is None:
         with pytest.raises(Refused):
             count_array_items(body, cap)
