@@ -134,8 +134,8 @@ def count_array_items(body: bytes, cap: int) -> int:
             return count
         try:
             _, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return count  # orjson names the error when it parses
+        except (json.JSONDecodeError, RecursionError):
+            return count  # orjson names the error (or the nesting) when it parses
         count += 1
         if count > cap:
             raise too_many(f"more than {cap}", cap)

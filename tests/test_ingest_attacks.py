@@ -179,7 +179,7 @@ async def test_request_cut_off_at_the_drain_deadline_gets_503_with_retry_after(
     roles: Roles, http: aiohttp.ClientSession, settings: Settings
 ) -> None:
     role = await roles.start(
-        "ingestor", LOGPIPE_FAULTS="sqs-delay:30000", LOGPIPE_DRAIN_SECONDS=1, LOGPIPE_LINGER_MS=0
+        "ingestor", LOGPIPE_FAULTS="sqs-delay:8000", LOGPIPE_DRAIN_SECONDS=1, LOGPIPE_LINGER_MS=0
     )
     public = f"http://127.0.0.1:{settings.port}"
     admin = f"http://127.0.0.1:{roles.ingestor_metrics_port}/metrics"

@@ -51,6 +51,7 @@ def test_budget_refuses_413_past_one_request_share() -> None:
         pytest.param(b'[{"a":1,"b":[1,2,3]},{"c":"x,y"}]', 2, 2, id="commas-inside-items"),
         pytest.param(b" [ {} ,\n {} ,{} ] ", 2, None, id="white-space-past-the-cap"),
         pytest.param(b"[1,2,3,}", 3, 3, id="broken-left-to-the-parser"),
+        pytest.param(b"[" * 5000 + b"]" * 5000 + b",1" * 5, 3, 0, id="too-deep-left-to-the-parser"),
     ],
 )
 def test_array_items_are_counted_up_to_the_cap(body: bytes, cap: int, expected: int | None) -> None:
