@@ -172,6 +172,7 @@ class GuardedHttp(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_bytes = 0
+        self._header_too_large = False
         self._awaiting_headers = True
         self._header_timer: asyncio.TimerHandle | None = None
         self._arm_header_timer()
@@ -193,7 +194,19 @@ class GuardedHttp(HttpToolsProtocol):
         self._awaiting_headers = False
         self._header_bytes = 0
         self._disarm_header_timer()
+        # A block that arrived whole in one read is measured here; raising stops the parser
+        # and uvicorn answers through send_400_response, which says 431 instead.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_header_bytes:
+            self._header_too_large = True
+            raise ValueError("request header block too large")
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._header_too_large:
+            self._refuse(431, "the request header block is larger than the limit", "header_size")
+        else:
+            super().send_400_response(msg)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -200,3 +200,17 @@ async def test_request_cut_off_at_the_drain_deadline_gets_503_with_retry_after(
     role.process.send_signal(signal.SIGTERM)
     status, retry_after = await asyncio.wait_for(pending, 30)
     assert (status, retry_after) == (503, "2")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [65 * 1024, 200 * 1024])
+async def test_header_block_over_64_kib_gets_431_however_it_arrives(
+    roles: Roles, size: int
+) -> None:
+    await roles.start("ingestor")
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * size + b"\r\n\r\n"
+    answer = await attacks.raw_exchange("127.0.0.1", roles.settings.port, request, 10)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    small = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 60_000 + b"\r\n\r\n"
+    answer = await attacks.raw_exchange("127.0.0.1", roles.settings.port, small, 10)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
