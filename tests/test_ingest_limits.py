@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import time
 
+import aiohttp
 import orjson
 import pytest
 
-from logpipe import otlp
+from logpipe import metrics, otlp
+from logpipe.config import Settings
 from logpipe.errors import BodyError
 from logpipe.limits import (
     MemoryBudget,
@@ -19,6 +21,7 @@ from logpipe.limits import (
 )
 from logpipe.web import MAX_GZIP_MEMBERS, decode_content
 from tests import attacks
+from tests.conftest import make_event
 
 
 def test_budget_refuses_503_when_full_and_gives_back_on_release() -> None:
@@ -141,3 +144,23 @@ def test_broken_otlp_framing_is_400() -> None:
     with pytest.raises(BodyError) as error:
         otlp.scan_protobuf(b"\x0a\xff\xff\xff\x0f", cap=10)
     assert error.value.status == 400
+
+
+async def test_budget_is_given_back_after_accepted_refused_and_broken_requests(
+    ingestor_url: str, http: aiohttp.ClientSession, settings: Settings
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    bodies = [
+        orjson.dumps([make_event(n) for n in range(50)]),  # 202
+        b"[" + b"{}," * 20_000 + b"{}]",  # 413, too many events
+        b"[{]",  # 400
+    ]
+    statuses = []
+    for body in bodies:
+        async with http.post(f"{ingestor_url}/ingest", data=body, headers=headers) as response:
+            statuses.append(response.status)
+    assert statuses == [202, 413, 400]
+    admin = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    samples = await metrics.scrape(http, admin)
+    assert metrics.total(samples, "logpipe_ingest_memory_held_bytes") == 0
+    assert metrics.total(samples, "logpipe_requests_rejected_total", reason="too_many_events") >= 1
