@@ -8,6 +8,7 @@ import signal
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -162,17 +163,20 @@ class GuardedHttp(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits it lacks: header block size, header time.
 
     A header block that passes `max_header_bytes` is answered 431 and the connection closed;
-    headers that take longer than `read_timeout_s` to arrive get 408 and a closed connection.
+    headers that take longer than `read_timeout_s` to arrive get 408 and a closed connection;
+    a request on a connection past `max_connections` (or past as many requests in progress)
+    gets 503 with Retry-After (uvicorn's own limit_concurrency answers without one).
     (The body's own timeout is the app's: see `read_body`.)
     """
 
     max_header_bytes = 64 * 1024
     read_timeout_s = 15.0
+    max_connections = 1000
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_bytes = 0
-        self._header_too_large = False
+        self._refusal: tuple[int, str, str] | None = None
         self._awaiting_headers = True
         self._header_timer: asyncio.TimerHandle | None = None
         self._arm_header_timer()
@@ -198,13 +202,22 @@ class GuardedHttp(HttpToolsProtocol):
         # and uvicorn answers through send_400_response, which says 431 instead.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_header_bytes:
-            self._header_too_large = True
-            raise ValueError("request header block too large")
+            self._refusal = (
+                431,
+                "the request header block is larger than the limit",
+                "header_size",
+            )
+        elif (
+            len(self.connections) > self.max_connections or len(self.tasks) >= self.max_connections
+        ):
+            self._refusal = (503, "the ingestor has too many connections; retry", "connections")
+        if self._refusal is not None:
+            raise ValueError(self._refusal[1])
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
-        if self._header_too_large:
-            self._refuse(431, "the request header block is larger than the limit", "header_size")
+        if self._refusal is not None:
+            self._refuse(*self._refusal)
         else:
             super().send_400_response(msg)
 
@@ -230,22 +243,26 @@ class GuardedHttp(HttpToolsProtocol):
             return
         metrics.requests_rejected.labels(reason).inc()
         body = orjson.dumps({"error": message})
-        phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        phrase = HTTPStatus(status).phrase.encode()
+        retry = b"retry-after: 2\r\n" if status == 503 else b""
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, phrase, len(body), body)
+            b"%sconnection: close\r\n\r\n%s" % (status, phrase, len(body), retry, body)
         )
         self._disarm_header_timer()
         self.transport.close()
 
 
-def guarded_http(max_header_bytes: int, read_timeout_s: float) -> type[GuardedHttp]:
+def guarded_http(
+    max_header_bytes: int, read_timeout_s: float, max_connections: int
+) -> type[GuardedHttp]:
     """The protocol class for uvicorn's `http=`, with these limits."""
-    return type(
-        "GuardedHttp",
-        (GuardedHttp,),
-        {"max_header_bytes": max_header_bytes, "read_timeout_s": read_timeout_s},
-    )
+    limits = {
+        "max_header_bytes": max_header_bytes,
+        "read_timeout_s": read_timeout_s,
+        "max_connections": max_connections,
+    }
+    return type("GuardedHttp", (GuardedHttp,), limits)
 
 
 class DrainGuard:
@@ -308,8 +325,7 @@ async def serve_app(app: Starlette, settings: Settings, admin: Starlette | None 
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_seconds),
         server_header=False,
-        http=guarded_http(MAX_HEADER_BYTES, settings.read_timeout_s),
-        limit_concurrency=settings.max_connections,
+        http=guarded_http(MAX_HEADER_BYTES, settings.read_timeout_s, settings.max_connections),
         # Above the load balancer's 60 s idle timeout, so it never reuses a closed connection.
         timeout_keep_alive=settings.keep_alive_s,
     )
@@ -326,8 +342,7 @@ async def serve_app(app: Starlette, settings: Settings, admin: Starlette | None 
                 access_log=False,
                 lifespan="off",
                 server_header=False,
-                http=guarded_http(MAX_HEADER_BYTES, settings.read_timeout_s),
-                limit_concurrency=64,
+                http=guarded_http(MAX_HEADER_BYTES, settings.read_timeout_s, 64),
             )
         )
         side_task = asyncio.create_task(side.serve(), name="admin-server")

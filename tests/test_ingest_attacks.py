@@ -127,7 +127,7 @@ async def test_body_that_stops_arriving_gets_408(roles: Roles) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_connections_past_the_cap_get_503(roles: Roles) -> None:
+async def test_connections_past_the_cap_get_503_with_retry_after(roles: Roles) -> None:
     await roles.start("ingestor", LOGPIPE_MAX_CONNECTIONS=10)
     port = roles.settings.port
     idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]
@@ -136,6 +136,7 @@ async def test_connections_past_the_cap_get_503(roles: Roles) -> None:
             "127.0.0.1", port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 10
         )
         assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        assert b"retry-after: 2" in answer.lower()
     finally:
         for _, writer in idle:
             writer.close()
