@@ -62,6 +62,8 @@ DECODE_WORKERS = 2
 DECODE_WAIT_S = 2.0
 _ARRAY = re.compile(rb"\s*\[")
 _REASONS = frozenset({"id", "service", "level", "message", "timestamp", "trace_id", "span_id"})
+# Distinct services one request may name: each becomes a registry entry the console lists.
+MAX_SERVICES_PER_REQUEST = 64
 
 
 @dataclass
@@ -101,15 +103,24 @@ def parse_events(body: bytes, ndjson: bool) -> list[Any]:
     raise BodyError(400, "body must be a JSON object or an array of objects")
 
 
-def validate(raw_events: list[Any], now_ms: int) -> tuple[list[bytes], list[dict[str, Any]]]:
+def validate(
+    raw_events: list[Any], now_ms: int, default_service: str | None = None
+) -> tuple[list[bytes], list[dict[str, Any]]]:
     """Split raw events into encoded valid ones and the rejection list of the 202 answer."""
     accepted: list[bytes] = []
     rejected: list[dict[str, Any]] = []
+    services: set[str] = set()
     for index, raw in enumerate(raw_events):
         try:
             if isinstance(raw, EventError):
                 raise raw
-            accepted.append(encode_event(normalise(raw, now_ms)))
+            event = normalise(raw, now_ms, default_service)
+            if event["service"] not in services and len(services) >= MAX_SERVICES_PER_REQUEST:
+                raise EventError(
+                    "service", f"is one more than {MAX_SERVICES_PER_REQUEST} in a request"
+                )
+            services.add(event["service"])
+            accepted.append(encode_event(event))
         except EventError as exc:
             rejected.append({"index": index, "error": str(exc)})
             reason = exc.field.split(".", 1)[0]
@@ -159,7 +170,13 @@ class Decoded:
 
 
 def decode(
-    protocol: Protocol, raw: bytes, kind: str, encoding: str | None, settings: Settings, hold: Hold
+    protocol: Protocol,
+    raw: bytes,
+    kind: str,
+    encoding: str | None,
+    service: str | None,
+    settings: Settings,
+    hold: Hold,
 ) -> Decoded:
     """Inflate, count, parse and validate one body (in a worker thread); Refused past a limit."""
     body = decode_content(raw, encoding, settings.max_body_bytes, hold)
@@ -169,7 +186,7 @@ def decode(
     if total > settings.max_events_per_request:
         raise too_many(total, settings.max_events_per_request)
     metrics.events_received.inc(total)
-    accepted, rejected = validate(raw_events, int(time.time() * 1000))
+    accepted, rejected = validate(raw_events, int(time.time() * 1000), service)
     del raw_events
     return Decoded(b"".join(accepted), array("I", map(len, accepted)), rejected, total)
 
@@ -230,6 +247,7 @@ async def _read_and_decode(
         raw,
         kind,
         request.headers.get("content-encoding"),
+        default_service(request),
         settings,
         reservation.add,
     )
@@ -244,6 +262,11 @@ async def _read_and_decode(
         return await asyncio.get_running_loop().run_in_executor(pipeline.decoder, work)
     finally:
         pipeline.decode_slots.release()
+
+
+def default_service(request: Request) -> str | None:
+    """The service for events that name none: `?service=`, else the X-Logpipe-Service header."""
+    return request.query_params.get("service") or request.headers.get("x-logpipe-service")
 
 
 # --- POST /ingest: logpipe's own JSON --------------------------------------------------------
