@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 
 
 def ingestor() -> Starlette:
-    """The ingest app (`/ingest`, `/v1/logs`, probes, metrics), configured by the environment."""
+    """The public ingest app (`/ingest`, `/v1/logs`, `/healthz`), configured by the environment.
+
+    `/metrics` and `/readyz` live on the metrics port, which only `logpipe ingestor` serves.
+    """
     from logpipe import ingestor as role
 
     settings = Settings.from_env(os.environ)

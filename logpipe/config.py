@@ -43,6 +43,10 @@ class Settings:
     max_events_per_request: int = 10000
     max_inflight_bytes: int = 64 * 1024 * 1024
     send_attempts: int = 6
+    memory_budget_mb: int = 256
+    read_timeout_s: float = 15.0
+    max_connections: int = 1000
+    keep_alive_s: int = 75
     # Processor
     pollers: int = 4
     write_concurrency: int = 16
@@ -86,7 +90,7 @@ class Settings:
             port=_int(env, "LOGPIPE_PORT", d.port, 1, 65535),
             metrics_port=_int(env, "LOGPIPE_METRICS_PORT", d.metrics_port, 0, 65535),
             host=env.get("LOGPIPE_HOST") or d.host,
-            api_keys=_keys(env, "LOGPIPE_API_KEYS"),
+            api_keys=_set_keys(env, "LOGPIPE_API_KEYS"),
             ingestor_url=_url(env, "LOGPIPE_INGESTOR_URL", d.ingestor_url) or d.ingestor_url,
             retention_days=_int(env, "LOGPIPE_RETENTION_DAYS", d.retention_days, 1, 36500),
             log_level=_choice(env, "LOGPIPE_LOG_LEVEL", d.log_level, LOG_LEVELS),
@@ -108,6 +112,9 @@ class Settings:
                 1 << 34,
             ),
             send_attempts=_int(env, "LOGPIPE_SEND_ATTEMPTS", d.send_attempts, 1, 100),
+            memory_budget_mb=_int(env, "LOGPIPE_MEMORY_BUDGET_MB", d.memory_budget_mb, 16, 65536),
+            read_timeout_s=_float(env, "LOGPIPE_READ_TIMEOUT_S", d.read_timeout_s, 0.1, 3600.0),
+            max_connections=_int(env, "LOGPIPE_MAX_CONNECTIONS", d.max_connections, 1, 1_000_000),
             pollers=_int(env, "LOGPIPE_POLLERS", d.pollers, 1, 64),
             write_concurrency=_int(env, "LOGPIPE_WRITE_CONCURRENCY", d.write_concurrency, 1, 256),
             receive_wait_s=_int(env, "LOGPIPE_RECEIVE_WAIT_S", d.receive_wait_s, 0, 20),

@@ -296,6 +296,7 @@ class LocalStack:
         self.ingestor_port = settings.port
         self.console_port = console_port
         self.processor_metrics_port = free_port()
+        self.ingestor_metrics_port = free_port()
         self.ingestor_url = f"http://127.0.0.1:{self.ingestor_port}"
         self.console_url = f"http://127.0.0.1:{self.console_port}"
 
@@ -307,7 +308,11 @@ class LocalStack:
             env = role_env(self.settings, LOGPIPE_QUEUE_POLL_S=1)
             ingestor = await RoleProcess.start(
                 "ingestor",
-                {**env, "LOGPIPE_PORT": str(self.ingestor_port)},
+                {
+                    **env,
+                    "LOGPIPE_PORT": str(self.ingestor_port),
+                    "LOGPIPE_METRICS_PORT": str(self.ingestor_metrics_port),
+                },
                 log_file=self._log_file,
             )
             processor = await RoleProcess.start(
@@ -381,7 +386,9 @@ class Watch:
         self._progress = Progress(sys.stdout)
 
     async def sample(self) -> Reading:
-        ingestor = await scrape(self._session, f"{self._stack.ingestor_url}/metrics")
+        ingestor = await scrape(
+            self._session, f"http://127.0.0.1:{self._stack.ingestor_metrics_port}/metrics"
+        )
         processor = await scrape(
             self._session, f"http://127.0.0.1:{self._stack.processor_metrics_port}/metrics"
         )

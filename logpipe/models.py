@@ -72,6 +72,7 @@ def loads_exact(data: bytes | str) -> Any:
     long = _LONG_BYTES.search(data) if isinstance(data, bytes) else _LONG_NUMBER.search(data)
     if long is None:
         return doc
+    del doc  # never two parsed copies of one body at once
     try:
         return json.loads(data, parse_float=_exact_float, parse_int=_exact_int)
     except RecursionError:
