@@ -39,7 +39,7 @@ from logpipe.limits import (
     parsed_json_bytes,
     too_many,
 )
-from logpipe.models import encode_event, normalise
+from logpipe.models import encode_event, loads_exact, normalise
 from logpipe.monitor import QueueMonitor
 from logpipe.naive import OnePerEventSender
 from logpipe.web import (
@@ -88,12 +88,12 @@ def parse_events(body: bytes, ndjson: bool) -> list[Any]:
             if not line.strip():
                 continue
             try:
-                events.append(orjson.loads(line))
+                events.append(loads_exact(line))
             except orjson.JSONDecodeError:
                 events.append(EventError("", "line is not valid JSON"))
         return events
     try:
-        doc = orjson.loads(body)
+        doc = loads_exact(body)
     except orjson.JSONDecodeError as exc:
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
     if isinstance(doc, dict):
