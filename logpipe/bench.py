@@ -26,6 +26,7 @@ from logpipe import metrics
 from logpipe.aws import Clients, bootstrap, open_clients, queue_url
 from logpipe.client import Shipper
 from logpipe.config import Settings
+from logpipe.cpu import CpuMeter, Profiler
 from logpipe.faults import Faults
 from logpipe.processes import (
     LOCAL_CREDENTIALS,
@@ -53,6 +54,7 @@ class BenchOptions:
     endpoint: str | None = None
     rate: float = 0.0
     chaos: Faults = field(default_factory=Faults)
+    profile: str | None = None
 
 
 def make_events(run: str, count: int, now_ms: int) -> list[dict[str, Any]]:
@@ -181,6 +183,8 @@ class PipelineBench:
         self.retired: list[metrics.Sample] = []  # metrics of role processes killed on purpose
         self.peak_rss: dict[str, float | None] = {}
         self.kills = {"ingestor": 0, "processor": 0}
+        self.cpu = CpuMeter()
+        self.profiler = Profiler(options.profile) if options.profile else None
 
     async def run(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=60)
@@ -208,11 +212,13 @@ class PipelineBench:
         with contextlib.suppress(aiohttp.ClientError):
             self.retired += await metrics.scrape(self.session, self.metrics_url(role))
         self._note_rss(role)
+        self.cpu.take(role)
         process = self.roles[role].process
         process.kill()
         await process.wait()
         self.kills[role] += 1
         await self.start(role)
+        self.cpu.mark(role, self.roles[role].process.pid)
 
     def _note_rss(self, role: str) -> None:
         rss = peak_rss_mb(self.roles[role].process.pid)
@@ -234,6 +240,10 @@ class PipelineBench:
         bar = ProgressBar(len(events))
         main_url = await queue_url(self.clients.sqs, self.settings.queue_name)
         await put_poison(self.clients.sqs, main_url, self.options.chaos.poison)
+        for role, process in self.roles.items():
+            self.cpu.mark(role, process.process.pid)
+            if self.profiler:
+                await self.profiler.attach(role, process.process.pid)
         started = time.monotonic()
 
         async def driver() -> None:
@@ -261,6 +271,10 @@ class PipelineBench:
                 break
             await asyncio.sleep(0.2)
         seconds = time.monotonic() - started
+        for role in self.roles:
+            self.cpu.take(role)
+        if self.profiler:
+            await self.profiler.stop()
         bar.end()
         for task in (drivers, chaos):
             task.cancel()
@@ -280,6 +294,7 @@ class PipelineBench:
             seconds=seconds,
             samples=samples,
             peak_rss_mb=self.peak_rss,
+            cpu_us_per_event=self.cpu.per_event_us(len(events)),
         )
         if self.options.chaos != Faults():
             result["chaos"] = str(self.options.chaos)
