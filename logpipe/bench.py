@@ -55,6 +55,7 @@ class BenchOptions:
     rate: float = 0.0
     chaos: Faults = field(default_factory=Faults)
     profile: str | None = None
+    keepalive: bool = True
 
 
 def make_events(run: str, count: int, now_ms: int) -> list[dict[str, Any]]:
@@ -78,14 +79,38 @@ def batches(events: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, 
         yield events[start : start + size]
 
 
+async def start_keepalive_moto(port: int, log: IO[bytes]) -> asyncio.subprocess.Process:
+    """moto's application under uvicorn (keep-alive, as AWS endpoints) on `port`, once it answers."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "logpipe.keepalive_moto:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        stdout=log,
+        stderr=log,
+    )
+    async with aiohttp.ClientSession() as session:
+        await wait_http(session, f"http://127.0.0.1:{port}/moto-api/", timeout=30)
+    return process
+
+
 @asynccontextmanager
-async def endpoint(url: str | None, log: IO[bytes]) -> AsyncIterator[str]:
-    """The given endpoint, or moto's server in its own process on a free loopback port."""
+async def endpoint(url: str | None, log: IO[bytes], keepalive: bool = True) -> AsyncIterator[str]:
+    """The given endpoint, or moto in its own process on a free loopback port: served by
+    uvicorn with keep-alive (`keepalive`), or by moto's own server, which closes every
+    connection after one call."""
     if url:
         yield url
         return
     port = free_port()
-    process = await start_moto(port, log)
+    process = await (start_keepalive_moto if keepalive else start_moto)(port, log)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -135,7 +160,7 @@ async def run(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     log_path = os.path.join(tempfile.gettempdir(), f"logpipe-bench-{run_id}.log")
     with open(log_path, "wb") as log:  # noqa: ASYNC230 - once, at start
         async with AsyncExitStack() as stack:
-            url = await stack.enter_async_context(endpoint(options.endpoint, log))
+            url = await stack.enter_async_context(endpoint(options.endpoint, log, options.keepalive))
             settings = replace(
                 settings,
                 endpoint_url=url,

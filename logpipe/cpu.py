@@ -95,7 +95,6 @@ class Profiler:
             "--format",
             "raw",
             "--function",
-            "--nolineno",
             "--nonblocking",
             "--output",
             str(self._dir / f"{role}.folded"),
