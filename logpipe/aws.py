@@ -17,7 +17,7 @@ import orjson
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from logpipe import metrics
+from logpipe import aws_serialise, metrics
 from logpipe.config import Settings
 from logpipe.errors import ConfigError, EntryFailure
 
@@ -162,6 +162,7 @@ async def open_clients(stack: AsyncExitStack, settings: Settings, pool: int) -> 
     )
     for client in (sqs, dynamodb):
         client.meta.events.register("before-parameter-build", _count_call)
+        aws_serialise.install(client)
     sqs.meta.events.register("after-call.sqs.ReceiveMessage", _count_received_chunks)
     if settings.faults:
         from logpipe.faults import Faults, Injector
