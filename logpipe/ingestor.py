@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from logpipe import metrics, otlp
+from logpipe import heap, metrics, otlp
 from logpipe.aws import Clients, error_code, open_clients, queue_url, send_message_batch
 from logpipe.batching import Batcher
 from logpipe.config import Settings
@@ -259,6 +259,7 @@ def create_app(settings: Settings) -> Starlette:
             if settings.emf:
                 await stack.enter_async_context(EmfReporter("ingestor", settings.emf_interval_s))
             app.state.pipeline = Pipeline(settings, clients, url, batcher)
+            heap.settle()
             log.info("ingestor ready on port %d, queue %s", settings.port, settings.queue_name)
             yield
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from logpipe import metrics
+from logpipe import heap, metrics
 from logpipe.aws import (
     THROTTLE_CODES,
     Clients,
@@ -362,6 +362,7 @@ async def serve(settings: Settings) -> int:
                         EmfReporter("processor", settings.emf_interval_s)
                     )
                 processor = Processor(settings, clients, url)
+                heap.settle()
                 if settings.naive:
                     from logpipe.naive import NaiveProcessor
 
