@@ -7,6 +7,7 @@ wall-clock figures it changes little when the machine is busy with other work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -86,8 +87,9 @@ class Profiler:
         self._exe = executable
 
     async def attach(self, role: str, pid: int) -> None:
+        """Start sampling `pid`; returns once py-spy says it samples (or after 10 s)."""
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._spies[role] = await asyncio.create_subprocess_exec(
+        spy = self._spies[role] = await asyncio.create_subprocess_exec(
             self._exe,
             "record",
             "--pid",
@@ -99,8 +101,11 @@ class Profiler:
             "--output",
             str(self._dir / f"{role}.folded"),
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
+        assert spy.stderr is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(spy.stderr.readline(), 10)
 
     async def stop(self) -> list[str]:
         """Stop every recorder (SIGINT makes py-spy write its file); the reports written."""
@@ -108,7 +113,7 @@ class Profiler:
         for role, spy in self._spies.items():
             if spy.returncode is None:
                 spy.send_signal(signal.SIGINT)
-            await spy.wait()
+            await spy.communicate()
             folded = self._dir / f"{role}.folded"
             if folded.exists():
                 report = self._dir / f"{role}.txt"
