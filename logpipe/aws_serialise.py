@@ -18,6 +18,11 @@ path unchanged.
 Our calls pass only JSON-native values for these operations, where the JSON protocol's
 serialisation is the identity; the parsed body is then the same, byte order of keys
 aside (orjson writes UTF-8 where json writes \\u escapes).
+
+The answer of ReceiveMessage (up to ten 256 KiB bodies, JSON inside JSON) is the same
+the other way round: `before-parse` decodes its messages with orjson and leaves the
+generic parser an empty body, unless an answer is an error or holds binary attributes
+(base64 that the generic parser decodes).
 """
 
 from __future__ import annotations
@@ -68,6 +73,45 @@ def put_body(params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> 
         params["body"] = body
 
 
+RECEIVE = ("sqs", "ReceiveMessage")
+_BINARY = frozenset({"BinaryValue", "BinaryListValues"})
+
+
+def parse_messages(
+    operation_model: Any,
+    response_dict: dict[str, Any],
+    customized_response_dict: dict[str, Any],
+    **kwargs: Any,
+) -> None:
+    """`before-parse` of ReceiveMessage: the messages decoded by orjson, as botocore would."""
+    service = operation_model.service_model.service_name
+    if (service, operation_model.name) != RECEIVE or response_dict["status_code"] != 200:
+        return
+    try:
+        doc = orjson.loads(response_dict["body"])
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(doc, dict) or doc.keys() != {"Messages"}:
+        return
+    shape = operation_model.output_shape.members["Messages"].member
+    members = shape.members.keys()
+    value_members = shape.members["MessageAttributes"].value.members.keys()
+    messages = []
+    for message in doc["Messages"]:
+        attributes = message.get("MessageAttributes", {})
+        if any(_BINARY & value.keys() for value in attributes.values()):
+            return
+        kept = {k: v for k, v in message.items() if k in members}
+        if attributes:
+            kept["MessageAttributes"] = {
+                name: {k: v for k, v in value.items() if k in value_members}
+                for name, value in attributes.items()
+            }
+        messages.append(kept)
+    customized_response_dict["Messages"] = messages
+    response_dict["body"] = b"{}"
+
+
 def install(client: Any) -> None:
     """Serialise the client's hot batch calls with orjson.
 
@@ -77,3 +121,4 @@ def install(client: Any) -> None:
     """
     client.meta.events.register_last("before-parameter-build", take_body)
     client.meta.events.register_last("before-call", put_body)
+    client.meta.events.register_last("before-parse", parse_messages)

@@ -13,9 +13,11 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+from botocore.parsers import create_parser
 
 from logpipe.aws import Clients, _session, client_config, open_clients, queue_url
-from logpipe.aws_serialise import encode_body
+from logpipe.aws_serialise import encode_body, parse_messages
 from logpipe.config import Settings
 from logpipe.processes import LOCAL_CREDENTIALS
 
@@ -213,3 +215,92 @@ async def test_clients_without_the_handlers_still_send_botocores_body(settings: 
         params = {"RequestItems": {settings.table_name: [{"PutRequest": {"Item": item}}]}}
         await clients.dynamodb.batch_write_item(**params)
         assert UNICODE[:5].encode() in capture.last()[0]  # raw UTF-8: orjson's, not json's
+
+
+class RawAnswers:
+    """The undecoded answers a client receives, by a `before-parse` handler."""
+
+    def __init__(self, client: Any, last: bool = False) -> None:
+        self.answers: list[tuple[Any, dict[str, Any]]] = []
+        register = client.meta.events.register_last if last else client.meta.events.register_first
+        register("before-parse", self._record)
+
+    def _record(self, operation_model: Any, response_dict: dict[str, Any], **kwargs: Any) -> None:
+        self.answers.append((operation_model, dict(response_dict)))
+
+
+def parse_both_ways(model: Any, answer: dict[str, Any]) -> tuple[Any, Any, bool]:
+    """botocore's parse of `answer`, ours, and whether ours took the orjson path."""
+    parser = create_parser("json")
+    generic = parser.parse(dict(answer), model.output_shape)
+    fast_answer, custom = dict(answer), {}
+    parse_messages(model, fast_answer, custom)
+    fast = parser.parse(fast_answer, model.output_shape)
+    fast.update(custom)
+    return generic, fast, bool(custom)
+
+
+@pytest.mark.parametrize(
+    ("body", "attributes"),
+    [
+        pytest.param("plain", {}, id="plain"),
+        pytest.param(
+            UNICODE.replace("\x01", "").replace("\ufffe", ""),
+            {"content-encoding": {"DataType": "String", "StringValue": "gzip"}},
+            id="unicode-and-attributes",
+        ),
+        pytest.param('{"v":1,"events":[' + '"\\u00e9",' * 20_000 + "1]}", {}, id="json-in-json"),
+    ],
+)
+async def test_received_messages_parse_as_botocore_parses_them(
+    body: str, attributes: dict[str, Any], settings: Settings, generic: Clients
+) -> None:
+    url = await queue_url(generic.sqs, settings.queue_name)
+    for n in range(3):
+        await generic.sqs.send_message(
+            QueueUrl=url, MessageBody=f"{body}{n}", MessageAttributes=attributes
+        )
+    raw = RawAnswers(generic.sqs)
+    received = await generic.sqs.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=10,
+        MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        MessageAttributeNames=["All"],
+    )
+    assert len(received["Messages"]) == 3
+    model, answer = raw.answers[-1]
+    generic_parse, fast_parse, fast_path = parse_both_ways(model, answer)
+    assert fast_path
+    assert fast_parse == generic_parse
+    assert [m["Body"] for m in fast_parse["Messages"]] == [f"{body}{n}" for n in range(3)]
+
+
+async def test_binary_attributes_and_errors_take_the_generic_parser(
+    settings: Settings, generic: Clients
+) -> None:
+    url = await queue_url(generic.sqs, settings.queue_name)
+    binary = {"blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01"}}
+    await generic.sqs.send_message(QueueUrl=url, MessageBody="b", MessageAttributes=binary)
+    raw = RawAnswers(generic.sqs)
+    await generic.sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"])
+    model, answer = raw.answers[-1]
+    generic_parse, fast_parse, fast_path = parse_both_ways(model, answer)
+    assert not fast_path and fast_parse == generic_parse
+    assert generic_parse["Messages"][0]["MessageAttributes"]["blob"]["BinaryValue"] == b"\x00\x01"
+    with pytest.raises(ClientError):
+        await generic.sqs.receive_message(QueueUrl=url + "-missing")
+    model, answer = raw.answers[-1]
+    assert answer["status_code"] >= 400
+    assert parse_both_ways(model, answer)[2] is False
+
+
+async def test_the_processor_clients_receive_through_the_orjson_parser(
+    settings: Settings, clients: Clients
+) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    await clients.sqs.send_message(QueueUrl=url, MessageBody=UNICODE[:20])
+    after_ours = RawAnswers(clients.sqs, last=True)
+    received = await clients.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
+    assert received["Messages"][0]["Body"] == UNICODE[:20]
+    assert after_ours.answers[-1][1]["body"] == b"{}"  # botocore's parser had nothing to walk
+    assert received["ResponseMetadata"]["HTTPStatusCode"] == 200
