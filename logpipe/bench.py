@@ -80,7 +80,7 @@ def batches(events: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, 
 
 
 async def start_keepalive_moto(port: int, log: IO[bytes]) -> asyncio.subprocess.Process:
-    """moto's application under uvicorn (keep-alive, as AWS endpoints) on `port`, once it answers."""
+    """moto under uvicorn (keep-alive, as AWS endpoints) on `port`, once it answers."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -160,7 +160,9 @@ async def run(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     log_path = os.path.join(tempfile.gettempdir(), f"logpipe-bench-{run_id}.log")
     with open(log_path, "wb") as log:  # noqa: ASYNC230 - once, at start
         async with AsyncExitStack() as stack:
-            url = await stack.enter_async_context(endpoint(options.endpoint, log, options.keepalive))
+            url = await stack.enter_async_context(
+                endpoint(options.endpoint, log, options.keepalive)
+            )
             settings = replace(
                 settings,
                 endpoint_url=url,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from uvicorn.middleware.wsgi import WSGIMiddleware
+from uvicorn.middleware.wsgi import WSGIMiddleware  # type: ignore[attr-defined]
 
 # Threads for calls in flight at once: long polls hold one each for up to 20 s.
 WORKERS = 128
