@@ -96,7 +96,7 @@ def main() -> int:
     share = float(batched["events_per_s"]) / float(ceiling["events_per_s"])  # type: ignore[arg-type]
     text = (
         f"# logpipe bench\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}, "
-        f"embedded endpoint (moto's server).\n\n{table(runs)}\n\n"
+        f"embedded endpoint (moto, served with keep-alive).\n\n{table(runs)}\n\n"
         f"Batched is **{speedup:.0f}x** naive and **{share:.0%}** of the endpoint's ceiling.\n\n"
         f"Reproduce: `python bench/compare.py --events {args.events} "
         f"--naive-events {args.naive_events}`\n"
