@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from logpipe import metrics, otlp
+from logpipe import heap, metrics, otlp
 from logpipe.aws import Clients, error_code, open_clients, queue_url, send_message_batch
 from logpipe.batching import Batcher
 from logpipe.config import Settings
@@ -401,6 +401,7 @@ def create_app(settings: Settings) -> Starlette:
                 await stack.enter_async_context(EmfReporter("ingestor", settings.emf_interval_s))
             slots = asyncio.Semaphore(DECODE_WORKERS)
             app.state.pipeline = Pipeline(settings, clients, url, batcher, budget, decoder, slots)
+            heap.settle()
             log.info("ingestor ready on port %d, queue %s", settings.port, settings.queue_name)
             yield
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from logpipe import timefmt
 from logpipe.aliases import fold
 from logpipe.errors import EventError, LogpipeError
 
@@ -382,14 +383,14 @@ def shard_of(event_id: str, shards: int) -> int:
 def item_key(event: Mapping[str, Any], shards: int) -> tuple[str, str]:
     """(pk, sk): a pure function of the event, so a redelivery overwrites the same item."""
     ts = event["timestamp"]
-    hour = datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%dT%H")
+    hour = timefmt.hour(ts)
     pk = f"{event['service']}#{hour}#{shard_of(event['id'], shards)}"
     return pk, f"{ts:013d}#{event['id']}"
 
 
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds as ISO 8601 UTC with millisecond precision."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return timefmt.iso_ms(ms)
 
 
 def to_item(event: Mapping[str, Any], shards: int, retention_days: int) -> Item:

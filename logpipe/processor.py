@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from logpipe import metrics
+from logpipe import heap, metrics
 from logpipe.aws import (
     AWS_ERRORS,
     THROTTLE_CODES,
@@ -648,6 +648,7 @@ async def serve(settings: Settings) -> int:
                 visibility = int(attrs["Attributes"]["VisibilityTimeout"])
                 settings = replace(settings, shards=shards, visibility_timeout_s=visibility)
                 processor = Processor(settings, clients, url, dlq_url)
+                heap.settle()
                 if settings.naive:
                     from logpipe.naive import NaiveProcessor
 
