@@ -25,7 +25,7 @@ def ingestor() -> Starlette:
 
     `/metrics` and `/readyz` live on the metrics port, which only `logpipe ingestor` serves.
     """
-    from logpipe import ingestor as role
+    from logpipe.ingest import app as role
 
     settings = Settings.from_env(os.environ)
     if not settings.api_keys:
@@ -35,6 +35,6 @@ def ingestor() -> Starlette:
 
 def console() -> Starlette:
     """The console app (`/`, `/api/logs`, `/api/services`), configured by the environment."""
-    from logpipe import console as role
+    from logpipe.read import console as role
 
     return role.create_app(Settings.from_env(os.environ))

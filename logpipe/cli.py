@@ -157,7 +157,7 @@ def _local_stack(settings: Settings, args: argparse.Namespace) -> Settings:
     """Point query/dlq (and `bench --endpoint`) at a running `logpipe up` when AWS is not set up."""
     from pathlib import Path
 
-    from logpipe import local
+    from logpipe.dev import local
 
     if args.command == "bench" and args.endpoint != LOCAL_STACK:
         return settings
@@ -175,11 +175,11 @@ def _local_stack(settings: Settings, args: argparse.Namespace) -> Settings:
 
 async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) -> int:
     if command == "ingestor":
-        from logpipe import ingestor
+        from logpipe.ingest import app as ingestor
 
         return await ingestor.serve(settings)
     if command == "processor":
-        from logpipe import processor
+        from logpipe.process import processor
 
         return await processor.serve(settings)
     if command == "emitter":
@@ -187,16 +187,16 @@ async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) 
 
         return await emitter.serve(settings)
     if command == "console":
-        from logpipe import console
+        from logpipe.read import console
 
         return await console.serve(settings)
     if command == "query":
-        from logpipe import console
+        from logpipe.read import console
 
         return await console.query_command(settings, console.query_params(args), args.json)
     if command == "bench":
-        from logpipe import bench
-        from logpipe.faults import Faults
+        from logpipe.dev import bench
+        from logpipe.dev.faults import Faults
 
         options = bench.BenchOptions(
             events=args.events or (500 if args.naive else 20000),
@@ -214,7 +214,7 @@ async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) 
         clean = result["lost"] == 0 and result["duplicates"] == 0
         return 0 if clean and result.get("poison_in_dlq", 0) == options.chaos.poison else 1
     if command == "dlq":
-        from logpipe import dlq
+        from logpipe.process import dlq
 
         report = await dlq.run(settings, args.action, sample=args.sample, everything=args.all)
         if args.action == "inspect" and not args.json:
@@ -223,11 +223,11 @@ async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) 
             print(orjson.dumps(report).decode())
         return 0
     if command == "bootstrap":
-        from logpipe import aws
+        from logpipe.aws import clients as aws
 
         print(orjson.dumps(await aws.bootstrap_endpoint(settings)).decode())
         return 0
-    from logpipe import local
+    from logpipe.dev import local
 
     return await local.up(
         settings,

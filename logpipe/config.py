@@ -183,7 +183,7 @@ def _float(
 
 
 def _faults(env: Mapping[str, str], name: str) -> str:
-    from logpipe.faults import Faults
+    from logpipe.dev.faults import Faults
 
     try:
         return str(Faults.parse(env.get(name, "")))

@@ -14,14 +14,14 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
-from logpipe.aws import Clients, bootstrap, is_retriable, open_clients, queue_url
-from logpipe.bench import peak_rss_mb
+from logpipe.aws.clients import Clients, bootstrap, is_retriable, open_clients, queue_url
 from logpipe.config import Settings
+from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.dev.bench import peak_rss_mb
+from logpipe.dev.faults import SQS_ERRORS, Faults
+from logpipe.dev.processes import RoleProcess, free_port, start_moto
 from logpipe.errors import ConfigError
-from logpipe.faults import SQS_ERRORS, Faults
-from logpipe.models import encode_event, normalise, pack_envelope
-from logpipe.processes import RoleProcess, free_port, start_moto
-from logpipe.processor import Processor
+from logpipe.process.processor import Processor
 from tests.conftest import (
     Roles,
     make_event,

@@ -27,10 +27,10 @@ import pytest
 import yaml
 from hcl2 import SerializationOptions
 
-from logpipe import emf
 from logpipe.config import Settings
-from logpipe.models import normalise, to_item
-from logpipe.processes import free_port
+from logpipe.core.models import normalise, to_item
+from logpipe.dev.processes import free_port
+from logpipe.obs import emf
 
 ROOT = Path(__file__).resolve().parents[1]
 TERRAFORM = ROOT / "terraform"
@@ -647,7 +647,7 @@ def test_dashboard_reads_the_emf_metrics_the_code_writes() -> None:
     emf_rows = [row for row in rows if row[0] == "${local.emf_namespace}"]
     names = {row[1] for row in emf_rows}
     assert {"events_accepted_total", "e2e_latency_seconds_p99", "queue_oldest_age_seconds"} <= names
-    metrics_source = (ROOT / "logpipe/metrics.py").read_text()
+    metrics_source = (ROOT / "logpipe/obs/metrics.py").read_text()
     for row in emf_rows:
         assert row[2] == "Role", row
         # The histogram's quantiles are reported as <name>_p50 / <name>_p99.

@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
-from logpipe.aws import Clients, open_clients, queue_url
+from logpipe.aws.clients import Clients, open_clients, queue_url
 from logpipe.config import Settings
-from logpipe.models import EnvelopeError, encode_event, normalise, pack_envelope
-from logpipe.processor import Processor, decode_message, retry_delay
+from logpipe.core.models import EnvelopeError, encode_event, normalise, pack_envelope
+from logpipe.process.processor import Processor, decode_message, retry_delay
 from tests.conftest import make_event, queue_counts, scan_items
 
 

@@ -18,9 +18,10 @@ import orjson
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from logpipe import aws_serialise, metrics
+from logpipe.aws import serialise as aws_serialise
 from logpipe.config import Settings
 from logpipe.errors import ConfigError, EntryFailure
+from logpipe.obs import metrics
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ async def open_clients(stack: AsyncExitStack, settings: Settings, pool: int) -> 
         aws_serialise.install(client)
     sqs.meta.events.register("after-call.sqs.ReceiveMessage", _count_received_chunks)
     if settings.faults:
-        from logpipe.faults import Faults, Injector
+        from logpipe.dev.faults import Faults, Injector
 
         log.warning("LOGPIPE_FAULTS is set: injecting %s", settings.faults)
         Injector(Faults.parse(settings.faults).in_clients).install(sqs, dynamodb)

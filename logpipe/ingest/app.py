@@ -22,13 +22,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from logpipe import heap, metrics, otlp
-from logpipe.aws import Clients, error_code, open_clients, queue_url, send_message_batch
-from logpipe.batching import Batcher
+from logpipe import heap
+from logpipe.aws.clients import Clients, error_code, open_clients, queue_url, send_message_batch
+from logpipe.aws.monitor import QueueMonitor
 from logpipe.config import Settings
-from logpipe.emf import EmfReporter
-from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
-from logpipe.limits import (
+from logpipe.core import otlp
+from logpipe.core.limits import (
     HELD_BYTES_PER_EVENT,
     MIB,
     MemoryBudget,
@@ -39,9 +38,12 @@ from logpipe.limits import (
     parsed_json_bytes,
     too_many,
 )
-from logpipe.models import encode_event, loads_exact, normalise
-from logpipe.monitor import QueueMonitor
-from logpipe.naive import OnePerEventSender
+from logpipe.core.models import encode_event, loads_exact, normalise
+from logpipe.dev.naive import OnePerEventSender
+from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
+from logpipe.ingest.batcher import Batcher
+from logpipe.obs import metrics
+from logpipe.obs.emf import EmfReporter
 from logpipe.web import (
     authorised,
     decode_content,

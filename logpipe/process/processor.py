@@ -17,8 +17,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from logpipe import heap, metrics
-from logpipe.aws import (
+from logpipe import heap
+from logpipe.aws.clients import (
     AWS_ERRORS,
     THROTTLE_CODES,
     Clients,
@@ -31,11 +31,10 @@ from logpipe.aws import (
     table_shards,
     with_retries,
 )
+from logpipe.aws.monitor import QueueMonitor, oldest_age_s
+from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.emf import EmfReporter
-from logpipe.lifecycle import run_until_signalled, stop_signals
-from logpipe.metrics import serve_metrics
-from logpipe.models import (
+from logpipe.core.models import (
     ASSIGNED_TIMESTAMP,
     EnvelopeError,
     Event,
@@ -48,8 +47,10 @@ from logpipe.models import (
     unpack_events,
     write_units,
 )
-from logpipe.monitor import QueueMonitor, oldest_age_s
-from logpipe.reader import ServiceRegistry
+from logpipe.lifecycle import run_until_signalled, stop_signals
+from logpipe.obs import metrics
+from logpipe.obs.emf import EmfReporter
+from logpipe.obs.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -650,7 +651,7 @@ async def serve(settings: Settings) -> int:
                 processor = Processor(settings, clients, url, dlq_url)
                 heap.settle()
                 if settings.naive:
-                    from logpipe.naive import NaiveProcessor
+                    from logpipe.dev.naive import NaiveProcessor
 
                     processor = NaiveProcessor(settings, clients, url)
                 log.info(

@@ -10,10 +10,10 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from logpipe import metrics
-from logpipe.aws import backoff_delay, error_code, is_retriable
+from logpipe.aws.clients import backoff_delay, error_code, is_retriable
+from logpipe.core.models import ENVELOPE_OVERHEAD, pack_envelope
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
-from logpipe.models import ENVELOPE_OVERHEAD, pack_envelope
+from logpipe.obs import metrics
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,20 @@ from typing import Any
 
 import orjson
 
-from logpipe.models import (
+from logpipe.client.shipping import (
+    BATCH_BYTES,
+    BATCH_EVENTS,
+    ShipStats,
+    _BlockingShipper,
+    take_batch,
+)
+from logpipe.core.models import (
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTES,
     MAX_EVENT_BYTES,
     MAX_MESSAGE_BYTES,
     new_id,
 )
-from logpipe.shipping import BATCH_BYTES, BATCH_EVENTS, ShipStats, _BlockingShipper, take_batch
 
 log = logging.getLogger(__name__)
 

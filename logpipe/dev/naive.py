@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from logpipe import metrics
-from logpipe.aws import error_code, is_retriable
+from logpipe.aws.clients import error_code, is_retriable
+from logpipe.core.models import EnvelopeError, pack_envelope, write_units
 from logpipe.errors import QueueUnavailable
-from logpipe.models import EnvelopeError, pack_envelope, write_units
-from logpipe.processor import Processor, Tracker, decode_message, plan_writes
+from logpipe.obs import metrics
+from logpipe.process.processor import Processor, Tracker, decode_message, plan_writes
 
 
 class OnePerEventSender:
