@@ -15,6 +15,7 @@ import os
 
 from starlette.applications import Starlette
 
+from logpipe.cli import collaborators
 from logpipe.config import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def ingestor() -> Starlette:
     settings = Settings.from_env(os.environ)
     if not settings.api_keys:
         log.warning("LOGPIPE_API_KEYS is not set: /ingest and /v1/logs accept events from anyone")
-    return role.create_app(settings)
+    return role.create_app(settings, **collaborators("ingestor", os.environ))
 
 
 def console() -> Starlette:
