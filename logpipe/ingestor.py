@@ -388,6 +388,7 @@ def create_app(settings: Settings) -> Starlette:
                     concurrency=settings.send_concurrency,
                     max_inflight_bytes=settings.max_inflight_bytes,
                     attempts=settings.send_attempts,
+                    ack_timeout_s=settings.ack_timeout_s,
                 )
             await stack.enter_async_context(batcher)
             decoder = stack.enter_context(
