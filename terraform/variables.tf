@@ -339,8 +339,19 @@ variable "ecr_keep_images" {
   }
 }
 
+variable "permissions_boundary_arn" {
+  description = "ARN of the IAM policy set as permissions boundary of every role the stack creates. The README's deploy role may create roles only with this boundary, so it cannot mint an administrator; null when you deploy with broader rights."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.permissions_boundary_arn == null || can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:policy/.+$", var.permissions_boundary_arn))
+    error_message = "permissions_boundary_arn must be null or an IAM policy ARN."
+  }
+}
+
 variable "deletion_protection" {
-  description = "Protect the table and the load balancer from deletion; set false (and apply) before `terraform destroy`."
+  description = "Protect the table and the load balancer from deletion, and the ECR repository from deletion while it holds images; set false (and apply) before `terraform destroy`."
   type        = bool
   default     = true
 }

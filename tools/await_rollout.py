@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
+import boto3  # type: ignore[import-untyped]
 
 DESCRIBE_BATCH = 10  # DescribeServices takes at most ten services per call
 
