@@ -357,7 +357,7 @@ variable "deletion_protection" {
 }
 
 variable "embedded_endpoint" {
-  description = "Only for `make deploy-rehearsal`, which applies this stack to moto's server: leaves out what that endpoint does not implement (autoscaling, the DLQ's redrive-allow policy). Never set it for AWS."
+  description = "Only for `make deploy-rehearsal`, which applies this stack to moto's server: leaves out what that endpoint does not implement (Application Auto Scaling, whose tags it cannot list, the alarm that drives a scaling policy, and the DLQ's redrive-allow policy, which it never reports back as applied). Never set it for AWS."
   type        = bool
   default     = false
 }

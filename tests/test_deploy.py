@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -1128,6 +1129,36 @@ def test_every_role_the_stack_creates_carries_the_permissions_boundary() -> None
     assert "permissions_boundary_arn" in deploy
 
 
+def readme_policies() -> list[dict[str, Any]]:
+    """The JSON policies of README's Deploy section, in order."""
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy") :]
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", deploy, re.S)]
+
+
+def test_readme_boundary_allows_every_action_the_stacks_roles_are_granted() -> None:
+    boundary, trust, deploy = readme_policies()
+    (allowed,) = boundary["Statement"]
+    granted = set()
+    for document in load_tf(TERRAFORM)["data"]["aws_iam_policy_document"].values():
+        for statement in document["statement"]:
+            principals = statement.get("principals", [])
+            if statement.get("effect", "Allow") != "Allow" or principals:
+                continue  # trust and resource policies are not the roles' own rights
+            for action in statement["actions"]:
+                granted |= set(re.findall(r"[a-z0-9-]+:[A-Za-z]+", action))
+    assert granted and granted <= set(allowed["Action"]), sorted(granted - set(allowed["Action"]))
+    assert trust["Statement"][0]["Action"] == "sts:AssumeRoleWithWebIdentity"
+    statements = {s["Sid"]: s for s in deploy["Statement"]}
+    create = statements["RolesUnderTheBoundary"]
+    assert "iam:CreateRole" in create["Action"] and "iam:PutRolePolicy" in create["Action"]
+    assert "iam:PermissionsBoundary" in create["Condition"]["StringEquals"]
+    assert statements["KeepTheBoundary"]["Effect"] == "Deny"
+    assert "iam:DeleteRolePermissionsBoundary" in statements["KeepTheBoundary"]["Action"]
+    pass_role = statements["PassStackRoles"]["Condition"]["StringEquals"]["iam:PassedToService"]
+    assert set(pass_role) == {"ecs-tasks.amazonaws.com", "vpc-flow-logs.amazonaws.com"}
+
+
 def test_dockerfile_base_is_pinned_by_digest() -> None:
     bases = [instructions(stage, "FROM")[0].split()[0] for stage in dockerfile_stages()]
     for base in bases:
@@ -1137,15 +1168,20 @@ def test_dockerfile_base_is_pinned_by_digest() -> None:
 # --- the rollout check of the deploy workflow, against moto's ECS ---
 
 
-def rollout_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "await_rollout", ROOT / "tools" / "await_rollout.py"
-    )
+def tool_module(name: str) -> Any:
+    """A script of tools/ imported as a module."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("await_rollout", module)  # its dataclass looks itself up there
+    sys.modules[name] = module  # its dataclasses look themselves up there
     spec.loader.exec_module(module)
     return module
+
+
+def rollout_module() -> Any:
+    return tool_module("await_rollout")
 
 
 @pytest.fixture
@@ -1231,6 +1267,88 @@ def test_rollout_check_restarts_only_unchanged_services_and_exits_non_zero_on_fa
 
 # --- the deploy rehearsal: the Terraform applied to moto's server, events end to end ---
 
+QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:logpipe-events"
+TABLE_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/logpipe-logs"
+
+
+def recorded(key: str, service: str, target: str, body: dict[str, Any]) -> str:
+    """One request as moto's recorder writes it (JSON protocol)."""
+    credential = f"Credential={key}/20260101/us-east-1/{service}/aws4_request, Signature=x"
+    headers = {"Authorization": f"AWS4-HMAC-SHA256 {credential}", "X-Amz-Target": target}
+    return json.dumps({"headers": headers, "body": json.dumps(body), "body_encoded": False})
+
+
+def applied_state() -> dict[str, Any]:
+    """A `terraform show -json` state with a queue, a table and two role policies."""
+    policy = {
+        "logpipe-ingestor": [("sqs:SendMessage", QUEUE_ARN)],
+        "logpipe-console": [("dynamodb:Query", TABLE_ARN)],
+    }
+    resources = [
+        {
+            "mode": "managed",
+            "type": "aws_sqs_queue",
+            "values": {"name": "logpipe-events", "arn": QUEUE_ARN},
+        },
+        {
+            "mode": "managed",
+            "type": "aws_dynamodb_table",
+            "values": {"name": "logpipe-logs", "arn": TABLE_ARN},
+        },
+    ]
+    for role, grants_ in policy.items():
+        document = {
+            "Statement": [{"Effect": "Allow", "Action": [a], "Resource": r} for a, r in grants_]
+        }
+        values = {"role": role, "policy": json.dumps(document)}
+        resources.append({"mode": "managed", "type": "aws_iam_role_policy", "values": values})
+    return {"values": {"root_module": {"resources": resources}}}
+
+
+def test_rehearsal_holds_each_recorded_call_to_its_roles_policy() -> None:
+    rehearsal = tool_module("deploy_rehearsal")
+    send = recorded(
+        "logpipe-ingestor",
+        "sqs",
+        "AmazonSQS.SendMessageBatch",
+        {"QueueUrl": "http://127.0.0.1:1/123456789012/logpipe-events", "Entries": []},
+    )
+    query = recorded(
+        "logpipe-console", "dynamodb", "DynamoDB_20120810.Query", {"TableName": "logpipe-logs"}
+    )
+    state = applied_state()
+    # A batch call is authorised as its single-entry action, on the queue's ARN.
+    assert rehearsal.check_permissions(f"{send}\n{query}", state) == {
+        "logpipe-ingestor": 1,
+        "logpipe-console": 1,
+    }
+    # A call the policy does not grant fails, naming role, action and resource.
+    describe = recorded(
+        "logpipe-console",
+        "dynamodb",
+        "DynamoDB_20120810.DescribeTable",
+        {"TableName": "logpipe-logs"},
+    )
+    with pytest.raises(
+        rehearsal.RehearsalError, match="logpipe-console is not allowed dynamodb:DescribeTable"
+    ):
+        rehearsal.check_permissions(f"{send}\n{describe}", state)
+    # The same action on another resource fails too.
+    elsewhere = recorded(
+        "logpipe-ingestor", "sqs", "AmazonSQS.SendMessage", {"QueueUrl": "http://h/1/other-queue"}
+    )
+    with pytest.raises(rehearsal.RehearsalError, match="other-queue"):
+        rehearsal.check_permissions(elsewhere, state)
+    # A task without a task role makes no AWS call at all.
+    emitter = recorded(
+        f"{rehearsal.NO_ROLE}logpipe-emitter-a",
+        "sqs",
+        "AmazonSQS.SendMessage",
+        {"QueueUrl": "x/logpipe-events"},
+    )
+    with pytest.raises(rehearsal.RehearsalError, match="has no task role"):
+        rehearsal.check_permissions(emitter, state)
+
 
 @pytest.mark.rehearsal
 @pytest.mark.timeout(900)
@@ -1244,15 +1362,22 @@ def test_deploy_rehearsal_passes_events_end_to_end_through_the_applied_stack() -
         pytest.skip(reason)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOGPIPE_"))}
     env.update({k: v for k, v in os.environ.items() if k == "LOGPIPE_TF_PLUGIN_MIRROR"})
-    result = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, str(ROOT / "tools" / "deploy_rehearsal.py")],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=840,
-        check=False,
+        start_new_session=True,  # moto, terraform and the roles go with it on a timeout
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    try:
+        stdout, stderr = process.communicate(timeout=840)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the rehearsal did not finish in 840 s:\n{stdout}{stderr}")
+    assert process.returncode == 0, stdout + stderr
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     lines = result.stdout.splitlines()
     assert any("rollout check: 5 services" in line for line in lines), result.stdout
     accepted = [line for line in lines if "the console returns every accepted event" in line]

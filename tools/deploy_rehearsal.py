@@ -7,7 +7,7 @@
 2. terraform/ is copied beside an override file that points the AWS provider's endpoints
    at moto and keeps the state local, then `terraform init` (provider from the mirror, as in
    tools/terraform-validate.sh) and `terraform apply` with `embedded_endpoint = true`, which
-   leaves out only what moto does not implement.
+   leaves out only what moto cannot take (autoscaling, the DLQ's redrive-allow policy).
 3. The checks of the deploy workflow run against the applied stack: every ECS service's
    PRIMARY deployment runs the task definition of `terraform output task_definitions`.
 4. Each role starts as its container would: the image's entrypoint (`logpipe`) with exactly
@@ -27,13 +27,17 @@ Exit 0 when all of it holds; otherwise the first failure, with the roles' logs.
 from __future__ import annotations
 
 import asyncio
+import base64
+import fnmatch
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +53,14 @@ REGION = "us-east-1"
 MIRROR = os.environ.get("LOGPIPE_TF_PLUGIN_MIRROR", "/opt/tf-plugins")
 EVENTS_PER_EMITTER = 200  # accepted events each emitter sends before it is stopped
 DEADLINE_S = 120.0  # for each wait below
+TERRAFORM_TIMEOUT_S = 480  # apply takes 100-150 s here
+NO_ROLE = "no-task-role-"  # access key prefix of tasks without a task role
+# Batch calls are authorised as their single-entry action.
+IAM_ACTION = {
+    "SendMessageBatch": "SendMessage",
+    "DeleteMessageBatch": "DeleteMessage",
+    "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
+}
 
 # The services moto serves that the stack uses, by the provider's endpoint names.
 ENDPOINTS = [
@@ -101,10 +113,27 @@ def terraform(work: Path, *args: str, capture: bool = False) -> str:
         "CHECKPOINT_DISABLE": "1",
     }
     command = ["terraform", f"-chdir={work / 'terraform'}", *args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RehearsalError(f"terraform {args[0]} failed:\n{result.stdout[-4000:]}{result.stderr}")
-    return result.stdout if capture else ""
+    # A session of its own: on a timeout the provider plugin goes with terraform.
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=TERRAFORM_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise RehearsalError(
+            f"terraform {args[0]} still running after {TERRAFORM_TIMEOUT_S} s (an API moto "
+            f"lacks, retried?):\n{stdout[-3000:]}{stderr[-3000:]}"
+        ) from None
+    if process.returncode != 0:
+        raise RehearsalError(f"terraform {args[0]} failed:\n{stdout[-4000:]}{stderr}")
+    return stdout if capture else ""
 
 
 def apply(work: Path, endpoint: str, variables: Mapping[str, str]) -> dict[str, Any]:
@@ -155,6 +184,8 @@ class Task:
     secrets: dict[str, str]  # name -> valueFrom
     ports: list[int]
     health_check: list[str]
+    task_role: str | None  # role name; None: the task calls no AWS API
+    execution_role: str
     env: dict[str, str] = field(default_factory=dict)  # what the process here gets
 
     @property
@@ -180,13 +211,36 @@ def tasks(state: Mapping[str, Any]) -> dict[str, Task]:
             secrets={s["name"]: s["valueFrom"] for s in container.get("secrets", [])},
             ports=[p["containerPort"] for p in container.get("portMappings", [])],
             health_check=container["healthCheck"]["command"],
+            task_role=role_name(definition.get("task_role_arn")),
+            execution_role=str(role_name(definition["execution_role_arn"])),
         )
     return found
 
 
-def secret_value(endpoint: str, value_from: str) -> str:
-    """A secret's value the way the ECS agent resolves `valueFrom` (Secrets Manager)."""
-    client = boto3.client("secretsmanager", endpoint_url=endpoint, region_name=REGION)
+def role_name(arn: str | None) -> str | None:
+    return arn.rsplit("/", 1)[-1] if arn else None
+
+
+def identity(role: str | None, service: str) -> dict[str, str]:
+    """Credentials whose access key id names the IAM role they stand for.
+
+    moto accepts any key; the recorded requests then say which role made each call, and
+    check_permissions holds every call to that role's applied policy.
+    """
+    key = role if role else f"{NO_ROLE}{service}"
+    return {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": "rehearsal"}
+
+
+def secret_value(endpoint: str, value_from: str, execution_role: str) -> str:
+    """A secret's value the way the ECS agent resolves `valueFrom`: as the execution role."""
+    credentials = identity(execution_role, "")
+    client = boto3.client(
+        "secretsmanager",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+    )
     return str(client.get_secret_value(SecretId=value_from)["SecretString"])
 
 
@@ -194,8 +248,10 @@ def platform_env(task: Task, endpoint: str, ingest_url: str, ingestor: str) -> d
     """The task's environment plus only what ECS and the load balancer provide on AWS."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **task.environment}
     for name, value_from in task.secrets.items():
-        env[name] = secret_value(endpoint, value_from)
-    env.update(LOCAL_CREDENTIALS, AWS_ENDPOINT_URL=endpoint, LOGPIPE_HOST="127.0.0.1")
+        env[name] = secret_value(endpoint, value_from, task.execution_role)
+    # The task role's credentials, as ECS hands them to the container.
+    env.update(identity(task.task_role, task.service))
+    env.update(AWS_ENDPOINT_URL=endpoint, LOGPIPE_HOST="127.0.0.1")
     # awsvpc: every task has its own address, so the same ports cannot all be one host's.
     env["LOGPIPE_PORT"] = str(free_port())
     env["LOGPIPE_METRICS_PORT"] = str(free_port())
@@ -437,7 +493,111 @@ def check_listener_paths(state: Mapping[str, Any]) -> None:
             raise RehearsalError(f"port {listener['port']} forwards by default: {action['type']}")
 
 
+# --- every AWS call a role made, held to its applied IAM policy ---
+
+
+@dataclass(frozen=True)
+class Call:
+    principal: str  # the access key id: a role name, or NO_ROLE + service
+    action: str  # IAM form, e.g. sqs:SendMessage
+    resource: str  # ARN
+
+
+def calls(recording: str, arns: Mapping[str, str]) -> list[Call]:
+    """The recorded requests as (principal, IAM action, resource ARN)."""
+    found = []
+    for line in recording.splitlines():
+        entry = json.loads(line)
+        headers = {k.lower(): v for k, v in entry["headers"].items()}
+        authorization = headers.get("authorization", "")
+        if "Credential=" not in authorization:
+            continue
+        key, _, _, service, _ = authorization.split("Credential=")[1].split(",")[0].split("/")
+        body = entry["body"] or ""
+        raw = base64.b64decode(body) if entry["body_encoded"] else body.encode()
+        target = headers.get("x-amz-target", "")
+        if target:
+            operation, params = target.split(".")[-1], json.loads(raw or b"{}")
+        else:
+            query = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode()).items()}
+            operation, params = query.get("Action", "?"), query
+        action = f"{service}:{IAM_ACTION.get(operation, operation)}"
+        for name in named_resources(params):
+            found.append(Call(key, action, arns.get(name, name)))
+    return found
+
+
+def named_resources(params: Mapping[str, Any]) -> list[str]:
+    """The queue, table or secret a request names (by name, URL or ARN)."""
+    if "QueueUrl" in params:
+        return [str(params["QueueUrl"]).rstrip("/").rsplit("/", 1)[-1]]
+    if "QueueName" in params:
+        return [str(params["QueueName"])]
+    if "TableName" in params:
+        return [str(params["TableName"])]
+    if "RequestItems" in params:
+        return [str(table) for table in params["RequestItems"]]
+    if "SecretId" in params:
+        return [str(params["SecretId"])]
+    return ["*"]
+
+
+def allowed(policy: Mapping[str, Any], action: str, resource: str) -> bool:
+    statements = policy["Statement"]
+    for statement in statements if isinstance(statements, list) else [statements]:
+        actions = statement.get("Action", [])
+        resources = statement.get("Resource", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        resources = [resources] if isinstance(resources, str) else resources
+        if statement.get("Effect") != "Allow":
+            continue
+        if any(fnmatch.fnmatchcase(action, a) for a in actions) and any(
+            fnmatch.fnmatchcase(resource, r) for r in resources
+        ):
+            return True
+    return False
+
+
+def check_permissions(recording: str, state: Mapping[str, Any]) -> dict[str, int]:
+    """Every call each role made is allowed by that role's applied policies; counts."""
+    arns = {
+        r["values"]["name"]: r["values"]["arn"]
+        for r in resources(state)
+        if r["type"] in ("aws_sqs_queue", "aws_dynamodb_table")
+    }
+    policies: dict[str, list[dict[str, Any]]] = {}
+    for r in resources(state):
+        if r["type"] == "aws_iam_role_policy":
+            policies.setdefault(r["values"]["role"], []).append(json.loads(r["values"]["policy"]))
+    made = calls(recording, arns)
+    if not made:
+        raise RehearsalError("no AWS call recorded: the recorder did not run")
+    counts: dict[str, int] = {}
+    for call in made:
+        counts[call.principal] = counts.get(call.principal, 0) + 1
+        if call.principal.startswith(NO_ROLE):
+            raise RehearsalError(f"{call.principal[len(NO_ROLE) :]} has no task role: {call}")
+        granted = policies.get(call.principal, [])
+        if not any(allowed(policy, call.action, call.resource) for policy in granted):
+            raise RehearsalError(
+                f"{call.principal} is not allowed {call.action} on {call.resource}"
+            )
+    return counts
+
+
 # --- the rehearsal ---
+
+
+async def moto_api(endpoint: str, path: str) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            "GET" if path.startswith("recorder/download") else "POST",
+            f"{endpoint}/moto-api/{path}",
+        ) as response,
+    ):
+        response.raise_for_status()
+        return await response.text()
 
 
 def rollout(endpoint: str, state: Mapping[str, Any]) -> None:
@@ -459,6 +619,8 @@ async def rehearse(work: Path) -> None:
     port = free_port()
     os.environ.update(LOCAL_CREDENTIALS)  # the boto3 clients here; never a real account
     os.environ["MOTO_ECS_SERVICE_RUNNING"] = "1"  # moto reports one task running per service
+    # Every request after start-recording, to hold each role's calls to its policy.
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(work / "moto-recording.jsonl")
     moto = await start_moto(port, log=(work / "moto.log").open("wb"))
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -482,6 +644,7 @@ async def rehearse(work: Path) -> None:
             },
         )
         rollout(endpoint, state)
+        await moto_api(endpoint, "recorder/start-recording")
         stack = tasks(state)
         check_task_contract(stack, state)
         out = outputs(state)
@@ -499,6 +662,9 @@ async def rehearse(work: Path) -> None:
             )
         )
         await pipeline(stack, state, work)
+        await moto_api(endpoint, "recorder/stop-recording")
+        counts = check_permissions(await moto_api(endpoint, "recorder/download-recording"), state)
+        step(f"every AWS call is allowed by its role's applied policy: {counts}")
     finally:
         moto.terminate()
         await moto.wait()
