@@ -177,6 +177,8 @@ class PipelineBench:
             LOGPIPE_QUEUE_POLL_S=1,
             LOGPIPE_FAULTS=str(options.chaos.in_clients),
         )
+        # The ingestor serves /metrics on a port of its own, apart from the processor's.
+        self.ingestor_metrics_port = free_port()
         self.roles: dict[str, RoleProcess] = {}
         self.retired: list[metrics.Sample] = []  # metrics of role processes killed on purpose
         self.peak_rss: dict[str, float | None] = {}
@@ -196,12 +198,17 @@ class PipelineBench:
                     await process.stop()
 
     async def start(self, role: str) -> None:
-        self.roles[role] = await RoleProcess.start(role, self.env, log_file=self.log)
+        env = self.env
+        if role == "ingestor":
+            env = {**env, "LOGPIPE_METRICS_PORT": str(self.ingestor_metrics_port)}
+        self.roles[role] = await RoleProcess.start(role, env, log_file=self.log)
         url = f"{self.ingestor_url}/healthz" if role == "ingestor" else self.processor_url
         await wait_http(self.session, url)
 
     def metrics_url(self, role: str) -> str:
-        return f"{self.ingestor_url}/metrics" if role == "ingestor" else self.processor_url
+        if role == "ingestor":
+            return f"http://127.0.0.1:{self.ingestor_metrics_port}/metrics"
+        return self.processor_url
 
     async def kill(self, role: str) -> None:
         """SIGKILL `role` at once (its last metrics are kept), then start a fresh one."""

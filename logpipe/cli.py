@@ -18,6 +18,7 @@ from logpipe.errors import ConfigError
 from logpipe.lifecycle import run_async
 
 ROLES = ("ingestor", "processor", "emitter", "console")
+LOCAL_STACK = "local"
 QUIET_LOGGERS = ("botocore", "aiobotocore", "aioboto3", "werkzeug", "urllib3", "uvicorn.access")
 
 
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--events", type=int, help="stop the emitters after N events, verify, exit")
     up.add_argument("--rate", type=float, help="events per second per emitter (0 = unthrottled)")
+    up.add_argument("--port", type=int, help="the ingestor's port on localhost (8080)")
+    up.add_argument("--console-port", type=int, default=8081, help="the console's port (8081)")
+    up.add_argument("--aws-port", type=int, default=8082, help="the embedded AWS endpoint (8082)")
 
     ingestor = commands.add_parser("ingestor", help="serve POST /ingest")
     ingestor.add_argument("--port", type=int, help="HTTP port (LOGPIPE_PORT)")
@@ -97,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--naive", action="store_true", help="the one-call-per-event pipeline")
     bench.add_argument("--ceiling", action="store_true", help="the endpoint alone, no pipeline")
     bench.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
-    bench.add_argument("--endpoint", help="AWS endpoint to use (default: start moto's server)")
+    bench.add_argument(
+        "--endpoint",
+        nargs="?",
+        const=LOCAL_STACK,
+        help="AWS endpoint to use (default: start moto's server); alone: the running `logpipe up`",
+    )
     bench.add_argument("--rate", type=float, default=0.0, help="events/s to drive (0 = max)")
     bench.add_argument("--chaos", default="", help="faults, e.g. kill-processor:3,sqs-error:0.1")
 
@@ -128,12 +137,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(os.environ).with_overrides(**vars(args))
         setup_logging(command, settings.python_log_level)
+        if command in ("query", "dlq", "bench"):
+            settings = _local_stack(settings, args)
         return run_async(_dispatch(command, settings, args))
     except ConfigError as exc:
         print(f"logpipe: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _local_stack(settings: Settings, args: argparse.Namespace) -> Settings:
+    """Point query/dlq (and `bench --endpoint`) at a running `logpipe up` when AWS is not set up."""
+    from pathlib import Path
+
+    from logpipe import local
+
+    if args.command == "bench" and args.endpoint != LOCAL_STACK:
+        return settings
+    attached = local.attach(settings, os.environ, Path.cwd(), Path.home(), sys.stderr)
+    if args.command == "bench":
+        if attached is None:
+            raise ConfigError(
+                "bench --endpoint: no `logpipe up` runs from this directory "
+                "(or AWS settings are present); give the endpoint's URL"
+            )
+        args.endpoint = attached.endpoint_url
+        return settings
+    return attached or settings
 
 
 async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) -> int:
@@ -190,4 +221,10 @@ async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) 
         return 0
     from logpipe import local
 
-    return await local.up(settings, events=args.events, rate=args.rate)
+    return await local.up(
+        settings,
+        events=args.events,
+        rate=args.rate,
+        console_port=args.console_port,
+        aws_port=args.aws_port,
+    )

@@ -43,6 +43,10 @@ class Settings:
     max_events_per_request: int = 10000
     max_inflight_bytes: int = 64 * 1024 * 1024
     send_attempts: int = 6
+    memory_budget_mb: int = 256
+    read_timeout_s: float = 15.0
+    max_connections: int = 1000
+    keep_alive_s: int = 75
     # Processor
     pollers: int = 4
     write_concurrency: int = 16
@@ -65,6 +69,10 @@ class Settings:
     faults: str = ""
     emf_interval_s: float = 60.0
     queue_poll_s: float = 15.0
+    # Console
+    read_keys: tuple[str, ...] = ()
+    query_budget: int = 48
+    cursor_secret: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -79,7 +87,7 @@ class Settings:
             port=_int(env, "LOGPIPE_PORT", d.port, 1, 65535),
             metrics_port=_int(env, "LOGPIPE_METRICS_PORT", d.metrics_port, 0, 65535),
             host=env.get("LOGPIPE_HOST") or d.host,
-            api_keys=_keys(env, "LOGPIPE_API_KEYS"),
+            api_keys=_set_keys(env, "LOGPIPE_API_KEYS"),
             ingestor_url=_url(env, "LOGPIPE_INGESTOR_URL", d.ingestor_url) or d.ingestor_url,
             retention_days=_int(env, "LOGPIPE_RETENTION_DAYS", d.retention_days, 1, 36500),
             log_level=_choice(env, "LOGPIPE_LOG_LEVEL", d.log_level, LOG_LEVELS),
@@ -101,6 +109,9 @@ class Settings:
                 1 << 34,
             ),
             send_attempts=_int(env, "LOGPIPE_SEND_ATTEMPTS", d.send_attempts, 1, 100),
+            memory_budget_mb=_int(env, "LOGPIPE_MEMORY_BUDGET_MB", d.memory_budget_mb, 16, 65536),
+            read_timeout_s=_float(env, "LOGPIPE_READ_TIMEOUT_S", d.read_timeout_s, 0.1, 3600.0),
+            max_connections=_int(env, "LOGPIPE_MAX_CONNECTIONS", d.max_connections, 1, 1_000_000),
             pollers=_int(env, "LOGPIPE_POLLERS", d.pollers, 1, 64),
             write_concurrency=_int(env, "LOGPIPE_WRITE_CONCURRENCY", d.write_concurrency, 1, 256),
             receive_wait_s=_int(env, "LOGPIPE_RECEIVE_WAIT_S", d.receive_wait_s, 0, 20),
@@ -124,6 +135,9 @@ class Settings:
             faults=_faults(env, "LOGPIPE_FAULTS"),
             emf_interval_s=_float(env, "LOGPIPE_EMF_INTERVAL_S", d.emf_interval_s, 0.1, 3600.0),
             queue_poll_s=_float(env, "LOGPIPE_QUEUE_POLL_S", d.queue_poll_s, 0.1, 3600.0),
+            read_keys=_set_keys(env, "LOGPIPE_READ_KEYS"),
+            query_budget=_int(env, "LOGPIPE_QUERY_BUDGET", d.query_budget, 1, 100_000),
+            cursor_secret=_secret(env, "LOGPIPE_CURSOR_SECRET"),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -219,3 +233,21 @@ def _keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     if any(len(k) < 8 for k in keys):
         raise ConfigError(f"{name} must be comma-separated keys of at least 8 characters each")
     return keys
+
+
+def _set_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Keys that fail closed: a variable that is set must hold at least one usable key."""
+    keys = _keys(env, name)
+    if name in env and not keys:
+        raise ConfigError(
+            f"{name} is set but holds no key: give comma-separated keys of at least "
+            "8 characters, or unset it to run open"
+        )
+    return keys
+
+
+def _secret(env: Mapping[str, str], name: str) -> str:
+    raw = env.get(name, "")
+    if name in env and len(raw.strip()) < 16:
+        raise ConfigError(f"{name} must be at least 16 characters (or unset: one per process)")
+    return raw.strip()

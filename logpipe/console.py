@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -14,31 +15,46 @@ from typing import Any, TextIO
 
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logpipe import metrics
 from logpipe.aws import error_code, open_clients
 from logpipe.config import Settings
-from logpipe.models import Event, from_item
+from logpipe.models import Event, from_item, iso_ms
 from logpipe.query import QueryError, parse_query
-from logpipe.reader import AWS_ERRORS, Reader, ServiceRegistry
-from logpipe.web import error_response, http_error, json_response, prometheus, serve_app
+from logpipe.reader import AWS_ERRORS, READ_DEADLINE_S, Reader, ServiceRegistry
+from logpipe.web import (
+    authorised,
+    error_response,
+    http_error,
+    json_response,
+    prometheus,
+    serve_app,
+)
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 READ_CONCURRENCY = 16
 QUERY_PARAMETERS = frozenset({"service", "since", "until", "level", "q", "limit", "cursor"})
+SERVICES_DEFAULT_LIMIT = 100
 # The page loads nothing from elsewhere (the console may run without internet access).
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'self'; object-src 'none'"
+    ),
     "Cache-Control": "no-cache",
 }
+# On every answer of the console, the API's included.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 @dataclass
@@ -48,10 +64,51 @@ class Console:
     settings: Settings
     reader: Reader
     registry: ServiceRegistry
+    cursor_secret: bytes
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def cursor_secret(settings: Settings) -> bytes:
+    """LOGPIPE_CURSOR_SECRET, or one made for this process (its cursors work only here)."""
+    return settings.cursor_secret.encode() if settings.cursor_secret else secrets.token_bytes(32)
+
+
+class ReadGuard:
+    """Every answer gets the security headers; every /api/* request needs a read key.
+
+    Only LOGPIPE_READ_KEYS open the API (ingest keys never do); with none set it is open.
+    """
+
+    def __init__(self, app: ASGIApp, read_keys: tuple[str, ...]) -> None:
+        self._app = app
+        self._keys = read_keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        path: str = scope["path"]
+        if path.startswith("/api/") and self._keys:
+            header = Request(scope).headers.get("authorization")
+            if not authorised(header, self._keys):
+                metrics.console_searches.labels("unauthorised").inc()
+                response = error_response(
+                    401, "a read key is required: Authorization: Bearer <key>"
+                )
+                await response(scope, receive, send_with_headers)
+                return
+        await self._app(scope, receive, send_with_headers)
 
 
 async def logs(request: Request) -> Response:
@@ -63,7 +120,7 @@ async def logs(request: Request) -> Response:
         known = ", ".join(sorted(QUERY_PARAMETERS))
         return error_response(400, f"unknown parameter {unknown[0]!r}; known: {known}")
     try:
-        query = parse_query(request.query_params, now_ms())
+        query = parse_query(request.query_params, now_ms(), console.cursor_secret)
     except QueryError as exc:
         metrics.console_searches.labels("bad_request").inc()
         return error_response(400, str(exc))
@@ -75,16 +132,26 @@ async def logs(request: Request) -> Response:
         return error_response(503, f"the log table could not be read ({error_code(exc)})")
     metrics.console_searches.labels("ok").inc()
     metrics.console_search_seconds.observe(time.perf_counter() - started)
-    return json_response({"events": [from_item(i) for i in page.items], "cursor": page.cursor})
+    return json_response(
+        {
+            "events": [from_item(i) for i in page.items],
+            "cursor": page.cursor,
+            "complete": page.complete,
+        }
+    )
 
 
 async def services(request: Request) -> Response:
+    """The services seen most recently first, at most `limit` (1-1000, default 100)."""
     console: Console = request.app.state.console
+    raw = request.query_params.get("limit") or str(SERVICES_DEFAULT_LIMIT)
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= 1000):
+        return error_response(400, f"limit must be an integer 1-1000, got {raw[:20]!r}")
     try:
-        seen = await console.registry.services()
+        seen, truncated = await console.registry.services(int(raw))
     except AWS_ERRORS as exc:
         return error_response(503, f"the log table could not be read ({error_code(exc)})")
-    return json_response({"services": seen})
+    return json_response({"services": seen, "truncated": truncated})
 
 
 async def index(request: Request) -> Response:
@@ -111,8 +178,13 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The console's ASGI app; the AWS clients live for the app's lifespan."""
+def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> Starlette:
+    """The console's ASGI app; the AWS clients live for the app's lifespan.
+
+    Each search stops asking DynamoDB for more after `read_deadline_s` (and after
+    LOGPIPE_QUERY_BUDGET Queries), answering what it found and a cursor.
+    """
+    secret = cursor_secret(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -121,8 +193,17 @@ def create_app(settings: Settings) -> Starlette:
             app.state.dynamodb = clients.dynamodb
             app.state.console = Console(
                 settings,
-                Reader(clients.dynamodb, settings.table_name, settings.shards, READ_CONCURRENCY),
+                Reader(
+                    clients.dynamodb,
+                    settings.table_name,
+                    settings.shards,
+                    READ_CONCURRENCY,
+                    cursor_secret=secret,
+                    query_budget=settings.query_budget,
+                    deadline_s=read_deadline_s,
+                ),
                 ServiceRegistry(clients.dynamodb, settings.table_name, settings.retention_days),
+                secret,
             )
             log.info("console ready on port %d, table %s", settings.port, settings.table_name)
             yield
@@ -138,38 +219,82 @@ def create_app(settings: Settings) -> Starlette:
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(ReadGuard, read_keys=settings.read_keys)],
         lifespan=lifespan,
     )
 
 
 async def serve(settings: Settings) -> int:
     """Run the console under uvicorn, which owns SIGTERM/SIGINT and drains connections."""
-    log.warning(
-        "the console has no sign-in of its own: serve it on a private network "
-        "or behind an authenticating proxy"
-    )
+    if not settings.read_keys:
+        log.warning(
+            "LOGPIPE_READ_KEYS is unset: anyone who reaches the console reads every stored "
+            "log; set read keys, or serve it only on a private network"
+        )
+    if not settings.cursor_secret:
+        log.warning(
+            "LOGPIPE_CURSOR_SECRET is unset: cursors work only on this console process; "
+            "give every console task the same secret"
+        )
     return await serve_app(create_app(settings), settings)
 
 
 # --- logpipe query ---------------------------------------------------------------------------
 
 
+# C0 controls, DEL, C1 controls (ESC's 8-bit forms among them), the line and paragraph
+# separators and the bidirectional overrides: none reaches a terminal as itself.
+_UNSAFE = [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F)]
+_UNSAFE += range(0x2066, 0x206A)
+_ESCAPES = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _UNSAFE}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as a visible escape (\\x1b, \\n, ...)."""
+    return text.translate(_ESCAPES)
+
+
 def format_table(events: list[Event]) -> str:
-    """Events as aligned lines a person reads: time, level, message, attributes."""
+    """Events as aligned lines a person reads: time, level, message, attributes.
+
+    Every field is stored as a client sent it, so every field is escaped: a log line
+    cannot clear the screen, retitle the terminal or write the clipboard.
+    """
     lines = [f"{'TIME':<24}  {'LEVEL':<5}  MESSAGE"]
     for event in events:
-        message = _one_line(str(event.get("message", "")))
+        message = escape_controls(str(event.get("message", "")))
         attributes = event.get("attributes") or {}
-        extra = " ".join(f"{k}={_one_line(str(v))}" for k, v in attributes.items())
-        text = f"{message}  {extra}" if extra else message
-        lines.append(
-            f"{event.get('timestamp', ''):<24}  {event.get('level', '').upper():<5}  {text}"
+        extra = " ".join(
+            f"{escape_controls(str(k))}={escape_controls(str(v))}" for k, v in attributes.items()
         )
+        text = f"{message}  {extra}" if extra else message
+        timestamp = escape_controls(str(event.get("timestamp", "")))
+        level = escape_controls(str(event.get("level", ""))).upper()
+        lines.append(f"{timestamp:<24}  {level:<5}  {text}")
     return "\n".join(lines)
 
 
-def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
+class _Progress:
+    """One line on stderr, rewritten in place, while a search follows its cursors (a tty only)."""
+
+    def __init__(self, err: TextIO) -> None:
+        self._err = err
+        self._shown = err.isatty()
+        self._width = 0
+
+    def show(self, found: int, searched_to: str) -> None:
+        if not self._shown:
+            return
+        line = f"logpipe: searching… {found} found, searched back to {searched_to}"
+        self._err.write("\r" + line.ljust(self._width))
+        self._err.flush()
+        self._width = len(line)
+
+    def clear(self) -> None:
+        if self._shown and self._width:
+            self._err.write("\r" + " " * self._width + "\r")
+            self._err.flush()
 
 
 async def query_command(
@@ -179,21 +304,46 @@ async def query_command(
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
-    """`logpipe query`: one page of events newest first, as a table or as NDJSON."""
+    """`logpipe query`: events newest first, as a table or as NDJSON.
+
+    Each read is bounded (LOGPIPE_QUERY_BUDGET); the command follows the cursors until
+    --limit events are found or the whole time range is searched.
+    """
+    secret = cursor_secret(settings)
     try:
-        query = parse_query(params, now_ms())
+        query = parse_query(params, now_ms(), secret)
     except QueryError as exc:
         print(f"logpipe: {exc}", file=err)
         return 2
+    wanted = query.limit
+    events: list[Event] = []
+    more = False
+    progress = _Progress(err)
     async with AsyncExitStack() as stack:
         clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
-        reader = Reader(clients.dynamodb, settings.table_name, settings.shards, READ_CONCURRENCY)
+        reader = Reader(
+            clients.dynamodb,
+            settings.table_name,
+            settings.shards,
+            READ_CONCURRENCY,
+            cursor_secret=secret,
+            query_budget=settings.query_budget,
+        )
         try:
-            page = await reader.read(query)
+            while True:
+                page = await reader.read(query)
+                events.extend(from_item(item) for item in page.items)
+                if page.cursor is None or len(events) >= wanted or page.complete:
+                    more = page.cursor is not None
+                    break
+                next_params = {**params, "cursor": page.cursor, "limit": str(wanted - len(events))}
+                query = parse_query(next_params, now_ms(), secret)
+                progress.show(len(events), iso_ms(query.until_ms))
         except AWS_ERRORS as exc:
+            progress.clear()
             print(f"logpipe: the log table could not be read ({error_code(exc)})", file=err)
             return 1
-    events = [from_item(item) for item in page.items]
+    progress.clear()
     if as_json:
         for event in events:
             out.write(orjson.dumps(event).decode() + "\n")
@@ -201,10 +351,10 @@ async def query_command(
         print(format_table(events), file=out)
     if not events:
         print(f"logpipe: no events of {query.service} in this time range", file=err)
-    elif page.cursor:
+    elif more:
         print(
             f"logpipe: {len(events)} newest shown; older ones match too: "
-            f"raise --limit or pass --until {events[-1]['timestamp']}",
+            f"raise --limit or pass --until {escape_controls(str(events[-1]['timestamp']))}",
             file=err,
         )
     return 0

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from array import array
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +28,17 @@ from logpipe.batching import Batcher
 from logpipe.config import Settings
 from logpipe.emf import EmfReporter
 from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
+from logpipe.limits import (
+    HELD_BYTES_PER_EVENT,
+    MIB,
+    MemoryBudget,
+    Refused,
+    Reservation,
+    count_array_items,
+    count_ndjson_lines,
+    parsed_json_bytes,
+    too_many,
+)
 from logpipe.models import encode_event, normalise
 from logpipe.monitor import QueueMonitor
 from logpipe.naive import OnePerEventSender
@@ -44,7 +58,12 @@ log = logging.getLogger(__name__)
 
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
+DECODE_WORKERS = 2
+DECODE_WAIT_S = 2.0
+_ARRAY = re.compile(rb"\s*\[")
 _REASONS = frozenset({"id", "service", "level", "message", "timestamp", "trace_id", "span_id"})
+# Distinct services one request may name: each becomes a registry entry the console lists.
+MAX_SERVICES_PER_REQUEST = 64
 
 
 @dataclass
@@ -55,6 +74,10 @@ class Pipeline:
     clients: Clients
     queue_url: str
     batcher: Batcher | OnePerEventSender
+    budget: MemoryBudget
+    # Decoding is CPU work: a worker thread keeps /healthz and the other requests answering.
+    decoder: ThreadPoolExecutor
+    decode_slots: asyncio.Semaphore
 
 
 def parse_events(body: bytes, ndjson: bool) -> list[Any]:
@@ -80,20 +103,32 @@ def parse_events(body: bytes, ndjson: bool) -> list[Any]:
     raise BodyError(400, "body must be a JSON object or an array of objects")
 
 
-def validate(raw_events: list[Any], now_ms: int) -> tuple[list[bytes], list[dict[str, Any]]]:
+def validate(
+    raw_events: list[Any], now_ms: int, default_service: str | None = None
+) -> tuple[list[bytes], list[dict[str, Any]]]:
     """Split raw events into encoded valid ones and the rejection list of the 202 answer."""
     accepted: list[bytes] = []
     rejected: list[dict[str, Any]] = []
+    services: set[str] = set()
     for index, raw in enumerate(raw_events):
         try:
             if isinstance(raw, EventError):
                 raise raw
-            accepted.append(encode_event(normalise(raw, now_ms)))
+            event = normalise(raw, now_ms, default_service)
+            if event["service"] not in services and len(services) >= MAX_SERVICES_PER_REQUEST:
+                raise EventError(
+                    "service", f"is one more than {MAX_SERVICES_PER_REQUEST} in a request"
+                )
+            services.add(event["service"])
+            accepted.append(encode_event(event))
         except EventError as exc:
             rejected.append({"index": index, "error": str(exc)})
             reason = exc.field.split(".", 1)[0]
             metrics.events_rejected.labels(reason if reason in _REASONS else "invalid").inc()
     return accepted, rejected
+
+
+Hold = Callable[[int, str], None]
 
 
 @dataclass(frozen=True)
@@ -102,9 +137,58 @@ class Protocol:
 
     content_types: frozenset[str]
     wrong_type: str
-    parse: Callable[[bytes, str], list[Any]]
+    # body, content type, event cap, hold -> raw events; counts and holds before building.
+    parse: Callable[[bytes, str, int, Hold], list[Any]]
     answer: Callable[[int, list[dict[str, Any]], int, str], Response]
     refuse: Callable[[int, str, str], Response]
+
+
+@dataclass
+class Decoded:
+    """What a request holds once decoded: its encoded events packed in one buffer, rejections.
+
+    One buffer, not one bytes object per event: objects made in the worker thread among the
+    parse's temporaries would pin that memory (tens of MB per request) while SQS is slow.
+    The loop thread cuts the buffer into events once the temporaries are gone.
+    """
+
+    packed: bytes
+    lengths: array[int]
+    rejected: list[dict[str, Any]]
+    total: int
+
+    def events(self) -> list[bytes]:
+        events = []
+        pos = 0
+        for length in self.lengths:
+            events.append(self.packed[pos : pos + length])
+            pos += length
+        return events
+
+    def held_bytes(self) -> int:
+        return 2 * len(self.packed) + HELD_BYTES_PER_EVENT * self.total
+
+
+def decode(
+    protocol: Protocol,
+    raw: bytes,
+    kind: str,
+    encoding: str | None,
+    service: str | None,
+    settings: Settings,
+    hold: Hold,
+) -> Decoded:
+    """Inflate, count, parse and validate one body (in a worker thread); Refused past a limit."""
+    body = decode_content(raw, encoding, settings.max_body_bytes, hold)
+    raw_events = protocol.parse(body, kind, settings.max_events_per_request, hold)
+    del body
+    total = len(raw_events)
+    if total > settings.max_events_per_request:
+        raise too_many(total, settings.max_events_per_request)
+    metrics.events_received.inc(total)
+    accepted, rejected = validate(raw_events, int(time.time() * 1000), service)
+    del raw_events
+    return Decoded(b"".join(accepted), array("I", map(len, accepted)), rejected, total)
 
 
 async def receive(request: Request, protocol: Protocol) -> Response:
@@ -113,41 +197,92 @@ async def receive(request: Request, protocol: Protocol) -> Response:
     settings = pipeline.settings
     kind = media_type(request.headers.get("content-type"))
     if not authorised(request.headers.get("authorization"), settings.api_keys):
+        metrics.requests_rejected.labels("unauthorised").inc()
         return protocol.refuse(401, "missing or wrong API key (Authorization: Bearer <key>)", kind)
     if kind not in protocol.content_types:
+        metrics.requests_rejected.labels("content_type").inc()
         return protocol.refuse(415, protocol.wrong_type, kind)
+    reservation = pipeline.budget.reservation()
     try:
-        raw = await read_body(request, settings.max_body_bytes)
-        body = decode_content(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
-        raw_events = protocol.parse(body, kind)
-    except BodyError as exc:
-        return protocol.refuse(exc.status, str(exc), kind)
-    except ClientDisconnect:
-        return protocol.refuse(400, "client disconnected before sending the whole body", kind)
-    if len(raw_events) > settings.max_events_per_request:
-        limit = settings.max_events_per_request
-        error = f"body holds {len(raw_events)} events; the limit is {limit} per request"
-        return protocol.refuse(413, error, kind)
-    metrics.events_received.inc(len(raw_events))
-    accepted, rejected = validate(raw_events, int(time.time() * 1000))
-    if accepted:
-        try:
+        decoded = await _read_and_decode(request, protocol, kind, pipeline, reservation)
+        # The body, its inflated copy and its parsed objects are gone: hold what is left.
+        reservation.shrink_to(decoded.held_bytes())
+        metrics.memory_held_bytes.set(pipeline.budget.used)
+        accepted = decoded.events()
+        decoded.packed = b""
+        if accepted:
             await pipeline.batcher.submit(accepted)
-        except Overloaded as exc:
-            return protocol.refuse(429, str(exc), kind)
-        except QueueUnavailable as exc:
-            return protocol.refuse(503, str(exc), kind)
-        metrics.events_accepted.inc(len(accepted))
-    return protocol.answer(len(accepted), rejected, len(raw_events), kind)
+            metrics.events_accepted.inc(len(accepted))
+    except BodyError as exc:
+        metrics.requests_rejected.labels(getattr(exc, "label", "bad_body")).inc()
+        response = protocol.refuse(exc.status, str(exc), kind)
+        if exc.status == 408:
+            response.headers["connection"] = "close"
+        return response
+    except ClientDisconnect:
+        metrics.requests_rejected.labels("disconnected").inc()
+        return protocol.refuse(400, "client disconnected before sending the whole body", kind)
+    except Overloaded as exc:
+        metrics.requests_rejected.labels("overloaded").inc()
+        return protocol.refuse(429, str(exc), kind)
+    except QueueUnavailable as exc:
+        metrics.requests_rejected.labels("queue_unavailable").inc()
+        return protocol.refuse(503, str(exc), kind)
+    finally:
+        reservation.release()
+        metrics.memory_held_bytes.set(pipeline.budget.used)
+    return protocol.answer(len(accepted), decoded.rejected, decoded.total, kind)
+
+
+async def _read_and_decode(
+    request: Request, protocol: Protocol, kind: str, pipeline: Pipeline, reservation: Reservation
+) -> Decoded:
+    settings = pipeline.settings
+    raw = await read_body(
+        request, settings.max_body_bytes, reservation.add, settings.read_timeout_s
+    )
+    work = partial(
+        decode,
+        protocol,
+        raw,
+        kind,
+        request.headers.get("content-encoding"),
+        default_service(request),
+        settings,
+        reservation.add,
+    )
+    del raw  # the worker holds the only reference, and drops it when done
+    try:
+        # A request that cannot start decoding soon is refused rather than queued for long.
+        async with asyncio.timeout(DECODE_WAIT_S):
+            await pipeline.decode_slots.acquire()
+    except TimeoutError:
+        raise Refused(503, "the ingestor is busy decoding; retry later", "busy") from None
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pipeline.decoder, work)
+    finally:
+        pipeline.decode_slots.release()
+
+
+def default_service(request: Request) -> str | None:
+    """The service for events that name none: `?service=`, else the X-Logpipe-Service header."""
+    return request.query_params.get("service") or request.headers.get("x-logpipe-service")
 
 
 # --- POST /ingest: logpipe's own JSON --------------------------------------------------------
 
 
-def _parse_native(body: bytes, kind: str) -> list[Any]:
+def _parse_native(body: bytes, kind: str, cap: int, hold: Hold) -> list[Any]:
     if not body.strip():
         raise BodyError(400, "body is empty")
-    raw_events = parse_events(body, ndjson=kind in NDJSON_TYPES)
+    # Parsed objects and the encoded events they become, held before either is built.
+    hold(parsed_json_bytes(body) + len(body), "the parsed body")
+    ndjson = kind in NDJSON_TYPES
+    if ndjson:
+        count_ndjson_lines(body, cap)
+    elif _ARRAY.match(body):
+        count_array_items(body, cap)
+    raw_events = parse_events(body, ndjson=ndjson)
     if not raw_events:
         raise BodyError(400, "body holds no events")
     return raw_events
@@ -221,7 +356,9 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    pipeline: Pipeline = request.app.state.pipeline
+    pipeline: Pipeline | None = getattr(request.app.state.public.state, "pipeline", None)
+    if pipeline is None:
+        return json_response({"status": "starting"}, 503)
     try:
         async with asyncio.timeout(3):
             await pipeline.clients.sqs.get_queue_attributes(
@@ -253,12 +390,17 @@ def create_app(settings: Settings) -> Starlette:
                     attempts=settings.send_attempts,
                 )
             await stack.enter_async_context(batcher)
+            decoder = stack.enter_context(
+                ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="decode")
+            )
+            budget = MemoryBudget(settings.memory_budget_mb * MIB)
             # The main queue's depth, even while no processor runs (the DLQ is the processor's).
             monitor = QueueMonitor(clients.sqs, {"main": url}, settings.queue_poll_s)
             await stack.enter_async_context(monitor)
             if settings.emf:
                 await stack.enter_async_context(EmfReporter("ingestor", settings.emf_interval_s))
-            app.state.pipeline = Pipeline(settings, clients, url, batcher)
+            slots = asyncio.Semaphore(DECODE_WORKERS)
+            app.state.pipeline = Pipeline(settings, clients, url, batcher, budget, decoder, slots)
             log.info("ingestor ready on port %d, queue %s", settings.port, settings.queue_name)
             yield
 
@@ -267,16 +409,25 @@ def create_app(settings: Settings) -> Starlette:
             Route("/ingest", ingest, methods=["POST"]),
             Route("/v1/logs", otlp_logs, methods=["POST"]),
             Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", prometheus),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
 
 
+def create_admin_app(public: Starlette) -> Starlette:
+    """GET /metrics and /readyz for LOGPIPE_METRICS_PORT, off the public port (an SQS call each)."""
+    app = Starlette(
+        routes=[Route("/metrics", prometheus), Route("/readyz", readyz)],
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.public = public
+    return app
+
+
 async def serve(settings: Settings) -> int:
     """Run the ingestor under uvicorn, which owns SIGTERM/SIGINT and drains connections."""
     if not settings.api_keys:
         log.warning("LOGPIPE_API_KEYS is not set: /ingest and /v1/logs accept events from anyone")
-    return await serve_app(create_app(settings), settings)
+    app = create_app(settings)
+    return await serve_app(app, settings, admin=create_admin_app(app))

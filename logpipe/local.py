@@ -6,12 +6,15 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
-from typing import IO
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, TextIO
 
 import aiohttp
 import orjson
@@ -32,6 +35,163 @@ log = logging.getLogger(__name__)
 
 DEMO_RATE = 20.0
 STALL_SECONDS = 60.0
+CONSOLE_PORT = 8081
+AWS_PORT = 8082
+# Written by `logpipe up` in the directory it runs in, removed when it stops: how `query`,
+# `dlq` and `bench --endpoint` started from the same checkout find the running stack.
+STATE_FILE = ".logpipe-up.json"
+# Any of these means the user has AWS set up: then the local stack is never used implicitly.
+AWS_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+)
+CURL_EXAMPLE = (
+    "curl -X POST localhost:{port}/ingest -H 'Content-Type: application/json' \\\n"
+    '    -d \'{{"service":"checkout","level":"error","message":"card declined"}}\''
+)
+
+
+def ports_problem(ports: Mapping[str, int]) -> str | None:
+    """Why the stack cannot listen on these loopback ports, or None when it can."""
+    seen: dict[int, str] = {}
+    for role, port in ports.items():
+        if port in seen:
+            return f"{role} and {seen[port]} cannot share port {port}"
+        seen[port] = role
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                return (
+                    f"port {port} for {role} is not free ({exc.strerror}); is another "
+                    f"`logpipe up` running? Stop it, or pick another port with the flag named"
+                )
+    return None
+
+
+@dataclass(frozen=True)
+class StackState:
+    """Where a running `logpipe up` listens and which resources it made."""
+
+    pid: int
+    endpoint: str
+    ingestor: str
+    console: str
+    region: str
+    queue_name: str
+    dlq_name: str
+    table_name: str
+
+    @classmethod
+    def of(cls, settings: Settings, pid: int, console_port: int) -> StackState:
+        return cls(
+            pid=pid,
+            endpoint=settings.endpoint_url or "",
+            ingestor=f"http://localhost:{settings.port}",
+            console=f"http://localhost:{console_port}",
+            region=settings.region,
+            queue_name=settings.queue_name,
+            dlq_name=settings.dlq_name,
+            table_name=settings.table_name,
+        )
+
+    def write(self, directory: Path) -> None:
+        path = directory / STATE_FILE
+        with suppress(OSError):  # a read-only checkout still runs, only without discovery
+            path.write_bytes(orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
+
+    def remove(self, directory: Path) -> None:
+        if read_state(directory) == self:
+            with suppress(OSError):
+                (directory / STATE_FILE).unlink()
+
+    def apply(self, settings: Settings) -> Settings:
+        return settings.with_overrides(
+            endpoint_url=self.endpoint,
+            region=self.region,
+            queue_name=self.queue_name,
+            dlq_name=self.dlq_name,
+            table_name=self.table_name,
+        )
+
+
+def read_state(directory: Path) -> StackState | None:
+    """The state file of a `logpipe up` in `directory` whose process still runs, else None."""
+    try:
+        doc = orjson.loads((directory / STATE_FILE).read_bytes())
+        state = StackState(**doc)
+    except (OSError, orjson.JSONDecodeError, TypeError):
+        return None
+    try:
+        os.kill(state.pid, 0)
+    except ProcessLookupError:
+        return None  # left behind by a stack that was killed
+    except PermissionError:
+        pass  # alive, someone else's
+    return state
+
+
+def aws_configured(env: Mapping[str, str], home: Path) -> str | None:
+    """What shows that AWS is set up (a variable or a file), or None when nothing does."""
+    for name in AWS_VARIABLES:
+        if env.get(name, "").strip():
+            return name
+    for name in ("credentials", "config"):
+        path = home / ".aws" / name
+        if path.exists():
+            return str(path)
+    return None
+
+
+def attach(
+    settings: Settings, env: Mapping[str, str], directory: Path, home: Path, err: TextIO
+) -> Settings | None:
+    """Settings for the `logpipe up` running from `directory`, when no AWS settings exist.
+
+    Says so on `err`; None (use the settings as they are) when AWS is configured or no
+    local stack runs here.
+    """
+    if aws_configured(env, home):
+        return None
+    state = read_state(directory)
+    if state is None:
+        return None
+    print(
+        f"logpipe: no AWS settings found; using the local stack of `logpipe up` "
+        f"(pid {state.pid}, endpoint {state.endpoint})",
+        file=err,
+    )
+    os.environ.update(LOCAL_CREDENTIALS)
+    return state.apply(settings)
+
+
+def banner(state: StackState, log_path: str) -> str:
+    """What `logpipe up` prints once everything answers: the URLs and what to try."""
+    port = state.ingestor.rsplit(":", 1)[1]
+    program = sys.argv[0] if sys.argv[0].endswith("logpipe") else "logpipe"
+    if os.path.isabs(program) and program.startswith(os.getcwd() + os.sep):
+        program = os.path.relpath(program)
+    return (
+        f"logpipe up: the whole pipeline runs on this machine; Ctrl-C stops it\n"
+        f"  ingest    {state.ingestor}/ingest   (and /v1/logs for OTLP)\n"
+        f"  console   {state.console}/\n"
+        f"  AWS       {state.endpoint}   (embedded; `logpipe query`, `dlq` and "
+        f"`bench --endpoint` run from this directory use it)\n"
+        f"  role logs {log_path}\n"
+        f"send an event:\n  {CURL_EXAMPLE.format(port=port)}\n"
+        f"read it back:\n  {program} query --service checkout\n"
+        f"demo emitters send service-a and service-b events meanwhile:"
+    )
 
 
 @dataclass(frozen=True)
@@ -87,9 +247,25 @@ class Progress:
             self._out.write("\n")
 
 
-async def up(settings: Settings, events: int | None, rate: float | None) -> int:
+async def up(
+    settings: Settings,
+    events: int | None,
+    rate: float | None,
+    console_port: int = CONSOLE_PORT,
+    aws_port: int = AWS_PORT,
+) -> int:
     """Run the local stack; with `events`, stop after that many, verify and give a verdict."""
-    aws = EmbeddedAws()
+    problem = ports_problem(
+        {
+            "the ingestor (--port)": settings.port,
+            "the console (--console-port)": console_port,
+            "the embedded AWS endpoint (--aws-port)": aws_port,
+        }
+    )
+    if problem:
+        print(f"logpipe up: {problem}", file=sys.stderr)
+        return 2
+    aws = EmbeddedAws(port=aws_port)
     endpoint = aws.start()
     settings = settings.with_overrides(
         endpoint_url=endpoint, visibility_timeout_s=30, host="127.0.0.1"
@@ -102,8 +278,7 @@ async def up(settings: Settings, events: int | None, rate: float | None) -> int:
     log_path = os.path.join(tempfile.gettempdir(), f"logpipe-up-{os.getpid()}.log")
     try:
         with open(log_path, "wb") as log_file:  # noqa: ASYNC230 - once, at start
-            stack = LocalStack(settings, log_file)
-            print(f"logpipe up: AWS endpoint {endpoint}; role logs in {log_path}", flush=True)
+            stack = LocalStack(settings, log_file, console_port, log_path)
             return await stack.run(events, rate, stopping)
     finally:
         aws.stop()
@@ -112,12 +287,18 @@ async def up(settings: Settings, events: int | None, rate: float | None) -> int:
 class LocalStack:
     """The roles of `logpipe up` and the loop that watches them."""
 
-    def __init__(self, settings: Settings, log_file: IO[bytes]) -> None:
+    def __init__(
+        self, settings: Settings, log_file: IO[bytes], console_port: int, log_path: str
+    ) -> None:
         self.settings = settings
         self._log_file = log_file
-        self.ingestor_port = free_port()
+        self._log_path = log_path
+        self.ingestor_port = settings.port
+        self.console_port = console_port
         self.processor_metrics_port = free_port()
+        self.ingestor_metrics_port = free_port()
         self.ingestor_url = f"http://127.0.0.1:{self.ingestor_port}"
+        self.console_url = f"http://127.0.0.1:{self.console_port}"
 
     async def run(self, events: int | None, rate: float | None, stopping: asyncio.Event) -> int:
         async with AsyncExitStack() as stack:
@@ -127,7 +308,11 @@ class LocalStack:
             env = role_env(self.settings, LOGPIPE_QUEUE_POLL_S=1)
             ingestor = await RoleProcess.start(
                 "ingestor",
-                {**env, "LOGPIPE_PORT": str(self.ingestor_port)},
+                {
+                    **env,
+                    "LOGPIPE_PORT": str(self.ingestor_port),
+                    "LOGPIPE_METRICS_PORT": str(self.ingestor_metrics_port),
+                },
                 log_file=self._log_file,
             )
             processor = await RoleProcess.start(
@@ -135,18 +320,27 @@ class LocalStack:
                 {**env, "LOGPIPE_METRICS_PORT": str(self.processor_metrics_port)},
                 log_file=self._log_file,
             )
-            roles = [ingestor, processor]
+            console = await RoleProcess.start(
+                "console",
+                {**env, "LOGPIPE_PORT": str(self.console_port), "LOGPIPE_METRICS_PORT": "0"},
+                log_file=self._log_file,
+            )
+            roles = [ingestor, processor, console]
+            state = StackState.of(self.settings, os.getpid(), self.console_port)
             try:
                 await wait_http(session, f"{self.ingestor_url}/healthz")
+                await wait_http(session, f"{self.console_url}/healthz")
                 emitters = await self._start_emitters(env, events, rate)
                 roles[:0] = emitters
                 watch = Watch(self, clients, session, urls)
+                state.write(Path.cwd())
+                print(banner(state, self._log_path), flush=True)
                 if events is None:
-                    print(f"ingest at {self.ingestor_url}/ingest; Ctrl-C stops", flush=True)
                     await watch.until(stopping)
                     return 0
                 return await watch.verdict(emitters, stopping)
             finally:
+                state.remove(Path.cwd())
                 for role in roles:
                     await role.stop()
 
@@ -192,7 +386,9 @@ class Watch:
         self._progress = Progress(sys.stdout)
 
     async def sample(self) -> Reading:
-        ingestor = await scrape(self._session, f"{self._stack.ingestor_url}/metrics")
+        ingestor = await scrape(
+            self._session, f"http://127.0.0.1:{self._stack.ingestor_metrics_port}/metrics"
+        )
         processor = await scrape(
             self._session, f"http://127.0.0.1:{self._stack.processor_metrics_port}/metrics"
         )

@@ -11,6 +11,7 @@ with the blocking shipper from `logpipe.shipping`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import orjson
@@ -38,6 +40,28 @@ TRUNCATED = "… [truncated]"
 Scalar = str | int | float | bool
 _HEX = re.compile(r"[0-9a-fA-F]{1,32}")
 _DDB_MIN, _DDB_LIMIT = 1e-130, 1e126
+
+
+def _optional(module: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+# The client does not need OpenTelemetry; where it is installed, records logged inside a
+# span carry its trace and span ids.
+_otel_trace = _optional("opentelemetry.trace")
+
+
+def current_span_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) of the active OpenTelemetry span in this thread, else None."""
+    if _otel_trace is None:
+        return None
+    context = _otel_trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
 class LogpipeHandler(logging.Handler):
@@ -64,9 +88,11 @@ class LogpipeHandler(logging.Handler):
         close_timeout_s: float = 5.0,
         give_up_after_s: float = 300.0,
         timeout_s: float = 10.0,
+        trace_context: bool = True,
     ) -> None:
         super().__init__(level)
         self.service = service
+        self.trace_context = trace_context
         self._shipper = _BlockingShipper(url, api_key, give_up_after_s, timeout_s)
         self._capacity = capacity
         self._batch_events = batch_events
@@ -97,7 +123,11 @@ class LogpipeHandler(logging.Handler):
         if threading.current_thread() is self._thread:
             return  # the shipper's own warnings would feed the buffer they are about
         try:
-            data = encode_record(record, self.service, self.format(record))
+            # The span is the emitting thread's: read it here, not in the shipping thread.
+            span = current_span_ids() if self.trace_context else None
+            data = encode_record(
+                record, self.service, self.format(record), span, self.trace_context
+            )
         except Exception:
             self.handleError(record)
             return
@@ -205,8 +235,19 @@ def level_of(levelno: int) -> str:
     return "trace"
 
 
-def encode_record(record: logging.LogRecord, service: str, message: str) -> bytes:
-    """A log record as an encoded event, cut to the schema's limits rather than refused."""
+def encode_record(
+    record: logging.LogRecord,
+    service: str,
+    message: str,
+    span: tuple[str, str] | None = None,
+    trace_context: bool = True,
+) -> bytes:
+    """A log record as an encoded event, cut to the schema's limits rather than refused.
+
+    Trace and span ids come from `span` (the active span when the record was logged), else
+    from the fields opentelemetry-instrumentation-logging sets; none when `trace_context`
+    is off.
+    """
     ms = int(record.created * 1000)
     event: dict[str, Any] = {
         "id": new_id(ms),
@@ -216,11 +257,14 @@ def encode_record(record: logging.LogRecord, service: str, message: str) -> byte
         "timestamp": ms,
         "attributes": record_attributes(record),
     }
-    # Set by opentelemetry-instrumentation-logging inside a span; all zeros outside one.
-    for name, field in (("trace_id", "otelTraceID"), ("span_id", "otelSpanID")):
-        value = getattr(record, field, None)
-        if isinstance(value, str) and _HEX.fullmatch(value) and value.strip("0"):
-            event[name] = value
+    if span is not None:
+        event["trace_id"], event["span_id"] = span
+    elif trace_context:
+        # Set by opentelemetry-instrumentation-logging inside a span; all zeros outside one.
+        for name, field in (("trace_id", "otelTraceID"), ("span_id", "otelSpanID")):
+            value = getattr(record, field, None)
+            if isinstance(value, str) and _HEX.fullmatch(value) and value.strip("0"):
+                event[name] = value
     data = orjson.dumps(event)
     if len(data) > MAX_EVENT_BYTES:
         event["attributes"] = {"logger.name": record.name, "logpipe.attributes_dropped": True}
@@ -255,6 +299,11 @@ def _scalar(value: object) -> Scalar:
         return value
     if isinstance(value, float) and (value == 0 or _DDB_MIN <= abs(value) < _DDB_LIMIT):
         return value  # what DynamoDB can store as a number (NaN and Inf are not)
+    if isinstance(value, dict | list | tuple):
+        try:
+            return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+        except (orjson.JSONEncodeError, TypeError):
+            pass  # nested too deeply, or keys that are not strings
     return repr(value)
 
 

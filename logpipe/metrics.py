@@ -51,6 +51,14 @@ sqs_send_seconds = Histogram(
 sqs_events_per_message = Histogram(
     "logpipe_sqs_events_per_message", "Events packed in one SQS message.", buckets=_COUNT_BUCKETS
 )
+requests_rejected = Counter(
+    "logpipe_requests_rejected_total",
+    "Ingest requests refused whole, by reason (too_large, too_many_events, budget, timeout, ...).",
+    ["reason"],
+)
+memory_held_bytes = Gauge(
+    "logpipe_ingest_memory_held_bytes", "Bytes the ingest requests in progress hold (estimated)."
+)
 inflight_events = Gauge("logpipe_inflight_events", "Events accepted over HTTP, not yet in SQS.")
 
 messages_received = Counter("logpipe_messages_received_total", "SQS messages received.")

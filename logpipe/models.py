@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from logpipe.aliases import fold
 from logpipe.errors import EventError, LogpipeError
 
 LEVELS = {
@@ -34,9 +35,6 @@ ENVELOPE_VERSION = 1
 _SERVICE = re.compile(r"[a-z0-9._-]{1,64}")
 _HEX = re.compile(r"[0-9a-f]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_KNOWN = frozenset(
-    ("id", "service", "level", "message", "timestamp", "trace_id", "span_id", "attributes")
-)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # DynamoDB numbers: 38 significant digits, magnitude 1e-130 to below 1e126.
@@ -60,14 +58,15 @@ def new_id(now_ms: int) -> str:
     return "".join(reversed(chars))
 
 
-def normalise(raw: object, now_ms: int) -> Event:
-    """Validate one input event and return it in the envelope's form (timestamps as epoch ms)."""
+def normalise(raw: object, now_ms: int, default_service: str | None = None) -> Event:
+    """Validate one input event and return it in the envelope's form (timestamps as epoch ms).
+
+    Shippers' aliases and extra fields are folded first (`aliases.fold`); `default_service`
+    stands in for a missing `service` (the request's `?service=` or `X-Logpipe-Service`).
+    """
     if not isinstance(raw, dict):
         raise EventError("", "event must be a JSON object")
-    unknown = raw.keys() - _KNOWN
-    if unknown:
-        name = sorted(unknown)[0]
-        raise EventError(name, "is not a known field; put custom fields in 'attributes'")
+    raw = fold(raw, default_service)
     event: Event = {
         "id": _id(raw.get("id"), now_ms),
         "service": _service(raw.get("service")),
@@ -109,7 +108,7 @@ def _id(value: object, now_ms: int) -> str:
 
 def _service(value: object) -> str:
     if value is None:
-        raise EventError("service", "is required")
+        raise EventError("service", "is required (in the event, ?service= or X-Logpipe-Service)")
     if not isinstance(value, str):
         raise EventError("service", "must be a string")
     service = value.lower()
@@ -120,10 +119,12 @@ def _service(value: object) -> str:
 
 def _level(value: object) -> str:
     if value is None:
-        raise EventError("level", "is required")
+        return "info"
     level = LEVELS.get(value.lower()) if isinstance(value, str) else None
     if level is None:
-        raise EventError("level", "must be one of trace, debug, info, warn, error, fatal")
+        raise EventError(
+            "level", "must be one of trace, debug, info, warn, error, fatal (or an alias)"
+        )
     return level
 
 

@@ -19,7 +19,8 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -36,7 +37,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 
 from logpipe.errors import BodyError, EventError
-from logpipe.models import MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTES
+from logpipe.limits import parsed_json_bytes, too_many
+from logpipe.models import MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTES, MAX_EVENT_BYTES
 
 PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})
 JSON_TYPE = "application/json"
@@ -90,26 +92,163 @@ _RPC_CODES = {400: 3, 401: 16, 404: 5, 405: 12, 413: 3, 415: 3, 429: 8, 503: 14}
 # --- request -> events ---------------------------------------------------------------------
 
 
-def parse(body: bytes, content_type: str) -> list[RawEvent | EventError]:
-    """The raw events of an OTLP logs request; BodyError(400) when it does not decode."""
-    return to_events(decode_request(body, content_type))
+def parse(
+    body: bytes,
+    content_type: str,
+    cap: int = 1_000_000,
+    hold: Callable[[int, str], None] | None = None,
+) -> list[RawEvent | EventError]:
+    """The raw events of an OTLP logs request; BodyError(400) when it does not decode.
+
+    Records are counted (Refused(413) past `cap`) and their cost passed to `hold` before
+    they are built; `hold` raises to refuse the request.
+    """
+    hold = hold or _no_hold
+    if content_type in PROTOBUF_TYPES:
+        shape = scan_protobuf(body, cap)
+        hold(shape.memory_bytes(len(body)), "the decoded request")
+        return to_events(decode_request(body, content_type))
+    hold(parsed_json_bytes(body) + PARSED_BYTES_PER_BYTE * len(body), "the decoded request")
+    doc = _json_document(body)
+    records = count_json_records(doc, cap)
+    hold(BYTES_PER_RECORD * records, "the decoded request")
+    return to_events(_from_json(doc))
+
+
+def _no_hold(nbytes: int, what: str) -> None:
+    pass
+
+
+# --- counting before decoding ----------------------------------------------------------------
+
+# What one record costs in Python once decoded and mapped (event dict, attribute dict of up
+# to 64 keys, digests), besides its bytes; measured well under this with tracemalloc.
+BYTES_PER_RECORD = 5 * 1024
+# upb's parsed form of a protobuf request, per byte of the request.
+PARSED_BYTES_PER_BYTE = 3
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What an OTLP protobuf request holds, read from the wire without decoding it."""
+
+    records: int
+    containers: int  # ResourceLogs and ScopeLogs
+    expanded_bytes: int  # each record with its resource and scope, as mapping copies them
+
+    def memory_bytes(self, body_bytes: int) -> int:
+        """An upper estimate of the memory decoding and mapping this request takes."""
+        encoded = min(self.expanded_bytes * 2, self.records * MAX_EVENT_BYTES)
+        per_record = BYTES_PER_RECORD * (self.records + self.containers)
+        return PARSED_BYTES_PER_BYTE * body_bytes + per_record + encoded
+
+
+def scan_protobuf(body: bytes, cap: int) -> Shape:
+    """Count the log records of an ExportLogsServiceRequest from its wire format.
+
+    Refused(413) once the records (or the resource/scope containers) pass `cap`, before any
+    of them is built; BodyError(400) when the framing is broken.
+    """
+    records = containers = expanded = 0
+    for number, start, end in _fields(body, 0, len(body)):
+        if number != 1:  # resource_logs
+            continue
+        resource = 0
+        for r_number, r_start, r_end in _fields(body, start, end):
+            if r_number == 1:
+                resource += r_end - r_start
+            elif r_number == 2:  # scope_logs
+                containers += 1
+                if containers > cap:
+                    raise too_many(f"more than {cap}", cap, "resource and scope entries")
+                scope = 0
+                record_bytes = 0
+                scope_records = 0
+                for s_number, s_start, s_end in _fields(body, r_start, r_end):
+                    if s_number == 1:
+                        scope += s_end - s_start
+                    elif s_number == 2:  # log_records
+                        scope_records += 1
+                        record_bytes += s_end - s_start
+                        if records + scope_records > cap:
+                            raise too_many(f"more than {cap}", cap, "log records")
+                records += scope_records
+                expanded += record_bytes + scope_records * (scope + resource)
+        containers += 1
+        if containers > cap:
+            raise too_many(f"more than {cap}", cap, "resource and scope entries")
+    return Shape(records, containers, expanded)
+
+
+def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field in data[pos:end]."""
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos, end)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(data, pos, end)
+            if pos + length > end:
+                raise BodyError(400, "body is not an OTLP protobuf logs request: truncated field")
+            yield key >> 3, pos, pos + length
+            pos += length
+        else:
+            raise BodyError(400, f"body is not an OTLP protobuf logs request: wire type {wire}")
+    if pos > end:
+        raise BodyError(400, "body is not an OTLP protobuf logs request: truncated field")
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < end and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise BodyError(400, "body is not an OTLP protobuf logs request: bad varint")
+
+
+def count_json_records(doc: dict[str, Any], cap: int) -> int:
+    """The log records of a parsed OTLP JSON document; Refused(413) past `cap`."""
+    count = 0
+    for _ in _json_records(doc):
+        count += 1
+        if count > cap:
+            raise too_many(f"more than {cap}", cap, "log records")
+    return count
 
 
 def decode_request(body: bytes, content_type: str) -> Any:
     """An ExportLogsServiceRequest from protobuf or OTLP JSON bytes; BodyError(400) if bad."""
-    request = ExportLogsServiceRequest()
     if content_type in PROTOBUF_TYPES:
+        request = ExportLogsServiceRequest()
         try:
             request.ParseFromString(body)
         except DecodeError as exc:
             raise BodyError(400, f"body is not an OTLP protobuf logs request: {exc}") from None
         return request
+    return _from_json(_json_document(body))
+
+
+def _json_document(body: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError as exc:
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BodyError(400, "body must be an OTLP JSON object with resourceLogs")
+    return doc
+
+
+def _from_json(doc: dict[str, Any]) -> Any:
+    request = ExportLogsServiceRequest()
     for record in _json_records(doc):
         for key in ("traceId", "trace_id", "spanId", "span_id"):
             if key in record:

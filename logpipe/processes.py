@@ -30,13 +30,16 @@ def free_port() -> int:
 
 
 class EmbeddedAws:
-    """moto's server on a free loopback port, in this process: SQS and DynamoDB over HTTP."""
+    """moto's server on a loopback port (a free one by default), in this process: SQS and
+    DynamoDB over HTTP."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+        self._server = ThreadedMotoServer(
+            ip_address="127.0.0.1", port=port or free_port(), verbose=False
+        )
         self.url = ""
 
     def start(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import math
 import re
 from collections.abc import Mapping
@@ -22,14 +23,21 @@ MAX_LIMIT = 1000
 # Any 31-day window touches at most 31 * 24 + 1 hour buckets (partial hours at both ends).
 MAX_HOURS = 31 * 24 + 1
 MAX_Q_CHARS = 1024
+# Every text is bounded before anything converts it (a 5,000-digit number is a 400, not a 500).
+MAX_TIME_CHARS = 64
+MAX_CURSOR_CHARS = 1024
 HOUR_MS = 3_600_000
-CURSOR_VERSION = 1
+CURSOR_VERSION = 2
+CURSOR_MAC_BYTES = 16
 
 _SERVICE = re.compile(r"[a-z0-9._-]{1,64}")
-_DURATION = re.compile(r"(?:\d+[smhdw])+")
-_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_DURATION = re.compile(r"(?:[0-9]{1,12}[smhdw])+")
+_DURATION_PART = re.compile(r"([0-9]{1,12})([smhdw])")
+_LIMIT = re.compile(r"[0-9]{1,7}")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": HOUR_MS, "d": 24 * HOUR_MS, "w": 7 * 24 * HOUR_MS}
-_POSITION = re.compile(r"\d{13}#.+", re.DOTALL)
+# A position is the sort key a page ended on (`ms#id`), or a bare `ms` where a page stopped
+# at a boundary: either way the next page continues strictly below it.
+_POSITION = re.compile(r"[0-9]{13}(?:#.+)?", re.DOTALL)
 
 
 class QueryError(LogpipeError):
@@ -54,11 +62,15 @@ class LogQuery:
     fingerprint: str = ""
 
 
-def parse_query(params: Mapping[str, str], now_ms: int) -> LogQuery:
-    """Validate the API's parameters (service, since, until, level, q, limit, cursor)."""
+def parse_query(params: Mapping[str, str], now_ms: int, secret: bytes) -> LogQuery:
+    """Validate the API's parameters (service, since, until, level, q, limit, cursor).
+
+    `secret` signs cursors: only a cursor this process (or one sharing its
+    LOGPIPE_CURSOR_SECRET) made for the same parameters is followed.
+    """
     service = _service(params.get("service"))
-    since_raw = params.get("since") or DEFAULT_SINCE
-    until_raw = params.get("until") or "now"
+    since_raw = _bounded("since", params.get("since") or DEFAULT_SINCE, MAX_TIME_CHARS)
+    until_raw = _bounded("until", params.get("until") or "now", MAX_TIME_CHARS)
     level = _level(params.get("level"))
     q = params.get("q") or None
     if q is not None and len(q) > MAX_Q_CHARS:
@@ -74,8 +86,10 @@ def parse_query(params: Mapping[str, str], now_ms: int) -> LogQuery:
     if cursor:
         # The cursor pins the window its first page resolved, so a relative `since`
         # does not slide between pages (no gaps, no repeats).
-        since_ms, position = decode_cursor(cursor, fingerprint)
-        until_ms = min(until_ms, position_ms(position))
+        since_ms, position = decode_cursor(cursor, fingerprint, secret)
+        until_ms = min(until_ms, position_until(position))
+        if since_ms > until_ms:
+            raise QueryError(CURSOR_OUTSIDE)
     hours = hour_count(since_ms, until_ms)
     if hours > MAX_HOURS:
         raise QueryError(
@@ -93,6 +107,8 @@ def parse_time(name: str, value: str, now_ms: int) -> int:
     if _DURATION.fullmatch(text):
         back = sum(int(n) * _UNIT_MS[unit] for n, unit in _DURATION_PART.findall(text))
         return max(now_ms - back, 0)
+    if len(text) > MAX_TIME_CHARS:
+        raise QueryError(f"{name} must be at most {MAX_TIME_CHARS} characters")
     try:
         # RFC 3339 allows a lower-case t and z, which fromisoformat does not.
         parsed = datetime.fromisoformat(text.upper())
@@ -153,8 +169,10 @@ def sort_key_range(query: LogQuery) -> tuple[str, str]:
     return low, high
 
 
-def position_ms(position: str) -> int:
-    return int(position[:13])
+def position_until(position: str) -> int:
+    """The newest millisecond a page continuing below `position` may still return."""
+    ms = int(position[:13])
+    return ms if len(position) > 13 else ms - 1
 
 
 def query_fingerprint(
@@ -165,28 +183,42 @@ def query_fingerprint(
     return hashlib.sha256(doc).hexdigest()[:16]
 
 
-def encode_cursor(fingerprint: str, since_ms: int, position: str) -> str:
-    """Opaque: where the next page starts, for the query with this fingerprint."""
+CURSOR_MALFORMED = "cursor is malformed; use the cursor of the previous answer"
+CURSOR_FOREIGN = (
+    "cursor is not one this console made (edited, truncated, or signed with another "
+    "LOGPIPE_CURSOR_SECRET); use the cursor of the previous answer"
+)
+CURSOR_OUTSIDE = "cursor points outside the search's time range; drop the cursor"
+
+
+def encode_cursor(fingerprint: str, since_ms: int, position: str, secret: bytes) -> str:
+    """Opaque and signed: where the next page starts, for the query with this fingerprint."""
     doc = {"v": CURSOR_VERSION, "f": fingerprint, "s": since_ms, "p": position}
-    return base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=")
+    body = base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=")
+    return f"{body}.{_mac(body, secret)}"
 
 
-def decode_cursor(cursor: str, fingerprint: str) -> tuple[int, str]:
+def decode_cursor(cursor: str, fingerprint: str, secret: bytes) -> tuple[int, str]:
     """(since_ms, position) of a cursor made by `encode_cursor` for the same parameters."""
+    if len(cursor) > MAX_CURSOR_CHARS or cursor.count(".") != 1:
+        raise QueryError(CURSOR_MALFORMED)
+    body, mac = cursor.split(".")
+    # The signature is checked before anything in the cursor is decoded or believed.
+    if not hmac.compare_digest(mac.encode(), _mac(body, secret).encode()):
+        raise QueryError(CURSOR_FOREIGN)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        doc = orjson.loads(raw)
+        doc = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     except (binascii.Error, ValueError):
-        raise QueryError("cursor is malformed; use the cursor of the previous answer") from None
+        raise QueryError(CURSOR_MALFORMED) from None
     if (
         not isinstance(doc, dict)
         or doc.get("v") != CURSOR_VERSION
         or not isinstance(doc.get("s"), int)
         or not isinstance(doc.get("p"), str)
         or not _POSITION.fullmatch(doc["p"])
-        or not 0 <= doc["s"] <= position_ms(doc["p"])
+        or not 0 <= doc["s"] <= position_until(doc["p"])
     ):
-        raise QueryError("cursor is malformed; use the cursor of the previous answer")
+        raise QueryError(CURSOR_MALFORMED)
     if doc.get("f") != fingerprint:
         raise QueryError(
             "cursor belongs to a search with other parameters; "
@@ -195,12 +227,23 @@ def decode_cursor(cursor: str, fingerprint: str) -> tuple[int, str]:
     return doc["s"], doc["p"]
 
 
+def _mac(body: str, secret: bytes) -> str:
+    digest = hmac.new(secret, body.encode(), hashlib.sha256).digest()[:CURSOR_MAC_BYTES]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _bounded(name: str, value: str, most: int) -> str:
+    if len(value) > most:
+        raise QueryError(f"{name} must be at most {most} characters")
+    return value
+
+
 def _service(value: str | None) -> str:
     if not value:
         raise QueryError("service is required")
     service = value.strip().lower()
     if not _SERVICE.fullmatch(service):
-        raise QueryError(f"service must be 1-64 characters of a-z 0-9 . _ -, got {value!r}")
+        raise QueryError(f"service must be 1-64 characters of a-z 0-9 . _ -, got {value[:80]!r}")
     return service
 
 
@@ -210,7 +253,7 @@ def _level(value: str | None) -> str | None:
     level = LEVELS.get(value.strip().lower())
     if level is None:
         raise QueryError(
-            f"level must be one of trace, debug, info, warn, error, fatal, got {value!r}"
+            f"level must be one of trace, debug, info, warn, error, fatal, got {value[:20]!r}"
         )
     return level
 
@@ -218,10 +261,6 @@ def _level(value: str | None) -> str | None:
 def _limit(value: str | None) -> int:
     if value is None or value == "":
         return DEFAULT_LIMIT
-    try:
-        limit = int(value)
-    except ValueError:
-        raise QueryError(f"limit must be an integer 1-{MAX_LIMIT}, got {value!r}") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise QueryError(f"limit must be an integer 1-{MAX_LIMIT}, got {value!r}")
-    return limit
+    if not _LIMIT.fullmatch(value.strip()) or not 1 <= int(value) <= MAX_LIMIT:
+        raise QueryError(f"limit must be an integer 1-{MAX_LIMIT}, got {value[:20]!r}")
+    return int(value)

@@ -7,6 +7,12 @@ in time, so an hour's events are all newer than the next hour's: the walk stops 
 as the page is full. Hours are fetched ahead only as far as the density seen so far says
 the page still needs (`hours_ahead`), never the whole window at once.
 
+Each read has a budget: at most `query_budget` Queries and about `deadline_s` seconds. When
+it runs out before the page is full, the page ends where everything newer has been searched
+(an hour's boundary, or inside an hour the highest point any shard was read down to) and its
+cursor continues from there (`complete` is False). The first page of every shard of the first
+hour is always read, so every answer moves the search on.
+
 Level and text are filtered by DynamoDB (FilterExpression), not here: the read capacity is
 the same either way, but items that do not match never cross the wire nor go through
 botocore's parser, which is where a Python reader spends its time.
@@ -18,7 +24,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -46,16 +52,43 @@ QUERY_ATTEMPTS = 4
 FILTERED_PAGE_ITEMS = 1000
 SERVICES_PK = "_services"  # no '#': it can never equal an event's partition key
 NOTE_INTERVAL_S = 60.0
+# Services the registry remembers writing (least recently noted forgotten first).
+NOTED_SERVICES = 4096
+QUERY_BUDGET = 48
+READ_DEADLINE_S = 2.0
+# What `services()` reads of the registry's partition, and answers at most.
+SERVICES_READ_PAGES = 4
+SERVICES_LIMIT = 1000
 BATCH_WRITE_ITEMS = 25
 AWS_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
 class Page:
-    """Up to `limit` stored items, newest first, and the cursor of the next page (or None)."""
+    """Up to `limit` stored items, newest first, and the cursor of the next page (or None).
+
+    `complete` is False when the budget ran out before the page was full: the cursor then
+    continues the search, which may still find events.
+    """
 
     items: list[Item]
     cursor: str | None
+    complete: bool = True
+
+
+class _Budget:
+    """The Queries and the time one read may still spend."""
+
+    def __init__(self, queries: int, seconds: float) -> None:
+        self.left = queries
+        self._deadline = time.monotonic() + seconds
+
+    def take(self, queries: int = 1, *, first: bool = False) -> bool:
+        """Spend `queries` if they are left (and time is, unless this is the first hour)."""
+        if self.left < queries or (not first and time.monotonic() > self._deadline):
+            return False
+        self.left -= queries
+        return True
 
 
 class _Desc(str):
@@ -70,90 +103,160 @@ class _Desc(str):
 class _Partition:
     """The items of one partition within the page's range, newest first, fetched by pages."""
 
-    def __init__(self, reader: Reader, query: LogQuery, pk: str, page_items: int) -> None:
+    def __init__(
+        self, reader: Reader, query: LogQuery, pk: str, page_items: int, budget: _Budget
+    ) -> None:
         self._reader = reader
         self._query = query
         self._pk = pk
         self._page_items = page_items
+        self._budget = budget
         self._start: dict[str, Any] | None = None
+        self._paid = True  # the hour paid for every shard's first Query
         self.exhausted = False
+        self.stalled = False
         self.buffer: deque[Item] = deque()
 
     async def fill(self) -> None:
-        """Fetch pages until one item is buffered or the partition has no more."""
-        while not self.buffer and not self.exhausted:
+        """Fetch pages until one item is buffered, the partition has no more, or no budget."""
+        while not self.buffer and not self.exhausted and not self.stalled:
+            if not self._paid and not self._budget.take():
+                self.stalled = True
+                return
+            self._paid = False
             items, self._start = await self._reader.query_page(
                 self._query, self._pk, self._page_items, self._start
             )
             self.exhausted = self._start is None
             self.buffer.extend(items)
 
+    @property
+    def floor(self) -> str:
+        """A stalled partition's items from here up have all been read (the buffer holds them)."""
+        assert self._start is not None
+        return str(self._start["sk"]["S"])
+
     def head(self) -> _Desc:
         return _Desc(self.buffer[0]["sk"]["S"])
 
 
 class Reader:
-    """Searches one table; at most `concurrency` Queries in flight across all searches."""
+    """Searches one table; at most `concurrency` Queries in flight across all searches.
 
-    def __init__(self, dynamodb: Any, table: str, shards: int, concurrency: int = 16) -> None:
+    One `read` makes at most `query_budget` Queries (never fewer than one per shard) and
+    stops asking for more after `deadline_s`; `cursor_secret` signs the cursors it hands out.
+    """
+
+    def __init__(
+        self,
+        dynamodb: Any,
+        table: str,
+        shards: int,
+        concurrency: int = 16,
+        *,
+        cursor_secret: bytes,
+        query_budget: int = QUERY_BUDGET,
+        deadline_s: float = READ_DEADLINE_S,
+    ) -> None:
         self._dynamodb = dynamodb
         self._table = table
         self._shards = shards
         self._queries = asyncio.Semaphore(concurrency)
         # At most this many hours in flight: enough to keep `concurrency` Queries busy.
         self._lookahead = max(1, concurrency // shards)
+        self._secret = cursor_secret
+        self._budget = max(query_budget, shards)
+        self._deadline_s = deadline_s
         self.query_calls = 0
 
     async def read(self, query: LogQuery) -> Page:
         """One page of `query`: its items newest first, with a cursor when older ones exist."""
         want = query.limit + 1  # one more than the page: then a cursor means "there is more"
+        found, stopped_at = await self._walk(query, want, _Budget(self._budget, self._deadline_s))
+        items = found[: query.limit]
+        if len(found) > query.limit:
+            return Page(items, self._cursor(query, items[-1]["sk"]["S"]))
+        if stopped_at is not None:
+            return Page(items, self._cursor(query, stopped_at), complete=False)
+        return Page(items, None)
+
+    async def _walk(
+        self, query: LogQuery, want: int, budget: _Budget
+    ) -> tuple[list[Item], str | None]:
+        """Hours newest first until `want` items are found, the window ends or the budget does.
+
+        Also where the search stopped short of the window's start (None if it did not):
+        everything above that position has been searched.
+        """
         found: list[Item] = []
-        hours = iter(hour_starts(query.since_ms, query.until_ms))
-        ahead: deque[tuple[int, asyncio.Task[list[Item]]]] = deque()
+        hours = hour_starts(query.since_ms, query.until_ms)
+        scheduled = 0
+        ahead: deque[tuple[int, asyncio.Task[tuple[list[Item], str | None]]]] = deque()
         covered_from = query.until_ms + 1
         try:
             while len(found) < want:
                 covered = query.until_ms + 1 - covered_from
                 target = hours_ahead(len(found), want, covered, self._lookahead)
-                while len(ahead) < target and (start := next(hours, None)) is not None:
-                    hour = self._hour(query, hour_bucket(start), want - len(found))
+                while (
+                    len(ahead) < target
+                    and scheduled < len(hours)
+                    and budget.take(self._shards, first=scheduled == 0)
+                ):
+                    start = hours[scheduled]
+                    scheduled += 1
+                    hour = self._hour(query, hour_bucket(start), want - len(found), budget)
                     ahead.append((start, asyncio.create_task(hour)))
                 if not ahead:
                     break
                 start, task = ahead.popleft()
-                found.extend(await task)
+                items, stopped_at = await task
+                found.extend(items)
+                if stopped_at is not None:
+                    return found, stopped_at
                 covered_from = max(start, query.since_ms)
         finally:
             for _, task in ahead:
                 task.cancel()
             await asyncio.gather(*(task for _, task in ahead), return_exceptions=True)
-        items = found[: query.limit]
-        cursor = None
-        if len(found) > query.limit:
-            cursor = encode_cursor(query.fingerprint, query.since_ms, items[-1]["sk"]["S"])
-        return Page(items, cursor)
+        if scheduled < len(hours):
+            return found, f"{covered_from:013d}"  # every hour from here up was searched
+        return found, None
 
-    async def _hour(self, query: LogQuery, hour: str, need: int) -> list[Item]:
-        """The newest `need` items of one hour bucket, merged across its shards."""
+    def _cursor(self, query: LogQuery, position: str) -> str:
+        return encode_cursor(query.fingerprint, query.since_ms, position, self._secret)
+
+    async def _hour(
+        self, query: LogQuery, hour: str, need: int, budget: _Budget
+    ) -> tuple[list[Item], str | None]:
+        """The newest `need` items of one hour bucket, merged across its shards.
+
+        When the budget stops a shard part-way, also where the hour was searched down to:
+        only items at or above every stalled shard's floor are certain to be the newest.
+        """
         page_items = min(need, FILTERED_PAGE_ITEMS)
         if query.level or query.q:
             page_items = FILTERED_PAGE_ITEMS
         partitions = [
-            _Partition(self, query, pk, page_items)
+            _Partition(self, query, pk, page_items, budget)
             for pk in partition_keys(query.service, hour, self._shards)
         ]
         await _all([p.fill() for p in partitions])
         heap = [(p.head(), n) for n, p in enumerate(partitions) if p.buffer]
         heapq.heapify(heap)
         merged: list[Item] = []
+        floor = _floor(partitions)
         while heap and len(merged) < need:
+            if floor is not None and str(heap[0][0]) < floor:
+                break
             _, n = heapq.heappop(heap)
             partition = partitions[n]
             merged.append(partition.buffer.popleft())
             await partition.fill()
             if partition.buffer:
                 heapq.heappush(heap, (partition.head(), n))
-        return merged
+            elif partition.stalled:
+                floor = _floor(partitions)
+        return merged, floor
 
     async def query_page(
         self, query: LogQuery, pk: str, page_items: int, start: dict[str, Any] | None
@@ -182,6 +285,11 @@ class Reader:
         # `high` is exclusive: it is the item the previous page ended on.
         items = [i for i in response.get("Items", []) if i["sk"]["S"] != high]
         return items, response.get("LastEvaluatedKey")
+
+
+def _floor(partitions: list[_Partition]) -> str | None:
+    stalled = [p.floor for p in partitions if p.stalled]
+    return max(stalled) if stalled else None
 
 
 async def _all(calls: list[Coroutine[Any, Any, None]]) -> None:
@@ -218,6 +326,8 @@ class ServiceRegistry:
 
     `note` writes `pk=_services, sk=<service>` with `last_seen` at most once a minute per
     service and process; the item expires (TTL) `retention_days` after it was last written.
+    It remembers what it wrote for at most `remembered` services, forgetting the least
+    recently noted first (forgetting only costs one more write).
     """
 
     def __init__(
@@ -226,12 +336,14 @@ class ServiceRegistry:
         table: str,
         retention_days: int,
         clock: Callable[[], float] = time.time,
+        remembered: int = NOTED_SERVICES,
     ) -> None:
         self._dynamodb = dynamodb
         self._table = table
         self._retention_s = retention_days * 86400
         self._clock = clock
-        self._written: dict[str, float] = {}
+        self._remembered = remembered
+        self._written: OrderedDict[str, float] = OrderedDict()
 
     async def note(self, services: Iterable[str]) -> None:
         """Record that `services` were seen now; best effort, never raises for AWS errors."""
@@ -241,13 +353,28 @@ class ServiceRegistry:
             group = due[start : start + BATCH_WRITE_ITEMS]
             # Claimed before the write, so concurrent callers do not write the same service;
             # a failed one is released, so the next call tries again.
-            self._written.update(dict.fromkeys(group, now))
+            for service in group:
+                self._remember(service, now)
             for service in await self._write(group, now):
-                del self._written[service]
+                self._written.pop(service, None)
 
     def _fresh(self, service: str, now: float) -> bool:
         written = self._written.get(service)
-        return written is not None and now - written < NOTE_INTERVAL_S
+        if written is None:
+            return False
+        self._written.move_to_end(service)
+        return now - written < NOTE_INTERVAL_S
+
+    def _remember(self, service: str, now: float) -> None:
+        self._written[service] = now
+        self._written.move_to_end(service)
+        while len(self._written) > self._remembered:
+            self._written.popitem(last=False)
+
+    @property
+    def remembered(self) -> int:
+        """How many services the registry currently remembers writing."""
+        return len(self._written)
 
     async def _write(self, services: list[str], now: float) -> list[str]:
         """One BatchWriteItem; the services whose item was not written."""
@@ -273,8 +400,12 @@ class ServiceRegistry:
         unprocessed = response.get("UnprocessedItems", {}).get(self._table, [])
         return [r["PutRequest"]["Item"]["sk"]["S"] for r in unprocessed]
 
-    async def services(self) -> list[dict[str, str]]:
-        """Every service not yet expired, by name: `{"service", "last_seen"}`."""
+    async def services(self, limit: int = SERVICES_LIMIT) -> tuple[list[dict[str, str]], bool]:
+        """The `limit` services seen most recently, newest first: `{"service", "last_seen"}`.
+
+        Reads at most SERVICES_READ_PAGES pages of the registry; the flag says whether
+        anything was left out (more services, or more of the registry than was read).
+        """
         now = int(self._clock())
         kwargs: dict[str, Any] = {
             "TableName": self._table,
@@ -282,7 +413,8 @@ class ServiceRegistry:
             "ExpressionAttributeValues": {":pk": {"S": SERVICES_PK}},
         }
         found: list[dict[str, str]] = []
-        while True:
+        unread = True
+        for _ in range(SERVICES_READ_PAGES):
             response = await with_retries(
                 partial(self._dynamodb.query, **kwargs), QUERY_ATTEMPTS, "Query"
             )
@@ -291,5 +423,9 @@ class ServiceRegistry:
                 if int(item.get("expires_at", {}).get("N", now + 1)) > now:
                     found.append({"service": item["sk"]["S"], "last_seen": item["last_seen"]["S"]})
             if "LastEvaluatedKey" not in response:
-                return found
+                unread = False
+                break
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        found.sort(key=lambda s: s["service"])
+        found.sort(key=lambda s: s["last_seen"], reverse=True)  # stable: ties stay by name
+        return found[:limit], unread or len(found) > limit

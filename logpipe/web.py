@@ -6,8 +6,9 @@ import asyncio
 import hmac
 import signal
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -17,9 +18,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from logpipe import metrics
 from logpipe.config import Settings
-from logpipe.errors import BodyError
+from logpipe.limits import Refused
 
 
 def json_response(
@@ -55,42 +59,91 @@ def media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip().lower()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it passes `limit` bytes."""
+async def read_body(
+    request: Request,
+    limit: int,
+    hold: Callable[[int, str], None] | None = None,
+    idle_timeout: float | None = None,
+) -> bytes:
+    """The raw body, refused with 413 as soon as it passes `limit` bytes.
+
+    `hold(n, what)` accounts each chunk before it is kept (it raises to refuse); a body whose
+    next chunk does not arrive within `idle_timeout` seconds is refused with 408.
+    """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BodyError(413, f"body is {declared} bytes; the limit is {limit}")
+        raise Refused(413, f"body is {declared} bytes; the limit is {limit}", "too_large")
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise Refused(408, f"body stopped arriving for {idle_timeout:g} s", "timeout") from None
         size += len(chunk)
         if size > limit:
-            raise BodyError(413, f"body is larger than the limit of {limit} bytes")
+            raise Refused(413, f"body is larger than the limit of {limit} bytes", "too_large")
+        if hold is not None:
+            hold(len(chunk), "the body")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo Content-Encoding (identity or gzip), inflating at most `limit` bytes."""
+# The request line and headers together (431 above it).
+MAX_HEADER_BYTES = 64 * 1024
+# Concatenated gzip members are legal (RFC 1952) but real senders write a handful; each one
+# costs a fresh inflater, so a body of thousands of empty members is refused.
+MAX_GZIP_MEMBERS = 1000
+_INFLATE_STEP = 64 * 1024
+
+
+def decode_content(
+    body: bytes,
+    encoding: str | None,
+    limit: int,
+    hold: Callable[[int, str], None] | None = None,
+) -> bytes:
+    """Undo Content-Encoding (identity or gzip), inflating at most `limit` bytes.
+
+    Linear in the body whatever its members: the input is fed in steps through a memoryview,
+    so the end of a member copies at most one step, never the rest of the body.
+    """
     encoding = (encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "x-gzip"):
-        raise BodyError(415, f"Content-Encoding {encoding!r} is not supported; use gzip")
-    out = bytearray()
-    data = body
-    while data:
+        raise Refused(415, f"Content-Encoding {encoding!r} is not supported; use gzip", "encoding")
+    view = memoryview(body)
+    out: list[bytes] = []
+    size = 0
+    pos = 0
+    members = 0
+    while pos < len(body):
+        members += 1
+        if members > MAX_GZIP_MEMBERS:
+            raise Refused(400, f"gzip body has more than {MAX_GZIP_MEMBERS} members", "bad_body")
         inflater = zlib.decompressobj(wbits=31)
-        try:
-            out += inflater.decompress(data, limit + 1 - len(out))
-        except zlib.error:
-            raise BodyError(400, "body is not valid gzip") from None
-        if len(out) > limit or inflater.unconsumed_tail:
-            raise BodyError(413, f"body is larger than the limit of {limit} bytes once inflated")
-        if not inflater.eof:
-            raise BodyError(400, "gzip body is truncated")
-        data = inflater.unused_data
-    return bytes(out)
+        while not inflater.eof:
+            if pos >= len(body):
+                raise Refused(400, "gzip body is truncated", "bad_body")
+            step = view[pos : pos + _INFLATE_STEP]
+            try:
+                data = inflater.decompress(step, limit + 1 - size)
+            except zlib.error:
+                raise Refused(400, "body is not valid gzip", "bad_body") from None
+            size += len(data)
+            if size > limit:
+                error = f"body is larger than the limit of {limit} bytes once inflated"
+                raise Refused(413, error, "too_large")
+            if hold is not None:
+                hold(2 * len(data), "the inflated body")  # its chunks, then their join
+            out.append(data)
+            pos += len(step) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+    return b"".join(out)
 
 
 async def prometheus(request: Request) -> Response:
@@ -104,6 +157,144 @@ async def http_error(request: Request, exc: Exception) -> Response:
     response = error_response(exc.status_code, str(exc.detail))
     response.headers.update(exc.headers or {})
     return response
+
+
+class GuardedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits it lacks: header block size, header time.
+
+    A header block that passes `max_header_bytes` is answered 431 and the connection closed;
+    headers that take longer than `read_timeout_s` to arrive get 408 and a closed connection;
+    a request on a connection past `max_connections` (or past as many requests in progress)
+    gets 503 with Retry-After (uvicorn's own limit_concurrency answers without one).
+    (The body's own timeout is the app's: see `read_body`.)
+    """
+
+    max_header_bytes = 64 * 1024
+    read_timeout_s = 15.0
+    max_connections = 1000
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_bytes = 0
+        self._refusal: tuple[int, str, str] | None = None
+        self._awaiting_headers = True
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_headers:
+            self._header_bytes += len(data)
+            if self._header_timer is None:
+                self._arm_header_timer()
+        super().data_received(data)
+        if self._awaiting_headers and self._header_bytes > self.max_header_bytes:
+            self._refuse(431, "the request header block is larger than the limit", "header_size")
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._header_bytes = 0
+        self._disarm_header_timer()
+        # A block that arrived whole in one read is measured here; raising stops the parser
+        # and uvicorn answers through send_400_response, which says 431 instead.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_header_bytes:
+            self._refusal = (
+                431,
+                "the request header block is larger than the limit",
+                "header_size",
+            )
+        elif (
+            len(self.connections) > self.max_connections or len(self.tasks) >= self.max_connections
+        ):
+            self._refusal = (503, "the ingestor has too many connections; retry", "connections")
+        if self._refusal is not None:
+            raise ValueError(self._refusal[1])
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal is not None:
+            self._refuse(*self._refusal)
+        else:
+            super().send_400_response(msg)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._awaiting_headers = True
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.read_timeout_s, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers:
+            self._refuse(408, "the request headers did not arrive in time", "timeout")
+
+    def _refuse(self, status: int, message: str, reason: str) -> None:
+        if self.transport.is_closing():
+            return
+        metrics.requests_rejected.labels(reason).inc()
+        body = orjson.dumps({"error": message})
+        phrase = HTTPStatus(status).phrase.encode()
+        retry = b"retry-after: 2\r\n" if status == 503 else b""
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"%sconnection: close\r\n\r\n%s" % (status, phrase, len(body), retry, body)
+        )
+        self._disarm_header_timer()
+        self.transport.close()
+
+
+def guarded_http(
+    max_header_bytes: int, read_timeout_s: float, max_connections: int
+) -> type[GuardedHttp]:
+    """The protocol class for uvicorn's `http=`, with these limits."""
+    limits = {
+        "max_header_bytes": max_header_bytes,
+        "read_timeout_s": read_timeout_s,
+        "max_connections": max_connections,
+    }
+    return type("GuardedHttp", (GuardedHttp,), limits)
+
+
+class DrainGuard:
+    """ASGI wrapper: a request cut off at the drain deadline gets 503 + Retry-After, not 500.
+
+    uvicorn cancels the requests still running when its graceful-shutdown timeout ends.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            metrics.requests_rejected.labels("draining").inc()
+            response = error_response(503, "the ingestor is shutting down; retry")
+            response.headers["connection"] = "close"
+            # The task ends here, answered; uvicorn cancelled it only to end it.
+            await response(scope, receive, send)
 
 
 class _Server(uvicorn.Server):
@@ -121,17 +312,52 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
-async def serve_app(app: Starlette, settings: Settings) -> int:
-    """Serve `app` on LOGPIPE_PORT until SIGTERM, draining connections; 1 if it never started."""
+async def serve_app(app: Starlette, settings: Settings, admin: Starlette | None = None) -> int:
+    """Serve `app` on LOGPIPE_PORT until SIGTERM, draining connections; 1 if it never started.
+
+    `admin` (metrics, readiness) is served on LOGPIPE_METRICS_PORT for as long as `app` runs.
+    """
     config = uvicorn.Config(
-        app,
+        DrainGuard(app),
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_seconds),
         server_header=False,
+        http=guarded_http(MAX_HEADER_BYTES, settings.read_timeout_s, settings.max_connections),
+        # Above the load balancer's 60 s idle timeout, so it never reuses a closed connection.
+        timeout_keep_alive=settings.keep_alive_s,
     )
     server = _Server(config)
-    await server.serve()
+    side: uvicorn.Server | None = None
+    side_task: asyncio.Task[None] | None = None
+    if admin is not None:
+        side = _QuietServer(
+            uvicorn.Config(
+                admin,
+                host=settings.host,
+                port=settings.metrics_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                server_header=False,
+                http=guarded_http(MAX_HEADER_BYTES, settings.read_timeout_s, 64),
+            )
+        )
+        side_task = asyncio.create_task(side.serve(), name="admin-server")
+    try:
+        await server.serve()
+    finally:
+        if side is not None and side_task is not None:
+            side.should_exit = True
+            await side_task
     return 0 if server.started else 1
+
+
+class _QuietServer(uvicorn.Server):
+    """A second server in the same process: the main one owns the signals."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

@@ -101,7 +101,7 @@ module "console" {
   role              = "console"
   image             = local.image
   environment       = local.environment
-  secrets           = {}
+  secrets           = { LOGPIPE_READ_KEYS = var.read_keys_secret_arn, LOGPIPE_CURSOR_SECRET = var.cursor_secret_arn }
   task_role_arn     = aws_iam_role.console.arn
   security_group_id = aws_security_group.console.id
   log_group_name    = aws_cloudwatch_log_group.service["console"].name

@@ -78,6 +78,12 @@ data "aws_iam_policy_document" "execution" {
     actions   = [local.api_keys_in_ssm ? "ssm:GetParameters" : "secretsmanager:GetSecretValue"]
     resources = [var.api_keys_secret_arn]
   }
+
+  statement {
+    sid       = "ReadConsoleSecrets"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [var.read_keys_secret_arn, var.cursor_secret_arn]
+  }
 }
 
 resource "aws_iam_role_policy" "execution" {

@@ -19,7 +19,7 @@ import uvicorn
 
 from logpipe.aws import Clients, bootstrap, open_clients
 from logpipe.config import Settings
-from logpipe.ingestor import create_app
+from logpipe.ingestor import create_admin_app, create_app
 from logpipe.processes import (
     LOCAL_CREDENTIALS,
     EmbeddedAws,
@@ -87,20 +87,21 @@ class _QuietServer(uvicorn.Server):
 
 @pytest.fixture
 async def ingestor_url(settings: Settings) -> AsyncIterator[str]:
-    """A real uvicorn serving the ingestor app on a free loopback port."""
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-    )
-    server = _QuietServer(config)
-    task = asyncio.create_task(server.serve())
-    await wait_until(lambda: _started(server, task), timeout=15)
+    """A real uvicorn serving the ingestor app on a free loopback port (admin on metrics_port)."""
+    app = create_app(settings)
+    servers = []
+    for asgi, port in ((app, settings.port), (create_admin_app(app), settings.metrics_port)):
+        config = uvicorn.Config(
+            asgi, host="127.0.0.1", port=port, log_config=None, access_log=False
+        )
+        server = _QuietServer(config)
+        task = asyncio.create_task(server.serve())
+        await wait_until(lambda: _started(server, task), timeout=15)  # noqa: B023
+        servers.append((server, task))
     yield f"http://127.0.0.1:{settings.port}"
-    server.should_exit = True
-    await task
+    for server, task in reversed(servers):
+        server.should_exit = True
+        await task
 
 
 async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> bool:
@@ -168,6 +169,8 @@ class Roles:
         self.settings = settings
         self.session = session
         self.running: list[RoleProcess] = []
+        # The ingestor's /metrics and /readyz, apart from the processor's metrics port.
+        self.ingestor_metrics_port = free_port()
 
     def env(self, **extra: str | int | float) -> dict[str, str]:
         s = self.settings
@@ -183,6 +186,8 @@ class Roles:
 
     async def start(self, role: str, **extra: str | int | float) -> RoleProcess:
         """Start `role` and wait until it serves HTTP (its API or its metrics)."""
+        if role == "ingestor":
+            extra = {"LOGPIPE_METRICS_PORT": self.ingestor_metrics_port, **extra}
         process = await RoleProcess.start(role, self.env(**extra))
         self.running.append(process)
         port = self.settings.port if role == "ingestor" else self.settings.metrics_port

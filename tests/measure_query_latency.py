@@ -31,6 +31,7 @@ from logpipe.query import parse_query
 from logpipe.reader import Reader
 
 HOUR_MS = 3_600_000
+SECRET = b"measure-query-latency"
 
 
 def events(now_ms: int, per_hour: int, service: str) -> list[dict[str, Any]]:
@@ -65,7 +66,7 @@ async def timed(reader: Reader, params: dict[str, str], runs: int) -> dict[str, 
     for _ in range(runs):
         reader.query_calls = 0
         started = time.perf_counter()
-        page = await reader.read(parse_query(params, int(time.time() * 1000)))
+        page = await reader.read(parse_query(params, int(time.time() * 1000), SECRET))
         results = [from_item(i) for i in page.items]
         seconds.append(time.perf_counter() - started)
         calls, count = reader.query_calls, len(results)
@@ -94,7 +95,9 @@ async def main(runs: int, per_hour: int, endpoint: str | None) -> None:
             await store(clients, settings, events(now_ms, per_hour=per_hour, service="dense"))
             await store(clients, settings, events(now_ms, per_hour=5, service="sparse"))
             print(f"table: {24 * (per_hour + 5)} items", flush=True)
-            reader = Reader(clients.dynamodb, settings.table_name, 8, READ_CONCURRENCY)
+            reader = Reader(
+                clients.dynamodb, settings.table_name, 8, READ_CONCURRENCY, cursor_secret=SECRET
+            )
             for params in (
                 {"service": "dense", "since": "24h", "limit": "100"},
                 {"service": "sparse", "since": "24h", "limit": "100"},

@@ -17,11 +17,20 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from logpipe.aws import Clients, queue_url
 from logpipe.client import AsyncClient, Client, new_event, stamped
 from logpipe.config import Settings
-from logpipe.loghandler import TRUNCATED, LogpipeHandler, clip, encode_record, level_of
+from logpipe.loghandler import (
+    TRUNCATED,
+    LogpipeHandler,
+    clip,
+    current_span_ids,
+    encode_record,
+    level_of,
+)
 from logpipe.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, from_item, normalise
 from logpipe.processor import Processor
 from logpipe.shipping import Answer, Delivery, ShipStats, pack, retry_delay, take_batch
@@ -200,6 +209,60 @@ def test_record_carries_the_trace_ids_of_the_otel_logging_instrumentation() -> N
 
     assert orjson.loads(encode_record(inside, "s", "m"))["span_id"] == "eee19b7ec3c1b174"
     assert "trace_id" not in orjson.loads(encode_record(outside, "s", "m"))
+
+
+def test_dict_and_list_extras_are_stored_as_json() -> None:
+    record = make_record(cart={"items": 2, "ids": [1, 2]}, tags=["a", "b"], pair=(1, "x"))
+
+    attributes = orjson.loads(encode_record(record, "s", "m"))["attributes"]
+
+    assert orjson.loads(attributes["cart"]) == {"items": 2, "ids": [1, 2]}
+    assert attributes["tags"] == '["a","b"]'
+    assert attributes["pair"] == '[1,"x"]'
+
+
+ACTIVE = SpanContext(
+    trace_id=0x5B8EFFF798038103D269B633813FC60C,
+    span_id=0xEEE19B7EC3C1B174,
+    is_remote=False,
+    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+)
+
+
+def test_active_span_ids_are_read_without_any_instrumentation() -> None:
+    assert current_span_ids() is None
+    with trace.use_span(NonRecordingSpan(ACTIVE)):
+        assert current_span_ids() == ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174")
+
+
+async def test_handler_stores_the_active_span_ids_unless_switched_off(
+    ingestor_url: str,
+    app_logger: logging.Logger,
+    handlers: list[LogpipeHandler],
+    clients: Clients,
+    settings: Settings,
+) -> None:
+    on = LogpipeHandler(ingestor_url, "traced")
+    off = LogpipeHandler(ingestor_url, "untraced", trace_context=False)
+    handlers.extend((on, off))
+    for handler in (on, off):
+        app_logger.addHandler(handler)
+    with trace.use_span(NonRecordingSpan(ACTIVE)):
+        app_logger.warning("inside")
+    app_logger.warning("outside")
+    for handler in (on, off):
+        await asyncio.to_thread(handler.flush)
+
+    ids = {
+        (e["service"], e["message"]): (e.get("trace_id"), e.get("span_id"))
+        for e in await stored_events(clients, settings)
+    }
+    assert ids == {
+        ("traced", "inside"): ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"),
+        ("traced", "outside"): (None, None),
+        ("untraced", "inside"): (None, None),
+        ("untraced", "outside"): (None, None),
+    }
 
 
 def test_oversized_record_is_cut_to_the_schema_instead_of_refused() -> None:

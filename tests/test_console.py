@@ -15,6 +15,7 @@ import orjson
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
 
 from logpipe.aws import Clients
 from logpipe.config import Settings
@@ -25,14 +26,20 @@ from tests.conftest import _QuietServer, _started, make_event, wait_until
 from tests.test_reader import T0, newest_first, spread, store_events
 
 HOUR = 3_600_000
-WINDOW = {"service": "svc", "since": "2026-09-21T14:00:00Z", "until": "2026-09-21T20:00:00Z"}
+# Five hour buckets: 40 Queries, within one answer's budget (48).
+WINDOW = {"service": "svc", "since": "2026-09-21T14:00:00Z", "until": "2026-09-21T18:59:59Z"}
+# Reads in these tests may take their time on a busy machine: the deadline has its own tests.
+DEADLINE_S = 60.0
 
 
 @asynccontextmanager
-async def running_console(settings: Settings) -> AsyncIterator[str]:
+async def running_console(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
     """The console app under a real uvicorn on a free loopback port; its base URL."""
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=settings.port, log_config=None
+        app or create_app(settings, read_deadline_s=DEADLINE_S),
+        host="127.0.0.1",
+        port=settings.port,
+        log_config=None,
     )
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve())
@@ -51,9 +58,12 @@ async def console_url(settings: Settings) -> AsyncIterator[str]:
 
 
 async def get(
-    http: aiohttp.ClientSession, url: str, params: dict[str, str] | None = None
+    http: aiohttp.ClientSession,
+    url: str,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    async with http.get(url, params=params) as response:
+    async with http.get(url, params=params, headers=headers) as response:
         assert response.content_type == "application/json"
         return response.status, await response.json()
 

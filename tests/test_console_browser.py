@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -32,6 +33,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LEVELS = ["info", "info", "warn", "error", "debug", "info", "trace"]
+READ_KEY = "browser-read-key-0123"
 ROWS = "#results tbody tr.event"
 
 
@@ -111,31 +113,57 @@ async def row_ids(page: Any) -> list[str]:
 
 
 @pytest.mark.timeout(900)  # the first run may install Chromium
-async def test_a_user_searches_pages_and_tails_events_in_a_real_browser(
+async def test_a_user_gives_a_read_key_then_searches_pages_and_tails_in_a_real_browser(
     clients: Clients, settings: Settings, page: Any, tmp_path: Path
 ) -> None:
     expect = playwright.expect
+    # One hour bucket per answer: the last hour takes the page two answers or more, the second
+    # continuing the first's cursor ("complete": false).
+    settings = dataclasses.replace(
+        settings,
+        read_keys=(READ_KEY,),
+        api_keys=("ingest-key-0123",),
+        query_budget=settings.shards,
+    )
+    api_requests: list[Any] = []
+    page.on("request", lambda request: "/api/" in request.url and api_requests.append(request))
     now_ms = int(time.time() * 1000)
     await store_events(clients, settings, shop_events(now_ms))
     await ServiceRegistry(clients.dynamodb, settings.table_name, 30).note(["shop"])
     failures: list[str] = []
     page.on("pageerror", lambda exc: failures.append(str(exc)))
     # Errors the page logs itself, or the browser logs for it (a CSP violation, say); the
-    # 400 the page provokes on purpose at the end shows up as a failed resource load.
+    # 401s before the key is given and the 400 the page provokes on purpose at the end show
+    # up as failed resource loads.
     page.on(
         "console",
         lambda message: (
             message.type == "error"
             and "status of 400" not in message.text
+            and "status of 401" not in message.text
             and failures.append(message.text)
         ),
     )
 
     async with running_console(settings) as url:
-        # Opening the page picks the service seen most recently and shows its last hour.
+        # The API answers 401: the page asks for a read key, once, however many requests
+        # were refused; a wrong key is refused and asked for again.
         await page.goto(url)
+        dialog = page.locator("#key-dialog")
+        await expect(dialog).to_be_visible()
+        await expect(page.locator("#key-reason")).to_contain_text("needs a read key")
+        await page.fill("#read-key", "not-the-key-0123")
+        await page.click("#key-go")
+        await expect(page.locator("#key-reason")).to_contain_text("refused")
+        await expect(dialog).to_be_visible()
+        await page.fill("#read-key", READ_KEY)
+        await page.click("#key-go")
+        await expect(dialog).to_be_hidden()
+
+        # Then the page picks the service seen most recently and shows its last hour.
         await expect(page.locator("#service")).to_have_value("shop")
         await expect(page.locator(ROWS)).to_have_count(47)
+        assert any("cursor=" in r.url for r in api_requests)  # followed, nobody clicked
         await expect(page.locator("#chart rect.f-error").first).to_be_visible()
 
         # Search for a known event.
@@ -207,6 +235,13 @@ async def test_a_user_searches_pages_and_tails_events_in_a_real_browser(
         )
         await page.screenshot(path=str(tmp_path / "console-error.png"))
 
+        assert await page.evaluate("sessionStorage.getItem('logpipe.readKey')") == READ_KEY
+
     assert await page.title() == "logpipe console"
     assert failures == []
+    # The key travels in a header, never in a URL; every answered search carried it.
+    assert api_requests and not [r.url for r in api_requests if READ_KEY in r.url]
+    keyed = [(await r.all_headers()).get("authorization") for r in api_requests]
+    assert keyed.count(f"Bearer {READ_KEY}") >= 10
+    assert set(keyed) == {None, "Bearer not-the-key-0123", f"Bearer {READ_KEY}"}
     print(f"screenshots: {tmp_path / 'console.png'} {tmp_path / 'console-error.png'}")

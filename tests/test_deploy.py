@@ -367,6 +367,11 @@ def test_api_keys_come_from_a_secret_never_from_plain_environment() -> None:
             if role in ("processor", "console")
             else {"LOGPIPE_API_KEYS": "${var.api_keys_secret_arn}"}
         )
+        if role == "console":
+            expected = {
+                "LOGPIPE_READ_KEYS": "${var.read_keys_secret_arn}",
+                "LOGPIPE_CURSOR_SECRET": "${var.cursor_secret_arn}",
+            }
         assert call["secrets"] == expected, name
     variable = tf["variable"]["api_keys_secret_arn"]
     assert "default" not in variable and variable["validation"], variable
@@ -412,7 +417,18 @@ def test_task_roles_allow_exactly_what_each_role_calls() -> None:
 
 def test_execution_role_pulls_the_image_writes_logs_and_reads_only_the_key_secret() -> None:
     statements = {s["sid"]: s for s in policy_statements("execution")}
-    assert set(statements) == {"EcrLogin", "PullImage", "WriteLogs", "ReadApiKeys"}
+    assert set(statements) == {
+        "EcrLogin",
+        "PullImage",
+        "WriteLogs",
+        "ReadApiKeys",
+        "ReadConsoleSecrets",
+    }
+    assert statements["ReadConsoleSecrets"]["resources"] == [
+        "${var.read_keys_secret_arn}",
+        "${var.cursor_secret_arn}",
+    ]
+    assert statements["ReadConsoleSecrets"]["actions"] == ["secretsmanager:GetSecretValue"]
     assert statements["PullImage"]["resources"] == ["${aws_ecr_repository.app.arn}"]
     assert statements["WriteLogs"]["resources"] == (
         '${[for group in aws_cloudwatch_log_group.service : "${group.arn}:*"]}'
@@ -679,6 +695,9 @@ def test_variables_are_described_typed_and_validated() -> None:
         "name",
         "image_tag",
         "api_keys_secret_arn",
+        "read_keys_secret_arn",
+        "cursor_secret_arn",
+        "console_oidc",
         "ingestor_count",
         "processor_min_count",
         "processor_max_count",
@@ -1383,3 +1402,18 @@ def test_deploy_rehearsal_passes_events_end_to_end_through_the_applied_stack() -
     accepted = [line for line in lines if "the console returns every accepted event" in line]
     assert accepted and "service-a" in accepted[0] and "service-b" in accepted[0], result.stdout
     assert lines[-1].startswith("rehearsal: passed in"), result.stdout
+
+
+def test_the_console_can_sit_behind_an_oidc_sign_in_of_the_load_balancer() -> None:
+    rule = resource("aws_lb_listener_rule", "console_oidc")
+    assert rule["count"] == "${var.console_oidc == null ? 0 : 1}"
+    assert rule["listener_arn"] == "${aws_lb_listener.console.arn}"
+    authenticate, forward = sorted(rule["action"], key=lambda a: a["order"])
+    assert authenticate["type"] == "authenticate-oidc"
+    (oidc,) = authenticate["authenticate_oidc"]
+    assert oidc["on_unauthenticated_request"] == "authenticate"
+    assert forward["target_group_arn"] == "${aws_lb_target_group.console.arn}"
+    assert rule["condition"] == [{"path_pattern": [{"values": ["/*"]}]}]
+    variables = load_tf(TERRAFORM)["variable"]
+    assert variables["console_oidc"]["default"] is None
+    assert variables["console_oidc_client_secret"]["sensitive"] is True

@@ -93,7 +93,8 @@ async def test_any_configured_key_is_accepted_and_the_event_reaches_sqs(
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
 async def test_probes_answer_without_a_key(
-    path: str, ingestor_url: str, http: aiohttp.ClientSession
+    path: str, ingestor_url: str, http: aiohttp.ClientSession, settings: Settings
 ) -> None:
-    async with http.get(f"{ingestor_url}{path}") as response:
+    base = ingestor_url if path == "/healthz" else f"http://127.0.0.1:{settings.metrics_port}"
+    async with http.get(f"{base}{path}") as response:
         assert response.status == 200

@@ -46,7 +46,7 @@ def _value(samples: list[metrics.Sample], name: str, **labels: str) -> float:
 async def test_metrics_count_a_real_run_exactly(
     ingestor_url: str, clients: Clients, settings: Settings, http: aiohttp.ClientSession
 ) -> None:
-    before = await metrics.scrape(http, f"{ingestor_url}/metrics")
+    before = await metrics.scrape(http, f"http://127.0.0.1:{settings.metrics_port}/metrics")
     events = [make_event(n, service="metered", level="warn") for n in range(40)]
     events += [{"level": "info", "message": "no service"}] * 3
     async with http.post(f"{ingestor_url}/ingest", json=events) as resp:
@@ -54,7 +54,7 @@ async def test_metrics_count_a_real_run_exactly(
     url = await queue_url(clients.sqs, settings.queue_name)
     await Processor(settings, clients, url).run_until_empty()
 
-    after = await metrics.scrape(http, f"{ingestor_url}/metrics")
+    after = await metrics.scrape(http, f"http://127.0.0.1:{settings.metrics_port}/metrics")
 
     def delta(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
@@ -238,7 +238,9 @@ async def test_ingestor_queue_gauge_follows_the_backlog_while_no_processor_runs(
 
     async def gauge_matches_sqs() -> bool:
         visible, _ = await queue_counts(clients, url)
-        samples = await metrics.scrape(http, f"{ingest}/metrics")
+        samples = await metrics.scrape(
+            http, f"http://127.0.0.1:{roles.ingestor_metrics_port}/metrics"
+        )
         gauge = metrics.total(samples, "logpipe_queue_visible_messages", queue="main")
         return visible > 0 and gauge == visible
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,6 +18,7 @@ import orjson
 from logpipe.aws import Clients, queue_url
 from logpipe.config import Settings
 from logpipe.models import encode_event, normalise, pack_envelope
+from logpipe.processes import free_port
 from tests.conftest import Roles, make_event, queue_counts, scan_items, wait_until
 
 
@@ -207,10 +209,13 @@ async def test_poison_message_reaches_the_dlq_and_the_rest_is_stored(
     )
 
 
-def test_logpipe_up_with_events_stores_them_all_and_exits_zero() -> None:
+def test_logpipe_up_with_events_stores_them_all_and_exits_zero(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    ports = ("--port", "--console-port", "--aws-port")
     result = subprocess.run(
-        [sys.executable, "-m", "logpipe", "up", "--events", "2000"],
+        [sys.executable, "-m", "logpipe", "up", "--events", "2000"]
+        + [arg for flag in ports for arg in (flag, str(free_port()))],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,

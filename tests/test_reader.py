@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from logpipe.aws import Clients
@@ -16,6 +20,7 @@ from logpipe.query import (
     MAX_HOURS,
     LogQuery,
     QueryError,
+    _mac,
     decode_cursor,
     encode_cursor,
     hour_bucket,
@@ -26,9 +31,10 @@ from logpipe.query import (
     parse_time,
     sort_key_range,
 )
-from logpipe.reader import Reader, ServiceRegistry
+from logpipe.reader import Page, Reader, ServiceRegistry
 from tests.conftest import make_event
 
+SECRET = b"a secret of the tests, 32 bytes."
 NOW = 1_790_000_000_000  # 2026-09-21T14:13:20Z
 HOUR = 3_600_000
 T0 = 1_789_999_200_000  # 2026-09-21T14:00:00Z, an hour boundary
@@ -103,7 +109,7 @@ def test_a_time_that_is_neither_duration_nor_rfc3339_is_refused(text: str, messa
 
 
 def test_query_defaults_to_the_last_15_minutes_and_100_events() -> None:
-    query = parse_query({"service": "svc"}, NOW)
+    query = parse_query({"service": "svc"}, NOW, SECRET)
     assert (query.service, query.since_ms, query.until_ms) == ("svc", NOW - 15 * 60_000, NOW)
     assert (query.level, query.q, query.limit, query.position) == (None, None, 100, None)
 
@@ -122,7 +128,7 @@ def test_query_defaults_to_the_last_15_minutes_and_100_events() -> None:
     ids=["level-alias", "level-case", "service-case", "q", "empty-q", "limit-1", "limit-1000"],
 )
 def test_query_parameters_are_normalised(params: dict[str, str], field: str, value: Any) -> None:
-    assert getattr(parse_query({"service": "svc", **params}, NOW), field) == value
+    assert getattr(parse_query({"service": "svc", **params}, NOW, SECRET), field) == value
 
 
 @pytest.mark.parametrize(
@@ -156,18 +162,18 @@ def test_bad_query_parameters_are_refused_with_a_reason(
     params: dict[str, str], message: str
 ) -> None:
     with pytest.raises(QueryError, match=message):
-        parse_query(params, NOW)
+        parse_query(params, NOW, SECRET)
 
 
 @pytest.mark.parametrize("now", [T0, T0 + 1, T0 + HOUR - 1])
 def test_any_31_day_range_is_allowed(now: int) -> None:
-    query = parse_query({"service": "svc", "since": "31d"}, now)
+    query = parse_query({"service": "svc", "since": "31d"}, now, SECRET)
     assert len(hour_buckets(query.since_ms, query.until_ms)) <= MAX_HOURS
 
 
 def test_a_range_of_more_than_31_days_is_refused() -> None:
     with pytest.raises(QueryError, match="spans 746 hour buckets"):
-        parse_query(window(T0 - 31 * 24 * HOUR, T0 + HOUR), NOW)
+        parse_query(window(T0 - 31 * 24 * HOUR, T0 + HOUR), NOW, SECRET)
 
 
 @pytest.mark.parametrize(
@@ -248,20 +254,22 @@ def test_sort_key_range_spans_the_window_or_continues_below_the_position(
 
 def test_a_cursor_continues_the_same_window_below_its_position() -> None:
     params = window(T0, T0 + HOUR, level="error")
-    first = parse_query(params, NOW)
-    cursor = encode_cursor(first.fingerprint, first.since_ms, f"{T0 + 500:013d}#ev-1")
+    first = parse_query(params, NOW, SECRET)
+    cursor = encode_cursor(first.fingerprint, first.since_ms, f"{T0 + 500:013d}#ev-1", SECRET)
 
-    later = parse_query({**params, "cursor": cursor, "limit": "5"}, NOW)
+    later = parse_query({**params, "cursor": cursor, "limit": "5"}, NOW, SECRET)
 
     assert later.position == f"{T0 + 500:013d}#ev-1"
     assert (later.since_ms, later.until_ms, later.limit) == (T0, T0 + 500, 5)
 
 
 def test_a_cursor_pins_a_relative_since_so_pages_do_not_slide() -> None:
-    first = parse_query({"service": "svc", "since": "1h"}, NOW)
-    cursor = encode_cursor(first.fingerprint, first.since_ms, f"{NOW - 10:013d}#ev")
+    first = parse_query({"service": "svc", "since": "1h"}, NOW, SECRET)
+    cursor = encode_cursor(first.fingerprint, first.since_ms, f"{NOW - 10:013d}#ev", SECRET)
 
-    an_hour_later = parse_query({"service": "svc", "since": "1h", "cursor": cursor}, NOW + HOUR)
+    an_hour_later = parse_query(
+        {"service": "svc", "since": "1h", "cursor": cursor}, NOW + HOUR, SECRET
+    )
 
     assert an_hour_later.since_ms == NOW - HOUR
 
@@ -273,28 +281,110 @@ def test_a_cursor_pins_a_relative_since_so_pages_do_not_slide() -> None:
 )
 def test_a_cursor_used_with_other_parameters_is_refused(changed: dict[str, str]) -> None:
     params = {"service": "svc", "since": "1h", "level": "error"}
-    first = parse_query(params, NOW)
-    cursor = encode_cursor(first.fingerprint, first.since_ms, f"{NOW - 10:013d}#ev")
+    first = parse_query(params, NOW, SECRET)
+    cursor = encode_cursor(first.fingerprint, first.since_ms, f"{NOW - 10:013d}#ev", SECRET)
 
     with pytest.raises(QueryError, match="other parameters"):
-        parse_query({**params, **changed, "cursor": cursor}, NOW)
+        parse_query({**params, **changed, "cursor": cursor}, NOW, SECRET)
+
+
+def signed(doc: object, secret: bytes = SECRET) -> str:
+    """A cursor with a valid signature around any document: what only the console can make."""
+    body = base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+    return f"{body}.{_mac(body, secret)}"
 
 
 @pytest.mark.parametrize(
     "cursor",
     [
         "%%%",
-        "bm90IGpzb24",  # "not json"
-        encode_cursor("f", 0, "0000000000001#x").replace("eyJ2Ijox", "eyJ2Ijoy"),  # v: 2
-        encode_cursor("f", 0, "12#x"),
-        encode_cursor("f", 5, "0000000000001#x"),
-        encode_cursor("f", 0, "0000000000001#"),
+        signed("not a cursor"),
+        signed({"v": 1, "f": "f", "s": 0, "p": "0000000000001#x"}),
+        signed({"v": 2, "f": "f", "s": 0, "p": "12#x"}),
+        signed({"v": 2, "f": "f", "s": 5, "p": "0000000000001#x"}),
+        signed({"v": 2, "f": "f", "s": 1, "p": "0000000000001"}),
+        signed({"v": 2, "f": "f", "s": 0, "p": "0000000000001#"}),
+        signed({"v": 2, "f": "f", "s": 10**30, "p": "0000000000001#x"}),
+        "a." * 600,
     ],
-    ids=["not-base64", "not-json", "other-version", "short-position", "since-after", "no-id"],
+    ids=[
+        "no-signature",
+        "not-an-object",
+        "other-version",
+        "short-position",
+        "since-after",
+        "since-at-boundary",
+        "no-id",
+        "huge-number",
+        "too-long",
+    ],
 )
 def test_a_damaged_cursor_is_refused(cursor: str) -> None:
     with pytest.raises(QueryError, match="cursor is malformed"):
-        decode_cursor(cursor, "f")
+        decode_cursor(cursor, "f", SECRET)
+
+
+def _edit_position(cursor: str, position: str) -> str:
+    body, mac = cursor.split(".")
+    doc = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    doc["p"] = position
+    return base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=") + "." + mac
+
+
+GOOD = encode_cursor("f", T0, f"{T0 + 500:013d}#ev-1", SECRET)
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _edit_position(GOOD, f"{T0 + 5 * HOUR:013d}#ev-1"),
+        GOOD[:-2],
+        GOOD.split(".")[0] + "." + GOOD.split(".")[0][:22],
+        encode_cursor("f", T0, f"{T0 + 500:013d}#ev-1", b"another console's secret, 32 b.."),
+        GOOD.split(".")[0] + ".",
+    ],
+    ids=["position-moved", "truncated", "mac-replaced", "other-secret", "mac-removed"],
+)
+def test_a_cursor_edited_truncated_or_signed_elsewhere_is_refused(cursor: str) -> None:
+    assert decode_cursor(GOOD, "f", SECRET) == (T0, f"{T0 + 500:013d}#ev-1")
+    with pytest.raises(QueryError, match="not one this console made"):
+        decode_cursor(cursor, "f", SECRET)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"since": "9" * 5000 + "s"}, "since must be at most 64 characters"),
+        ({"since": "9" * 13 + "s"}, "since must be a duration back from now"),
+        ({"until": "9" * 60 + "d"}, "until must be a duration back from now"),
+        ({"until": "9" * 5000}, "until must be at most 64 characters"),
+        ({"limit": "9" * 5000}, "limit must be an integer 1-1000"),
+        ({"limit": "-1"}, "limit must be an integer 1-1000"),
+        ({"limit": "1e3"}, "limit must be an integer 1-1000"),
+        ({"limit": "\u0661\u0662"}, "limit must be an integer 1-1000"),
+        ({"since": "99999-01-01T00:00:00Z"}, "since must be a duration back from now"),
+        ({"cursor": "9" * 5000}, "cursor is malformed"),
+        ({"since": "9" * 12 + "w"}, "the limit is 745"),
+    ],
+    ids=[
+        "since-5000-nines",
+        "since-13-digits",
+        "until-60-digits",
+        "until-5000-digits",
+        "limit-5000-digits",
+        "limit-negative",
+        "limit-exponent",
+        "limit-arabic-digits",
+        "year-99999",
+        "cursor-5000-digits",
+        "since-largest-duration",
+    ],
+)
+def test_numbers_out_of_any_range_are_refused_before_conversion(
+    params: dict[str, str], message: str
+) -> None:
+    with pytest.raises(QueryError, match=message):
+        parse_query({"service": "svc", **params}, NOW, SECRET)
 
 
 # --- the reader against moto's DynamoDB -------------------------------------------------------
@@ -325,7 +415,7 @@ async def read_all(reader: Reader, params: dict[str, str]) -> tuple[list[str], i
     pages = 0
     cursor = None
     while True:
-        query = parse_query({**params, **({"cursor": cursor} if cursor else {})}, NOW)
+        query = parse_query({**params, **({"cursor": cursor} if cursor else {})}, NOW, SECRET)
         page = await reader.read(query)
         pages += 1
         ids.extend(from_item(i)["id"] for i in page.items)
@@ -337,7 +427,16 @@ async def read_all(reader: Reader, params: dict[str, str]) -> tuple[list[str], i
 
 @pytest.fixture
 def reader(clients: Clients, settings: Settings) -> Reader:
-    return Reader(clients.dynamodb, settings.table_name, settings.shards, concurrency=16)
+    # A budget no test of what a search finds runs into (the budget has tests of its own).
+    return Reader(
+        clients.dynamodb,
+        settings.table_name,
+        settings.shards,
+        concurrency=16,
+        cursor_secret=SECRET,
+        query_budget=10_000,
+        deadline_s=60,
+    )
 
 
 async def test_events_come_back_newest_first_across_shards_and_hours(
@@ -346,7 +445,7 @@ async def test_events_come_back_newest_first_across_shards_and_hours(
     events = spread(200, step_ms=97_000)  # about 5.4 hours, every shard
     await store_events(clients, settings, events)
 
-    page = await reader.read(parse_query(window(T0, T0 + 6 * HOUR, limit="1000"), NOW))
+    page = await reader.read(parse_query(window(T0, T0 + 6 * HOUR, limit="1000"), NOW, SECRET))
 
     assert [from_item(i)["id"] for i in page.items] == newest_first(events)
     assert page.cursor is None
@@ -389,7 +488,7 @@ async def test_window_bounds_are_inclusive_to_the_millisecond(
     events = [make_event(n, timestamp=t) for n, t in enumerate(times)]
     await store_events(clients, settings, events)
 
-    page = await reader.read(parse_query(window(T0, T0 + 10_000), NOW))
+    page = await reader.read(parse_query(window(T0, T0 + 10_000), NOW, SECRET))
 
     assert [from_item(i)["id"] for i in page.items] == ["ev-00000003", "ev-00000002", "ev-00000001"]
 
@@ -399,7 +498,7 @@ async def test_other_services_events_are_not_returned(
 ) -> None:
     await store_events(clients, settings, spread(10, 1000) + spread(10, 1000, service="svc2"))
 
-    page = await reader.read(parse_query(window(T0, T0 + HOUR), NOW))
+    page = await reader.read(parse_query(window(T0, T0 + HOUR), NOW, SECRET))
 
     assert {from_item(i)["service"] for i in page.items} == {"svc"}
     assert len(page.items) == 10
@@ -416,7 +515,9 @@ async def test_a_full_page_in_the_newest_hour_reads_few_partitions_and_never_sca
 
     clients.dynamodb.meta.events.register("before-call.dynamodb", record)
 
-    page = await reader.read(parse_query(window(T0 - 23 * HOUR, T0 + HOUR - 1, limit="100"), NOW))
+    page = await reader.read(
+        parse_query(window(T0 - 23 * HOUR, T0 + HOUR - 1, limit="100"), NOW, SECRET)
+    )
 
     assert len(page.items) == 100
     assert set(operations) == {"Query"}
@@ -435,7 +536,7 @@ async def test_a_dense_service_reads_only_the_hours_the_page_needs(
         "before-call.dynamodb.Query", lambda **kwargs: calls.append("Query")
     )
 
-    page = await reader.read(parse_query(window(T0 - 12 * HOUR, T0 + HOUR // 2 - 1), NOW))
+    page = await reader.read(parse_query(window(T0 - 12 * HOUR, T0 + HOUR // 2 - 1), NOW, SECRET))
 
     assert [from_item(i)["id"] for i in page.items] == newest_first(events)[:100]
     # The half hour (50 events) and the hour before it: two hours of 8 shards, no third.
@@ -443,7 +544,7 @@ async def test_a_dense_service_reads_only_the_hours_the_page_needs(
 
 
 async def test_an_empty_window_answers_no_events_and_no_cursor(reader: Reader) -> None:
-    page = await reader.read(parse_query(window(T0, T0 + 24 * HOUR), NOW))
+    page = await reader.read(parse_query(window(T0, T0 + 24 * HOUR), NOW, SECRET))
     assert (page.items, page.cursor) == ([], None)
 
 
@@ -453,7 +554,15 @@ async def test_fewer_shards_than_the_default_are_read_the_same_way(
     settings = dataclasses.replace(settings, shards=3)
     events = spread(40, step_ms=300_000)
     await store_events(clients, settings, events)
-    reader = Reader(clients.dynamodb, settings.table_name, shards=3, concurrency=2)
+    reader = Reader(
+        clients.dynamodb,
+        settings.table_name,
+        shards=3,
+        concurrency=2,
+        cursor_secret=SECRET,
+        query_budget=10_000,
+        deadline_s=60,
+    )
 
     ids, _ = await read_all(reader, window(T0, T0 + 4 * HOUR, limit="9"))
 
@@ -479,7 +588,7 @@ async def test_services_seen_are_listed_by_name_with_when_they_were_last_seen(
 
     await registry.note(["shop", "billing", "shop"])
 
-    assert await registry.services() == [
+    assert (await registry.services())[0] == [
         {"service": "billing", "last_seen": "2026-09-21T14:13:20.000Z"},
         {"service": "shop", "last_seen": "2026-09-21T14:13:20.000Z"},
     ]
@@ -494,12 +603,12 @@ async def test_a_service_is_written_at_most_once_a_minute(
 
     clock.now += 59
     await registry.note(["shop", "billing"])
-    seen = {s["service"]: s["last_seen"] for s in await registry.services()}
+    seen = {s["service"]: s["last_seen"] for s in (await registry.services())[0]}
     assert seen == {"shop": "2026-09-21T14:13:20.000Z", "billing": "2026-09-21T14:14:19.000Z"}
 
     clock.now += 1
     await registry.note(["shop"])
-    seen = {s["service"]: s["last_seen"] for s in await registry.services()}
+    seen = {s["service"]: s["last_seen"] for s in (await registry.services())[0]}
     assert seen["shop"] == "2026-09-21T14:14:20.000Z"
 
 
@@ -513,14 +622,14 @@ async def test_services_not_seen_within_the_retention_are_not_listed(
     await registry.note(["new"])
 
     clock.now += 121
-    assert [s["service"] for s in await registry.services()] == ["new"]
+    assert [s["service"] for s in (await registry.services())[0]] == ["new"]
 
 
 async def test_registry_items_never_appear_in_a_search(
     clients: Clients, settings: Settings, reader: Reader
 ) -> None:
     await ServiceRegistry(clients.dynamodb, settings.table_name, 30).note(["svc"])
-    page = await reader.read(parse_query({"service": "svc", "since": "2h"}, NOW))
+    page = await reader.read(parse_query({"service": "svc", "since": "2h"}, NOW, SECRET))
     assert page.items == []
 
 
@@ -532,3 +641,147 @@ async def test_noting_services_when_the_table_is_missing_logs_and_does_not_raise
     await registry.note(["shop"])
 
     assert "could not record 1 services: ResourceNotFoundException" in caplog.text
+
+
+# --- the budget of one read ---------------------------------------------------------------------
+
+
+def budget_reader(clients: Clients, settings: Settings, budget: int, deadline_s: float) -> Reader:
+    return Reader(
+        clients.dynamodb,
+        settings.table_name,
+        settings.shards,
+        concurrency=16,
+        cursor_secret=SECRET,
+        query_budget=budget,
+        deadline_s=deadline_s,
+    )
+
+
+async def test_a_month_of_an_empty_service_answers_within_the_budget_with_a_cursor(
+    clients: Clients, settings: Settings
+) -> None:
+    reader = budget_reader(clients, settings, budget=48, deadline_s=60)
+    started = time.monotonic()
+
+    page = await reader.read(parse_query({"service": "nobody", "since": "31d"}, NOW, SECRET))
+
+    assert (page.items, page.complete) == ([], False)
+    assert page.cursor is not None
+    assert reader.query_calls <= 48
+    assert time.monotonic() - started < 5
+    # The cursor goes on below the hours already searched, inside the same window.
+    later = parse_query({"service": "nobody", "since": "31d", "cursor": page.cursor}, NOW, SECRET)
+    assert later.until_ms < NOW - 4 * HOUR and later.since_ms == NOW - 31 * 24 * HOUR
+
+
+@pytest.mark.parametrize(
+    ("budget", "filtered_page_items", "params", "inside_an_hour"),
+    [
+        (8, 1000, {"limit": "7"}, False),
+        (9, 3, {"level": "error", "limit": "4"}, True),
+        (16, 2, {"q": "request", "limit": "25"}, True),
+    ],
+    ids=["an-hour-a-read", "shards-stall-inside-an-hour", "pages-inside-an-hour"],
+)
+async def test_reads_stopped_by_the_budget_still_cover_every_event_once_in_order(
+    clients: Clients,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    budget: int,
+    filtered_page_items: int,
+    params: dict[str, str],
+    inside_an_hour: bool,
+) -> None:
+    # Few items per filtered Query, so shards need several Queries and run out part-way.
+    monkeypatch.setattr("logpipe.reader.FILTERED_PAGE_ITEMS", filtered_page_items)
+    events = spread(160, step_ms=97_000)  # about 4.3 hours, every shard
+    await store_events(clients, settings, events)
+    reader = budget_reader(clients, settings, budget=budget, deadline_s=60)
+    query = window(T0 - HOUR, T0 + 6 * HOUR, **params)
+    ids: list[str] = []
+    stops: list[str] = []  # where the reads the budget stopped ended
+    cursor = None
+    while True:
+        before = reader.query_calls
+        page = await reader.read(
+            parse_query({**query, **({"cursor": cursor} if cursor else {})}, NOW, SECRET)
+        )
+        assert reader.query_calls - before <= budget
+        ids.extend(from_item(i)["id"] for i in page.items)
+        if not page.complete:
+            assert page.cursor is not None
+            stops.append(
+                decode_cursor(page.cursor, parse_query(query, NOW, SECRET).fingerprint, SECRET)[1]
+            )
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+
+    level, q = params.get("level"), params.get("q")
+    expected = [
+        e for e in events if (not level or e["level"] == level) and (not q or q in e["message"])
+    ]
+    assert ids == newest_first(expected)
+    assert stops
+    # An hour's boundary is a bare time; inside an hour, the sort key a stalled shard reached.
+    assert any("#" in stop for stop in stops) == inside_an_hour
+
+
+async def test_past_its_deadline_a_read_finishes_the_first_hour_and_stops(
+    clients: Clients, settings: Settings
+) -> None:
+    reader = budget_reader(clients, settings, budget=10_000, deadline_s=0)
+    await store_events(clients, settings, [make_event(1, timestamp=T0 + 2 * HOUR + 5)])
+    query = window(T0, T0 + 6 * HOUR - 1)
+    pages: list[Page] = []
+    cursor = None
+    while True:
+        page = await reader.read(
+            parse_query({**query, **({"cursor": cursor} if cursor else {})}, NOW, SECRET)
+        )
+        pages.append(page)
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+
+    assert len(pages) == 6  # one hour bucket each: every answer moved the search on
+    assert [len(p.items) for p in pages] == [0, 0, 0, 1, 0, 0]
+    assert [p.complete for p in pages] == [False] * 5 + [True]
+
+
+# --- the registry's bounds ----------------------------------------------------------------------
+
+
+async def test_the_registry_remembers_only_the_services_noted_most_recently(
+    clients: Clients, settings: Settings
+) -> None:
+    clock = Clock(1_790_000_000.0)
+    registry = ServiceRegistry(clients.dynamodb, settings.table_name, 30, clock=clock, remembered=3)
+    await registry.note([f"junk-{n}" for n in range(50)])
+    await registry.note(["shop"])
+    assert registry.remembered == 3
+
+    clock.now += 10
+    await registry.note(["shop", "junk-0"])  # shop is remembered, junk-0 was forgotten
+
+    seen = {s["service"]: s["last_seen"] for s in (await registry.services())[0]}
+    assert seen["shop"] == "2026-09-21T14:13:20.000Z"
+    assert seen["junk-0"] == "2026-09-21T14:13:30.000Z"
+    assert registry.remembered == 3
+
+
+async def test_services_are_listed_newest_first_up_to_the_limit(
+    clients: Clients, settings: Settings
+) -> None:
+    clock = Clock(1_790_000_000.0)
+    registry = ServiceRegistry(clients.dynamodb, settings.table_name, 30, clock=clock)
+    for n in range(5):
+        await registry.note([f"svc-{n}"])
+        clock.now += 60
+
+    listed, truncated = await registry.services(limit=3)
+
+    assert [s["service"] for s in listed] == ["svc-4", "svc-3", "svc-2"]
+    assert truncated
+    assert (await registry.services(limit=5))[1] is False

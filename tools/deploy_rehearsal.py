@@ -31,6 +31,7 @@ import base64
 import fnmatch
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -588,6 +589,20 @@ def check_permissions(recording: str, state: Mapping[str, Any]) -> dict[str, int
 # --- the rehearsal ---
 
 
+def create_secrets(endpoint: str) -> dict[str, str]:
+    """A fresh secret for every `<what>_secret_arn` variable of terraform/ (the ingest API
+    keys, the console's read keys, its cursor secret, ...): variable name -> ARN."""
+    client = boto3.client("secretsmanager", endpoint_url=endpoint, region_name=REGION)
+    text = "\n".join(path.read_text() for path in sorted((ROOT / "terraform").glob("*.tf")))
+    return {
+        name: client.create_secret(
+            Name=f"logpipe/{name.removesuffix('_secret_arn')}",
+            SecretString=os.urandom(24).hex(),
+        )["ARN"]
+        for name in re.findall(r'^variable "(\w+_secret_arn)"', text, re.M)
+    }
+
+
 async def moto_api(endpoint: str, path: str) -> str:
     async with (
         aiohttp.ClientSession() as session,
@@ -624,16 +639,13 @@ async def rehearse(work: Path) -> None:
     moto = await start_moto(port, log=(work / "moto.log").open("wb"))
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        secrets = boto3.client("secretsmanager", endpoint_url=endpoint, region_name=REGION)
-        key = os.urandom(24).hex()
-        arn = secrets.create_secret(Name="logpipe/api-keys", SecretString=key)["ARN"]
         state = apply(
             work,
             endpoint,
             {
+                **create_secrets(endpoint),
                 "region": REGION,
                 "image_tag": "rehearsal",
-                "api_keys_secret_arn": arn,
                 "embedded_endpoint": "true",
                 "allow_plain_http": "true",
                 "deletion_protection": "false",

@@ -1,5 +1,7 @@
 // logpipe console: search /api/logs, page with its cursor, tail new events, chart them.
 // Every value from the API reaches the page through textContent, never as markup.
+// The read key, when the console asks for one, lives in sessionStorage and travels only in
+// the Authorization header, never in a URL.
 "use strict";
 
 const LEVELS = ["trace", "debug", "info", "warn", "error", "fatal"];
@@ -8,6 +10,7 @@ const TAIL_EVERY_MS = 2000;
 const TAIL_OVERLAP_MS = 60000; // late arrivals within a minute still show up in the tail
 const MAX_ROWS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
+const KEY_STORE = "logpipe.readKey";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -21,22 +24,81 @@ const state = {
   tailLoop: 0, // one polling loop at a time: a loop whose number is stale stops
   failed: false, // the last search answered an error, not events
   generation: 0, // bumped by every search or page change; late answers of older ones are dropped
+  keyPrompt: null, // the one pending request for a read key, shared by every caller
 };
 
 // --- talking to the API -------------------------------------------------------------------
 
 async function getJson(url) {
-  let response;
-  try {
-    response = await fetch(url, { headers: { Accept: "application/json" } });
-  } catch (err) {
-    throw new Error(`The console cannot be reached (${err.message}).`);
+  for (;;) {
+    const key = sessionStorage.getItem(KEY_STORE);
+    const headers = { Accept: "application/json" };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    let response;
+    try {
+      response = await fetch(url, { headers, cache: "no-store" });
+    } catch (err) {
+      throw new Error(`The console cannot be reached (${err.message}).`);
+    }
+    if (response.status === 401) {
+      if (key && sessionStorage.getItem(KEY_STORE) === key) sessionStorage.removeItem(KEY_STORE);
+      await askKey(Boolean(key));
+      continue;
+    }
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      throw new Error(body && body.error ? body.error : `HTTP ${response.status}`);
+    }
+    return body;
   }
-  const body = await response.json().catch(() => null);
-  if (!response.ok) {
-    throw new Error(body && body.error ? body.error : `HTTP ${response.status}`);
+}
+
+// Asks once for a read key, however many requests were refused meanwhile.
+function askKey(refused) {
+  if (!state.keyPrompt) {
+    state.keyPrompt = new Promise((resolve) => {
+      const dialog = $("key-dialog");
+      $("key-reason").textContent = refused
+        ? "That read key was refused. Enter a read key of this console."
+        : "This console needs a read key (one of LOGPIPE_READ_KEYS).";
+      $("read-key").value = "";
+      $("key-form").addEventListener(
+        "submit",
+        (event) => {
+          event.preventDefault();
+          sessionStorage.setItem(KEY_STORE, $("read-key").value.trim());
+          $("read-key").value = "";
+          dialog.close();
+          state.keyPrompt = null;
+          resolve();
+        },
+        { once: true },
+      );
+      dialog.showModal();
+      $("read-key").focus();
+    });
   }
-  return body;
+  return state.keyPrompt;
+}
+
+// One page of a search: follows the cursor while an answer stopped at its query budget
+// ("complete": false) before the page was full.
+async function getPage(params, cursor, generation) {
+  const limit = Number(params.get("limit"));
+  let body = await getJson(logsUrl(params, cursor));
+  const events = body.events;
+  let requests = 1;
+  while (!body.complete && body.cursor && events.length < limit) {
+    if (generation !== state.generation) return null;
+    $("summary").textContent =
+      `Searching… ${events.length} found so far (${requests} request${requests === 1 ? "" : "s"})`;
+    const rest = new URLSearchParams(params);
+    rest.set("limit", String(limit - events.length));
+    body = await getJson(logsUrl(rest, body.cursor));
+    events.push(...body.events);
+    requests += 1;
+  }
+  return { events, cursor: body.cursor };
 }
 
 function logsUrl(params, cursor) {
@@ -108,7 +170,7 @@ async function loadPage(index) {
   $("go").disabled = true;
   $("results").setAttribute("aria-busy", "true");
   try {
-    const body = await getJson(logsUrl(state.params, state.cursors[index]));
+    const body = await getPage(state.params, state.cursors[index], generation);
     if (generation !== state.generation) return;
     showError(null);
     state.failed = false;
@@ -182,8 +244,8 @@ async function tail(loop) {
   if (newest !== null) params.set("since", new Date(newest - TAIL_OVERLAP_MS).toISOString());
   params.set("limit", "1000");
   try {
-    const body = await getJson(logsUrl(params, null));
-    if (generation !== state.generation) return;
+    const body = await getPage(params, null, generation);
+    if (!body || generation !== state.generation) return;
     const fresh = body.events.filter((e) => !state.ids.has(e.id));
     if (fresh.length && state.events.length + fresh.length <= MAX_ROWS) {
       for (const e of fresh) state.ids.add(e.id);
@@ -330,7 +392,12 @@ function renderChart() {
   chart.append(svg("text", { x: left, y: 146 }, `${time(first)} UTC`));
   chart.append(svg("text", { x: left + plotW, y: 146, "text-anchor": "end" }, `${time(last)} UTC`));
   const per = width === 1 ? "minute" : `${width} minutes`;
-  $("chart-title").textContent = `Events per ${per} by level (${events.length} shown)`;
+  // Say what the bars count: the events on this page, which is the whole time range only
+  // when there is no further page.
+  const scope = state.next || state.page > 0
+    ? `the ${events.length} events on this page, not the whole time range`
+    : `all ${events.length} events in the time range`;
+  $("chart-title").textContent = `Events per ${per} by level: ${scope}`;
   for (const level of LEVELS) {
     if (!totals[level]) continue;
     const li = document.createElement("li");

@@ -1,0 +1,166 @@
+"""The ingest limits as plain functions: budget, counts before parsing, linear gzip, OTLP scan."""
+
+from __future__ import annotations
+
+import gzip
+import time
+
+import aiohttp
+import orjson
+import pytest
+
+from logpipe import metrics, otlp
+from logpipe.config import Settings
+from logpipe.errors import BodyError
+from logpipe.limits import (
+    MemoryBudget,
+    Refused,
+    count_array_items,
+    count_ndjson_lines,
+    parsed_json_bytes,
+)
+from logpipe.web import MAX_GZIP_MEMBERS, decode_content
+from tests import attacks
+from tests.conftest import make_event
+
+
+def test_budget_refuses_503_when_full_and_gives_back_on_release() -> None:
+    budget = MemoryBudget(1000, per_request_bytes=800)
+    first, second = budget.reservation(), budget.reservation()
+    first.add(700, "body")
+    with pytest.raises(Refused) as refused:
+        second.add(400, "body")
+    assert (refused.value.status, refused.value.label) == (503, "budget")
+    first.shrink_to(100)
+    second.add(400, "body")
+    assert budget.used == 500
+    first.release()
+    second.release()
+    assert budget.used == 0
+
+
+def test_budget_refuses_413_past_one_request_share() -> None:
+    reservation = MemoryBudget(1000, per_request_bytes=300).reservation()
+    with pytest.raises(Refused) as refused:
+        reservation.add(301, "the parsed body")
+    assert (refused.value.status, refused.value.label) == (413, "too_large")
+
+
+@pytest.mark.parametrize(
+    ("body", "cap", "expected"),
+    [
+        # -1: fewer commas than the cap, so surely within it; nothing is walked.
+        pytest.param(b"[" + b"{}," * 9 + b"{}]", 10, -1, id="cheap-bound-within-cap"),
+        pytest.param(b'[{"a":1,"b":[1,2,3]},{"c":"x,y"}]', 2, 2, id="commas-inside-items"),
+        pytest.param(b" [ {} ,\n {} ,{} ] ", 2, None, id="white-space-past-the-cap"),
+        pytest.param(b"[1,2,3,}", 3, 3, id="broken-left-to-the-parser"),
+        pytest.param(b"[" * 5000 + b"]" * 5000 + b",1" * 5, 3, 0, id="too-deep-left-to-the-parser"),
+    ],
+)
+def test_array_items_are_counted_up_to_the_cap(body: bytes, cap: int, expected: int | None) -> None:
+    if expected is None:
+        with pytest.raises(Refused):
+            count_array_items(body, cap)
+    else:
+        assert count_array_items(body, cap) == expected
+
+
+def test_array_past_the_cap_is_refused_after_cap_plus_one_items() -> None:
+    body = b"[" + b"{}," * 1_000_000 + b"{}]"
+    started = time.perf_counter()
+    with pytest.raises(Refused) as refused:
+        count_array_items(body, cap=100)
+    assert (refused.value.status, refused.value.label) == (413, "too_many_events")
+    assert time.perf_counter() - started < 2
+
+
+def test_ndjson_counts_only_non_blank_lines() -> None:
+    body = b"{}\n\n  \r\n{}\r\n" * 10
+    assert count_ndjson_lines(body, cap=20) == 20
+    with pytest.raises(Refused):
+        count_ndjson_lines(body, cap=19)
+
+
+def test_parsed_estimate_covers_what_orjson_builds() -> None:
+    import tracemalloc
+
+    for body in (b"[" + b"{}," * 50_000 + b"{}]", b"[" + b'{"a":1},' * 50_000 + b"{}]"):
+        tracemalloc.start()
+        parsed = orjson.loads(body)
+        used, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert used <= parsed_json_bytes(body), (used, parsed_json_bytes(body))
+        del parsed
+
+
+def test_many_gzip_members_are_refused_in_linear_time() -> None:
+    body = attacks.empty_gzip_members()
+    started = time.perf_counter()
+    with pytest.raises(Refused) as refused:
+        decode_content(body, "gzip", 5 * 1024 * 1024)
+    assert refused.value.status == 400
+    assert time.perf_counter() - started < 2
+
+
+def test_gzip_members_up_to_the_cap_are_all_inflated() -> None:
+    members = [gzip.compress(b"x" * n) for n in range(MAX_GZIP_MEMBERS)]
+    body = decode_content(b"".join(members), "gzip", 1 << 30)
+    assert body == b"".join(b"x" * n for n in range(MAX_GZIP_MEMBERS))
+
+
+def test_inflated_bytes_are_held_as_they_grow() -> None:
+    held: list[int] = []
+    decode_content(gzip.compress(b"y" * 300_000), "gzip", 1 << 20, lambda n, w: held.append(n))
+    assert sum(held) >= 300_000
+
+
+def test_otlp_records_are_counted_from_the_wire_and_refused_past_the_cap() -> None:
+    body = attacks.otlp_empty_records(2_000_000)
+    started = time.perf_counter()
+    with pytest.raises(Refused) as refused:
+        otlp.scan_protobuf(body, cap=10_000)
+    assert (refused.value.status, refused.value.label) == (413, "too_many_events")
+    assert time.perf_counter() - started < 2
+    assert otlp.scan_protobuf(attacks.otlp_empty_records(50), cap=50).records == 50
+
+
+def test_otlp_expansion_counts_resource_bytes_once_per_record() -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    attribute = resource_logs.resource.attributes.add()
+    attribute.key = "big"
+    attribute.value.string_value = "v" * 10_000
+    scope_logs = resource_logs.scope_logs.add()
+    for _ in range(100):
+        scope_logs.log_records.add().body.string_value = "m"
+    shape = otlp.scan_protobuf(request.SerializeToString(), cap=1000)
+    assert shape.records == 100
+    assert shape.expanded_bytes >= 100 * 10_000
+
+
+def test_broken_otlp_framing_is_400() -> None:
+    with pytest.raises(BodyError) as error:
+        otlp.scan_protobuf(b"\x0a\xff\xff\xff\x0f", cap=10)
+    assert error.value.status == 400
+
+
+async def test_budget_is_given_back_after_accepted_refused_and_broken_requests(
+    ingestor_url: str, http: aiohttp.ClientSession, settings: Settings
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    bodies = [
+        orjson.dumps([make_event(n) for n in range(50)]),  # 202
+        b"[" + b"{}," * 20_000 + b"{}]",  # 413, too many events
+        b"[{]",  # 400
+    ]
+    statuses = []
+    for body in bodies:
+        async with http.post(f"{ingestor_url}/ingest", data=body, headers=headers) as response:
+            statuses.append(response.status)
+    assert statuses == [202, 413, 400]
+    admin = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    samples = await metrics.scrape(http, admin)
+    assert metrics.total(samples, "logpipe_ingest_memory_held_bytes") == 0
+    assert metrics.total(samples, "logpipe_requests_rejected_total", reason="too_many_events") >= 1
