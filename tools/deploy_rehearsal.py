@@ -426,6 +426,14 @@ async def pipeline(stack: dict[str, Task], state: Mapping[str, Any], logs: Path)
                 if code in (0, 404):
                     raise RehearsalError(f"the load balancer forwards {path}; the ingestor: {code}")
             step(f"every path the listener forwards is served: {', '.join(listener_paths(state))}")
+            # What stays inside the VPC answers on the metrics port, which no listener reaches.
+            private = f"http://127.0.0.1:{ingestor.env['LOGPIPE_METRICS_PORT']}"
+            for path in ("/metrics", "/readyz"):
+                if path in listener_paths(state) or await status(session, private + path) != 200:
+                    raise RehearsalError(f"{path}: forwarded, or not on the metrics port")
+                if await status(session, public + path) != 404:
+                    raise RehearsalError(f"{path} is served on the public port too")
+            step("/metrics and /readyz answer on the metrics port only, which no listener reaches")
 
             senders = []
             for task in emitters:
