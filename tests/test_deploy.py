@@ -1000,7 +1000,6 @@ def test_provider_lock_is_committed_for_the_pinned_provider() -> None:
 # --- Terraform: the front door, revisions, ordering, scaling, deployment alarms ---
 
 
-
 def test_ingest_listener_forwards_only_the_public_paths_and_answers_404_otherwise() -> None:
     tf = load_tf(TERRAFORM)
     listener = resource("aws_lb_listener", "ingest")
