@@ -2,8 +2,8 @@
 
 `make deploy-rehearsal` proves that terraform/ and the code agree, without an AWS account:
 
-1. moto's server starts on a free loopback port, with an ingest API key in its Secrets
-   Manager (what README "Deploy" asks an operator to create).
+1. moto's server starts on a free loopback port, with a secret in its Secrets Manager for
+   every `*_secret_arn` variable (what README "Deploy" asks an operator to create).
 2. terraform/ is copied beside an override file that points the AWS provider's endpoints
    at moto and keeps the state local, then `terraform init` (provider from the mirror, as in
    tools/terraform-validate.sh) and `terraform apply` with `embedded_endpoint = true`, which
@@ -12,14 +12,18 @@
    PRIMARY deployment runs the task definition of `terraform output task_definitions`.
 4. Each role starts as its container would: the image's entrypoint (`logpipe`) with exactly
    the environment of its applied task definition, secrets resolved from Secrets Manager
-   as the ECS agent does. Only what the platform provides changes: each task has its own
-   address on AWS, so here the ports move to free loopback ports; the task role becomes
-   moto credentials and AWS_ENDPOINT_URL; the emitters' ingest URL (the load balancer)
-   becomes the ingestor's loopback address.
-5. The load balancer's applied listener rule is checked against the ingestor: every path
-   it forwards is served there; the health check of each task definition passes.
-6. Both emitters send until each has had events accepted, stop, and report their counts;
-   the processor stores them; the console must return every accepted event, counted.
+   as the ECS agent does (with the execution role's identity). Only what the platform
+   provides changes: each task has its own address on AWS, so here the ports move to free
+   loopback ports; the task role becomes credentials named after it plus AWS_ENDPOINT_URL;
+   the emitters' ingest URL (the load balancer) becomes a loopback stand-in that applies
+   the applied ingest listener: its rules forward, its default action answers.
+5. The health check of each task definition passes; every path the listener forwards
+   reaches the ingestor; /metrics and /readyz answer on the metrics port only.
+6. Both emitters send through the listener until each has had events accepted, stop and
+   report their counts; the processor stores them; the console (with a read key) must
+   return every accepted event, counted.
+7. moto recorded every request: each role's calls (by its credentials) must be allowed by
+   that role's applied IAM policy, and a task without a task role makes none.
 
 Exit 0 when all of it holds; otherwise the first failure, with the roles' logs.
 """
@@ -46,6 +50,7 @@ from typing import Any
 
 import aiohttp
 import boto3  # type: ignore[import-untyped]
+from aiohttp import web
 
 from logpipe.processes import LOCAL_CREDENTIALS, free_port, start_moto
 
@@ -391,7 +396,9 @@ async def stored(session: aiohttp.ClientSession, console: Task, service: str) ->
             return count
 
 
-async def pipeline(stack: dict[str, Task], state: Mapping[str, Any], logs: Path) -> None:
+async def pipeline(
+    stack: dict[str, Task], state: Mapping[str, Any], logs: Path, front: FrontDoor, door: str
+) -> None:
     by_role: dict[str, list[Task]] = {}
     for task in stack.values():
         by_role.setdefault(task.role, []).append(task)
@@ -422,10 +429,11 @@ async def pipeline(stack: dict[str, Task], state: Mapping[str, Any], logs: Path)
             check_listener_paths(state)
             for path in listener_paths(state):
                 method = "GET" if path == "/healthz" else "POST"
-                code = await status(session, public + path, method=method, data=b"{}")
+                code = await status(session, door + path, method=method, data=b"{}")
                 if code in (0, 404):
                     raise RehearsalError(f"the load balancer forwards {path}; the ingestor: {code}")
-            step(f"every path the listener forwards is served: {', '.join(listener_paths(state))}")
+            paths = ", ".join(listener_paths(state))
+            step(f"every path the listener forwards reaches the ingestor: {paths}")
             # What stays inside the VPC answers on the metrics port, which no listener reaches.
             private = f"http://127.0.0.1:{ingestor.env['LOGPIPE_METRICS_PORT']}"
             for path in ("/metrics", "/readyz"):
@@ -433,6 +441,8 @@ async def pipeline(stack: dict[str, Task], state: Mapping[str, Any], logs: Path)
                     raise RehearsalError(f"{path}: forwarded, or not on the metrics port")
                 if await status(session, public + path) != 404:
                     raise RehearsalError(f"{path} is served on the public port too")
+                if await status(session, door + path) != 404:
+                    raise RehearsalError(f"the load balancer does not answer 404 for {path}")
             step("/metrics and /readyz answer on the metrics port only, which no listener reaches")
 
             senders = []
@@ -452,6 +462,9 @@ async def pipeline(stack: dict[str, Task], state: Mapping[str, Any], logs: Path)
                 if summary["failed"]:
                     raise RehearsalError(f"{sender.task.service}: {summary}")
             step(f"emitters stopped; accepted by the ingestor: {accepted}")
+            step(f"load balancer rules: forwarded {front.forwarded}, answered 404 {front.refused}")
+            if not front.forwarded.get("/ingest"):
+                raise RehearsalError("the emitters' events did not pass the load balancer's rules")
             for service, count in accepted.items():
                 await poll(
                     f"{count} {service} events through the console",
@@ -491,6 +504,76 @@ def listener_paths(state: Mapping[str, Any]) -> list[str]:
         for pattern in condition.get("path_pattern", [])
         for path in pattern["values"]
     ]
+
+
+HOP_BY_HOP = {"host", "connection", "content-length", "transfer-encoding", "keep-alive"}
+
+
+class FrontDoor:
+    """The applied ingest listener on loopback: what its rules match goes to the ingestor,
+    anything else gets the listener's own fixed response, as the load balancer does."""
+
+    def __init__(self, state: Mapping[str, Any], target: str) -> None:
+        listeners = [r["values"] for r in resources(state) if r["type"] == "aws_lb_listener"]
+        (listener,) = [entry for entry in listeners if entry["port"] in (80, 443)]
+        (default,) = listener["default_action"]
+        if default["type"] != "fixed-response":
+            raise RehearsalError(f"the ingest listener's default action is {default['type']}")
+        (self._fixed,) = default["fixed_response"]
+        rules = [r["values"] for r in resources(state) if r["type"] == "aws_lb_listener_rule"]
+        self.patterns = [
+            path
+            for rule in rules
+            if rule["listener_arn"] == listener["arn"]
+            for condition in rule["condition"]
+            for pattern in condition.get("path_pattern", [])
+            for path in pattern["values"]
+        ]
+        self._target = target
+        self.forwarded: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> str:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        return f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        path = request.path
+        if not any(fnmatch.fnmatchcase(path, pattern) for pattern in self.patterns):
+            self.refused[path] = self.refused.get(path, 0) + 1
+            return web.Response(
+                status=int(self._fixed["status_code"]),
+                body=self._fixed.get("message_body", ""),
+                content_type=self._fixed["content_type"],
+            )
+        self.forwarded[path] = self.forwarded.get(path, 0) + 1
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with self._session.request(
+            request.method,
+            self._target + request.rel_url.path_qs,
+            headers=headers,
+            data=await request.read(),
+            allow_redirects=False,
+        ) as answer:
+            body = await answer.read()
+            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+            kept.pop("Content-Encoding", None)  # aiohttp has decoded the body
+            return web.Response(status=answer.status, body=body, headers=kept)
 
 
 def check_listener_paths(state: Mapping[str, Any]) -> None:
@@ -670,10 +753,12 @@ async def rehearse(work: Path) -> None:
         out = outputs(state)
         (ingestor,) = [t for t in stack.values() if t.role == "ingestor"]
         ingestor.env = platform_env(ingestor, endpoint, out["ingest_url"], "")
-        ingestor_url = f"http://127.0.0.1:{ingestor.env['LOGPIPE_PORT']}"
+        # The emitters send to the load balancer: here, its applied rules on loopback.
+        front = FrontDoor(state, f"http://127.0.0.1:{ingestor.env['LOGPIPE_PORT']}")
+        door = await front.start()
         for task in stack.values():
             if task is not ingestor:
-                task.env = platform_env(task, endpoint, out["ingest_url"], ingestor_url)
+                task.env = platform_env(task, endpoint, out["ingest_url"], door)
         step(
             "roles: "
             + ", ".join(
@@ -681,7 +766,10 @@ async def rehearse(work: Path) -> None:
                 for t in stack.values()
             )
         )
-        await pipeline(stack, state, work)
+        try:
+            await pipeline(stack, state, work, front, door)
+        finally:
+            await front.stop()
         await moto_api(endpoint, "recorder/stop-recording")
         counts = check_permissions(await moto_api(endpoint, "recorder/download-recording"), state)
         step(f"every AWS call is allowed by its role's applied policy: {counts}")
