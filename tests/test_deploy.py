@@ -1399,6 +1399,8 @@ def test_deploy_rehearsal_passes_events_end_to_end_through_the_applied_stack() -
     assert any("rollout check: 5 services" in line for line in lines), result.stdout
     accepted = [line for line in lines if "the console returns every accepted event" in line]
     assert accepted and "service-a" in accepted[0] and "service-b" in accepted[0], result.stdout
+    assert any("every AWS call is allowed by its role's applied policy" in x for x in lines)
+    assert any("load balancer rules: forwarded" in x and "'/ingest'" in x for x in lines)
     assert lines[-1].startswith("rehearsal: passed in"), result.stdout
 
 
