@@ -32,6 +32,15 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}"
 
 
+def cpu_cell(run: dict[str, object]) -> str:
+    """`ingestor / processor` CPU microseconds per event, or - (the ceiling runs no roles)."""
+    cpu = run.get("cpu_us_per_event") or {}
+    assert isinstance(cpu, dict)
+    if not cpu:
+        return "-"
+    return f"{cpu.get('ingestor', '-')} / {cpu.get('processor', '-')}"
+
+
 def table(runs: dict[str, dict[str, object]]) -> str:
     rows = [
         ("events", "events"),
@@ -43,6 +52,7 @@ def table(runs: dict[str, dict[str, object]]) -> str:
         ("DynamoDB write units per event", "write_units_per_event"),
         ("USD per million events", "usd_per_million_events"),
         ("peak RSS ingestor / processor MB", None),
+        ("CPU µs per event ingestor / processor", None),
         ("AWS calls", "aws_requests"),
     ]
     modes = list(runs)
@@ -58,6 +68,8 @@ def table(runs: dict[str, dict[str, object]]) -> str:
                 cells.append(
                     f"{rss.get('ingestor', '-')} / {rss.get('processor', '-')}" if rss else "-"
                 )
+            elif label.startswith("CPU"):
+                cells.append(cpu_cell(run))
             elif key == "aws_requests":
                 calls = run[key]
                 assert isinstance(calls, dict)
@@ -84,7 +96,7 @@ def main() -> int:
     share = float(batched["events_per_s"]) / float(ceiling["events_per_s"])  # type: ignore[arg-type]
     text = (
         f"# logpipe bench\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}, "
-        f"embedded endpoint (moto's server).\n\n{table(runs)}\n\n"
+        f"embedded endpoint (moto, served with keep-alive).\n\n{table(runs)}\n\n"
         f"Batched is **{speedup:.0f}x** naive and **{share:.0%}** of the endpoint's ceiling.\n\n"
         f"Reproduce: `python bench/compare.py --events {args.events} "
         f"--naive-events {args.naive_events}`\n"

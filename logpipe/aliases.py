@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -122,6 +123,8 @@ def level_of(value: object) -> str | None:
 
 def alias_timestamp(value: object) -> object:
     """Epoch seconds (with a fraction) or milliseconds as epoch ms; anything else unchanged."""
+    if isinstance(value, Decimal) and value.is_finite():  # a number with many digits
+        return round(value * 1000) if abs(value) < SECONDS_BELOW else int(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return value
     if isinstance(value, float) and not math.isfinite(value):

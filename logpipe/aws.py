@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import orjson
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from logpipe import metrics
+from logpipe import aws_serialise, metrics
 from logpipe.config import Settings
 from logpipe.errors import ConfigError, EntryFailure
 
@@ -41,6 +42,8 @@ RETRIABLE_CODES = frozenset(
         "ServiceUnavailableException",
         "KMS.ThrottlingException",
         "AWS.SimpleQueueService.InternalError",
+        "RequestTimeout",
+        "RequestTimeoutException",
     }
 )
 THROTTLE_CODES = frozenset(
@@ -52,6 +55,10 @@ THROTTLE_CODES = frozenset(
         "RequestThrottled",
     }
 )
+
+
+# What an AWS call raises when the service or the way to it fails.
+AWS_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
 
 
 def error_code(exc: BaseException) -> str:
@@ -71,20 +78,37 @@ def is_retriable(exc: BaseException) -> bool:
 
 def backoff_delay(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * (2**attempt)))
+    return random.uniform(0, min(cap, base * (2 ** min(attempt, 64))))
 
 
-async def with_retries(call: Callable[[], Awaitable[T]], attempts: int, what: str) -> T:
-    """Run `call`, retrying retriable errors with backoff; the last error propagates."""
-    for attempt in range(attempts):
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    attempts: int,
+    what: str,
+    *,
+    until: float | None = None,
+    cap: float = 5.0,
+    waited: Callable[[BaseException, float], None] | None = None,
+) -> T:
+    """Run `call`, retrying retriable errors with backoff; the last error propagates.
+
+    With `until` (a `time.monotonic()` deadline) retries go on until the deadline instead of
+    for `attempts`; `waited(error, seconds)` hears of each wait.
+    """
+    attempt = 0
+    while True:
         try:
             return await call()
         except Exception as exc:
-            if not is_retriable(exc) or attempt == attempts - 1:
+            delay = backoff_delay(attempt, cap=cap)
+            last = attempt == attempts - 1 if until is None else time.monotonic() + delay > until
+            if not is_retriable(exc) or last:
                 log.warning("%s failed after %d attempts: %s", what, attempt + 1, error_code(exc))
                 raise
-            await asyncio.sleep(backoff_delay(attempt))
-    raise AssertionError("unreachable")
+            if waited is not None:
+                waited(exc, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
 
 
 async def call_entries(
@@ -131,7 +155,11 @@ class Clients:
 
 def client_config(pool: int) -> AioConfig:
     # Retries are ours (per entry, with jitter), so botocore makes exactly one attempt.
+    # Every call's parameters are built by our code, not taken from users: checking them
+    # against the model on each call cost a fifth of the processor's CPU, and a malformed
+    # call still fails, as the service's ValidationException (not retriable).
     return AioConfig(
+        parameter_validation=False,
         max_pool_connections=pool,
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=5,
@@ -158,6 +186,7 @@ async def open_clients(stack: AsyncExitStack, settings: Settings, pool: int) -> 
     )
     for client in (sqs, dynamodb):
         client.meta.events.register("before-parameter-build", _count_call)
+        aws_serialise.install(client)
     sqs.meta.events.register("after-call.sqs.ReceiveMessage", _count_received_chunks)
     if settings.faults:
         from logpipe.faults import Faults, Injector
@@ -231,7 +260,51 @@ async def bootstrap(clients: Clients, settings: Settings) -> dict[str, str]:
         },
     )
     await _ensure_table(clients.dynamodb, settings.table_name)
+    await table_shards(clients.dynamodb, settings.table_name, settings.shards)
     return {"queue_url": main_url, "dlq_url": dlq_url, "table": settings.table_name}
+
+
+# The table's own settings live in one item; no '#' in its key, so no event can share it.
+CONFIG_KEY = {"pk": {"S": "_config"}, "sk": {"S": "shards"}}
+
+
+async def table_shards(dynamodb: Any, table: str, proposed: int) -> int:
+    """The shard count of `table`: the first value ever written wins, forever.
+
+    Keys depend on it, so it belongs to the table, not to one process's configuration. The
+    first writer (bootstrap, or the first processor on a table made elsewhere) stores
+    `proposed`; everyone after reads the stored value back from the refused conditional put
+    (PutItem only: the processor may not GetItem).
+    """
+    try:
+        await dynamodb.put_item(
+            TableName=table,
+            Item={**CONFIG_KEY, "shards": {"N": str(proposed)}},
+            ConditionExpression="attribute_not_exists(pk)",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+        stored = int(exc.response["Item"]["shards"]["N"])
+        if stored != proposed:
+            log.warning(
+                "LOGPIPE_SHARDS is %d but table %s was made with %d shards: using %d",
+                proposed,
+                table,
+                stored,
+                stored,
+            )
+        return stored
+    log.info("table %s: shard count %d stored", table, proposed)
+    return proposed
+
+
+async def read_table_shards(dynamodb: Any, table: str, default: int) -> int:
+    """The stored shard count of `table` (GetItem, for readers), or `default` if none is."""
+    response = await dynamodb.get_item(TableName=table, Key=CONFIG_KEY, ConsistentRead=True)
+    item = response.get("Item")
+    return int(item["shards"]["N"]) if item else default
 
 
 async def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:

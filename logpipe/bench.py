@@ -26,6 +26,7 @@ from logpipe import metrics
 from logpipe.aws import Clients, bootstrap, open_clients, queue_url
 from logpipe.client import Shipper
 from logpipe.config import Settings
+from logpipe.cpu import CpuMeter, Profiler
 from logpipe.faults import Faults
 from logpipe.processes import (
     LOCAL_CREDENTIALS,
@@ -53,6 +54,8 @@ class BenchOptions:
     endpoint: str | None = None
     rate: float = 0.0
     chaos: Faults = field(default_factory=Faults)
+    profile: str | None = None
+    keepalive: bool = True
 
 
 def make_events(run: str, count: int, now_ms: int) -> list[dict[str, Any]]:
@@ -76,14 +79,38 @@ def batches(events: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, 
         yield events[start : start + size]
 
 
+async def start_keepalive_moto(port: int, log: IO[bytes]) -> asyncio.subprocess.Process:
+    """moto under uvicorn (keep-alive, as AWS endpoints) on `port`, once it answers."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "logpipe.keepalive_moto:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        stdout=log,
+        stderr=log,
+    )
+    async with aiohttp.ClientSession() as session:
+        await wait_http(session, f"http://127.0.0.1:{port}/moto-api/", timeout=30)
+    return process
+
+
 @asynccontextmanager
-async def endpoint(url: str | None, log: IO[bytes]) -> AsyncIterator[str]:
-    """The given endpoint, or moto's server in its own process on a free loopback port."""
+async def endpoint(url: str | None, log: IO[bytes], keepalive: bool = True) -> AsyncIterator[str]:
+    """The given endpoint, or moto in its own process on a free loopback port: served by
+    uvicorn with keep-alive (`keepalive`), or by moto's own server, which closes every
+    connection after one call."""
     if url:
         yield url
         return
     port = free_port()
-    process = await start_moto(port, log)
+    process = await (start_keepalive_moto if keepalive else start_moto)(port, log)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -133,7 +160,9 @@ async def run(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     log_path = os.path.join(tempfile.gettempdir(), f"logpipe-bench-{run_id}.log")
     with open(log_path, "wb") as log:  # noqa: ASYNC230 - once, at start
         async with AsyncExitStack() as stack:
-            url = await stack.enter_async_context(endpoint(options.endpoint, log))
+            url = await stack.enter_async_context(
+                endpoint(options.endpoint, log, options.keepalive)
+            )
             settings = replace(
                 settings,
                 endpoint_url=url,
@@ -183,6 +212,8 @@ class PipelineBench:
         self.retired: list[metrics.Sample] = []  # metrics of role processes killed on purpose
         self.peak_rss: dict[str, float | None] = {}
         self.kills = {"ingestor": 0, "processor": 0}
+        self.cpu = CpuMeter()
+        self.profiler = Profiler(options.profile) if options.profile else None
 
     async def run(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=60)
@@ -215,11 +246,13 @@ class PipelineBench:
         with contextlib.suppress(aiohttp.ClientError):
             self.retired += await metrics.scrape(self.session, self.metrics_url(role))
         self._note_rss(role)
+        self.cpu.take(role)
         process = self.roles[role].process
         process.kill()
         await process.wait()
         self.kills[role] += 1
         await self.start(role)
+        self.cpu.mark(role, self.roles[role].process.pid)
 
     def _note_rss(self, role: str) -> None:
         rss = peak_rss_mb(self.roles[role].process.pid)
@@ -241,6 +274,10 @@ class PipelineBench:
         bar = ProgressBar(len(events))
         main_url = await queue_url(self.clients.sqs, self.settings.queue_name)
         await put_poison(self.clients.sqs, main_url, self.options.chaos.poison)
+        for role, process in self.roles.items():
+            self.cpu.mark(role, process.process.pid)
+            if self.profiler:
+                await self.profiler.attach(role, process.process.pid)
         started = time.monotonic()
 
         async def driver() -> None:
@@ -255,12 +292,15 @@ class PipelineBench:
         chaos = asyncio.ensure_future(self._chaos(drivers))
         last_change, last_depth = time.monotonic(), -1
         while True:
+            # Read the flags before the depth: a driver that finishes after the depth was read
+            # may have sent messages that depth did not see yet.
+            finished = drivers.done() and chaos.done()
             depth = await queue_depth(self.clients.sqs, main_url)
             with contextlib.suppress(aiohttp.ClientError):
                 samples = await metrics.scrape(self.session, self.processor_url)
                 bar.draw(shipper.stats.sent, metrics.total(samples, "logpipe_events_stored_total"))
             # Every 202 means SQS holds the event, and only stored events leave the queue.
-            if drivers.done() and chaos.done() and depth == 0:
+            if finished and depth == 0:
                 break
             if depth != last_depth:
                 last_change, last_depth = time.monotonic(), depth
@@ -268,6 +308,10 @@ class PipelineBench:
                 break
             await asyncio.sleep(0.2)
         seconds = time.monotonic() - started
+        for role in self.roles:
+            self.cpu.take(role)
+        if self.profiler:
+            await self.profiler.stop()
         bar.end()
         for task in (drivers, chaos):
             task.cancel()
@@ -287,6 +331,7 @@ class PipelineBench:
             seconds=seconds,
             samples=samples,
             peak_rss_mb=self.peak_rss,
+            cpu_us_per_event=self.cpu.per_event_us(len(events)),
         )
         if self.options.chaos != Faults():
             result["chaos"] = str(self.options.chaos)

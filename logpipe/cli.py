@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--rate", type=float, default=0.0, help="events/s to drive (0 = max)")
     bench.add_argument("--chaos", default="", help="faults, e.g. kill-processor:3,sqs-error:0.1")
+    bench.add_argument("--profile", metavar="DIR", help="py-spy profile of each role into DIR")
+    bench.add_argument(
+        "--closing-endpoint",
+        action="store_true",
+        help="moto's own server, which closes every connection (default: keep-alive, as AWS)",
+    )
 
     console = commands.add_parser("console", help="serve the read API and the web page")
     console.add_argument("--port", type=int, help="HTTP port (LOGPIPE_PORT)")
@@ -200,6 +206,8 @@ async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) 
             endpoint=args.endpoint,
             rate=args.rate,
             chaos=Faults.parse(args.chaos),
+            profile=args.profile,
+            keepalive=not args.closing_endpoint,
         )
         result = await bench.run(settings, options)
         print(orjson.dumps(result).decode(), flush=True)

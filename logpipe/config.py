@@ -55,6 +55,9 @@ class Settings:
     max_receive_count: int = 5
     write_attempts: int = 8
     max_inflight_events: int = 10000
+    # How long the processor retries throttling, 5xx and network errors before a message
+    # spends a receive (and so, after maxReceiveCount, reaches the DLQ).
+    retry_horizon_s: float = 900.0
     # Emitter
     emitter_service: str = "service-a"
     emitter_rate: float = 20.0
@@ -123,6 +126,7 @@ class Settings:
             max_inflight_events=_int(
                 env, "LOGPIPE_MAX_INFLIGHT_EVENTS", d.max_inflight_events, 100, 10_000_000
             ),
+            retry_horizon_s=_float(env, "LOGPIPE_RETRY_HORIZON_S", d.retry_horizon_s, 1.0, 43200.0),
             emitter_service=_choice(
                 env, "LOGPIPE_EMITTER_SERVICE", d.emitter_service, EMITTER_SERVICES
             ),

@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logpipe import metrics
-from logpipe.aws import error_code, open_clients
+from logpipe.aws import error_code, open_clients, read_table_shards
 from logpipe.config import Settings
 from logpipe.models import Event, from_item, iso_ms
 from logpipe.query import QueryError, parse_query
@@ -191,12 +191,22 @@ def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> 
         async with AsyncExitStack() as stack:
             clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
             app.state.dynamodb = clients.dynamodb
+            # The shard count belongs to the table (see aws.table_shards).
+            try:
+                shards = await read_table_shards(
+                    clients.dynamodb, settings.table_name, settings.shards
+                )
+            except AWS_ERRORS as exc:
+                log.warning(
+                    "shard count unreadable (%s): using %d", error_code(exc), settings.shards
+                )
+                shards = settings.shards
             app.state.console = Console(
                 settings,
                 Reader(
                     clients.dynamodb,
                     settings.table_name,
-                    settings.shards,
+                    shards,
                     READ_CONCURRENCY,
                     cursor_secret=secret,
                     query_budget=settings.query_budget,
@@ -321,15 +331,16 @@ async def query_command(
     progress = _Progress(err)
     async with AsyncExitStack() as stack:
         clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
-        reader = Reader(
-            clients.dynamodb,
-            settings.table_name,
-            settings.shards,
-            READ_CONCURRENCY,
-            cursor_secret=secret,
-            query_budget=settings.query_budget,
-        )
         try:
+            shards = await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
+            reader = Reader(
+                clients.dynamodb,
+                settings.table_name,
+                shards,
+                READ_CONCURRENCY,
+                cursor_secret=secret,
+                query_budget=settings.query_budget,
+            )
             while True:
                 page = await reader.read(query)
                 events.extend(from_item(item) for item in page.items)

@@ -9,8 +9,8 @@ from typing import Any
 
 from logpipe.aws import Clients, call_entries, open_clients, queue_url
 from logpipe.config import Settings
-from logpipe.models import EnvelopeError
-from logpipe.processor import decode_message
+from logpipe.models import EnvelopeError, event_problem, loads_exact, unpack_events
+from logpipe.processor import message_body
 
 BATCH = 10
 INSPECT_HOLD_S = 5
@@ -19,10 +19,27 @@ INSPECT_HOLD_S = 5
 def diagnose(message: dict[str, Any]) -> str:
     """Why a dead letter is there, as far as its body can tell."""
     try:
-        events = decode_message(message)
+        body = message_body(message)
+        events = unpack_events(body)
     except EnvelopeError as exc:
         return f"undecodable: {exc}"
+    reason = refusal(message, body)
+    if reason is not None:
+        return f"event refused: {reason}"
+    problems = [p for p in map(event_problem, events) if p is not None]
+    if problems:
+        return f"holds {len(problems)} events that can never be stored: {problems[0]}"
     return f"decodes to {len(events)} events: storing them failed (see the processor's log)"
+
+
+def refusal(message: dict[str, Any], body: str) -> str | None:
+    """The reason the processor gave when it sent one event here on its own, if it did."""
+    doc = loads_exact(body)
+    reason = doc.get("reason") if isinstance(doc, dict) else None
+    if isinstance(reason, str):
+        return reason
+    attribute = message.get("MessageAttributes", {}).get("reason", {}).get("StringValue")
+    return attribute if isinstance(attribute, str) else None
 
 
 def describe(message: dict[str, Any], now_ms: float) -> dict[str, Any]:

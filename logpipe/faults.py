@@ -15,6 +15,7 @@ from typing import Any
 from botocore.awsrequest import AWSResponse
 
 from logpipe import metrics
+from logpipe.aws import CONFIG_KEY
 from logpipe.errors import ConfigError
 
 # Where faults apply: the calls of the data path, never start-up (GetQueueUrl, bootstrap).
@@ -146,6 +147,8 @@ class Injector:
         """A fraction of writes fail: throttled outright, or (for a batch) half unprocessed."""
         if model.name not in DYNAMODB_CALLS or not self._rng.random() < self._faults.ddb_throttle:
             return
+        if params.get("Item", {}).get("pk") == CONFIG_KEY["pk"]:
+            return  # the table's shard count, read at start-up: spared like bootstrap
         batch: dict[str, list[Any]] = params.get("RequestItems", {})
         requests: list[Any] = next(iter(batch.values()), [])
         if len(requests) >= 2 and self._rng.random() < 0.5:

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from logpipe import metrics, otlp
+from logpipe import heap, metrics, otlp
 from logpipe.aws import Clients, error_code, open_clients, queue_url, send_message_batch
 from logpipe.batching import Batcher
 from logpipe.config import Settings
@@ -39,7 +39,7 @@ from logpipe.limits import (
     parsed_json_bytes,
     too_many,
 )
-from logpipe.models import encode_event, normalise
+from logpipe.models import encode_event, loads_exact, normalise
 from logpipe.monitor import QueueMonitor
 from logpipe.naive import OnePerEventSender
 from logpipe.web import (
@@ -88,12 +88,12 @@ def parse_events(body: bytes, ndjson: bool) -> list[Any]:
             if not line.strip():
                 continue
             try:
-                events.append(orjson.loads(line))
+                events.append(loads_exact(line))
             except orjson.JSONDecodeError:
                 events.append(EventError("", "line is not valid JSON"))
         return events
     try:
-        doc = orjson.loads(body)
+        doc = loads_exact(body)
     except orjson.JSONDecodeError as exc:
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
     if isinstance(doc, dict):
@@ -401,6 +401,7 @@ def create_app(settings: Settings) -> Starlette:
                 await stack.enter_async_context(EmfReporter("ingestor", settings.emf_interval_s))
             slots = asyncio.Semaphore(DECODE_WORKERS)
             app.state.pipeline = Pipeline(settings, clients, url, batcher, budget, decoder, slots)
+            heap.settle()
             log.info("ingestor ready on port %d, queue %s", settings.port, settings.queue_name)
             yield
 

@@ -84,6 +84,13 @@ write_throttles = Counter("logpipe_write_throttles_total", "BatchWriteItem calls
 write_failures = Counter(
     "logpipe_write_failures_total", "Items given up on after every attempt (message retried)."
 )
+throttle_wait_seconds = Counter(
+    "logpipe_throttle_wait_seconds_total",
+    "Seconds writes spent backing off after DynamoDB throttling (summed over concurrent calls).",
+)
+events_dead_lettered = Counter(
+    "logpipe_events_dead_lettered_total", "Events that can never be stored, sent to the DLQ alone."
+)
 write_seconds = Histogram(
     "logpipe_dynamodb_write_seconds", "BatchWriteItem call latency.", buckets=_CALL_BUCKETS
 )

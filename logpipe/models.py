@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
+from logpipe import timefmt
 from logpipe.aliases import fold
 from logpipe.errors import EventError, LogpipeError
 
@@ -39,6 +42,16 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # DynamoDB numbers: 38 significant digits, magnitude 1e-130 to below 1e126.
 _DDB_MIN, _DDB_LIMIT = 1e-130, 1e126
+_DDB_DIGITS = 38
+# A number of 16 or more digits may not survive a float (orjson reads big integers as floats).
+# A JSON number starts after ':', '[', ',' or a space, never after a letter, digit, '"' or
+# '.': so hex ids and digests in strings do not send a body down the slow path.
+_LONG_NUMBER = re.compile(r'(?<![\w".])\d(?:\.?\d){15}')
+_LONG_BYTES = re.compile(rb'(?<![\w".])\d(?:\.?\d){15}')
+_INT64 = range(-(2**63), 2**64)
+# Set on an event whose client sent an id but no timestamp: the processor then keeps the
+# first timestamp assigned to that id, so a retry lands on the same key.
+ASSIGNED_TIMESTAMP = "assigned_timestamp"
 
 Event = dict[str, Any]
 Item = dict[str, Any]
@@ -46,6 +59,47 @@ Item = dict[str, Any]
 
 class EnvelopeError(LogpipeError):
     """An SQS message body that is not a logpipe envelope."""
+
+
+def loads_exact(data: bytes | str) -> Any:
+    """JSON like `orjson.loads`, except that numbers orjson would round keep their digits.
+
+    orjson reads an integer beyond 64 bits as a float; when the text holds a run of 16 or
+    more digits it is read again by the standard library: integers beyond 64 bits and
+    decimals a double cannot hold exactly as Decimal. orjson checks the syntax first, so
+    both accept the same documents.
+    """
+    doc = orjson.loads(data)
+    long = _LONG_BYTES.search(data) if isinstance(data, bytes) else _LONG_NUMBER.search(data)
+    if long is None:
+        return doc
+    del doc  # never two parsed copies of one body at once
+    try:
+        return json.loads(data, parse_float=_exact_float, parse_int=_exact_int)
+    except RecursionError:
+        raise orjson.JSONDecodeError("nested too deeply", "", 0) from None
+
+
+def _exact_float(text: str) -> float | Decimal:
+    number = float(text)
+    exact = math.isfinite(number) and Decimal(repr(number)) == Decimal(text)
+    return number if exact else Decimal(text)
+
+
+def _exact_int(text: str) -> int | Decimal:
+    integer = int(text)
+    return integer if integer in _INT64 else Decimal(text)
+
+
+def _exact_number(value: object) -> orjson.Fragment:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps_exact(value: object) -> bytes:
+    """`orjson.dumps` that writes Decimal numbers with their exact digits."""
+    return orjson.dumps(value, default=_exact_number)
 
 
 def new_id(now_ms: int) -> str:
@@ -75,6 +129,8 @@ def normalise(raw: object, now_ms: int, default_service: str | None = None) -> E
         "timestamp": _timestamp(raw.get("timestamp"), now_ms),
         "ingested_at": now_ms,
     }
+    if raw.get("timestamp") is None and raw.get("id") is not None:
+        event[ASSIGNED_TIMESTAMP] = True
     for name, max_chars in (("trace_id", 32), ("span_id", 16)):
         value = raw.get(name)
         if value is not None:
@@ -87,12 +143,16 @@ def normalise(raw: object, now_ms: int, default_service: str | None = None) -> E
 
 def encode_event(event: Event) -> bytes:
     """The event as compact JSON, refused when it is too large to store."""
-    data = orjson.dumps(event)
-    # SQS refuses the noncharacters U+FFFE and U+FFFF; as JSON escapes they pass unchanged.
-    if b"\xef\xbf" in data:
-        data = data.replace(b"\xef\xbf\xbe", b"\\ufffe").replace(b"\xef\xbf\xbf", b"\\uffff")
+    data = _sqs_safe(dumps_exact(event))
     if len(data) > MAX_EVENT_BYTES:
         raise EventError("", f"event is {len(data)} bytes encoded; the limit is {MAX_EVENT_BYTES}")
+    return data
+
+
+def _sqs_safe(data: bytes) -> bytes:
+    """SQS refuses the noncharacters U+FFFE and U+FFFF; as JSON escapes they pass unchanged."""
+    if b"\xef\xbf" in data:
+        data = data.replace(b"\xef\xbf\xbe", b"\\ufffe").replace(b"\xef\xbf\xbf", b"\\uffff")
     return data
 
 
@@ -145,7 +205,7 @@ def _timestamp(value: object, now_ms: int) -> int:
         return now_ms
     if isinstance(value, bool):
         raise EventError("timestamp", "must be an RFC 3339 string or epoch milliseconds")
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Decimal):
         if not (isinstance(value, int) or math.isfinite(value)):
             raise EventError("timestamp", "must be a finite number of epoch milliseconds")
         ms = int(value)
@@ -174,25 +234,46 @@ def _hex(name: str, value: object, max_chars: int) -> str:
     return lowered
 
 
-def _attributes(value: object) -> dict[str, str | int | float | bool]:
+def _attributes(value: object) -> dict[str, str | int | float | bool | Decimal]:
     if not isinstance(value, dict):
         raise EventError("attributes", "must be a flat JSON object")
     if len(value) > MAX_ATTRIBUTES:
         raise EventError("attributes", f"has {len(value)} keys; the limit is {MAX_ATTRIBUTES}")
+    wide: list[str] = []
     for key, item in value.items():
-        if not 1 <= len(key) <= MAX_ATTRIBUTE_KEY_CHARS:
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_ATTRIBUTE_KEY_CHARS:
             raise EventError("attributes", f"keys must be 1-{MAX_ATTRIBUTE_KEY_CHARS} characters")
         if isinstance(item, str | bool):
             continue
         if isinstance(item, int):
-            if abs(item) >= 10**38:
+            if abs(item) >= 10**_DDB_DIGITS:
                 raise EventError(f"attributes.{key}", "integer has more than 38 digits")
+            if item not in _INT64:
+                wide.append(key)
         elif isinstance(item, float):
             if not math.isfinite(item) or (item != 0 and not _DDB_MIN <= abs(item) < _DDB_LIMIT):
                 raise EventError(f"attributes.{key}", "number is out of range")
+        elif isinstance(item, Decimal):
+            _check_decimal(key, item)
         else:
             raise EventError(f"attributes.{key}", "must be a string, number or boolean")
+    if wide:
+        # Beyond 64 bits JSON encoders give up; as Decimal they keep every digit.
+        return {**value, **{key: Decimal(value[key]) for key in wide}}
     return value
+
+
+def _check_decimal(key: str, number: Decimal) -> None:
+    """A DynamoDB number: at most 38 significant digits, magnitude 1e-130 to below 1e126."""
+    if not number.is_finite():
+        raise EventError(f"attributes.{key}", "number is out of range")
+    if number.is_zero():
+        return
+    digits = "".join(map(str, number.as_tuple().digits)).strip("0")
+    if len(digits) > _DDB_DIGITS:
+        raise EventError(f"attributes.{key}", "number has more than 38 significant digits")
+    if not -130 <= number.adjusted() < 126:
+        raise EventError(f"attributes.{key}", "number is out of range")
 
 
 # --- SQS envelope ----------------------------------------------------------------------------
@@ -213,9 +294,19 @@ def envelope_size(encoded_events: list[bytes]) -> int:
 
 
 def unpack_envelope(body: str) -> list[Event]:
-    """The events of one SQS message; EnvelopeError if it is not ours or is damaged."""
+    """The events of one SQS message; EnvelopeError if it is not ours or any event is bad."""
+    events = unpack_events(body)
+    for event in events:
+        if event_problem(event) is not None:
+            raise EnvelopeError("envelope holds an event that is not a valid logpipe event")
+    return events
+
+
+def unpack_events(body: str) -> list[Any]:
+    """The events list of an envelope, each unchecked (see `event_problem`); EnvelopeError
+    if the body is not a version 1 envelope at all."""
     try:
-        doc = orjson.loads(body)
+        doc = loads_exact(body)
     except orjson.JSONDecodeError as exc:
         raise EnvelopeError(f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
@@ -223,28 +314,63 @@ def unpack_envelope(body: str) -> list[Event]:
     events = doc.get("events")
     if not isinstance(events, list):
         raise EnvelopeError("envelope has no events list")
-    for event in events:
-        if not _looks_stored(event):
-            raise EnvelopeError("envelope holds an event that is not a valid logpipe event")
     return events
 
 
-def _looks_stored(event: object) -> bool:
-    """Enough of the schema that `to_item` cannot fail on it (bodies may come from anyone)."""
+def dead_letter_body(event: object, reason: str) -> str:
+    """The envelope that carries one event that can never be stored, and why, to the DLQ."""
+    try:
+        data = dumps_exact({"v": ENVELOPE_VERSION, "events": [event], "reason": reason})
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: only the reason goes
+        data = dumps_exact({"v": ENVELOPE_VERSION, "events": [], "reason": reason})
+    return _sqs_safe(data).decode()
+
+
+def event_problem(event: object) -> str | None:
+    """Why an event of an envelope can never be stored, or None: every range, type and size
+    `to_item` and DynamoDB rely on, checked before any item is built (bodies may come from
+    anyone with access to the queue)."""
     if not isinstance(event, dict):
-        return False
-    timestamp = event.get("timestamp")
-    attributes = event.get("attributes", {})
-    return (
-        all(isinstance(event.get(name), str) for name in ("id", "service", "level", "message"))
-        and bool(event["id"])
-        and isinstance(timestamp, int)
-        and 0 <= timestamp < MAX_TIMESTAMP_MS
-        and isinstance(event.get("ingested_at", 0), int)
-        and all(isinstance(event.get(name, ""), str) for name in ("trace_id", "span_id"))
-        and isinstance(attributes, dict)
-        and all(isinstance(v, str | int | float) for v in attributes.values())
-    )
+        return "event is not a JSON object"
+    try:
+        _check_stored(event)
+    except EventError as exc:
+        return str(exc)
+    return None
+
+
+def _check_stored(event: dict[str, Any]) -> None:
+    if not isinstance(event.get("id"), str):
+        raise EventError("id", "is required")
+    _id(event["id"], 0)
+    if _service(event.get("service")) != event["service"]:
+        raise EventError("service", "must be lower case")
+    level = event.get("level")
+    if not isinstance(level, str) or level not in _STORED_LEVELS:
+        raise EventError("level", "must be one of trace, debug, info, warn, error, fatal")
+    _message(event.get("message"))
+    for name in ("timestamp", "ingested_at"):
+        value = event.get(name)
+        if value is None and name == "ingested_at":
+            continue
+        if type(value) is not int or not 0 <= value < MAX_TIMESTAMP_MS:
+            raise EventError(name, "must be epoch milliseconds between 1970 and 2286")
+    for name, max_chars in (("trace_id", 32), ("span_id", 16)):
+        if name in event and _hex(name, event[name], max_chars) != event[name]:
+            raise EventError(name, "must be lower-case hex")
+    if "attributes" in event:
+        _attributes(event["attributes"])
+    if not isinstance(event.get(ASSIGNED_TIMESTAMP, False), bool):
+        raise EventError(ASSIGNED_TIMESTAMP, "must be a boolean")
+    try:
+        size = len(dumps_exact(event))
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (an unknown field)
+        raise EventError("", "event cannot be encoded as JSON") from None
+    if size > MAX_EVENT_BYTES:
+        raise EventError("", f"event is {size} bytes encoded; the limit is {MAX_EVENT_BYTES}")
+
+
+_STORED_LEVELS = frozenset(LEVELS.values())
 
 
 # --- DynamoDB item ---------------------------------------------------------------------------
@@ -257,14 +383,14 @@ def shard_of(event_id: str, shards: int) -> int:
 def item_key(event: Mapping[str, Any], shards: int) -> tuple[str, str]:
     """(pk, sk): a pure function of the event, so a redelivery overwrites the same item."""
     ts = event["timestamp"]
-    hour = datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%dT%H")
+    hour = timefmt.hour(ts)
     pk = f"{event['service']}#{hour}#{shard_of(event['id'], shards)}"
     return pk, f"{ts:013d}#{event['id']}"
 
 
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds as ISO 8601 UTC with millisecond precision."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return timefmt.iso_ms(ms)
 
 
 def to_item(event: Mapping[str, Any], shards: int, retention_days: int) -> Item:
@@ -313,11 +439,11 @@ def write_units(item: Mapping[str, Any]) -> int:
     return max(1, -(-item_size(item) // 1024))
 
 
-def _attribute_value(value: str | int | float | bool) -> dict[str, Any]:
+def _attribute_value(value: str | int | float | bool | Decimal) -> dict[str, Any]:
     if isinstance(value, bool):
         return {"BOOL": value}
-    if isinstance(value, int | float):
-        return {"N": repr(value)}
+    if isinstance(value, int | float | Decimal):
+        return {"N": str(value)}
     return {"S": value}
 
 
@@ -340,6 +466,15 @@ def _plain(typed: Mapping[str, Any]) -> Any:
     if "BOOL" in typed:
         return typed["BOOL"]
     if "N" in typed:
-        number = typed["N"]
-        return float(number) if any(c in number for c in ".eE") else int(number)
+        return _number(typed["N"])
     raise ValueError(f"unexpected attribute value {typed!r}")
+
+
+def _number(text: str) -> int | float | str:
+    """A stored number as int or float when that holds it exactly, else its digits as text
+    (JSON encoders and readers round anything beyond 64-bit integers and doubles)."""
+    if not any(c in text for c in ".eE"):
+        integer = int(text)
+        return integer if integer in _INT64 else text
+    number = float(text)
+    return number if Decimal(repr(number)) == Decimal(text) else text

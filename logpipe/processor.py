@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import gzip
+import contextlib
 import logging
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from logpipe import metrics
+from botocore.exceptions import ClientError
+
+from logpipe import heap, metrics
 from logpipe.aws import (
+    AWS_ERRORS,
     THROTTLE_CODES,
     Clients,
     backoff_delay,
@@ -25,18 +28,24 @@ from logpipe.aws import (
     is_retriable,
     open_clients,
     queue_url,
+    table_shards,
+    with_retries,
 )
 from logpipe.config import Settings
 from logpipe.emf import EmfReporter
 from logpipe.lifecycle import run_until_signalled, stop_signals
 from logpipe.metrics import serve_metrics
 from logpipe.models import (
+    ASSIGNED_TIMESTAMP,
     EnvelopeError,
     Event,
     Item,
+    dead_letter_body,
+    event_problem,
     item_key,
     to_item,
     unpack_envelope,
+    unpack_events,
     write_units,
 )
 from logpipe.monitor import QueueMonitor, oldest_age_s
@@ -47,6 +56,15 @@ log = logging.getLogger(__name__)
 BATCH_WRITE_ITEMS = 25
 RECEIVE_MESSAGES = 10
 MAX_RETRY_DELAY_S = 300
+# An envelope is at most 1 MiB; a gzip body that inflates far past that is not ours.
+MAX_INFLATED_BYTES = 4 * 1024 * 1024
+WRITE_BACKOFF_CAP_S = 5.0
+# Of the drain deadline, the part kept for handing unfinished messages back to SQS.
+RELEASE_MARGIN_S = 3.0
+# The first timestamp given to a client's id without one, kept this long for its retries.
+FIRST_TIMESTAMP_PREFIX = "_first#"
+FIRST_TIMESTAMP_TTL_S = 86400
+DLQ_REASON_CHARS = 256
 
 
 @dataclass(eq=False)
@@ -54,8 +72,10 @@ class Tracker:
     """One received message: how many of its events still wait to be stored."""
 
     message: dict[str, Any]
-    pending: int
+    pending: int = 0
     failed: bool = False
+    # Deleted or handed back to SQS: no more heartbeats, nothing to hand back at exit.
+    finished: bool = False
 
     @property
     def receive_count(self) -> int:
@@ -72,16 +92,65 @@ class _Write:
     trackers: list[Tracker] = field(default_factory=list)
 
 
-def decode_message(message: dict[str, Any]) -> list[Event]:
-    """The events of an SQS message, gzip+base64 bodies included; EnvelopeError if damaged."""
-    body: str = message.get("Body", "")
+@dataclass
+class _Round:
+    """What the writes of one `handle` share: when retrying stops, and what DynamoDB refused."""
+
+    deadline: float
+    refused: list[tuple[_Write, str]] = field(default_factory=list)
+
+
+@dataclass
+class _DeadLetter:
+    """An event that can never be stored, why, and the messages that wait for it to leave."""
+
+    event: object
+    reason: str
+    trackers: list[Tracker]
+
+
+def inflate(body: str) -> str:
+    """A gzip+base64 body as text, inflated to at most MAX_INFLATED_BYTES; else EnvelopeError."""
+    try:
+        inflater = zlib.decompressobj(wbits=31)  # gzip framing
+        data = inflater.decompress(base64.b64decode(body, validate=True), MAX_INFLATED_BYTES)
+        complete, too_big = inflater.eof, bool(inflater.unconsumed_tail)
+        text = data.decode("utf-8")
+    except (ValueError, zlib.error):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise EnvelopeError("body is flagged gzip but does not decode") from None
+    if too_big:
+        raise EnvelopeError(f"body is flagged gzip and inflates past {MAX_INFLATED_BYTES} bytes")
+    if not complete:
+        raise EnvelopeError("body is flagged gzip but is truncated")
+    return text
+
+
+def message_body(message: dict[str, Any]) -> str:
+    """The envelope text of an SQS message, inflating a gzip-flagged body."""
+    body = message.get("Body", "")
     encoding = message.get("MessageAttributes", {}).get("content-encoding", {})
     if encoding.get("StringValue") == "gzip":
-        try:
-            body = gzip.decompress(base64.b64decode(body, validate=True)).decode("utf-8")
-        except (binascii.Error, OSError, EOFError, UnicodeDecodeError):
-            raise EnvelopeError("body is flagged gzip but does not decode") from None
-    return unpack_envelope(body)
+        return inflate(body)
+    return str(body)
+
+
+def decode_message(message: dict[str, Any]) -> list[Event]:
+    """Every event of an SQS message; EnvelopeError if the body or any event is damaged."""
+    return unpack_envelope(message_body(message))
+
+
+def split_message(message: dict[str, Any]) -> tuple[list[Event], list[tuple[object, str]]]:
+    """The storable events of a message, and each other event with why it cannot be stored;
+    EnvelopeError when the body is not an envelope at all."""
+    good: list[Event] = []
+    bad: list[tuple[object, str]] = []
+    for event in unpack_events(message_body(message)):
+        problem = event_problem(event)
+        if problem is None:
+            good.append(event)
+        else:
+            bad.append((event, problem))
+    return good, bad
 
 
 def _key(item: Item) -> tuple[str, str]:
@@ -90,7 +159,7 @@ def _key(item: Item) -> tuple[str, str]:
 
 def retry_delay(receive_count: int) -> int:
     """Seconds a message whose events could not all be stored stays hidden: 2, 4, 8, ..."""
-    return int(min(2 ** max(receive_count, 1), MAX_RETRY_DELAY_S))
+    return int(min(2 ** max(min(receive_count, 16), 1), MAX_RETRY_DELAY_S))
 
 
 def plan_writes(
@@ -110,16 +179,24 @@ def plan_writes(
     return list(writes.values())
 
 
+def _attribute_text(reason: str) -> str:
+    """A reason as an SQS message attribute takes it: printable ASCII, at most 256 chars."""
+    return "".join(c if " " <= c <= "~" else "?" for c in reason[:DLQ_REASON_CHARS]) or "?"
+
+
 class Processor:
     """Several long-poll receivers sharing a bounded pool of BatchWriteItem calls."""
 
     receive_messages = RECEIVE_MESSAGES
 
-    def __init__(self, settings: Settings, clients: Clients, queue_url: str) -> None:
+    def __init__(
+        self, settings: Settings, clients: Clients, queue_url: str, dlq_url: str | None = None
+    ) -> None:
         self._settings = settings
         self._sqs = clients.sqs
         self._dynamodb = clients.dynamodb
         self._queue_url = queue_url
+        self._dlq_url = dlq_url
         self._writes = asyncio.Semaphore(settings.write_concurrency)
         self._registry = ServiceRegistry(
             clients.dynamodb, settings.table_name, settings.retention_days
@@ -127,15 +204,41 @@ class Processor:
         self._stopping = asyncio.Event()
         # Events received and not yet finished; receivers wait while it is over the bound.
         self._inflight = 0
-        self._room = asyncio.Condition()
+        self._room = asyncio.Event()
+        # Messages received and not yet deleted or handed back.
+        self._held: set[Tracker] = set()
 
     def stop(self) -> None:
         """Stop receiving; messages already received are still finished."""
         self._stopping.set()
 
     async def run(self) -> None:
-        """Poll with every receiver until stopped, then finish what was received."""
-        await asyncio.gather(*(self._poll_loop(n) for n in range(self._settings.pollers)))
+        """Poll with every receiver until stopped; then finish what was received within the
+        drain deadline, and hand back to SQS (visibility 0) whatever is still unfinished."""
+        pollers = [asyncio.create_task(self._poll_loop(n)) for n in range(self._settings.pollers)]
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait([*pollers, stopping], return_when=asyncio.FIRST_COMPLETED)
+            self._stopping.set()  # a receiver that failed stops the others too
+            drain = max(
+                self._settings.drain_seconds - RELEASE_MARGIN_S, self._settings.drain_seconds / 2
+            )
+            _, unfinished = await asyncio.wait(pollers, timeout=drain)
+            if unfinished:
+                log.warning(
+                    "drain deadline: %d receivers still busy, stopping them", len(unfinished)
+                )
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+        finally:
+            stopping.cancel()
+            for task in pollers:
+                task.cancel()
+            await self.release()
+        for task in pollers:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
     async def run_until_empty(self, idle_rounds: int = 2) -> None:
         """Burst mode: handle messages until `idle_rounds` receives in a row come back empty."""
@@ -145,34 +248,46 @@ class Processor:
             idle = 0 if messages else idle + 1
             await self.handle(messages)
 
+    async def release(self) -> None:
+        """Make every message received and not finished visible again at once (SIGTERM)."""
+        held = [t for t in self._held if not t.finished]
+        self._held.clear()
+        if held:
+            log.warning("handing %d unfinished messages back to the queue", len(held))
+            await self._hand_back(held, lambda t: 0)
+
     async def _poll_loop(self, number: int) -> None:
         failures = 0
-        stop_wait = asyncio.create_task(self._stopping.wait())
-        try:
-            while not self._stopping.is_set():
-                async with self._room:
-                    await self._room.wait_for(
-                        lambda: self._inflight < self._settings.max_inflight_events
-                    )
-                receive = asyncio.create_task(self._receive(self._settings.receive_wait_s))
-                await asyncio.wait({receive, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not receive.done():
-                    # Anything SQS hands out to this abandoned call reappears after its timeout.
-                    receive.cancel()
-                    break
-                try:
-                    messages = receive.result()
-                except Exception as exc:
-                    if not is_retriable(exc):
-                        raise
-                    failures += 1
-                    log.warning("receiver %d: receive failed (%s)", number, error_code(exc))
-                    await asyncio.sleep(backoff_delay(failures, base=0.2, cap=10))
-                    continue
-                failures = 0
-                await self.handle(messages)
-        finally:
-            stop_wait.cancel()
+        while await self._wait_for_room():
+            try:
+                # Never cancelled on stop: what SQS hands this call is handled, not stranded.
+                messages = await self._receive(self._settings.receive_wait_s)
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                failures += 1
+                log.warning("receiver %d: receive failed (%s)", number, error_code(exc))
+                with contextlib.suppress(TimeoutError):
+                    delay = backoff_delay(failures, base=0.2, cap=10)
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                continue
+            failures = 0
+            await self.handle(messages)
+
+    async def _wait_for_room(self) -> bool:
+        """Wait while the in-flight bound is reached; False once stopping."""
+        while self._inflight >= self._settings.max_inflight_events and not self._stopping.is_set():
+            self._room.clear()
+            waits = {
+                asyncio.ensure_future(self._room.wait()),
+                asyncio.ensure_future(self._stopping.wait()),
+            }
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        return not self._stopping.is_set()
 
     async def _receive(self, wait_s: int) -> list[dict[str, Any]]:
         response = await self._sqs.receive_message(
@@ -186,87 +301,224 @@ class Processor:
         return messages
 
     async def handle(self, messages: list[dict[str, Any]], delete: bool = True) -> None:
-        """Store every event of `messages`; delete the messages whose events are all stored."""
+        """Store every event of `messages`; delete the messages whose events are all stored.
+
+        Every message stays hidden (heartbeat) until it is deleted or handed back.
+        """
         if not messages:
             return
         metrics.messages_received.inc(len(messages))
         metrics.queue_oldest_age.labels("main").set(oldest_age_s(messages, time.time() * 1000))
+        trackers = [Tracker(message) for message in messages]
+        metrics.messages_redelivered.inc(sum(t.receive_count > 1 for t in trackers))
+        self._held.update(trackers)
+        heartbeat = asyncio.create_task(self._keep_invisible(trackers))
+        try:
+            await self._settle(trackers, delete)
+        finally:
+            heartbeat.cancel()
+            self._held.difference_update([t for t in trackers if t.finished])
+
+    async def _settle(self, trackers: list[Tracker], delete: bool) -> None:
+        round_ = _Round(deadline=time.monotonic() + self._settings.retry_horizon_s)
+        decoded, undecodable, dead = self._decode(trackers)
+        await self._dead_letter(dead)
+        await self._assign_first_timestamps(decoded, round_)
+        writes = plan_writes(((t, e) for t, e in decoded if not t.failed), self._settings.shards)
+        del decoded  # the writes hold what is needed; let the events go
+        self._inflight += len(writes)
+        try:
+            chunks = [
+                writes[i : i + BATCH_WRITE_ITEMS] for i in range(0, len(writes), BATCH_WRITE_ITEMS)
+            ]
+            await asyncio.gather(*(self._write_chunk(chunk, round_) for chunk in chunks))
+        finally:
+            self._inflight -= len(writes)
+            self._room.set()
+        await self._dead_letter([_DeadLetter(w.event, r, w.trackers) for w, r in round_.refused])
+        await self._registry.note({w.event["service"] for w in writes})
+        done = [t for t in trackers if not t.failed and t.pending == 0 and t not in undecodable]
+        retry = [t for t in trackers if t.failed or t.pending > 0]
+        if delete:
+            await self._delete(done)
+        # Waiting cannot mend an undecodable message: make it visible now, so it reaches the
+        # DLQ after maxReceiveCount receives instead of after that many visibility timeouts.
+        await self._hand_back(undecodable, lambda t: 0)
+        await self._hand_back(retry, lambda t: retry_delay(t.receive_count))
+        metrics.messages_retried.inc(len(retry))
+
+    def _decode(
+        self, trackers: list[Tracker]
+    ) -> tuple[list[tuple[Tracker, list[Event]]], list[Tracker], list[_DeadLetter]]:
+        """Each message's storable events; the undecodable messages; the events to dead-letter."""
         decoded: list[tuple[Tracker, list[Event]]] = []
         undecodable: list[Tracker] = []
-        for message in messages:
-            tracker = Tracker(message, pending=0)
-            if tracker.receive_count > 1:
-                metrics.messages_redelivered.inc()
+        dead: list[_DeadLetter] = []
+        for tracker in trackers:
             try:
-                events = decode_message(message)
+                events, bad = split_message(tracker.message)
             except EnvelopeError as exc:
                 log.warning(
                     "message %s is undecodable (receive %d): %s",
-                    message.get("MessageId"),
+                    tracker.message.get("MessageId"),
                     tracker.receive_count,
                     exc,
                 )
                 metrics.messages_undecodable.inc()
                 undecodable.append(tracker)
                 continue
-            tracker.pending = len(events)
+            tracker.pending = len(events) + len(bad)
+            dead.extend(_DeadLetter(event, reason, [tracker]) for event, reason in bad)
             decoded.append((tracker, events))
-        writes = plan_writes(decoded, self._settings.shards)
-        trackers = [t for t, _ in decoded]
-        del decoded  # the items hold what is needed; let the events go
-        heartbeat = asyncio.create_task(self._keep_invisible(trackers))
-        self._inflight += len(writes)
-        try:
-            chunks = [
-                writes[i : i + BATCH_WRITE_ITEMS] for i in range(0, len(writes), BATCH_WRITE_ITEMS)
-            ]
-            await asyncio.gather(*(self._write_chunk(chunk) for chunk in chunks))
-        finally:
-            heartbeat.cancel()
-            async with self._room:
-                self._inflight -= len(writes)
-                self._room.notify_all()
-        await self._registry.note({w.event["service"] for w in writes})
-        done = [t for t in trackers if not t.failed and t.pending == 0]
-        retry = [t for t in trackers if t.failed or t.pending > 0]
-        if delete:
-            await self._delete(done)
-        # Waiting cannot mend an undecodable message: make it visible now, so it reaches the
-        # DLQ after maxReceiveCount receives instead of after that many visibility timeouts.
-        await self._set_visibility(undecodable, lambda t: 0)
-        await self._set_visibility(retry, lambda t: retry_delay(t.receive_count))
-        metrics.messages_retried.inc(len(retry))
+        return decoded, undecodable, dead
 
-    async def _write_chunk(self, writes: list[_Write]) -> None:
-        """Write up to 25 items, retrying what is unprocessed; isolate an item DynamoDB refuses."""
+    async def _dead_letter(self, dead: list[_DeadLetter]) -> None:
+        """Send each event that can never be stored to the DLQ on its own, with its reason;
+        its messages count it as settled once the DLQ holds it."""
+        if not dead:
+            return
+        if self._dlq_url is None:
+            self._dlq_url = await queue_url(self._sqs, self._settings.dlq_name)
+        entries: list[dict[str, Any]] = []
+        for n, letter in enumerate(dead):
+            reason = _attribute_text(letter.reason)
+            entries.append(
+                {
+                    "Id": str(n),
+                    "MessageBody": dead_letter_body(letter.event, letter.reason),
+                    "MessageAttributes": {"reason": {"DataType": "String", "StringValue": reason}},
+                }
+            )
+        failed: set[str] = set()
+        for group in self._dlq_batches(entries):
+            call = partial(self._sqs.send_message_batch, QueueUrl=self._dlq_url)
+            left = await call_entries(call, group, attempts=5, what="SendMessageBatch (DLQ)")
+            failed.update(e["Id"] for e in left)
+        for n, letter in enumerate(dead):
+            for tracker in letter.trackers:
+                if str(n) in failed:
+                    tracker.failed = True
+                else:
+                    tracker.pending -= 1
+        sent = len(dead) - len(failed)
+        metrics.events_dead_lettered.inc(sent)
+        log.warning(
+            "sent %d events that can never be stored to the DLQ (%d failed); first: %s",
+            sent,
+            len(failed),
+            dead[0].reason,
+            extra={"events": sent, "reason": dead[0].reason},
+        )
+
+    def _dlq_batches(self, entries: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:
+        """Entries in SendMessageBatch calls of at most 10 and LOGPIPE_SQS_MAX_BYTES."""
+        limit = self._settings.sqs_max_bytes
+        group: list[dict[str, Any]] = []
+        size = 0
+        for entry in entries:
+            length = len(entry["MessageBody"].encode("utf-8", "surrogatepass")) + 300
+            if group and (len(group) == RECEIVE_MESSAGES or size + length > limit):
+                yield group
+                group, size = [], 0
+            group.append(entry)
+            size += length
+        if group:
+            yield group
+
+    async def _assign_first_timestamps(
+        self, decoded: list[tuple[Tracker, list[Event]]], round_: _Round
+    ) -> None:
+        """Give each event whose client sent an id and no timestamp the first timestamp ever
+        assigned to that id, so a client's retry lands on the item of its first attempt."""
+        holders: dict[tuple[str, str], list[tuple[Tracker, Event]]] = {}
+        for tracker, events in decoded:
+            for event in events:
+                if event.get(ASSIGNED_TIMESTAMP):
+                    key = (event["service"], event["id"])
+                    holders.setdefault(key, []).append((tracker, event))
+
+        async def settle(key: tuple[str, str], held: list[tuple[Tracker, Event]]) -> None:
+            proposed = min(event["timestamp"] for _, event in held)
+            try:
+                first = await with_retries(
+                    partial(self._first_timestamp, key, proposed),
+                    1,
+                    "PutItem (first timestamp)",
+                    until=round_.deadline,
+                    cap=WRITE_BACKOFF_CAP_S,
+                    waited=self._note_wait,
+                )
+            except AWS_ERRORS:
+                for tracker, _ in held:
+                    tracker.failed = True
+                return
+            for _, event in held:
+                event["timestamp"] = first
+
+        await asyncio.gather(*(settle(key, held) for key, held in holders.items()))
+
+    async def _first_timestamp(self, key: tuple[str, str], proposed: int) -> int:
+        service, event_id = key
+        item = {
+            "pk": {"S": FIRST_TIMESTAMP_PREFIX + service},
+            "sk": {"S": event_id},
+            "ts": {"N": str(proposed)},
+            "expires_at": {"N": str(int(time.time()) + FIRST_TIMESTAMP_TTL_S)},
+        }
+        async with self._writes:
+            try:
+                await self._dynamodb.put_item(
+                    TableName=self._settings.table_name,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(pk)",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                return int(exc.response["Item"]["ts"]["N"])
+        return proposed
+
+    @staticmethod
+    def _note_wait(exc: BaseException, seconds: float) -> None:
+        if error_code(exc) in THROTTLE_CODES:
+            metrics.throttle_wait_seconds.inc(seconds)
+
+    async def _write_chunk(self, writes: list[_Write], round_: _Round) -> None:
+        """Write up to 25 items. Unprocessed items, throttling, 5xx and network errors are
+        retried with backoff until the round's deadline; an item DynamoDB refuses is isolated
+        by halving and dead-lettered."""
         table = self._settings.table_name
         items = {w.key: self._item(w.event) for w in writes}
         pending = {w.key: w for w in writes}
-        reason = "retries exhausted"
-        for attempt in range(self._settings.write_attempts):
+        reason = "no attempt"
+        attempt = 0
+        throttled = False
+        while True:
             if attempt:
+                delay = backoff_delay(attempt - 1, base=0.05, cap=WRITE_BACKOFF_CAP_S)
+                if time.monotonic() + delay > round_.deadline:
+                    break
                 metrics.write_retries.inc(len(pending))
-                await asyncio.sleep(backoff_delay(attempt - 1, base=0.05, cap=5.0))
+                if throttled:
+                    metrics.throttle_wait_seconds.inc(delay)
+                await asyncio.sleep(delay)
+            attempt += 1
             request = [{"PutRequest": {"Item": items[key]}} for key in pending]
             try:
                 async with self._writes:
                     started = time.perf_counter()
                     response = await self._dynamodb.batch_write_item(RequestItems={table: request})
                     metrics.write_seconds.observe(time.perf_counter() - started)
-            except Exception as exc:
+            except AWS_ERRORS as exc:
                 reason = error_code(exc)
+                throttled = reason in THROTTLE_CODES
+                if throttled:
+                    metrics.write_throttles.inc()
                 if is_retriable(exc):
-                    if reason in THROTTLE_CODES:
-                        metrics.write_throttles.inc()
                     continue
-                if len(pending) > 1:
-                    # One bad item fails the whole call: halve until it stands alone, so the
-                    # messages around it are still stored and deleted.
-                    halves = list(pending.values())
-                    middle = len(halves) // 2
-                    await asyncio.gather(
-                        self._write_chunk(halves[:middle]), self._write_chunk(halves[middle:])
-                    )
+                if reason == "ValidationException":
+                    await self._isolate(list(pending.values()), round_, str(exc))
                     return
                 break
             unprocessed = response.get("UnprocessedItems", {}).get(table, [])
@@ -278,6 +530,8 @@ class Processor:
             pending = {key: pending[key] for key in left}
             if not pending:
                 return
+            # DynamoDB leaves items unprocessed when their partition is over its throughput.
+            throttled = True
         log.warning(
             "could not store %d items (%s); their messages will be retried",
             len(pending),
@@ -288,6 +542,17 @@ class Processor:
         for write in pending.values():
             for tracker in write.trackers:
                 tracker.failed = True
+
+    async def _isolate(self, writes: list[_Write], round_: _Round, error: str) -> None:
+        """One refused item fails the whole call: halve until it stands alone, so the items
+        around it are stored; the one left is refused for good."""
+        if len(writes) == 1:
+            round_.refused.append((writes[0], f"DynamoDB refused the item: {error}"))
+            return
+        middle = len(writes) // 2
+        await asyncio.gather(
+            self._write_chunk(writes[:middle], round_), self._write_chunk(writes[middle:], round_)
+        )
 
     def _item(self, event: Event) -> Item:
         return to_item(event, self._settings.shards, self._settings.retention_days)
@@ -307,14 +572,18 @@ class Processor:
             metrics.events_stored.labels(metrics.service_label(service), level).inc(count)
 
     async def _keep_invisible(self, trackers: list[Tracker]) -> None:
-        """Extend the visibility of messages still being written, so no one else gets them."""
+        """Extend the visibility of every message of a receive until it is deleted or handed
+        back, stored or not, so no other receiver gets it meanwhile."""
         timeout = self._settings.visibility_timeout_s
         while True:
             await asyncio.sleep(max(timeout / 2, 0.5))
-            busy = [t for t in trackers if t.pending > 0 and not t.failed]
+            busy = [t for t in trackers if not t.finished]
             await self._set_visibility(busy, lambda t: timeout)
 
     async def _delete(self, trackers: list[Tracker]) -> None:
+        for tracker in trackers:
+            # What is not deleted is redelivered: the same keys are written again, no double.
+            tracker.finished = True
         for start in range(0, len(trackers), RECEIVE_MESSAGES):
             group = trackers[start : start + RECEIVE_MESSAGES]
             entries = [
@@ -322,9 +591,14 @@ class Processor:
                 for i, t in enumerate(group)
             ]
             call = partial(self._sqs.delete_message_batch, QueueUrl=self._queue_url)
-            # What is not deleted is redelivered: the same keys are written again, no double.
             left = await call_entries(call, entries, attempts=5, what="DeleteMessageBatch")
             metrics.messages_deleted.inc(len(group) - len(left))
+
+    async def _hand_back(self, trackers: list[Tracker], seconds: Callable[[Tracker], int]) -> None:
+        """Give messages back to SQS: visible again after `seconds`."""
+        for tracker in trackers:
+            tracker.finished = True
+        await self._set_visibility(trackers, seconds)
 
     async def _set_visibility(
         self, trackers: list[Tracker], seconds: Callable[[Tracker], int]
@@ -361,7 +635,20 @@ async def serve(settings: Settings) -> int:
                     await stack.enter_async_context(
                         EmfReporter("processor", settings.emf_interval_s)
                     )
-                processor = Processor(settings, clients, url)
+                # Keys depend on the shard count: the table's, not this process's setting.
+                shards = await with_retries(
+                    partial(table_shards, clients.dynamodb, settings.table_name, settings.shards),
+                    8,
+                    "PutItem (shard count)",
+                )
+                # The heartbeat must beat within the queue's own visibility timeout.
+                attrs = await clients.sqs.get_queue_attributes(
+                    QueueUrl=url, AttributeNames=["VisibilityTimeout"]
+                )
+                visibility = int(attrs["Attributes"]["VisibilityTimeout"])
+                settings = replace(settings, shards=shards, visibility_timeout_s=visibility)
+                processor = Processor(settings, clients, url, dlq_url)
+                heap.settle()
                 if settings.naive:
                     from logpipe.naive import NaiveProcessor
 

@@ -67,6 +67,7 @@ def summarise(
     samples: list[metrics.Sample],
     peak_rss_mb: dict[str, float | None] | None = None,
     latency_ms: tuple[float | None, float | None] | None = None,
+    cpu_us_per_event: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The bench's JSON object (DESIGN.md's fields, then extra detail)."""
     operations: dict[str, int] = {}
@@ -93,6 +94,7 @@ def summarise(
         "usd_per_million_events": costs["usd_per_million_events"],
         "mode": mode,
         "chaos": "",
+        "cpu_us_per_event": cpu_us_per_event or {},
         "acknowledged": acknowledged,
         "billed_sqs_requests_per_event": costs["billed_sqs_requests_per_event"],
         "write_units_per_event": costs["write_units_per_event"],

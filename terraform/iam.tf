@@ -134,8 +134,9 @@ data "aws_iam_policy_document" "processor" {
   statement {
     sid = "WatchDeadLetters"
     # The queue monitor resolves the DLQ at start, reads its depth, and peeks (receive with
-    # a zero visibility timeout, never a delete) at the oldest dead letter's age.
-    actions   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage"]
+    # a zero visibility timeout, never a delete) at the oldest dead letter's age. An event
+    # that can never be stored is sent here on its own (SendMessage), with its reason.
+    actions   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:SendMessage"]
     resources = [aws_sqs_queue.dlq.arn]
   }
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from logpipe.aws import sqs_billed_chunks
+from logpipe.cpu import py_spy
 from logpipe.report import cost_figures
 from tests.conftest import run_bench
 
@@ -43,6 +45,19 @@ def test_batched_bench_packs_events_and_batches_calls() -> None:
     assert requests["SendMessageBatch"] <= 10  # 500 events of ~450 bytes: a few messages
     assert 500 / 25 <= requests["BatchWriteItem"] <= 500 / 25 + 8
     assert doc["peak_rss_mb"]["ingestor"] > 0 and doc["peak_rss_mb"]["processor"] > 0
+    # CPU time from /proc over the run: some, and far below a second per event.
+    assert doc["cpu_us_per_event"].keys() == {"ingestor", "processor"}
+    assert all(0 < us < 1_000_000 for us in doc["cpu_us_per_event"].values())
+
+
+@pytest.mark.skipif(py_spy() is None, reason="py-spy is not installed")
+def test_profile_writes_a_report_per_role(tmp_path: Path) -> None:
+    doc = bench("--events", "1000", "--profile", str(tmp_path))
+    for role in ("ingestor", "processor"):
+        assert (tmp_path / f"{role}.folded").stat().st_size > 0
+        report = (tmp_path / f"{role}.txt").read_text()
+        assert "samples" in report and "inclusive:" in report
+    assert doc["cpu_us_per_event"]["processor"] > 0
 
 
 def test_naive_bench_makes_one_call_per_event() -> None:

@@ -393,7 +393,7 @@ def test_task_roles_allow_exactly_what_each_role_calls() -> None:
         "ingestor": {(frozenset({"sqs:SendMessage", *queue_metadata}), (queue,))},
         "processor": {
             (frozenset(drain | queue_metadata), (queue,)),
-            (frozenset({"sqs:ReceiveMessage", *queue_metadata}), (dlq,)),
+            (frozenset({"sqs:ReceiveMessage", "sqs:SendMessage", *queue_metadata}), (dlq,)),
             (frozenset({"dynamodb:BatchWriteItem", "dynamodb:PutItem"}), (table,)),
         },
         "console": {(frozenset({"dynamodb:Query", "dynamodb:GetItem"}), (table,))},

@@ -13,7 +13,7 @@ from logpipe.aws import Clients, queue_url
 from logpipe.config import Settings
 from logpipe.models import encode_event, normalise, pack_envelope
 from logpipe.processor import Processor
-from tests.conftest import make_event, queue_counts, scan_items
+from tests.conftest import make_event, queue_counts, scan_items, wait_until
 
 
 async def _fill_dlq(clients: Clients, settings: Settings) -> str:
@@ -71,3 +71,45 @@ def test_dlq_inspect_command_prints_json(aws_endpoint: str, settings: Settings) 
         check=True,
     )
     assert orjson.loads(result.stdout)["messages"] == 0
+
+
+async def test_an_event_refused_alone_is_inspected_with_its_reason_and_can_be_redriven(
+    clients: Clients, settings: Settings
+) -> None:
+    main_url = await queue_url(clients.sqs, settings.queue_name)
+    dlq_url = await queue_url(clients.sqs, settings.dlq_name)
+    bad = normalise(make_event(1), now_ms=1)
+    bad["level"] = "loud"
+    good = [encode_event(normalise(make_event(n), now_ms=1)) for n in (0, 2)]
+    await clients.sqs.send_message(
+        QueueUrl=main_url, MessageBody=pack_envelope([good[0], orjson.dumps(bad), good[1]])
+    )
+    await Processor(settings, clients, main_url).run_until_empty()
+    assert sorted(i["id"]["S"] for i in await scan_items(clients, settings.table_name)) == [
+        "ev-00000000",
+        "ev-00000002",
+    ]
+
+    report = await dlq.inspect(clients, settings, sample=10)
+
+    assert report["messages"] == 1
+    [item] = report["sample"]
+    assert (
+        item["why"] == "event refused: level must be one of trace, debug, info, warn, error, fatal"
+    )
+    assert "event refused: level" in dlq.render_inspection(report)
+
+    # Inspecting hides the sampled messages for a few seconds.
+    await wait_until(lambda: _visible(clients, dlq_url), timeout=dlq.INSPECT_HOLD_S + 10)
+    assert await dlq.redrive(clients, settings, everything=False) == {"moved": 1, "kept": 0}
+    assert await queue_counts(clients, main_url) == (1, 0)
+    assert sum(await queue_counts(clients, dlq_url)) == 0
+    # Still unstorable: the processor sends it back alone, and stores nothing of it.
+    await Processor(settings, clients, main_url).run_until_empty()
+    assert await queue_counts(clients, main_url) == (0, 0)
+    assert len(await scan_items(clients, settings.table_name)) == 2
+    assert (await dlq.inspect(clients, settings, sample=1))["messages"] == 1
+
+
+async def _visible(clients: Clients, url: str) -> bool:
+    return await queue_counts(clients, url) == (1, 0)

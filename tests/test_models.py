@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -10,13 +11,16 @@ import pytest
 
 from logpipe.errors import EventError
 from logpipe.models import (
+    ASSIGNED_TIMESTAMP,
     MAX_EVENT_BYTES,
     MAX_MESSAGE_BYTES,
     EnvelopeError,
     encode_event,
     envelope_size,
+    event_problem,
     from_item,
     item_key,
+    loads_exact,
     new_id,
     normalise,
     pack_envelope,
@@ -619,11 +623,12 @@ def test_from_item_round_trips_the_values_of_to_item() -> None:
         "expires_at": 1_714_564_800 + 30 * 86400,
         "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
         "span_id": "00f067aa0ba902b7",
-        "attributes": attributes,
+        # Beyond 64 bits a JSON reader would round the number: its digits come as text.
+        "attributes": {**attributes, "big": str(10**38 - 1)},
     }
     assert {name: type(value) for name, value in read["attributes"].items()} == {
-        name: type(value) for name, value in attributes.items()
-    }
+        name: type(value) for name, value in attributes.items() if name != "big"
+    } | {"big": str}
 
 
 # --- SQS envelope ----------------------------------------------------------------------------
@@ -710,3 +715,117 @@ def test_unpack_envelope_refuses_a_body_that_is_not_a_logpipe_envelope(
 ) -> None:
     with pytest.raises(EnvelopeError, match=re.escape(fragment)):
         unpack_envelope(body)
+
+
+# --- events of an envelope, checked one by one -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({}, None),
+        ({"attributes": {"n": Decimal("123456789012345678901234")}}, None),
+        ({ASSIGNED_TIMESTAMP: True}, None),
+        ({"id": None}, "id is required"),
+        ({"id": ""}, "id must be a string of 1-128 characters"),
+        ({"service": "Checkout"}, "service must be lower case"),
+        ({"service": 7}, "service must be a string"),
+        ({"level": "WARNING"}, "level must be one of"),
+        ({"level": []}, "level must be one of"),
+        ({"extra": orjson.loads("[" * 300 + "]" * 300)}, "event cannot be encoded as JSON"),
+        ({"message": None}, "message is required"),
+        ({"message": "x" * (MAX_MESSAGE_BYTES + 1)}, "message is"),
+        ({"timestamp": 10**13}, "timestamp must be epoch milliseconds"),
+        ({"timestamp": 1.5}, "timestamp must be epoch milliseconds"),
+        ({"timestamp": True}, "timestamp must be epoch milliseconds"),
+        ({"ingested_at": 10**20}, "ingested_at must be epoch milliseconds"),
+        ({"ingested_at": -1}, "ingested_at must be epoch milliseconds"),
+        ({"trace_id": "ABC"}, "trace_id must be lower-case hex"),
+        ({"span_id": "xyz"}, "span_id must contain only hex digits"),
+        ({"attributes": {"k": [1]}}, "attributes.k must be a string, number or boolean"),
+        ({"attributes": {"k": Decimal("1" * 39)}}, "more than 38 significant digits"),
+        ({"attributes": {"k": Decimal("1e126")}}, "attributes.k number is out of range"),
+        ({ASSIGNED_TIMESTAMP: "yes"}, "assigned_timestamp must be a boolean"),
+        ({"attributes": {"k": "x" * MAX_EVENT_BYTES}}, "bytes encoded; the limit is"),
+    ],
+    ids=lambda v: str(v)[:40] if isinstance(v, dict) else None,
+)
+def test_event_problem_names_why_an_envelope_event_can_never_be_stored(
+    changes: dict[str, Any], problem: str | None
+) -> None:
+    event = stored_event(**changes)
+    found = event_problem(event)
+    if problem is None:
+        assert found is None
+        to_item(event, shards=8, retention_days=30)
+    else:
+        assert found is not None and problem in found
+
+
+def test_event_problem_of_something_that_is_not_an_object() -> None:
+    assert event_problem(["id"]) == "event is not a JSON object"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"n": 1}', {"n": 1}),
+        ('{"n": 0.1}', {"n": 0.1}),
+        ('{"n": 123456789012345678901234}', {"n": Decimal("123456789012345678901234")}),
+        ('{"n": 9223372036854775807, "s": "x"}', {"n": 9223372036854775807, "s": "x"}),
+        ('{"n": 0.12345678901234567891}', {"n": Decimal("0.12345678901234567891")}),
+        ('{"id": "1234567890123456789", "n": 2}', {"id": "1234567890123456789", "n": 2}),
+    ],
+    ids=[
+        "small-int",
+        "short-decimal",
+        "beyond-64-bits",
+        "int64-max",
+        "long-decimal",
+        "digits-in-a-string",
+    ],
+)
+def test_loads_exact_keeps_every_digit(text: str, expected: dict[str, Any]) -> None:
+    assert loads_exact(text) == expected
+    assert loads_exact(text.encode()) == expected
+    parsed = loads_exact(text)
+    assert {k: type(v) for k, v in parsed.items()} == {k: type(v) for k, v in expected.items()}
+
+
+def test_loads_exact_refuses_what_orjson_refuses() -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        loads_exact(b"[" * 2000 + b"1" * 20 + b"]" * 2000)
+    with pytest.raises(orjson.JSONDecodeError):
+        loads_exact("NaN")
+
+
+def test_exact_numbers_go_through_the_envelope_unchanged() -> None:
+    raw = loads_exact(
+        '{"id":"n","service":"s","level":"info","message":"m",'
+        '"attributes":{"big":-123456789012345678901234,"dec":1.10000000000000000001}}'
+    )
+    event = normalise(raw, NOW_MS)
+
+    [back] = unpack_envelope(pack_envelope([encode_event(event)]))
+
+    assert back["attributes"] == {
+        "big": Decimal("-123456789012345678901234"),
+        "dec": Decimal("1.10000000000000000001"),
+    }
+    assert to_item(back, shards=8, retention_days=30)["attributes"]["M"] == {
+        "big": {"N": "-123456789012345678901234"},
+        "dec": {"N": "1.10000000000000000001"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "flagged"),
+    [({"id": "a", "timestamp": NOW_MS}, False), ({"id": "a"}, True), ({}, False)],
+    ids=["id-and-timestamp", "id-without-timestamp", "neither"],
+)
+def test_an_event_with_an_id_and_no_timestamp_is_flagged_for_its_first_timestamp(
+    changes: dict[str, object], flagged: bool
+) -> None:
+    event = normalise(raw_event(**changes), NOW_MS)
+
+    assert event.get(ASSIGNED_TIMESTAMP, False) is flagged

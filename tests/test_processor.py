@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import gzip
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
 
-from logpipe.aws import Clients, queue_url
+from logpipe.aws import Clients, open_clients, queue_url
 from logpipe.config import Settings
 from logpipe.models import EnvelopeError, encode_event, normalise, pack_envelope
 from logpipe.processor import Processor, decode_message, retry_delay
@@ -67,23 +69,62 @@ async def test_message_is_deleted_only_after_all_its_events_are_stored(
     clients: Clients, settings: Settings
 ) -> None:
     url = await queue_url(clients.sqs, settings.queue_name)
-    # DynamoDB refuses an item over 400 KB; such an event can only come from a forged body.
-    huge = orjson.loads(_envelope(range(100, 101)))
-    huge["events"][0]["message"] = "x" * 500_000
-    await clients.sqs.send_message(QueueUrl=url, MessageBody=_envelope(range(0, 10)))
-    await clients.sqs.send_message(
-        QueueUrl=url,
-        MessageBody=pack_envelope(
-            [orjson.dumps(huge["events"][0]), encode_event(normalise(make_event(10), now_ms=1))]
-        ),
-    )
+    await clients.sqs.send_message(QueueUrl=url, MessageBody=_envelope(range(0, 1)))
+    messages = await _receive_all(clients, url, 1)
+    async with AsyncExitStack() as stack:
+        # Every write throttled, and a horizon too short to wait it out: nothing is stored.
+        throttled = await open_clients(stack, replace(settings, faults="ddb-throttle:1.0"), pool=8)
+        processor = Processor(replace(settings, retry_horizon_s=1), throttled, url)
+        await processor.handle(messages)
+
+    assert await _stored_ids(clients, settings) == []
+    assert await queue_counts(clients, url) == (0, 1)  # kept, hidden for a short delay
+
+
+async def test_an_event_that_can_never_be_stored_goes_to_the_dlq_alone_and_its_siblings_are_stored(
+    clients: Clients, settings: Settings
+) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    dlq_url = await queue_url(clients.sqs, settings.dlq_name)
+    events = [encode_event(normalise(make_event(n), now_ms=1)) for n in range(3)]
+    # ingested_at 10**20 is past any date and beyond 64 bits: only a forged body holds it.
+    events[1] = events[1].replace(b'"ingested_at":1', b'"ingested_at":' + str(10**20).encode())
+    await clients.sqs.send_message(QueueUrl=url, MessageBody=pack_envelope(events))
+    await clients.sqs.send_message(QueueUrl=url, MessageBody=_envelope(range(10, 20)))
     messages = await _receive_all(clients, url, 2)
 
     await Processor(settings, clients, url).handle(messages)
 
-    # The good message is stored and gone; the one with the refused item stays, hidden a while.
-    assert await _stored_ids(clients, settings) == [f"ev-{n:08d}" for n in range(11)]
-    assert await queue_counts(clients, url) == (0, 1)
+    stored = await _stored_ids(clients, settings)
+    assert stored == [f"ev-{n:08d}" for n in (0, 2, *range(10, 20))]
+    assert await queue_counts(clients, url) == (0, 0)
+    [letter] = (await clients.sqs.receive_message(QueueUrl=dlq_url, MessageAttributeNames=["All"]))[
+        "Messages"
+    ]
+    body = orjson.loads(letter["Body"].replace(str(10**20), "0"))
+    assert [e["id"] for e in body["events"]] == ["ev-00000001"]
+    assert "ingested_at" in body["reason"]
+    assert letter["MessageAttributes"]["reason"]["StringValue"] == body["reason"]
+
+
+async def test_an_oversized_event_goes_to_the_dlq_alone(
+    clients: Clients, settings: Settings
+) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    huge = orjson.loads(_envelope(range(100, 101)))["events"][0]
+    huge["message"] = "x" * 500_000  # DynamoDB refuses an item over 400 KB
+    good = encode_event(normalise(make_event(10), now_ms=1))
+    await clients.sqs.send_message(
+        QueueUrl=url, MessageBody=pack_envelope([orjson.dumps(huge), good])
+    )
+    messages = await _receive_all(clients, url, 1)
+
+    await Processor(settings, clients, url).handle(messages)
+
+    assert await _stored_ids(clients, settings) == ["ev-00000010"]
+    assert await queue_counts(clients, url) == (0, 0)
+    dlq_url = await queue_url(clients.sqs, settings.dlq_name)
+    assert await queue_counts(clients, dlq_url) == (1, 0)
 
 
 async def test_undecodable_message_is_made_visible_again_at_once(
@@ -113,6 +154,26 @@ def test_gzip_flagged_body_that_is_not_gzip_is_undecodable() -> None:
         "MessageAttributes": {"content-encoding": {"StringValue": "gzip", "DataType": "String"}},
     }
     with pytest.raises(EnvelopeError, match="gzip"):
+        decode_message(message)
+
+
+def test_gzip_bomb_is_refused_without_inflating_it_all() -> None:
+    bomb = gzip.compress(b"0" * (64 * 1024 * 1024), compresslevel=9)
+    message = {
+        "Body": base64.b64encode(bomb).decode(),
+        "MessageAttributes": {"content-encoding": {"StringValue": "gzip", "DataType": "String"}},
+    }
+    with pytest.raises(EnvelopeError, match="inflates past"):
+        decode_message(message)
+
+
+def test_truncated_gzip_body_is_undecodable() -> None:
+    data = gzip.compress(_envelope(range(50)).encode())
+    message = {
+        "Body": base64.b64encode(data[: len(data) // 2]).decode(),
+        "MessageAttributes": {"content-encoding": {"StringValue": "gzip", "DataType": "String"}},
+    }
+    with pytest.raises(EnvelopeError, match="truncated"):
         decode_message(message)
 
 

@@ -1,0 +1,124 @@
+"""The request bodies of the two hot batch calls, encoded in one step with orjson.
+
+botocore makes a request in steps: `before-parameter-build` handlers see the parameters,
+its generic serializer walks them against the service model and encodes them with the
+standard library's json, `before-call` handlers see the request, then botocore signs it,
+sends it, retries the transport and parses the answer. For BatchWriteItem (25 items of
+many attributes) and SendMessageBatch (up to 256 KiB of text) the walk and the encoding
+cost more than all the rest of the call.
+
+The handlers here take the big member out of the parameters before the walk, leaving an
+empty stand-in of the same kind (so the walk is trivial and endpoint resolution still sees
+the table names), encode the whole parameters once with orjson, and put that body into
+the request before it is signed. Signing, credentials, endpoints, transport retries and
+error parsing stay botocore's. Parameters orjson cannot encode exactly as the JSON
+protocol would (bytes, integers beyond 64 bits, lone surrogates, None) take the generic
+path unchanged.
+
+Our calls pass only JSON-native values for these operations, where the JSON protocol's
+serialisation is the identity; the parsed body is then the same, byte order of keys
+aside (orjson writes UTF-8 where json writes \\u escapes).
+
+The answer of ReceiveMessage (up to ten 256 KiB bodies, JSON inside JSON) is the same
+the other way round: `before-parse` decodes its messages with orjson and leaves the
+generic parser an empty body, unless an answer is an error or holds binary attributes
+(base64 that the generic parser decodes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+# (service, operation) -> the member whose walk is skipped.
+FAST_MEMBERS = {
+    ("dynamodb", "BatchWriteItem"): "RequestItems",
+    ("sqs", "SendMessageBatch"): "Entries",
+}
+_BODY = "logpipe_body"
+
+
+def encode_body(params: dict[str, Any]) -> bytes | None:
+    """The JSON protocol body of `params`, or None when the generic path must make it."""
+    if any(value is None for value in params.values()):
+        return None
+    try:
+        return orjson.dumps(params)
+    except orjson.JSONEncodeError:
+        return None
+
+
+def _stand_in(value: Any) -> Any:
+    # RequestItems keeps its table names (endpoint rules read them); a list becomes empty.
+    return {name: [] for name in value} if isinstance(value, dict) else []
+
+
+def take_body(params: dict[str, Any], model: Any, context: dict[str, Any], **kwargs: Any) -> None:
+    """`before-parameter-build`: encode the body now, leave the walk a stand-in."""
+    member = FAST_MEMBERS.get((model.service_model.service_name, model.name))
+    if member is None or member not in params:
+        return
+    body = encode_body(params)
+    if body is None:
+        return
+    context[_BODY] = body
+    params[member] = _stand_in(params[member])
+
+
+def put_body(params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
+    """`before-call`: the request is built and not yet signed: give it the real body."""
+    body = context.pop(_BODY, None)
+    if body is not None:
+        params["body"] = body
+
+
+RECEIVE = ("sqs", "ReceiveMessage")
+_BINARY = frozenset({"BinaryValue", "BinaryListValues"})
+
+
+def parse_messages(
+    operation_model: Any,
+    response_dict: dict[str, Any],
+    customized_response_dict: dict[str, Any],
+    **kwargs: Any,
+) -> None:
+    """`before-parse` of ReceiveMessage: the messages decoded by orjson, as botocore would."""
+    service = operation_model.service_model.service_name
+    if (service, operation_model.name) != RECEIVE or response_dict["status_code"] != 200:
+        return
+    try:
+        doc = orjson.loads(response_dict["body"])
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(doc, dict) or doc.keys() != {"Messages"}:
+        return
+    shape = operation_model.output_shape.members["Messages"].member
+    members = shape.members.keys()
+    value_members = shape.members["MessageAttributes"].value.members.keys()
+    messages = []
+    for message in doc["Messages"]:
+        attributes = message.get("MessageAttributes", {})
+        if any(_BINARY & value.keys() for value in attributes.values()):
+            return
+        kept = {k: v for k, v in message.items() if k in members}
+        if attributes:
+            kept["MessageAttributes"] = {
+                name: {k: v for k, v in value.items() if k in value_members}
+                for name, value in attributes.items()
+            }
+        messages.append(kept)
+    customized_response_dict["Messages"] = messages
+    response_dict["body"] = b"{}"
+
+
+def install(client: Any) -> None:
+    """Serialise the client's hot batch calls with orjson.
+
+    The client must not validate parameters (`parameter_validation=False`): validation
+    runs after `before-parameter-build` and would see only the stand-in. Registered last,
+    so handlers that count or change the parameters (metrics, fault injection) see them.
+    """
+    client.meta.events.register_last("before-parameter-build", take_body)
+    client.meta.events.register_last("before-call", put_body)
+    client.meta.events.register_last("before-parse", parse_messages)
