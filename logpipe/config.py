@@ -45,6 +45,7 @@ class Settings:
     send_attempts: int = 6
     memory_budget_mb: int = 256
     read_timeout_s: float = 15.0
+    ack_timeout_s: float = 10.0
     max_connections: int = 1000
     keep_alive_s: int = 75
     # Processor
@@ -110,6 +111,7 @@ class Settings:
             send_attempts=_int(env, "LOGPIPE_SEND_ATTEMPTS", d.send_attempts, 1, 100),
             memory_budget_mb=_int(env, "LOGPIPE_MEMORY_BUDGET_MB", d.memory_budget_mb, 16, 65536),
             read_timeout_s=_float(env, "LOGPIPE_READ_TIMEOUT_S", d.read_timeout_s, 0.1, 3600.0),
+            ack_timeout_s=_float(env, "LOGPIPE_ACK_TIMEOUT_S", d.ack_timeout_s, 0.1, 600.0),
             max_connections=_int(env, "LOGPIPE_MAX_CONNECTIONS", d.max_connections, 1, 1_000_000),
             pollers=_int(env, "LOGPIPE_POLLERS", d.pollers, 1, 64),
             write_concurrency=_int(env, "LOGPIPE_WRITE_CONCURRENCY", d.write_concurrency, 1, 256),

@@ -1,5 +1,7 @@
 # The ingestor is public (applications anywhere send logs) behind an application load
 # balancer; the console listens on its own port, open only to console_allowed_cidrs.
+# HTTPS with certificate_arn; without one, variables.tf insists on allow_plain_http = true
+# (a trial without a domain), so plain HTTP is never an accident.
 locals {
   https       = var.certificate_arn != ""
   ingest_url  = local.https ? "https://${var.domain_name}" : "http://${aws_lb.main.dns_name}"
@@ -7,6 +9,10 @@ locals {
   # Ports every task listens on (DESIGN.md defaults).
   http_port    = 8080
   metrics_port = 9100
+  # The public port of the ingestor serves these and nothing else (404 otherwise);
+  # /metrics and /readyz live on LOGPIPE_METRICS_PORT, which no listener reaches.
+  ingest_paths       = ["/ingest", "/v1/logs", "/healthz"]
+  alb_idle_timeout_s = 60
 }
 
 resource "aws_security_group" "alb" {
@@ -85,7 +91,9 @@ resource "aws_lb" "main" {
   subnets                    = aws_subnet.public[*].id
   drop_invalid_header_fields = true
   enable_deletion_protection = var.deletion_protection
-  idle_timeout               = 60
+  # Below the ingestor's keep-alive idle timeout (75 s): the server, not the load balancer,
+  # must be the last to close an idle connection, or a reused one answers 502.
+  idle_timeout = local.alb_idle_timeout_s
 }
 
 resource "aws_lb_target_group" "ingestor" {
@@ -131,7 +139,29 @@ resource "aws_lb_listener" "ingest" {
   ssl_policy        = local.https ? "ELBSecurityPolicy-TLS13-1-2-2021-06" : null
   certificate_arn   = local.https ? var.certificate_arn : null
 
+  # Only the paths below reach a task; anything else ends here.
   default_action {
+    type = "fixed-response"
+
+    fixed_response {
+      content_type = "application/json"
+      message_body = "{\"error\": \"not found\"}"
+      status_code  = "404"
+    }
+  }
+}
+
+resource "aws_lb_listener_rule" "ingest" {
+  listener_arn = aws_lb_listener.ingest.arn
+  priority     = 10
+
+  condition {
+    path_pattern {
+      values = local.ingest_paths
+    }
+  }
+
+  action {
     type             = "forward"
     target_group_arn = aws_lb_target_group.ingestor.arn
   }

@@ -3,6 +3,9 @@
 resource "aws_ecr_repository" "app" {
   name                 = var.name
   image_tag_mutability = "IMMUTABLE"
+  # `terraform destroy` empties the repository once deletion_protection is off; no
+  # batch-delete of images (100 per call) by hand.
+  force_delete = !var.deletion_protection
 
   image_scanning_configuration {
     scan_on_push = true

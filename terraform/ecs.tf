@@ -64,13 +64,14 @@ module "ingestor" {
   security_group_id = aws_security_group.ingestor.id
   log_group_name    = aws_cloudwatch_log_group.service["ingestor"].name
   desired_count     = var.ingestor_count
+  autoscaled        = true
   cpu               = 512
   memory            = 1024
   container_port    = local.http_port
   target_group_arn  = aws_lb_target_group.ingestor.arn
   defaults          = local.service_defaults
 
-  depends_on = [aws_lb_listener.ingest, aws_iam_role_policy.execution]
+  depends_on = [aws_lb_listener_rule.ingest, aws_iam_role_policy.execution, aws_iam_role_policy.ingestor]
 }
 
 module "processor" {
@@ -90,7 +91,7 @@ module "processor" {
   memory            = 1024
   defaults          = local.service_defaults
 
-  depends_on = [aws_iam_role_policy.execution]
+  depends_on = [aws_iam_role_policy.execution, aws_iam_role_policy.processor]
 }
 
 module "console" {
@@ -111,7 +112,7 @@ module "console" {
   target_group_arn  = aws_lb_target_group.console.arn
   defaults          = local.service_defaults
 
-  depends_on = [aws_lb_listener.console, aws_iam_role_policy.execution]
+  depends_on = [aws_lb_listener.console, aws_iam_role_policy.execution, aws_iam_role_policy.console]
 }
 
 # The emitters send with the first API key, so they get the same secret as the ingestor.
@@ -163,9 +164,69 @@ module "emitter_b" {
   depends_on = [aws_iam_role_policy.execution]
 }
 
-# --- processor autoscaling: target tracking on visible messages per running task ---
+# --- ingestor autoscaling: requests per task from the load balancer, and CPU ---
+# Two target-tracking policies: the service scales out when either is above its target and
+# in only when both are below. ingestor_count is the floor (0 keeps the service off).
+# All of it is left out on the embedded endpoint: moto's Application Auto Scaling answers
+# ListTagsForResource with a 500, which the provider retries for as long as it may.
+
+resource "aws_appautoscaling_target" "ingestor" {
+  count = var.embedded_endpoint ? 0 : 1
+
+  service_namespace  = "ecs"
+  scalable_dimension = "ecs:service:DesiredCount"
+  resource_id        = "service/${aws_ecs_cluster.main.name}/${module.ingestor.service_name}"
+  min_capacity       = var.ingestor_count
+  max_capacity       = var.ingestor_count == 0 ? 0 : max(var.ingestor_max_count, var.ingestor_count)
+}
+
+resource "aws_appautoscaling_policy" "ingestor_requests" {
+  count = var.embedded_endpoint ? 0 : 1
+
+  name               = "${var.name}-ingestor-requests-per-task"
+  policy_type        = "TargetTrackingScaling"
+  service_namespace  = aws_appautoscaling_target.ingestor[0].service_namespace
+  scalable_dimension = aws_appautoscaling_target.ingestor[0].scalable_dimension
+  resource_id        = aws_appautoscaling_target.ingestor[0].resource_id
+
+  target_tracking_scaling_policy_configuration {
+    target_value       = var.ingestor_requests_per_task
+    scale_out_cooldown = 60
+    scale_in_cooldown  = 300
+
+    predefined_metric_specification {
+      predefined_metric_type = "ALBRequestCountPerTarget"
+      resource_label         = "${aws_lb.main.arn_suffix}/${aws_lb_target_group.ingestor.arn_suffix}"
+    }
+  }
+}
+
+resource "aws_appautoscaling_policy" "ingestor_cpu" {
+  count = var.embedded_endpoint ? 0 : 1
+
+  name               = "${var.name}-ingestor-cpu"
+  policy_type        = "TargetTrackingScaling"
+  service_namespace  = aws_appautoscaling_target.ingestor[0].service_namespace
+  scalable_dimension = aws_appautoscaling_target.ingestor[0].scalable_dimension
+  resource_id        = aws_appautoscaling_target.ingestor[0].resource_id
+
+  target_tracking_scaling_policy_configuration {
+    target_value       = var.ingestor_cpu_percent
+    scale_out_cooldown = 60
+    scale_in_cooldown  = 300
+
+    predefined_metric_specification {
+      predefined_metric_type = "ECSServiceAverageCPUUtilization"
+    }
+  }
+}
+
+# --- processor autoscaling: target tracking on visible messages per running task, and a
+# step out when the oldest message waits too long (few but slow messages) ---
 
 resource "aws_appautoscaling_target" "processor" {
+  count = var.embedded_endpoint ? 0 : 1
+
   service_namespace  = "ecs"
   scalable_dimension = "ecs:service:DesiredCount"
   resource_id        = "service/${aws_ecs_cluster.main.name}/${module.processor.service_name}"
@@ -174,11 +235,13 @@ resource "aws_appautoscaling_target" "processor" {
 }
 
 resource "aws_appautoscaling_policy" "processor_backlog" {
+  count = var.embedded_endpoint ? 0 : 1
+
   name               = "${var.name}-processor-backlog-per-task"
   policy_type        = "TargetTrackingScaling"
-  service_namespace  = aws_appautoscaling_target.processor.service_namespace
-  scalable_dimension = aws_appautoscaling_target.processor.scalable_dimension
-  resource_id        = aws_appautoscaling_target.processor.resource_id
+  service_namespace  = aws_appautoscaling_target.processor[0].service_namespace
+  scalable_dimension = aws_appautoscaling_target.processor[0].scalable_dimension
+  resource_id        = aws_appautoscaling_target.processor[0].resource_id
 
   target_tracking_scaling_policy_configuration {
     target_value       = var.processor_backlog_per_task
@@ -237,4 +300,51 @@ resource "aws_appautoscaling_policy" "processor_backlog" {
       }
     }
   }
+}
+
+resource "aws_appautoscaling_policy" "processor_oldest_message" {
+  count = var.embedded_endpoint ? 0 : 1
+
+  name               = "${var.name}-processor-oldest-message"
+  policy_type        = "StepScaling"
+  service_namespace  = aws_appautoscaling_target.processor[0].service_namespace
+  scalable_dimension = aws_appautoscaling_target.processor[0].scalable_dimension
+  resource_id        = aws_appautoscaling_target.processor[0].resource_id
+
+  step_scaling_policy_configuration {
+    adjustment_type         = "ChangeInCapacity"
+    cooldown                = 120
+    metric_aggregation_type = "Maximum"
+
+    # Bounds are relative to the alarm's threshold (processor_scale_out_age_seconds).
+    step_adjustment {
+      metric_interval_lower_bound = 0
+      metric_interval_upper_bound = var.processor_scale_out_age_seconds
+      scaling_adjustment          = 1
+    }
+
+    step_adjustment {
+      metric_interval_lower_bound = var.processor_scale_out_age_seconds
+      scaling_adjustment          = 2
+    }
+  }
+}
+
+# Drives the step policy above only; the oldest_message_age alarm (monitoring.tf) is the
+# one that notifies people, at a higher threshold.
+resource "aws_cloudwatch_metric_alarm" "processor_scale_out_age" {
+  count = var.embedded_endpoint ? 0 : 1
+
+  alarm_name          = "${var.name}-processor-scale-out-oldest-message"
+  alarm_description   = "Adds processor tasks while the oldest message of ${local.queue_name} waits longer than ${var.processor_scale_out_age_seconds} s."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateAgeOfOldestMessage"
+  dimensions          = { QueueName = aws_sqs_queue.events.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 2
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.processor_scale_out_age_seconds
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [aws_appautoscaling_policy.processor_oldest_message[0].arn]
 }

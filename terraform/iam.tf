@@ -1,6 +1,7 @@
 # One execution role (pull the image, write logs, read the API-key secret) and one task
 # role per role, each allowed exactly the calls its code makes. The emitters call no AWS
-# API, so they have no task role at all.
+# API, so they have no task role at all. Every role of the stack carries
+# var.permissions_boundary_arn: the README's deploy role can create roles only with it.
 locals {
   account_id = data.aws_caller_identity.current.account_id
   # SSM parameters are read with ssm:GetParameters, Secrets Manager secrets with
@@ -47,8 +48,9 @@ data "aws_iam_policy_document" "ecs_agent_assume" {
 }
 
 resource "aws_iam_role" "execution" {
-  name               = "${var.name}-execution"
-  assume_role_policy = data.aws_iam_policy_document.ecs_agent_assume.json
+  name                 = "${var.name}-execution"
+  assume_role_policy   = data.aws_iam_policy_document.ecs_agent_assume.json
+  permissions_boundary = var.permissions_boundary_arn
 }
 
 data "aws_iam_policy_document" "execution" {
@@ -93,8 +95,9 @@ resource "aws_iam_role_policy" "execution" {
 # --- ingestor: sends to the queue ---
 
 resource "aws_iam_role" "ingestor" {
-  name               = "${var.name}-ingestor"
-  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  name                 = "${var.name}-ingestor"
+  assume_role_policy   = data.aws_iam_policy_document.ecs_tasks_assume.json
+  permissions_boundary = var.permissions_boundary_arn
 }
 
 data "aws_iam_policy_document" "ingestor" {
@@ -115,8 +118,9 @@ resource "aws_iam_role_policy" "ingestor" {
 # --- processor: drains the queue into the table ---
 
 resource "aws_iam_role" "processor" {
-  name               = "${var.name}-processor"
-  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  name                 = "${var.name}-processor"
+  assume_role_policy   = data.aws_iam_policy_document.ecs_tasks_assume.json
+  permissions_boundary = var.permissions_boundary_arn
 }
 
 data "aws_iam_policy_document" "processor" {
@@ -152,8 +156,9 @@ resource "aws_iam_role_policy" "processor" {
 # --- console: reads the table ---
 
 resource "aws_iam_role" "console" {
-  name               = "${var.name}-console"
-  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  name                 = "${var.name}-console"
+  assume_role_policy   = data.aws_iam_policy_document.ecs_tasks_assume.json
+  permissions_boundary = var.permissions_boundary_arn
 }
 
 data "aws_iam_policy_document" "console" {

@@ -36,6 +36,51 @@ data "aws_iam_policy_document" "alarms_topic" {
       values   = [local.account_id]
     }
   }
+
+  statement {
+    sid       = "FailedDeploymentsPublish"
+    actions   = ["sns:Publish"]
+    resources = [aws_sns_topic.alarms.arn]
+
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values   = [aws_cloudwatch_event_rule.deployment_failed.arn]
+    }
+  }
+}
+
+# A deployment the circuit breaker stopped (and rolled back) is news even though the
+# service is healthy again on the old revision: the code that was meant to ship did not.
+resource "aws_cloudwatch_event_rule" "deployment_failed" {
+  name        = "${var.name}-ecs-deployment-failed"
+  description = "An ECS deployment of the ${var.name} cluster failed (circuit breaker, rolled back)."
+
+  event_pattern = jsonencode({
+    source      = ["aws.ecs"]
+    detail-type = ["ECS Deployment State Change"]
+    resources   = [{ prefix = "arn:${data.aws_partition.current.partition}:ecs:${var.region}:${local.account_id}:service/${aws_ecs_cluster.main.name}/" }]
+    detail      = { eventName = ["SERVICE_DEPLOYMENT_FAILED"] }
+  })
+}
+
+resource "aws_cloudwatch_event_target" "deployment_failed" {
+  rule = aws_cloudwatch_event_rule.deployment_failed.name
+  arn  = aws_sns_topic.alarms.arn
+
+  input_transformer {
+    input_paths = {
+      service    = "$.resources[0]"
+      deployment = "$.detail.deploymentId"
+      reason     = "$.detail.reason"
+    }
+    input_template = "\"ECS deployment <deployment> of <service> failed: <reason>\""
+  }
 }
 
 resource "aws_sns_topic_policy" "alarms" {
@@ -115,6 +160,25 @@ resource "aws_cloudwatch_metric_alarm" "ingest_5xx" {
   namespace           = "AWS/ApplicationELB"
   metric_name         = "HTTPCode_Target_5XX_Count"
   dimensions          = { LoadBalancer = aws_lb.main.arn_suffix, TargetGroup = aws_lb_target_group.ingestor.arn_suffix }
+  statistic           = "Sum"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 3
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.ingest_5xx_threshold
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# 5xx the load balancer itself answers: 502 (a task closed a connection the load balancer
+# reused, or crashed), 503 (no healthy target), 504 (a task too slow).
+resource "aws_cloudwatch_metric_alarm" "alb_5xx" {
+  alarm_name          = "${var.name}-alb-5xx"
+  alarm_description   = "The load balancer answers 5xx itself (502/503/504): ingest tasks are down, overloaded or closing connections early."
+  namespace           = "AWS/ApplicationELB"
+  metric_name         = "HTTPCode_ELB_5XX_Count"
+  dimensions          = { LoadBalancer = aws_lb.main.arn_suffix }
   statistic           = "Sum"
   period              = 60
   evaluation_periods  = 5
@@ -249,6 +313,7 @@ resource "aws_cloudwatch_dashboard" "main" {
             aws_cloudwatch_metric_alarm.oldest_message_age.arn,
             aws_cloudwatch_metric_alarm.processor_errors.arn,
             aws_cloudwatch_metric_alarm.ingest_5xx.arn,
+            aws_cloudwatch_metric_alarm.alb_5xx.arn,
           ], aws_cloudwatch_metric_alarm.ingestor_unhealthy[*].arn)
         }
       },

@@ -49,6 +49,17 @@ output "service_names" {
   ]
 }
 
+output "task_definitions" {
+  description = "Task definition revision each ECS service must run after this apply: the deploy workflow checks every service's PRIMARY deployment against it."
+  value = {
+    (module.ingestor.service_name)  = module.ingestor.task_definition_arn
+    (module.processor.service_name) = module.processor.task_definition_arn
+    (module.console.service_name)   = module.console.task_definition_arn
+    (module.emitter_a.service_name) = module.emitter_a.task_definition_arn
+    (module.emitter_b.service_name) = module.emitter_b.task_definition_arn
+  }
+}
+
 output "alarm_topic_arn" {
   description = "SNS topic the alarms notify; subscribe more endpoints to it as needed."
   value       = aws_sns_topic.alarms.arn

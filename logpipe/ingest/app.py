@@ -390,6 +390,7 @@ def batcher(sqs: Any, url: str, settings: Settings) -> Sender:
         concurrency=settings.send_concurrency,
         max_inflight_bytes=settings.max_inflight_bytes,
         attempts=settings.send_attempts,
+        ack_timeout_s=settings.ack_timeout_s,
     )
 
 

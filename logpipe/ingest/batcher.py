@@ -86,7 +86,10 @@ class Batcher:
     """Bounded group-commit batcher in front of SendMessageBatch.
 
     `submit` returns once SQS holds every event it was given, raises Overloaded when the
-    in-flight bound is reached, and QueueUnavailable when SQS refused them after retries.
+    in-flight bound is reached, and QueueUnavailable when SQS refused them after retries or
+    did not take them within `ack_timeout_s` (then the request's events not yet sent are
+    taken out of the buffer, so a client's retry can double only what was already on the
+    wire: never when the client sent ids).
     """
 
     def __init__(
@@ -98,12 +101,14 @@ class Batcher:
         concurrency: int,
         max_inflight_bytes: int,
         attempts: int,
+        ack_timeout_s: float = 10.0,
     ) -> None:
         self._send_batch = send_batch
         self._max_bytes = max_bytes
         self._linger_s = linger_s
         self._max_inflight_bytes = max_inflight_bytes
         self._attempts = attempts
+        self._ack_timeout_s = ack_timeout_s
         self._slots = asyncio.Semaphore(concurrency)
         self._buffer: deque[tuple[bytes, _Request]] = deque()
         self._buffered_bytes = 0
@@ -159,7 +164,26 @@ class Batcher:
         metrics.inflight_events.inc(len(events))
         self._wake.set()
         # Shielded: a client that hangs up does not take its events out of the batch.
-        await asyncio.shield(request.future)
+        try:
+            await asyncio.wait_for(asyncio.shield(request.future), self._ack_timeout_s)
+        except TimeoutError:
+            self._withdraw(request)
+            raise QueueUnavailable("SQS did not take the events in time") from None
+
+    def _withdraw(self, request: _Request) -> None:
+        """Take a request's unsent events out of the buffer; its sent ones settle as usual."""
+        kept: deque[tuple[bytes, _Request]] = deque()
+        for event, owner in self._buffer:
+            if owner is request:
+                size = len(event) + 1
+                self._buffered_bytes -= size
+                self._inflight_bytes -= size
+                metrics.inflight_events.dec()
+            else:
+                kept.append((event, owner))
+        self._buffer = kept
+        if not request.future.done():
+            request.future.set_exception(QueueUnavailable("SQS did not take the events in time"))
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -53,6 +53,9 @@ resource "aws_ecs_task_definition" "this" {
   execution_role_arn       = var.defaults.execution_role_arn
   task_role_arn            = var.task_role_arn
   container_definitions    = jsonencode([local.container])
+  # A new image registers a new revision and keeps the old one: a rollback (the circuit
+  # breaker's or an operator's) needs the revision it goes back to.
+  skip_destroy = true
 
   runtime_platform {
     operating_system_family = "LINUX"
