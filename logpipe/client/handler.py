@@ -2,7 +2,7 @@
 
 `LogpipeHandler.emit` encodes a record (cut to the schema's limits rather than refused)
 into a bounded buffer and never waits for the network; a daemon thread ships batches
-with the blocking shipper from `logpipe.shipping`.
+with the blocking shipper from `logpipe.client.shipping`.
 
     handler = LogpipeHandler("http://logpipe:8080", service="checkout", api_key=KEY)
     logging.getLogger().addHandler(handler)
