@@ -1020,7 +1020,7 @@ def test_ingest_listener_forwards_only_the_public_paths_and_answers_404_otherwis
     on_ingest = [r for r in rules.values() if r["listener_arn"] == "${aws_lb_listener.ingest.arn}"]
     assert on_ingest == [rule]
     # Every public path is a route of the ingestor.
-    source = (ROOT / "logpipe" / "ingestor.py").read_text()
+    source = (ROOT / "logpipe" / "ingest" / "app.py").read_text()
     for path in paths:
         assert f'Route("{path}"' in source, path
     # The target group's port is the public port, never the metrics port.
