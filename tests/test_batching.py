@@ -190,22 +190,20 @@ async def test_stop_sends_what_is_still_lingering(clients: Clients, settings: Se
     assert [e["id"] for events in envelopes for e in events] == ["e1", "e2"]
 
 
-async def test_a_request_sqs_does_not_take_in_time_gets_503_and_its_unsent_events_are_withdrawn() -> (
-    None
-):
-    release = asyncio.Event()
+async def test_a_request_sqs_does_not_take_in_time_gets_503_and_its_events_are_withdrawn() -> None:
+    release, on_wire = asyncio.Event(), asyncio.Event()
     sent: list[str] = []
 
     async def stuck(bodies: list[str]) -> list[EntryFailure | None]:
         sent.extend(bodies)
+        on_wire.set()
         await release.wait()
         return [None] * len(bodies)
 
     # One send slot: the first request's message is on the wire, the second's waits behind it.
     async with _batcher(stuck, concurrency=1, ack_timeout_s=0.3) as batcher:
         first = asyncio.create_task(batcher.submit([_event(1)]))
-        while not sent:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(on_wire.wait(), 10)
         with pytest.raises(QueueUnavailable, match="in time"):
             await batcher.submit([_event(n) for n in range(2, 12)])
         with pytest.raises(QueueUnavailable, match="in time"):
