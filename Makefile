@@ -59,10 +59,11 @@ deploy-check: deploy-tools
 deploy-rehearsal: $(STAMP)
 	$(BIN)/python tools/deploy_rehearsal.py
 
-# Re-pin every dependency after changing pyproject.toml.
+# Re-pin every dependency after changing pyproject.toml: requirements.lock is the server
+# runtime (`logpipe[server]`, what the image installs), requirements-dev.lock everything.
 lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet pip-tools==7.6.2
-	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links --allow-unsafe -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links --allow-unsafe --extra server -o requirements.lock pyproject.toml
 	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links --allow-unsafe --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml
 
 # Re-pin the deploy-check tools after changing tools/requirements-deploy.in or package.json.

@@ -15,6 +15,7 @@ import os
 
 from starlette.applications import Starlette
 
+from logpipe.cli import collaborators
 from logpipe.config import Settings
 
 log = logging.getLogger(__name__)
@@ -25,16 +26,16 @@ def ingestor() -> Starlette:
 
     `/metrics` and `/readyz` live on the metrics port, which only `logpipe ingestor` serves.
     """
-    from logpipe import ingestor as role
+    from logpipe.ingest import app as role
 
     settings = Settings.from_env(os.environ)
     if not settings.api_keys:
         log.warning("LOGPIPE_API_KEYS is not set: /ingest and /v1/logs accept events from anyone")
-    return role.create_app(settings)
+    return role.create_app(settings, **collaborators("ingestor", os.environ))
 
 
 def console() -> Starlette:
     """The console app (`/`, `/api/logs`, `/api/services`), configured by the environment."""
-    from logpipe import console as role
+    from logpipe.read import console as role
 
     return role.create_app(Settings.from_env(os.environ))

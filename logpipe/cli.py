@@ -1,4 +1,9 @@
-"""Command line: argument parsing, logging set-up and ROLE dispatch."""
+"""Command line: argument parsing, logging set-up and ROLE dispatch.
+
+The composition root: the only module that picks implementations for the roles, and the only
+importer of `logpipe.dev` (the local stack, the bench, and what LOGPIPE_NAIVE / LOGPIPE_FAULTS
+swap in for bench and chaos runs).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +24,15 @@ from logpipe.lifecycle import run_async
 
 ROLES = ("ingestor", "processor", "emitter", "console")
 LOCAL_STACK = "local"
+# Flags that set a Settings field: validated exactly as the variable they stand for.
+FLAG_VARIABLES = {
+    "port": ("--port", "LOGPIPE_PORT"),
+    "emitter_service": ("--service", "LOGPIPE_EMITTER_SERVICE"),
+    "emitter_rate": ("--rate", "LOGPIPE_EMITTER_RATE"),
+    "emitter_events": ("--events", "LOGPIPE_EMITTER_EVENTS"),
+    "ingestor_url": ("--url", "LOGPIPE_INGESTOR_URL"),
+}
+DEV_VARIABLES = ("LOGPIPE_NAIVE", "LOGPIPE_FAULTS")
 QUIET_LOGGERS = ("botocore", "aiobotocore", "aioboto3", "werkzeug", "urllib3", "uvicorn.access")
 
 
@@ -141,11 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"logpipe: ROLE must be one of {', '.join(ROLES)}, got {command!r}", file=sys.stderr)
         return 2
     try:
-        settings = Settings.from_env(os.environ).with_overrides(**vars(args))
+        settings = settings_from(os.environ, args)
+        parts = collaborators(command, os.environ)
         setup_logging(command, settings.python_log_level)
         if command in ("query", "dlq", "bench"):
             settings = _local_stack(settings, args)
-        return run_async(_dispatch(command, settings, args))
+        return run_async(_dispatch(command, settings, args, parts))
     except ConfigError as exc:
         print(f"logpipe: {exc}", file=sys.stderr)
         return 2
@@ -153,11 +168,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def settings_from(env: Mapping[str, str], args: argparse.Namespace) -> Settings:
+    """Settings from the environment with the flags given, each checked as its variable is."""
+    given = {
+        variable: str(value)
+        for dest, (_, variable) in FLAG_VARIABLES.items()
+        if (value := getattr(args, dest, None)) is not None
+    }
+    try:
+        return Settings.from_env({**env, **given})
+    except ConfigError as exc:
+        message = str(exc)
+        for flag, variable in FLAG_VARIABLES.values():
+            if variable in given and message.startswith(variable):
+                raise ConfigError(flag + message.removeprefix(variable)) from None
+        raise
+
+
+def collaborators(role: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The parts LOGPIPE_NAIVE / LOGPIPE_FAULTS swap into `role`; none when both are unset."""
+    if not any(env.get(name, "").strip() for name in DEV_VARIABLES):
+        return {}
+    from logpipe.dev.switches import Switches
+
+    return Switches.from_env(env).collaborators(role)
+
+
 def _local_stack(settings: Settings, args: argparse.Namespace) -> Settings:
     """Point query/dlq (and `bench --endpoint`) at a running `logpipe up` when AWS is not set up."""
     from pathlib import Path
 
-    from logpipe import local
+    from logpipe.dev import local
 
     if args.command == "bench" and args.endpoint != LOCAL_STACK:
         return settings
@@ -173,30 +214,32 @@ def _local_stack(settings: Settings, args: argparse.Namespace) -> Settings:
     return attached or settings
 
 
-async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) -> int:
+async def _dispatch(
+    command: str, settings: Settings, args: argparse.Namespace, parts: dict[str, Any]
+) -> int:
     if command == "ingestor":
-        from logpipe import ingestor
+        from logpipe.ingest import app as ingestor
 
-        return await ingestor.serve(settings)
+        return await ingestor.serve(settings, **parts)
     if command == "processor":
-        from logpipe import processor
+        from logpipe.process import processor
 
-        return await processor.serve(settings)
+        return await processor.serve(settings, **parts)
     if command == "emitter":
         from logpipe import emitter
 
         return await emitter.serve(settings)
     if command == "console":
-        from logpipe import console
+        from logpipe.read import console
 
         return await console.serve(settings)
     if command == "query":
-        from logpipe import console
+        from logpipe.read import console
 
         return await console.query_command(settings, console.query_params(args), args.json)
     if command == "bench":
-        from logpipe import bench
-        from logpipe.faults import Faults
+        from logpipe.dev import bench
+        from logpipe.dev.faults import Faults
 
         options = bench.BenchOptions(
             events=args.events or (500 if args.naive else 20000),
@@ -214,7 +257,7 @@ async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) 
         clean = result["lost"] == 0 and result["duplicates"] == 0
         return 0 if clean and result.get("poison_in_dlq", 0) == options.chaos.poison else 1
     if command == "dlq":
-        from logpipe import dlq
+        from logpipe.process import dlq
 
         report = await dlq.run(settings, args.action, sample=args.sample, everything=args.all)
         if args.action == "inspect" and not args.json:
@@ -223,11 +266,11 @@ async def _dispatch(command: str, settings: Settings, args: argparse.Namespace) 
             print(orjson.dumps(report).decode())
         return 0
     if command == "bootstrap":
-        from logpipe import aws
+        from logpipe.aws import clients as aws
 
         print(orjson.dumps(await aws.bootstrap_endpoint(settings)).decode())
         return 0
-    from logpipe import local
+    from logpipe.dev import local
 
     return await local.up(
         settings,

@@ -67,10 +67,6 @@ class Settings:
     # Every role
     drain_seconds: float = 25.0
     emf: bool = False
-    # The textbook one-call-per-event pipeline, for `logpipe bench --naive` only.
-    naive: bool = False
-    # Test-only fault injection in the AWS clients, e.g. "sqs-error:0.1,ddb-throttle:0.2".
-    faults: str = ""
     emf_interval_s: float = 60.0
     queue_poll_s: float = 15.0
     # Console
@@ -137,8 +133,6 @@ class Settings:
             emitter_batch=_int(env, "LOGPIPE_EMITTER_BATCH", d.emitter_batch, 1, 10000),
             drain_seconds=_float(env, "LOGPIPE_DRAIN_SECONDS", d.drain_seconds, 0.0, 3600.0),
             emf=_bool(env, "LOGPIPE_EMF", d.emf),
-            naive=_bool(env, "LOGPIPE_NAIVE", d.naive),
-            faults=_faults(env, "LOGPIPE_FAULTS"),
             emf_interval_s=_float(env, "LOGPIPE_EMF_INTERVAL_S", d.emf_interval_s, 0.1, 3600.0),
             queue_poll_s=_float(env, "LOGPIPE_QUEUE_POLL_S", d.queue_poll_s, 0.1, 3600.0),
             read_keys=_set_keys(env, "LOGPIPE_READ_KEYS"),
@@ -182,15 +176,6 @@ def _float(
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name} must be a number {minimum:g}-{maximum:g}, got {raw!r}")
     return value
-
-
-def _faults(env: Mapping[str, str], name: str) -> str:
-    from logpipe.faults import Faults
-
-    try:
-        return str(Faults.parse(env.get(name, "")))
-    except ConfigError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

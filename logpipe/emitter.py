@@ -14,13 +14,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from logpipe import metrics
 from logpipe.client import Shipper, ShipStats
 from logpipe.config import Settings
-from logpipe.emf import EmfReporter
+from logpipe.core.models import new_id
 from logpipe.lifecycle import run_until_signalled, stop_signals
-from logpipe.metrics import serve_metrics
-from logpipe.models import new_id
+from logpipe.obs import metrics
+from logpipe.obs.emf import EmfReporter
+from logpipe.obs.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 

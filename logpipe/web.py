@@ -21,9 +21,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from logpipe import metrics
 from logpipe.config import Settings
-from logpipe.limits import Refused
+from logpipe.core.limits import Refused
+from logpipe.obs import metrics
 
 
 def json_response(

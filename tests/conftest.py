@@ -17,10 +17,9 @@ import orjson
 import pytest
 import uvicorn
 
-from logpipe.aws import Clients, bootstrap, open_clients
+from logpipe.aws.clients import Clients, bootstrap, open_clients
 from logpipe.config import Settings
-from logpipe.ingestor import create_admin_app, create_app
-from logpipe.processes import (
+from logpipe.dev.processes import (
     LOCAL_CREDENTIALS,
     EmbeddedAws,
     RoleProcess,
@@ -28,6 +27,7 @@ from logpipe.processes import (
     role_env,
     wait_http,
 )
+from logpipe.ingest.app import create_admin_app, create_app
 
 os.environ.update(LOCAL_CREDENTIALS)
 os.environ["AWS_REGION"] = "us-east-1"

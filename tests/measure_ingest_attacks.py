@@ -20,9 +20,9 @@ from contextlib import AsyncExitStack
 import aiohttp
 import orjson
 
-from logpipe.aws import bootstrap, open_clients
+from logpipe.aws.clients import bootstrap, open_clients
 from logpipe.config import Settings
-from logpipe.processes import (
+from logpipe.dev.processes import (
     LOCAL_CREDENTIALS,
     EmbeddedAws,
     RoleProcess,

@@ -22,13 +22,13 @@ from typing import Any
 
 import orjson
 
-from logpipe.aws import bootstrap, open_clients
+from logpipe.aws.clients import bootstrap, open_clients
 from logpipe.config import Settings
-from logpipe.console import READ_CONCURRENCY
-from logpipe.models import from_item, normalise, to_item
-from logpipe.processes import LOCAL_CREDENTIALS, EmbeddedAws
-from logpipe.query import parse_query
-from logpipe.reader import Reader
+from logpipe.core.models import from_item, normalise, to_item
+from logpipe.core.query import parse_query
+from logpipe.dev.processes import LOCAL_CREDENTIALS, EmbeddedAws
+from logpipe.read.console import READ_CONCURRENCY
+from logpipe.read.reader import Reader
 
 HOUR_MS = 3_600_000
 SECRET = b"measure-query-latency"

@@ -24,12 +24,12 @@ import aiohttp
 import orjson
 import uvicorn
 
-from logpipe import console
-from logpipe.aws import bootstrap, open_clients
+from logpipe.aws.clients import bootstrap, open_clients
+from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.models import normalise, to_item
-from logpipe.processes import LOCAL_CREDENTIALS, EmbeddedAws, free_port
-from logpipe.reader import ServiceRegistry
+from logpipe.core.models import normalise, to_item
+from logpipe.dev.processes import LOCAL_CREDENTIALS, EmbeddedAws, free_port
+from logpipe.read import console
 from tests.conftest import _QuietServer, _started, wait_until
 
 READ_KEY = "read-key-0123456789"

@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from logpipe.aws import Clients, bootstrap, open_clients, queue_url
+from logpipe.aws.clients import Clients, bootstrap, open_clients, queue_url
 from logpipe.config import Settings
-from logpipe.processes import (
+from logpipe.dev.processes import (
     LOCAL_CREDENTIALS,
     EmbeddedAws,
     RoleProcess,

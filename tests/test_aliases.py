@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from logpipe.aliases import MAX_ATTRIBUTES, alias_timestamp, flatten_all, fold, level_of
+from logpipe.core.aliases import MAX_ATTRIBUTES, alias_timestamp, flatten_all, fold, level_of
+from logpipe.core.models import normalise
 from logpipe.errors import EventError
-from logpipe.models import normalise
 
 NOW = 1_790_000_000_000
 

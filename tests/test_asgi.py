@@ -13,9 +13,9 @@ import aiohttp
 import orjson
 import pytest
 
-from logpipe.aws import Clients
+from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from logpipe.processes import free_port, role_env, wait_http
+from logpipe.dev.processes import free_port, role_env, wait_http
 from tests.test_client import stored_events
 
 

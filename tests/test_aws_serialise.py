@@ -16,10 +16,10 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
 
-from logpipe.aws import Clients, _session, client_config, open_clients, queue_url
-from logpipe.aws_serialise import encode_body, parse_messages
+from logpipe.aws.clients import Clients, _session, client_config, open_clients, queue_url
+from logpipe.aws.serialise import encode_body, parse_messages
 from logpipe.config import Settings
-from logpipe.processes import LOCAL_CREDENTIALS
+from logpipe.dev.processes import LOCAL_CREDENTIALS
 
 # Headers that differ between any two calls, whatever their bodies.
 PER_CALL = {"x-amz-date", "authorization", "amz-sdk-invocation-id", "content-length"}

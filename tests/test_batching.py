@@ -9,11 +9,11 @@ from functools import partial
 import orjson
 import pytest
 
-from logpipe.aws import Clients, queue_url, send_message_batch
-from logpipe.batching import Batcher, SendBatch, _Request, take_batch
+from logpipe.aws.clients import Clients, queue_url, send_message_batch
 from logpipe.config import Settings
+from logpipe.core.models import ENVELOPE_OVERHEAD, envelope_size, unpack_envelope
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
-from logpipe.models import ENVELOPE_OVERHEAD, envelope_size, unpack_envelope
+from logpipe.ingest.batcher import Batcher, SendBatch, _Request, take_batch
 from tests.conftest import queue_counts
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from logpipe.aws import sqs_billed_chunks
-from logpipe.cpu import py_spy
-from logpipe.report import cost_figures
+from logpipe.aws.clients import sqs_billed_chunks
+from logpipe.dev.cpu import py_spy
+from logpipe.dev.report import cost_figures
 from tests.conftest import run_bench
 
 FIELDS = {

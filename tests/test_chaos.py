@@ -14,14 +14,15 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
-from logpipe.aws import Clients, bootstrap, is_retriable, open_clients, queue_url
-from logpipe.bench import peak_rss_mb
+from logpipe.aws.clients import Clients, bootstrap, is_retriable, open_clients, queue_url
 from logpipe.config import Settings
+from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.dev.bench import peak_rss_mb
+from logpipe.dev.faults import SQS_ERRORS, Faults
+from logpipe.dev.processes import RoleProcess, free_port, start_moto
+from logpipe.dev.switches import Switches
 from logpipe.errors import ConfigError
-from logpipe.faults import SQS_ERRORS, Faults
-from logpipe.models import encode_event, normalise, pack_envelope
-from logpipe.processes import RoleProcess, free_port, start_moto
-from logpipe.processor import Processor
+from logpipe.process.processor import Processor
 from tests.conftest import (
     Roles,
     make_event,
@@ -63,11 +64,12 @@ def test_fault_spec_is_parsed(spec: str, expected: Faults) -> None:
 )
 def test_bad_fault_spec_is_refused_with_a_clear_line(spec: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
-        Settings.from_env({"LOGPIPE_FAULTS": spec})
+        Switches.from_env({"LOGPIPE_FAULTS": spec})
 
 
 async def _faulty(settings: Settings, spec: str, stack: AsyncExitStack) -> Clients:
-    return await open_clients(stack, dataclasses.replace(settings, faults=spec), pool=8)
+    hook = Switches(faults=Faults.parse(spec)).client_hook()
+    return await open_clients(stack, settings, pool=8, hook=hook)
 
 
 async def test_injected_sqs_errors_are_the_retriable_errors_aws_returns(settings: Settings) -> None:

@@ -20,10 +20,9 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from logpipe.aws import Clients, queue_url
+from logpipe.aws.clients import Clients, queue_url
 from logpipe.client import AsyncClient, Client, new_event, stamped
-from logpipe.config import Settings
-from logpipe.loghandler import (
+from logpipe.client.handler import (
     TRUNCATED,
     LogpipeHandler,
     clip,
@@ -31,9 +30,10 @@ from logpipe.loghandler import (
     encode_record,
     level_of,
 )
-from logpipe.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, from_item, normalise
-from logpipe.processor import Processor
-from logpipe.shipping import Answer, Delivery, ShipStats, pack, retry_delay, take_batch
+from logpipe.client.shipping import Answer, Delivery, ShipStats, pack, retry_delay, take_batch
+from logpipe.config import Settings
+from logpipe.core.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, from_item, normalise
+from logpipe.process.processor import Processor
 from tests.conftest import Roles, scan_items, wait_until
 
 # --- what an answer means --------------------------------------------------------------------

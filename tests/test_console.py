@@ -17,11 +17,11 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
-from logpipe.aws import Clients
+from logpipe.aws.clients import Clients
+from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.console import create_app
-from logpipe.processes import RoleProcess, role_env, wait_http
-from logpipe.reader import ServiceRegistry
+from logpipe.dev.processes import RoleProcess, role_env, wait_http
+from logpipe.read.console import create_app
 from tests.conftest import _QuietServer, _started, make_event, wait_until
 from tests.test_reader import T0, newest_first, spread, store_events
 

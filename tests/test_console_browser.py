@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from logpipe.aws import Clients
+from logpipe.aws.clients import Clients
+from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.reader import ServiceRegistry
 from tests.conftest import make_event
 from tests.test_console import running_console
 from tests.test_reader import store_events

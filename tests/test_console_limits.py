@@ -15,14 +15,14 @@ import aiohttp
 import orjson
 import pytest
 
-from logpipe.aws import Clients
+from logpipe.aws.clients import Clients
+from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.console import _Progress, create_app, escape_controls, format_table
+from logpipe.core.query import encode_cursor, parse_query
+from logpipe.dev.processes import RoleProcess, role_env, wait_http
 from logpipe.errors import ConfigError
-from logpipe.ingestor import MAX_SERVICES_PER_REQUEST, validate
-from logpipe.processes import RoleProcess, role_env, wait_http
-from logpipe.query import encode_cursor, parse_query
-from logpipe.reader import ServiceRegistry
+from logpipe.ingest.app import MAX_SERVICES_PER_REQUEST, validate
+from logpipe.read.console import _Progress, create_app, escape_controls, format_table
 from tests.conftest import make_event
 from tests.test_console import WINDOW, get, running_console
 from tests.test_reader import HOUR, T0, newest_first, spread, store_events

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from logpipe.cpu import CLOCK_TICKS, CpuMeter, cpu_seconds, parse_stat, summarise_folded
+from logpipe.dev.cpu import CLOCK_TICKS, CpuMeter, cpu_seconds, parse_stat, summarise_folded
 
 
 def test_parse_stat_reads_utime_plus_stime_after_a_command_name_with_spaces() -> None:

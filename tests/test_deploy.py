@@ -32,10 +32,10 @@ import pytest
 import yaml
 from hcl2 import SerializationOptions
 
-from logpipe import emf
 from logpipe.config import Settings
-from logpipe.models import normalise, to_item
-from logpipe.processes import free_port
+from logpipe.core.models import normalise, to_item
+from logpipe.dev.processes import free_port
+from logpipe.obs import emf
 
 ROOT = Path(__file__).resolve().parents[1]
 TERRAFORM = ROOT / "terraform"
@@ -670,7 +670,7 @@ def test_dashboard_reads_the_emf_metrics_the_code_writes() -> None:
     emf_rows = [row for row in rows if row[0] == "${local.emf_namespace}"]
     names = {row[1] for row in emf_rows}
     assert {"events_accepted_total", "e2e_latency_seconds_p99", "queue_oldest_age_seconds"} <= names
-    metrics_source = (ROOT / "logpipe/metrics.py").read_text()
+    metrics_source = (ROOT / "logpipe/obs/metrics.py").read_text()
     for row in emf_rows:
         assert row[2] == "Role", row
         # The histogram's quantiles are reported as <name>_p50 / <name>_p99.
@@ -1020,7 +1020,7 @@ def test_ingest_listener_forwards_only_the_public_paths_and_answers_404_otherwis
     on_ingest = [r for r in rules.values() if r["listener_arn"] == "${aws_lb_listener.ingest.arn}"]
     assert on_ingest == [rule]
     # Every public path is a route of the ingestor.
-    source = (ROOT / "logpipe" / "ingestor.py").read_text()
+    source = (ROOT / "logpipe" / "ingest" / "app.py").read_text()
     for path in paths:
         assert f'Route("{path}"' in source, path
     # The target group's port is the public port, never the metrics port.

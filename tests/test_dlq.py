@@ -8,11 +8,11 @@ import sys
 
 import orjson
 
-from logpipe import dlq
-from logpipe.aws import Clients, queue_url
+from logpipe.aws.clients import Clients, queue_url
 from logpipe.config import Settings
-from logpipe.models import encode_event, normalise, pack_envelope
-from logpipe.processor import Processor
+from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.process import dlq
+from logpipe.process.processor import Processor
 from tests.conftest import make_event, queue_counts, scan_items, wait_until
 
 

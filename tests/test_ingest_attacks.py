@@ -19,9 +19,9 @@ import aiohttp
 import orjson
 import pytest
 
-from logpipe import metrics
 from logpipe.config import Settings
-from logpipe.processes import free_port
+from logpipe.dev.processes import free_port
+from logpipe.obs import metrics
 from tests import attacks
 from tests.conftest import Roles, make_event, wait_until
 

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from logpipe.aws import Clients
+from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from tests.conftest import make_event, wait_until
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from logpipe.aws import Clients
+from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from tests.conftest import make_event, wait_until
 

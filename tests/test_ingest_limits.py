@@ -9,16 +9,17 @@ import aiohttp
 import orjson
 import pytest
 
-from logpipe import metrics, otlp
 from logpipe.config import Settings
-from logpipe.errors import BodyError
-from logpipe.limits import (
+from logpipe.core import otlp
+from logpipe.core.limits import (
     MemoryBudget,
     Refused,
     count_array_items,
     count_ndjson_lines,
     parsed_json_bytes,
 )
+from logpipe.errors import BodyError
+from logpipe.obs import metrics
 from logpipe.web import MAX_GZIP_MEMBERS, decode_content
 from tests import attacks
 from tests.conftest import make_event

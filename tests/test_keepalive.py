@@ -14,10 +14,10 @@ from dataclasses import replace
 
 import pytest
 
-from logpipe.aws import bootstrap, open_clients, queue_url
-from logpipe.bench import start_keepalive_moto
+from logpipe.aws.clients import bootstrap, open_clients, queue_url
 from logpipe.config import Settings
-from logpipe.processes import free_port, start_moto
+from logpipe.dev.bench import start_keepalive_moto
+from logpipe.dev.processes import free_port, start_moto
 
 CALLS = 30
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import aiohttp
 
-from logpipe.aws import Clients, queue_url, read_table_shards, table_shards
+from logpipe.aws.clients import Clients, queue_url, read_table_shards, table_shards
 from logpipe.config import Settings
-from logpipe.models import from_item
-from logpipe.processor import Processor
+from logpipe.core.models import from_item
+from logpipe.process.processor import Processor
 from tests.conftest import Roles, scan_items, wait_until
 from tests.test_processor import _envelope
 

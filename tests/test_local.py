@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from logpipe.config import Settings
-from logpipe.local import STATE_FILE, StackState, attach, aws_configured, ports_problem
-from logpipe.processes import free_port
+from logpipe.dev.local import STATE_FILE, StackState, attach, aws_configured, ports_problem
+from logpipe.dev.processes import free_port
 from tests.conftest import wait_until
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import orjson
 
-from logpipe.aws import Clients, queue_url
+from logpipe.aws.clients import Clients, queue_url
 from logpipe.cli import JsonFormatter
 from logpipe.config import Settings
-from logpipe.models import encode_event, normalise, pack_envelope
-from logpipe.processes import RoleProcess, wait_http
+from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.dev.processes import RoleProcess, wait_http
 from tests.conftest import Roles, make_event, scan_items, wait_until
 
 SECRET = "card 4111-1111-1111-1111"
@@ -20,7 +20,7 @@ SECRET = "card 4111-1111-1111-1111"
 def _record(**extra: object) -> logging.LogRecord:
     record = logging.makeLogRecord(
         {
-            "name": "logpipe.processor",
+            "name": "logpipe.process.processor",
             "levelno": logging.WARNING,
             "levelname": "WARNING",
             "msg": "gave up on %d items",

@@ -9,14 +9,14 @@ import aiohttp
 import orjson
 import pytest
 
-from logpipe import metrics
-from logpipe.aws import Clients, queue_url
+from logpipe.aws.clients import Clients, queue_url
+from logpipe.aws.monitor import QueueMonitor
 from logpipe.config import Settings
-from logpipe.emf import EmfReporter, Snapshot, documents, take_snapshot
-from logpipe.models import encode_event, normalise, pack_envelope
-from logpipe.monitor import QueueMonitor
-from logpipe.processes import RoleProcess
-from logpipe.processor import Processor
+from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.dev.processes import RoleProcess
+from logpipe.obs import metrics
+from logpipe.obs.emf import EmfReporter, Snapshot, documents, take_snapshot
+from logpipe.process.processor import Processor
 from tests.conftest import Roles, make_event, queue_counts, wait_until
 
 INF = float("inf")

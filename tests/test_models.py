@@ -9,8 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from logpipe.errors import EventError
-from logpipe.models import (
+from logpipe.core.models import (
     ASSIGNED_TIMESTAMP,
     MAX_EVENT_BYTES,
     MAX_MESSAGE_BYTES,
@@ -27,6 +26,7 @@ from logpipe.models import (
     to_item,
     unpack_envelope,
 )
+from logpipe.errors import EventError
 
 NOW_MS = 1_714_564_800_000  # 2024-05-01T12:00:00.000Z
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

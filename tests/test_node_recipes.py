@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from logpipe.aws import Clients
+from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from tests.test_client import stored_events
 

@@ -39,13 +39,13 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from logpipe import otlp
-from logpipe.aws import Clients, queue_url
+from logpipe.aws.clients import Clients, queue_url
 from logpipe.config import Settings
+from logpipe.core import otlp
+from logpipe.core.models import MAX_ATTRIBUTES, from_item, normalise
 from logpipe.errors import BodyError
-from logpipe.ingestor import validate
-from logpipe.models import MAX_ATTRIBUTES, from_item, normalise
-from logpipe.processor import Processor
+from logpipe.ingest.app import validate
+from logpipe.process.processor import Processor
 from tests.conftest import scan_items
 
 PROTOBUF = "application/x-protobuf"

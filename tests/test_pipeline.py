@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from logpipe.aws import Clients, queue_url
+from logpipe.aws.clients import Clients, queue_url
 from logpipe.config import Settings
-from logpipe.models import encode_event, normalise, pack_envelope
-from logpipe.processes import free_port
+from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.dev.processes import free_port
 from tests.conftest import Roles, make_event, queue_counts, scan_items, wait_until
 
 
@@ -141,7 +141,7 @@ async def test_ingestor_sigterm_under_load_exits_zero_and_loses_nothing(
 async def test_redelivered_message_overwrites_the_same_items(
     clients: Clients, settings: Settings
 ) -> None:
-    from logpipe.processor import Processor
+    from logpipe.process.processor import Processor
 
     url = await queue_url(clients.sqs, settings.queue_name)
     events = [encode_event(normalise(make_event(n), now_ms=1)) for n in range(60)]

@@ -11,10 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
-from logpipe.aws import Clients, open_clients, queue_url
+from logpipe.aws.clients import Clients, open_clients, queue_url
 from logpipe.config import Settings
-from logpipe.models import EnvelopeError, encode_event, normalise, pack_envelope
-from logpipe.processor import Processor, decode_message, retry_delay
+from logpipe.core.models import EnvelopeError, encode_event, normalise, pack_envelope
+from logpipe.dev.faults import Faults
+from logpipe.dev.switches import Switches
+from logpipe.process.processor import Processor, decode_message, retry_delay
 from tests.conftest import make_event, queue_counts, scan_items
 
 
@@ -73,7 +75,8 @@ async def test_message_is_deleted_only_after_all_its_events_are_stored(
     messages = await _receive_all(clients, url, 1)
     async with AsyncExitStack() as stack:
         # Every write throttled, and a horizon too short to wait it out: nothing is stored.
-        throttled = await open_clients(stack, replace(settings, faults="ddb-throttle:1.0"), pool=8)
+        hook = Switches(faults=Faults(ddb_throttle=1.0)).client_hook()
+        throttled = await open_clients(stack, settings, pool=8, hook=hook)
         processor = Processor(replace(settings, retry_horizon_s=1), throttled, url)
         await processor.handle(messages)
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from logpipe.aws import Clients
+from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from tests.test_client import stored_events
 

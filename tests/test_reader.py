@@ -13,10 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
-from logpipe.aws import Clients
+from logpipe.aws.clients import Clients
+from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.models import Event, from_item, item_key, normalise, to_item
-from logpipe.query import (
+from logpipe.core.models import Event, from_item, item_key, normalise, to_item
+from logpipe.core.query import (
     MAX_HOURS,
     LogQuery,
     QueryError,
@@ -31,7 +32,7 @@ from logpipe.query import (
     parse_time,
     sort_key_range,
 )
-from logpipe.reader import Page, Reader, ServiceRegistry
+from logpipe.read.reader import Page, Reader
 from tests.conftest import make_event
 
 SECRET = b"a secret of the tests, 32 bytes."
@@ -694,7 +695,7 @@ async def test_reads_stopped_by_the_budget_still_cover_every_event_once_in_order
     inside_an_hour: bool,
 ) -> None:
     # Few items per filtered Query, so shards need several Queries and run out part-way.
-    monkeypatch.setattr("logpipe.reader.FILTERED_PAGE_ITEMS", filtered_page_items)
+    monkeypatch.setattr("logpipe.read.reader.FILTERED_PAGE_ITEMS", filtered_page_items)
     events = spread(160, step_ms=97_000)  # about 4.3 hours, every shard
     await store_events(clients, settings, events)
     reader = budget_reader(clients, settings, budget=budget, deadline_s=60)

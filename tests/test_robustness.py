@@ -19,11 +19,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from logpipe import metrics
-from logpipe.aws import Clients, bootstrap, open_clients, queue_url
+from logpipe.aws.clients import Clients, bootstrap, open_clients, queue_url
 from logpipe.config import Settings
-from logpipe.errors import ConfigError
-from logpipe.models import (
+from logpipe.core.models import (
     EnvelopeError,
     dead_letter_body,
     encode_event,
@@ -32,7 +30,9 @@ from logpipe.models import (
     pack_envelope,
     to_item,
 )
-from logpipe.processor import Processor, split_message
+from logpipe.errors import ConfigError
+from logpipe.obs import metrics
+from logpipe.process.processor import Processor, split_message
 from tests.conftest import Roles, make_event, queue_counts, scan_items, wait_until
 
 GZIP = {"content-encoding": {"StringValue": "gzip", "DataType": "String"}}

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from logpipe import timefmt
-from logpipe.models import MAX_TIMESTAMP_MS
+from logpipe.core import timefmt
+from logpipe.core.models import MAX_TIMESTAMP_MS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

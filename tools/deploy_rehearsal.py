@@ -52,7 +52,7 @@ import aiohttp
 import boto3  # type: ignore[import-untyped]
 from aiohttp import web
 
-from logpipe.processes import LOCAL_CREDENTIALS, free_port, start_moto
+from logpipe.dev.processes import LOCAL_CREDENTIALS, free_port, start_moto
 
 ROOT = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"

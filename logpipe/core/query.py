@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from logpipe.core.models import EPOCH, LEVELS, MAX_TIMESTAMP_MS
 from logpipe.errors import LogpipeError
-from logpipe.models import EPOCH, LEVELS, MAX_TIMESTAMP_MS
 
 DEFAULT_SINCE = "15m"
 DEFAULT_LIMIT = 100

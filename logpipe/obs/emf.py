@@ -17,7 +17,7 @@ import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from logpipe.lifecycle import Periodic
-from logpipe.metrics import bucket_deltas, histogram_quantile
+from logpipe.obs.metrics import bucket_deltas, histogram_quantile
 
 NAMESPACE = "logpipe"
 PREFIX = "logpipe_"

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from logpipe import timefmt
-from logpipe.aliases import fold
+from logpipe.core import timefmt
+from logpipe.core.aliases import fold
 from logpipe.errors import EventError, LogpipeError
 
 LEVELS = {

@@ -8,9 +8,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from logpipe import metrics
-from logpipe.aws import error_code, is_retriable
+from logpipe.aws.clients import error_code, is_retriable
 from logpipe.lifecycle import Periodic
+from logpipe.obs import metrics
 
 log = logging.getLogger(__name__)
 

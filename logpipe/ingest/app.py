@@ -22,13 +22,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from logpipe import heap, metrics, otlp
-from logpipe.aws import Clients, error_code, open_clients, queue_url, send_message_batch
-from logpipe.batching import Batcher
+from logpipe import heap
+from logpipe.aws.clients import (
+    ClientHook,
+    Clients,
+    error_code,
+    open_clients,
+    queue_url,
+    send_message_batch,
+)
+from logpipe.aws.monitor import QueueMonitor
 from logpipe.config import Settings
-from logpipe.emf import EmfReporter
-from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
-from logpipe.limits import (
+from logpipe.core import otlp
+from logpipe.core.limits import (
     HELD_BYTES_PER_EVENT,
     MIB,
     MemoryBudget,
@@ -39,9 +45,11 @@ from logpipe.limits import (
     parsed_json_bytes,
     too_many,
 )
-from logpipe.models import encode_event, loads_exact, normalise
-from logpipe.monitor import QueueMonitor
-from logpipe.naive import OnePerEventSender
+from logpipe.core.models import encode_event, loads_exact, normalise
+from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
+from logpipe.ingest.batcher import Batcher, Sender
+from logpipe.obs import metrics
+from logpipe.obs.emf import EmfReporter
 from logpipe.web import (
     authorised,
     decode_content,
@@ -73,7 +81,7 @@ class Pipeline:
     settings: Settings
     clients: Clients
     queue_url: str
-    batcher: Batcher | OnePerEventSender
+    batcher: Sender
     budget: MemoryBudget
     # Decoding is CPU work: a worker thread keeps /healthz and the other requests answering.
     decoder: ThreadPoolExecutor
@@ -369,28 +377,39 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The ingestor's ASGI app; AWS clients and the batcher live for the app's lifespan."""
+# Builds the sender of accepted events from the SQS client, the queue's URL and the settings.
+SenderFactory = Callable[[Any, str, Settings], Sender]
+
+
+def batcher(sqs: Any, url: str, settings: Settings) -> Sender:
+    """The production sender: events packed into SendMessageBatch calls."""
+    return Batcher(
+        partial(send_message_batch, sqs, url),
+        max_bytes=settings.sqs_max_bytes,
+        linger_s=settings.linger_ms / 1000,
+        concurrency=settings.send_concurrency,
+        max_inflight_bytes=settings.max_inflight_bytes,
+        attempts=settings.send_attempts,
+        ack_timeout_s=settings.ack_timeout_s,
+    )
+
+
+def create_app(
+    settings: Settings, sender: SenderFactory = batcher, client_hook: ClientHook | None = None
+) -> Starlette:
+    """The ingestor's ASGI app; AWS clients and the sender live for the app's lifespan.
+
+    `sender` and `client_hook` are where the bench and chaos runs swap parts (see `logpipe.cli`).
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            clients = await open_clients(stack, settings, pool=settings.send_concurrency + 4)
+            clients = await open_clients(
+                stack, settings, pool=settings.send_concurrency + 4, hook=client_hook
+            )
             url = await queue_url(clients.sqs, settings.queue_name)
-            batcher: Batcher | OnePerEventSender
-            if settings.naive:
-                batcher = OnePerEventSender(clients.sqs, url, settings.send_concurrency)
-            else:
-                batcher = Batcher(
-                    partial(send_message_batch, clients.sqs, url),
-                    max_bytes=settings.sqs_max_bytes,
-                    linger_s=settings.linger_ms / 1000,
-                    concurrency=settings.send_concurrency,
-                    max_inflight_bytes=settings.max_inflight_bytes,
-                    attempts=settings.send_attempts,
-                    ack_timeout_s=settings.ack_timeout_s,
-                )
-            await stack.enter_async_context(batcher)
+            batcher = await stack.enter_async_context(sender(clients.sqs, url, settings))
             decoder = stack.enter_context(
                 ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="decode")
             )
@@ -427,9 +446,11 @@ def create_admin_app(public: Starlette) -> Starlette:
     return app
 
 
-async def serve(settings: Settings) -> int:
+async def serve(
+    settings: Settings, sender: SenderFactory = batcher, client_hook: ClientHook | None = None
+) -> int:
     """Run the ingestor under uvicorn, which owns SIGTERM/SIGINT and drains connections."""
     if not settings.api_keys:
         log.warning("LOGPIPE_API_KEYS is not set: /ingest and /v1/logs accept events from anyone")
-    app = create_app(settings)
+    app = create_app(settings, sender, client_hook)
     return await serve_app(app, settings, admin=create_admin_app(app))

@@ -17,10 +17,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from logpipe import heap, metrics
-from logpipe.aws import (
+from logpipe import heap
+from logpipe.aws.clients import (
     AWS_ERRORS,
     THROTTLE_CODES,
+    ClientHook,
     Clients,
     backoff_delay,
     call_entries,
@@ -31,11 +32,10 @@ from logpipe.aws import (
     table_shards,
     with_retries,
 )
+from logpipe.aws.monitor import QueueMonitor, oldest_age_s
+from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.emf import EmfReporter
-from logpipe.lifecycle import run_until_signalled, stop_signals
-from logpipe.metrics import serve_metrics
-from logpipe.models import (
+from logpipe.core.models import (
     ASSIGNED_TIMESTAMP,
     EnvelopeError,
     Event,
@@ -48,8 +48,10 @@ from logpipe.models import (
     unpack_events,
     write_units,
 )
-from logpipe.monitor import QueueMonitor, oldest_age_s
-from logpipe.reader import ServiceRegistry
+from logpipe.lifecycle import run_until_signalled, stop_signals
+from logpipe.obs import metrics
+from logpipe.obs.emf import EmfReporter
+from logpipe.obs.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -617,14 +619,21 @@ class Processor:
             await call_entries(call, entries, attempts=3, what="ChangeMessageVisibilityBatch")
 
 
-async def serve(settings: Settings) -> int:
-    """The processor role: metrics endpoint, shared clients, receivers, drain on SIGTERM."""
+async def serve(
+    settings: Settings,
+    processor_cls: type[Processor] = Processor,
+    client_hook: ClientHook | None = None,
+) -> int:
+    """The processor role: metrics endpoint, shared clients, receivers, drain on SIGTERM.
+
+    `processor_cls` and `client_hook` are where the bench and chaos runs swap parts.
+    """
     with stop_signals() as stopping:
         port, stop_metrics = serve_metrics(settings.host, settings.metrics_port)
         try:
             async with AsyncExitStack() as stack:
                 pool = settings.write_concurrency + settings.pollers * 2 + 4
-                clients = await open_clients(stack, settings, pool=pool)
+                clients = await open_clients(stack, settings, pool=pool, hook=client_hook)
                 url = await queue_url(clients.sqs, settings.queue_name)
                 dlq_url = await queue_url(clients.sqs, settings.dlq_name)
                 queues = {"main": url, "dlq": dlq_url}
@@ -647,12 +656,8 @@ async def serve(settings: Settings) -> int:
                 )
                 visibility = int(attrs["Attributes"]["VisibilityTimeout"])
                 settings = replace(settings, shards=shards, visibility_timeout_s=visibility)
-                processor = Processor(settings, clients, url, dlq_url)
+                processor = processor_cls(settings, clients, url, dlq_url)
                 heap.settle()
-                if settings.naive:
-                    from logpipe.naive import NaiveProcessor
-
-                    processor = NaiveProcessor(settings, clients, url)
                 log.info(
                     "processor polling %s with %d receivers; metrics on port %d",
                     settings.queue_name,

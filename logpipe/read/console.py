@@ -24,12 +24,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from logpipe import metrics
-from logpipe.aws import error_code, open_clients, read_table_shards
+from logpipe.aws.clients import AWS_ERRORS, error_code, open_clients, read_table_shards
+from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.models import Event, from_item, iso_ms
-from logpipe.query import QueryError, parse_query
-from logpipe.reader import AWS_ERRORS, READ_DEADLINE_S, Reader, ServiceRegistry
+from logpipe.core.models import Event, from_item, iso_ms
+from logpipe.core.query import QueryError, parse_query
+from logpipe.obs import metrics
+from logpipe.read.reader import READ_DEADLINE_S, Reader
 from logpipe.web import (
     authorised,
     error_response,

@@ -7,10 +7,10 @@ from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
 
-from logpipe.aws import Clients, call_entries, open_clients, queue_url
+from logpipe.aws.clients import Clients, call_entries, open_clients, queue_url
 from logpipe.config import Settings
-from logpipe.models import EnvelopeError, event_problem, loads_exact, unpack_events
-from logpipe.processor import message_body
+from logpipe.core.models import EnvelopeError, event_problem, loads_exact, unpack_events
+from logpipe.process.processor import message_body
 
 BATCH = 10
 INSPECT_HOLD_S = 5

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from logpipe import metrics
-from logpipe.aws import error_code, is_retriable
+from logpipe.aws.clients import error_code, is_retriable
+from logpipe.config import Settings
+from logpipe.core.models import EnvelopeError, pack_envelope, write_units
 from logpipe.errors import QueueUnavailable
-from logpipe.models import EnvelopeError, pack_envelope, write_units
-from logpipe.processor import Processor, Tracker, decode_message, plan_writes
+from logpipe.obs import metrics
+from logpipe.process.processor import Processor, Tracker, decode_message, plan_writes
 
 
 class OnePerEventSender:
@@ -41,6 +42,11 @@ class OnePerEventSender:
                     raise
                 raise QueueUnavailable(f"SQS is unavailable: {error_code(exc)}") from None
         metrics.sqs_messages_sent.inc()
+
+
+def one_per_event(sqs: Any, url: str, settings: Settings) -> OnePerEventSender:
+    """The ingestor's sender in a naive run (a `logpipe.ingest.app.SenderFactory`)."""
+    return OnePerEventSender(sqs, url, settings.send_concurrency)
 
 
 class NaiveProcessor(Processor):

@@ -14,9 +14,9 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
-from logpipe import metrics
-from logpipe.aws import CONFIG_KEY
+from logpipe.aws.clients import CONFIG_KEY
 from logpipe.errors import ConfigError
+from logpipe.obs import metrics
 
 # Where faults apply: the calls of the data path, never start-up (GetQueueUrl, bootstrap).
 SQS_CALLS = frozenset(

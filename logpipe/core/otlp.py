@@ -36,9 +36,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceResponse,
 )
 
+from logpipe.core.limits import parsed_json_bytes, too_many
+from logpipe.core.models import MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTES, MAX_EVENT_BYTES
 from logpipe.errors import BodyError, EventError
-from logpipe.limits import parsed_json_bytes, too_many
-from logpipe.models import MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTES, MAX_EVENT_BYTES
 
 PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})
 JSON_TYPE = "application/json"

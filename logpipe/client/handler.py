@@ -2,7 +2,7 @@
 
 `LogpipeHandler.emit` encodes a record (cut to the schema's limits rather than refused)
 into a bounded buffer and never waits for the network; a daemon thread ships batches
-with the blocking shipper from `logpipe.shipping`.
+with the blocking shipper from `logpipe.client.shipping`.
 
     handler = LogpipeHandler("http://logpipe:8080", service="checkout", api_key=KEY)
     logging.getLogger().addHandler(handler)
@@ -24,14 +24,20 @@ from typing import Any
 
 import orjson
 
-from logpipe.models import (
+from logpipe.client.shipping import (
+    BATCH_BYTES,
+    BATCH_EVENTS,
+    ShipStats,
+    _BlockingShipper,
+    take_batch,
+)
+from logpipe.core.models import (
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTES,
     MAX_EVENT_BYTES,
     MAX_MESSAGE_BYTES,
     new_id,
 )
-from logpipe.shipping import BATCH_BYTES, BATCH_EVENTS, ShipStats, _BlockingShipper, take_batch
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,9 @@ from typing import IO, TextIO
 import aiohttp
 import orjson
 
-from logpipe.aws import Clients, bootstrap, open_clients, stored_ids
+from logpipe.aws.clients import Clients, bootstrap, open_clients, stored_ids
 from logpipe.config import Settings
-from logpipe.metrics import bucket_deltas, buckets, histogram_quantile, scrape, total
-from logpipe.processes import (
+from logpipe.dev.processes import (
     LOCAL_CREDENTIALS,
     EmbeddedAws,
     RoleProcess,
@@ -30,6 +29,7 @@ from logpipe.processes import (
     role_env,
     wait_http,
 )
+from logpipe.obs.metrics import bucket_deltas, buckets, histogram_quantile, scrape, total
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from logpipe import metrics
-from logpipe.aws import backoff_delay, error_code, is_retriable
+from logpipe.aws.clients import backoff_delay, error_code, is_retriable
+from logpipe.core.models import ENVELOPE_OVERHEAD, pack_envelope
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
-from logpipe.models import ENVELOPE_OVERHEAD, pack_envelope
+from logpipe.obs import metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,16 @@ def take_batch(
     if current.events:
         messages.append(current)
     return messages
+
+
+class Sender(Protocol):
+    """What the ingestor hands accepted events to; `submit` returns once SQS holds them all."""
+
+    async def __aenter__(self) -> Sender: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def submit(self, events: list[bytes]) -> None: ...
 
 
 class Batcher:

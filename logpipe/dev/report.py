@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from logpipe import metrics
-from logpipe.aws import Clients, stored_ids
+from logpipe.aws.clients import Clients, stored_ids
+from logpipe.obs import metrics
 
 # Public on-demand prices, us-east-1, as listed on 2026-11-25 (unchanged since 2024-11-01):
 # SQS standard queue, per million requests after the free tier

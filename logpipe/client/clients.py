@@ -5,8 +5,8 @@ never when it is sent, so a batch sent again after a 429, a 5xx or a lost connec
 lands on the same keys downstream and cannot be stored twice. Buffers are bounded.
 
 This module holds the clients, `Client` (blocking) and `AsyncClient` (asyncio); the
-delivery machinery they share is in `logpipe.shipping`, and the logging handler in
-`logpipe.loghandler`. The public names of both are re-exported here.
+delivery machinery they share is in `logpipe.client.shipping`, and the logging handler in
+`logpipe.client.handler`. The public names are re-exported by `logpipe.client`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from logpipe.loghandler import LogpipeHandler, Scalar
-from logpipe.models import new_id
-from logpipe.shipping import (
+from logpipe.client.handler import LogpipeHandler, Scalar
+from logpipe.client.shipping import (
     BATCH_BYTES,
     BATCH_EVENTS,
     Shipper,
@@ -33,6 +32,7 @@ from logpipe.shipping import (
     _BlockingShipper,
     take_batch,
 )
+from logpipe.core.models import new_id
 
 __all__ = [
     "AsyncClient",

@@ -22,13 +22,12 @@ from typing import IO, Any
 
 import aiohttp
 
-from logpipe import metrics
-from logpipe.aws import Clients, bootstrap, open_clients, queue_url
+from logpipe.aws.clients import Clients, bootstrap, open_clients, queue_url
 from logpipe.client import Shipper
 from logpipe.config import Settings
-from logpipe.cpu import CpuMeter, Profiler
-from logpipe.faults import Faults
-from logpipe.processes import (
+from logpipe.dev.cpu import CpuMeter, Profiler
+from logpipe.dev.faults import Faults
+from logpipe.dev.processes import (
     LOCAL_CREDENTIALS,
     RoleProcess,
     free_port,
@@ -36,7 +35,8 @@ from logpipe.processes import (
     start_moto,
     wait_http,
 )
-from logpipe.report import fired, summarise, verify
+from logpipe.dev.report import fired, summarise, verify
+from logpipe.obs import metrics
 
 MESSAGE_CHARS = 300
 SERVICES = ("checkout", "payments", "search", "inventory")
@@ -85,7 +85,7 @@ async def start_keepalive_moto(port: int, log: IO[bytes]) -> asyncio.subprocess.
         sys.executable,
         "-m",
         "uvicorn",
-        "logpipe.keepalive_moto:app",
+        "logpipe.dev.keepalive_moto:app",
         "--host",
         "127.0.0.1",
         "--port",
@@ -179,7 +179,7 @@ async def run(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             await bootstrap(clients, settings)
             events = make_events(run_id, options.events, int(time.time() * 1000))
             if options.ceiling:
-                from logpipe.ceiling import run_ceiling
+                from logpipe.dev.ceiling import run_ceiling
 
                 return await run_ceiling(settings, clients, events)
             return await PipelineBench(settings, clients, options, log).run(events)

@@ -5,7 +5,7 @@ call opens a new TCP connection and the roles spend CPU on connecting that they 
 spend against AWS, whose endpoints keep connections alive. uvicorn serves the same WSGI
 application with persistent connections:
 
-    python -m uvicorn logpipe.keepalive_moto:app --port 5000
+    python -m uvicorn logpipe.dev.keepalive_moto:app --port 5000
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ import orjson
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from logpipe import aws_serialise, metrics
+from logpipe.aws import serialise as aws_serialise
 from logpipe.config import Settings
 from logpipe.errors import ConfigError, EntryFailure
+from logpipe.obs import metrics
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,13 @@ def _session(region: str) -> aioboto3.Session:
     return aioboto3.Session(region_name=region)
 
 
-async def open_clients(stack: AsyncExitStack, settings: Settings, pool: int) -> Clients:
+# Called with the new SQS and DynamoDB clients: where a bench or chaos run adds its hooks.
+ClientHook = Callable[[Any, Any], None]
+
+
+async def open_clients(
+    stack: AsyncExitStack, settings: Settings, pool: int, hook: ClientHook | None = None
+) -> Clients:
     """Open the SQS and DynamoDB clients on `stack`, sized for `pool` concurrent calls."""
     session = _session(settings.region)
     config = client_config(pool)
@@ -188,11 +195,8 @@ async def open_clients(stack: AsyncExitStack, settings: Settings, pool: int) -> 
         client.meta.events.register("before-parameter-build", _count_call)
         aws_serialise.install(client)
     sqs.meta.events.register("after-call.sqs.ReceiveMessage", _count_received_chunks)
-    if settings.faults:
-        from logpipe.faults import Faults, Injector
-
-        log.warning("LOGPIPE_FAULTS is set: injecting %s", settings.faults)
-        Injector(Faults.parse(settings.faults).in_clients).install(sqs, dynamodb)
+    if hook is not None:
+        hook(sqs, dynamodb)
     return Clients(sqs=sqs, dynamodb=dynamodb)
 
 

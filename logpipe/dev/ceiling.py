@@ -16,12 +16,12 @@ from typing import Any
 import orjson
 from prometheus_client import REGISTRY
 
-from logpipe import metrics
-from logpipe.aws import Clients, queue_url, send_message_batch
-from logpipe.batching import take_batch
+from logpipe.aws.clients import Clients, queue_url, send_message_batch
 from logpipe.config import Settings
-from logpipe.models import pack_envelope, to_item, unpack_envelope, write_units
-from logpipe.report import summarise
+from logpipe.core.models import pack_envelope, to_item, unpack_envelope, write_units
+from logpipe.dev.report import summarise
+from logpipe.ingest.batcher import take_batch
+from logpipe.obs import metrics
 
 RECEIVE_WAIT_S = 1
 

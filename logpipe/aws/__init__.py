@@ -1,0 +1,1 @@
+"""AWS edge: clients, error mapping, entry-level batch calls, bootstrap, queue monitor."""

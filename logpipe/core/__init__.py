@@ -1,0 +1,4 @@
+"""Pure core: events (validate, normalise, aliases), envelopes, items and keys, OTLP, queries.
+
+stdlib, orjson and protobuf only; no I/O and no AWS.
+"""

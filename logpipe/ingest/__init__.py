@@ -1,0 +1,1 @@
+"""The ingestor role: routes and decoding (app), the SQS batcher."""

@@ -1,0 +1,1 @@
+"""The processor role: SQS to DynamoDB, and the dead-letter queue tools."""

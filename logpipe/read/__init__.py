@@ -1,0 +1,1 @@
+"""The read side: reader (queries against DynamoDB), console (API, page, `logpipe query`)."""
