@@ -33,8 +33,8 @@ MAX_KEY_CHARS = 128
 # (from March 1973): shippers send seconds with a fraction, JavaScript loggers milliseconds.
 SECONDS_BELOW = 10**11
 
-LEVEL_NAMES = {
-    # the schema's own
+# The schema's own level names, as stored (models validates against these).
+LEVELS = {
     "trace": "trace",
     "debug": "debug",
     "info": "info",
@@ -42,6 +42,9 @@ LEVEL_NAMES = {
     "warning": "warn",
     "error": "error",
     "fatal": "fatal",
+}
+LEVEL_NAMES = {
+    **LEVELS,
     # winston's npm levels
     "silly": "trace",
     "verbose": "debug",

@@ -15,18 +15,9 @@ from typing import Any
 import orjson
 
 from logpipe.core import timefmt
-from logpipe.core.aliases import fold
+from logpipe.core.aliases import LEVELS, fold
 from logpipe.errors import EventError, LogpipeError
 
-LEVELS = {
-    "trace": "trace",
-    "debug": "debug",
-    "info": "info",
-    "warn": "warn",
-    "warning": "warn",
-    "error": "error",
-    "fatal": "fatal",
-}
 MAX_MESSAGE_BYTES = 16 * 1024
 MAX_EVENT_BYTES = 32 * 1024
 MAX_ATTRIBUTES = 64

@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from logpipe.core.models import EPOCH, LEVELS, MAX_TIMESTAMP_MS
+from logpipe.core.aliases import LEVELS
+from logpipe.core.models import EPOCH, MAX_TIMESTAMP_MS
 from logpipe.errors import LogpipeError
 
 DEFAULT_SINCE = "15m"
