@@ -248,3 +248,28 @@ async def test_ingestor_queue_gauge_follows_the_backlog_while_no_processor_runs(
         async with http.post(f"{ingest}/ingest", json=[make_event(batch)]) as resp:
             assert resp.status == 202
         await wait_until(gauge_matches_sqs, timeout=10)
+
+
+def test_observe_many_gives_the_samples_of_one_observe_per_value() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    bounds = (0.005, 0.01, 0.1, 1.0, 10.0)
+    values = [0.0, 0.005, 0.0051, 0.01, 0.5, 0.5, 1.0, 9.99, 10.0, 10.01, 3600.0, 0.25]
+    one, many = CollectorRegistry(), CollectorRegistry()
+    each = Histogram("lat_seconds", "x", buckets=bounds, registry=one)
+    batch = Histogram("lat_seconds", "x", buckets=bounds, registry=many)
+    for value in values:
+        each.observe(value)
+    metrics.observe_many(batch, values)
+    metrics.observe_many(batch, [])
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name, s.labels, round(s.value, 9))
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples(many) == samples(one)
+    assert ("lat_seconds_bucket", {"le": "+Inf"}, float(len(values))) in samples(many)

@@ -19,12 +19,14 @@ from logpipe.core.models import (
     event_problem,
     from_item,
     item_key,
+    item_size,
     loads_exact,
     new_id,
     normalise,
     pack_envelope,
     to_item,
     unpack_envelope,
+    write_units,
 )
 from logpipe.errors import EventError
 
@@ -775,6 +777,11 @@ def test_event_problem_of_something_that_is_not_an_object() -> None:
         ('{"n": 9223372036854775807, "s": "x"}', {"n": 9223372036854775807, "s": "x"}),
         ('{"n": 0.12345678901234567891}', {"n": Decimal("0.12345678901234567891")}),
         ('{"id": "1234567890123456789", "n": 2}', {"id": "1234567890123456789", "n": 2}),
+        (
+            '{"s": "\u00e9t\u00e9 \u20ac \U0001f600", "n": -1.2345678901234567891e300}',
+            {"s": "\u00e9t\u00e9 \u20ac \U0001f600", "n": Decimal("-1.2345678901234567891e300")},
+        ),
+        ('{"d": "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668" }', None),
     ],
     ids=[
         "small-int",
@@ -783,9 +790,12 @@ def test_event_problem_of_something_that_is_not_an_object() -> None:
         "int64-max",
         "long-decimal",
         "digits-in-a-string",
+        "non-ascii-text-then-a-long-decimal",
+        "non-ascii-digits",
     ],
 )
-def test_loads_exact_keeps_every_digit(text: str, expected: dict[str, Any]) -> None:
+def test_loads_exact_keeps_every_digit(text: str, expected: dict[str, Any] | None) -> None:
+    expected = orjson.loads(text) if expected is None else expected
     assert loads_exact(text) == expected
     assert loads_exact(text.encode()) == expected
     parsed = loads_exact(text)
@@ -829,3 +839,23 @@ def test_an_event_with_an_id_and_no_timestamp_is_flagged_for_its_first_timestamp
     event = normalise(raw_event(**changes), NOW_MS)
 
     assert event.get(ASSIGNED_TIMESTAMP, False) is flagged
+
+
+def test_item_size_counts_utf8_bytes_of_names_and_values() -> None:
+    # 8 names and values, each counted in UTF-8 bytes (a lone surrogate as its 3 bytes);
+    # a map counts 3 plus, per entry, its key, value and 1; a number (digits + 1) // 2 + 1.
+    item = {
+        "pk": {"S": "api#2026-01-01T00#3"},
+        "message": {"S": "\u00e9t\u00e9 \u20ac \U0001f600 \ud800"},
+        "expires_at": {"N": "1767225600"},
+        "attributes": {"M": {"\u00e9": {"S": "x"}, "ok": {"BOOL": True}, "n": {"N": "-12.50"}}},
+    }
+    expected = (
+        (2 + 19)
+        + (7 + len("\u00e9t\u00e9 \u20ac \U0001f600 ".encode()) + 3)
+        + (10 + (8 + 1) // 2 + 1)  # trailing zeros do not count
+        + (10 + 3 + (2 + 1 + 1) + (2 + 1 + 1) + (1 + (3 + 1) // 2 + 1 + 1))
+    )
+    assert item_size(item) == expected
+    assert write_units(item) == 1
+    assert write_units({"message": {"S": "\u20ac" * 400}}) == 2  # 1207 bytes

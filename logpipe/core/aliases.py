@@ -142,6 +142,8 @@ def flatten_all(explicit: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[s
 
     Stops as soon as there are more than MAX_ATTRIBUTES keys, before building the rest.
     """
+    if not extra and len(explicit) <= MAX_ATTRIBUTES and _already_flat(explicit):
+        return dict(explicit)  # what the walk below builds, without walking
     flat: dict[str, Any] = {}
     for source in (explicit, extra):
         for key, value in _leaves(source, ""):
@@ -155,6 +157,18 @@ def flatten_all(explicit: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[s
                     f"nested objects flattened; the limit is {MAX_ATTRIBUTES}",
                 )
     return flat
+
+
+# Values `_leaves` yields as they are: a flat object of these under short text keys is its
+# own flattening (the usual shape of `attributes`).
+_FLAT_TYPES = frozenset((str, int, float, bool, Decimal))
+
+
+def _already_flat(obj: Mapping[str, Any]) -> bool:
+    for key, value in obj.items():
+        if type(key) is not str or len(key) > MAX_KEY_CHARS or type(value) not in _FLAT_TYPES:
+            return False
+    return True
 
 
 def _leaves(obj: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:

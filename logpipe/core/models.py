@@ -34,12 +34,17 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # DynamoDB numbers: 38 significant digits, magnitude 1e-130 to below 1e126.
 _DDB_MIN, _DDB_LIMIT = 1e-130, 1e126
 _DDB_DIGITS = 38
+_DDB_INT_LIMIT = 10**_DDB_DIGITS
 # A number of 16 or more digits may not survive a float (orjson reads big integers as floats).
 # A JSON number starts after ':', '[', ',' or a space, never after a letter, digit, '"' or
 # '.': so hex ids and digests in strings do not send a body down the slow path.
 _LONG_NUMBER = re.compile(r'(?<![\w".])\d(?:\.?\d){15}')
 _LONG_BYTES = re.compile(rb'(?<![\w".])\d(?:\.?\d){15}')
 _INT64 = range(-(2**63), 2**64)
+# Every ASCII digit and "." to NUL, the rest to 0x01: a body whose translation holds no run of
+# 16 NULs has no number the patterns above could match, found without running them.
+_DIGIT_RUNS = bytes(0 if chr(i) in "0123456789." else 1 for i in range(256))
+_SIXTEEN_DIGITS = bytes(16)
 # Set on an event whose client sent an id but no timestamp: the processor then keeps the
 # first timestamp assigned to that id, so a retry lands on the same key.
 ASSIGNED_TIMESTAMP = "assigned_timestamp"
@@ -61,6 +66,9 @@ def loads_exact(data: bytes | str) -> Any:
     both accept the same documents.
     """
     doc = orjson.loads(data)
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    if _SIXTEEN_DIGITS not in raw.translate(_DIGIT_RUNS):
+        return doc
     long = _LONG_BYTES.search(data) if isinstance(data, bytes) else _LONG_NUMBER.search(data)
     if long is None:
         return doc
@@ -237,7 +245,7 @@ def _attributes(value: object) -> dict[str, str | int | float | bool | Decimal]:
         if isinstance(item, str | bool):
             continue
         if isinstance(item, int):
-            if abs(item) >= 10**_DDB_DIGITS:
+            if abs(item) >= _DDB_INT_LIMIT:
                 raise EventError(f"attributes.{key}", "integer has more than 38 digits")
             if item not in _INT64:
                 wide.append(key)
@@ -411,17 +419,30 @@ def to_item(event: Mapping[str, Any], shards: int, retention_days: int) -> Item:
 
 def item_size(item: Mapping[str, Any]) -> int:
     """Bytes DynamoDB counts for an item: attribute names plus values (its sizing rules)."""
-    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
+    size = 0
+    for name, typed in item.items():
+        text = typed.get("S")
+        if text is not None and text.isascii() and name.isascii():
+            size += len(name) + len(text)
+        else:
+            size += _utf8_len(name, "strict") + _value_size(typed)
+    return size
+
+
+def _utf8_len(text: str, errors: str = "surrogatepass") -> int:
+    # ASCII text (nearly every name and value) is one byte a character: no copy to count it.
+    return len(text) if text.isascii() else len(text.encode("utf-8", errors))
 
 
 def _value_size(typed: Mapping[str, Any]) -> int:
-    if "S" in typed:
-        return len(typed["S"].encode("utf-8", "surrogatepass"))
+    text = typed.get("S")
+    if text is not None:
+        return _utf8_len(text)
     if "N" in typed:
         digits = typed["N"].lstrip("-").replace(".", "").split("e")[0].split("E")[0].strip("0")
         return (len(digits) + 1) // 2 + 1
     if "M" in typed:
-        return 3 + sum(len(k.encode()) + _value_size(v) + 1 for k, v in typed["M"].items())
+        return 3 + sum(_utf8_len(k, "strict") + _value_size(v) + 1 for k, v in typed["M"].items())
     return 1
 
 
@@ -431,6 +452,11 @@ def write_units(item: Mapping[str, Any]) -> int:
 
 
 def _attribute_value(value: str | int | float | bool | Decimal) -> dict[str, Any]:
+    kind = type(value)  # the exact types JSON decoding yields first, without isinstance chains
+    if kind is str:
+        return {"S": value}
+    if kind is int or kind is float:
+        return {"N": str(value)}
     if isinstance(value, bool):
         return {"BOOL": value}
     if isinstance(value, int | float | Decimal):

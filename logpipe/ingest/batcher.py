@@ -173,15 +173,17 @@ class Batcher:
     def _withdraw(self, request: _Request) -> None:
         """Take a request's unsent events out of the buffer; its sent ones settle as usual."""
         kept: deque[tuple[bytes, _Request]] = deque()
+        withdrawn = 0
         for event, owner in self._buffer:
             if owner is request:
                 size = len(event) + 1
                 self._buffered_bytes -= size
                 self._inflight_bytes -= size
-                metrics.inflight_events.dec()
+                withdrawn += 1
             else:
                 kept.append((event, owner))
         self._buffer = kept
+        metrics.inflight_events.dec(withdrawn)
         if not request.future.done():
             request.future.set_exception(QueueUnavailable("SQS did not take the events in time"))
 

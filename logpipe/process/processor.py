@@ -562,13 +562,16 @@ class Processor:
     def _record_stored(self, writes: list[_Write], units: int) -> None:
         now_ms = time.time() * 1000
         labels: Counter[tuple[str, str]] = Counter()
+        latencies: list[float] = []
         for write in writes:
             for tracker in write.trackers:
                 tracker.pending -= 1
-            labels[(write.event["service"], write.event["level"])] += 1
-            ingested_at = write.event.get("ingested_at")
+            event = write.event
+            labels[(event["service"], event["level"])] += 1
+            ingested_at = event.get("ingested_at")
             if isinstance(ingested_at, int):
-                metrics.e2e_latency.observe(max(now_ms - ingested_at, 0) / 1000)
+                latencies.append(max(now_ms - ingested_at, 0) / 1000)
+        metrics.observe_many(metrics.e2e_latency, latencies)
         metrics.dynamodb_write_units.inc(units)
         for (service, level), count in labels.items():
             metrics.events_stored.labels(metrics.service_label(service), level).inc(count)
