@@ -1154,7 +1154,7 @@ def readme_policies() -> list[dict[str, Any]]:
 
 
 def test_readme_boundary_allows_every_action_the_stacks_roles_are_granted() -> None:
-    boundary, trust, deploy = readme_policies()
+    boundary, trust, deploy, _plan = readme_policies()
     (allowed,) = boundary["Statement"]
     granted = set()
     for document in load_tf(TERRAFORM)["data"]["aws_iam_policy_document"].values():
@@ -1407,6 +1407,14 @@ def test_rehearsal_holds_terraforms_calls_to_the_readme_deploy_role() -> None:
     policy = {"Statement": [{"Effect": "Allow", "Action": ["ecs:CreateService"], "Resource": "*"}]}
     with pytest.raises(rehearsal.RehearsalError, match=r"does not allow: \['ecs:DeleteCluster'\]"):
         rehearsal.check_deploy_actions(f"{create}\n{unknown}", policy, "destroy")
+    # The plan role only reads: what a refreshing plan calls, nothing that changes the stack.
+    plan = rehearsal.readme_plan_policy()
+    reads = [a for s in plan["Statement"] if s["Effect"] == "Allow" for a in s["Action"]]
+    assert "ec2:DescribeVpcs" in reads and "sts:GetCallerIdentity" in reads
+    verbs = ("Describe", "List", "Get")
+    assert all(a.split(":")[1].startswith(verbs) for a in reads), reads
+    with pytest.raises(rehearsal.RehearsalError, match="plan role does not allow"):
+        rehearsal.check_deploy_actions(create, plan, "plan", "plan role")
     with pytest.raises(rehearsal.RehearsalError, match="no call by terraform"):
         rehearsal.check_deploy_actions(other, policy, "plan")
 
@@ -1445,8 +1453,10 @@ def test_deploy_rehearsal_passes_events_end_to_end_through_the_applied_stack() -
     assert accepted and "service-a" in accepted[0] and "service-b" in accepted[0], result.stdout
     assert any("every AWS call is allowed by its role's applied policy" in x for x in lines)
     assert any("load balancer rules: forwarded" in x and "'/ingest'" in x for x in lines)
-    held = [line for line in lines if "all allowed by README's deploy role" in line]
-    assert len(held) == 2 and "apply and plan" in held[0] and "destroy" in held[1], stdout
+    held = [line for line in lines if "all allowed by README's" in line]
+    assert len(held) == 3, stdout
+    assert "apply made" in held[0] and "destroy" in held[2], stdout
+    assert "plan role and deploy role" in held[1], stdout
     assert lines[-1].startswith("rehearsal: passed in"), result.stdout
 
 

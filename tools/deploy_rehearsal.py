@@ -723,7 +723,19 @@ def readme_deploy_policy() -> dict[str, Any]:
     return policy
 
 
-def check_deploy_actions(recording: str, policy: Mapping[str, Any], what: str) -> list[str]:
+def readme_plan_policy() -> dict[str, Any]:
+    """README's policy of the read-only role that plans pull requests."""
+    (policy,) = [
+        p
+        for p in readme_policies()
+        if any(s.get("Sid") == "PlanReads" for s in p.get("Statement", []))
+    ]
+    return policy
+
+
+def check_deploy_actions(
+    recording: str, policy: Mapping[str, Any], what: str, role: str = "deploy role"
+) -> list[str]:
     """Every action Terraform (DEPLOY_KEY) made is allowed by an Allow statement of `policy`
     (actions only: the conditions and ARNs are AWS's to check); the actions, sorted."""
     made = sorted({a for key, a, _ in requests(recording) if key == DEPLOY_KEY} - OPTIONAL_ACTIONS)
@@ -741,7 +753,7 @@ def check_deploy_actions(recording: str, policy: Mapping[str, Any], what: str) -
     missing = [a for a in made if not any(fnmatch.fnmatchcase(a, g) for g in granted)]
     if missing:
         raise RehearsalError(
-            f"terraform {what} made calls README's deploy role does not allow: {missing}"
+            f"terraform {what} made calls README's {role} does not allow: {missing}"
         )
     return made
 
@@ -815,15 +827,23 @@ async def rehearse(work: Path) -> None:
         policy = readme_deploy_policy()
         await moto_api(endpoint, "recorder/start-recording")
         state = apply(work, endpoint, variables)
-        started = time.monotonic()
-        terraform(work, "plan", "-no-color", *var_args(variables))
         await moto_api(endpoint, "recorder/stop-recording")
         made = check_deploy_actions(
-            await moto_api(endpoint, "recorder/download-recording"), policy, "apply and plan"
+            await moto_api(endpoint, "recorder/download-recording"), policy, "apply"
         )
+        step(f"terraform apply made {len(made)} actions, all allowed by README's deploy role")
+        await moto_api(endpoint, "recorder/reset-recording")
+        # A refreshing plan, as the pull requests' read-only plan role runs it.
+        await moto_api(endpoint, "recorder/start-recording")
+        started = time.monotonic()
+        terraform(work, "plan", "-lock=false", "-no-color", *var_args(variables))
+        await moto_api(endpoint, "recorder/stop-recording")
+        recording = await moto_api(endpoint, "recorder/download-recording")
+        check_deploy_actions(recording, policy, "plan")
+        made = check_deploy_actions(recording, readme_plan_policy(), "plan", "plan role")
         step(
-            f"terraform plan (refresh) in {time.monotonic() - started:.0f} s; apply and plan "
-            f"made {len(made)} actions, all allowed by README's deploy role: {' '.join(made)}"
+            f"terraform plan (refresh) in {time.monotonic() - started:.0f} s: {len(made)} "
+            f"actions, all allowed by README's plan role and deploy role: {' '.join(made)}"
         )
         await moto_api(endpoint, "recorder/reset-recording")
         rollout(endpoint, state)
