@@ -1154,7 +1154,7 @@ def readme_policies() -> list[dict[str, Any]]:
 
 
 def test_readme_boundary_allows_every_action_the_stacks_roles_are_granted() -> None:
-    boundary, trust, deploy = readme_policies()
+    boundary, trust, deploy, _plan = readme_policies()
     (allowed,) = boundary["Statement"]
     granted = set()
     for document in load_tf(TERRAFORM)["data"]["aws_iam_policy_document"].values():
@@ -1367,6 +1367,58 @@ def test_rehearsal_holds_each_recorded_call_to_its_roles_policy() -> None:
         rehearsal.check_permissions(emitter, state)
 
 
+def test_readme_deploy_role_lists_exact_actions_limited_to_the_region() -> None:
+    rehearsal = tool_module("deploy_rehearsal")
+    policy = rehearsal.readme_deploy_policy()
+    assert policy == readme_policies()[2]
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    stack = statements["Stack"]
+    assert stack["Condition"] == {"StringEquals": {"aws:RequestedRegion": "REGION"}}
+    assert len(stack["Action"]) == len(set(stack["Action"])) > 50
+    for statement in policy["Statement"]:
+        actions = statement["Action"]
+        for action in [actions] if isinstance(actions, str) else actions:
+            assert re.fullmatch(r"[a-z0-9-]+:[A-Z][A-Za-z]+", action), action
+    # What the rehearsal recorded of the stack's creation, refresh and deletion, per service.
+    services = {action.split(":")[0] for action in stack["Action"]}
+    assert {"ec2", "elasticloadbalancing", "ecs", "ecr", "sqs", "dynamodb", "logs"} <= services
+    assert {"ecs:CreateService", "ecs:DeleteService", "ec2:DescribeVpcs"} <= set(stack["Action"])
+
+
+def test_rehearsal_holds_terraforms_calls_to_the_readme_deploy_role() -> None:
+    rehearsal = tool_module("deploy_rehearsal")
+    policy = rehearsal.readme_deploy_policy()
+    create = recorded(
+        rehearsal.DEPLOY_KEY, "ecs", "AmazonEC2ContainerServiceV20141113.CreateService", {}
+    )
+    lookup = recorded(rehearsal.DEPLOY_KEY, "iam", "", {})  # no target: a query request
+    lookup = lookup.replace('"body": "{}"', '"body": "Action=GetUser&Version=2010-05-08"')
+    # Another principal's calls are not Terraform's.
+    other = recorded("logpipe-console", "dynamodb", "DynamoDB_20120810.Query", {})
+    made = rehearsal.check_deploy_actions(f"{create}\n{lookup}\n{other}", policy, "apply")
+    assert made == ["ecs:CreateService"]
+    alarm = recorded(
+        rehearsal.DEPLOY_KEY, "monitoring", "GraniteServiceVersion20100801.PutMetricAlarm", {}
+    )
+    assert rehearsal.check_deploy_actions(alarm, policy, "apply") == ["cloudwatch:PutMetricAlarm"]
+    unknown = recorded(
+        rehearsal.DEPLOY_KEY, "ecs", "AmazonEC2ContainerServiceV20141113.DeleteCluster", {}
+    )
+    policy = {"Statement": [{"Effect": "Allow", "Action": ["ecs:CreateService"], "Resource": "*"}]}
+    with pytest.raises(rehearsal.RehearsalError, match=r"does not allow: \['ecs:DeleteCluster'\]"):
+        rehearsal.check_deploy_actions(f"{create}\n{unknown}", policy, "destroy")
+    # The plan role only reads: what a refreshing plan calls, nothing that changes the stack.
+    plan = rehearsal.readme_plan_policy()
+    reads = [a for s in plan["Statement"] if s["Effect"] == "Allow" for a in s["Action"]]
+    assert "ec2:DescribeVpcs" in reads and "sts:GetCallerIdentity" in reads
+    verbs = ("Describe", "List", "Get")
+    assert all(a.split(":")[1].startswith(verbs) for a in reads), reads
+    with pytest.raises(rehearsal.RehearsalError, match="plan role does not allow"):
+        rehearsal.check_deploy_actions(create, plan, "plan", "plan role")
+    with pytest.raises(rehearsal.RehearsalError, match="no call by terraform"):
+        rehearsal.check_deploy_actions(other, policy, "plan")
+
+
 @pytest.mark.rehearsal
 @pytest.mark.timeout(900)
 def test_deploy_rehearsal_passes_events_end_to_end_through_the_applied_stack() -> None:
@@ -1401,6 +1453,10 @@ def test_deploy_rehearsal_passes_events_end_to_end_through_the_applied_stack() -
     assert accepted and "service-a" in accepted[0] and "service-b" in accepted[0], result.stdout
     assert any("every AWS call is allowed by its role's applied policy" in x for x in lines)
     assert any("load balancer rules: forwarded" in x and "'/ingest'" in x for x in lines)
+    held = [line for line in lines if "all allowed by README's" in line]
+    assert len(held) == 3, stdout
+    assert "apply made" in held[0] and "destroy" in held[2], stdout
+    assert "plan role and deploy role" in held[1], stdout
     assert lines[-1].startswith("rehearsal: passed in"), result.stdout
 
 

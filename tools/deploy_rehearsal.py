@@ -8,6 +8,8 @@
    at moto and keeps the state local, then `terraform init` (provider from the mirror, as in
    tools/terraform-validate.sh) and `terraform apply` with `embedded_endpoint = true`, which
    leaves out only what moto cannot take (autoscaling, the DLQ's redrive-allow policy).
+   Terraform signs with the access key DEPLOY_KEY; moto records its calls during apply and
+   a refreshing `terraform plan`, and each must be an action README's deploy role allows.
 3. The checks of the deploy workflow run against the applied stack: every ECS service's
    PRIMARY deployment runs the task definition of `terraform output task_definitions`.
 4. Each role starts as its container would: the image's entrypoint (`logpipe`) with exactly
@@ -24,6 +26,8 @@
    return every accepted event, counted.
 7. moto recorded every request: each role's calls (by its credentials) must be allowed by
    that role's applied IAM policy, and a task without a task role makes none.
+8. `terraform destroy` deletes the stack; its recorded calls too must be actions README's
+   deploy role allows.
 
 Exit 0 when all of it holds; otherwise the first failure, with the roles' logs.
 """
@@ -68,6 +72,15 @@ IAM_ACTION = {
     "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
 }
 
+# Signing names that are not the service's IAM prefix.
+IAM_PREFIX = {"monitoring": "cloudwatch"}
+# Terraform's own credentials: the access key id names the deploy role of README "Deploy".
+DEPLOY_KEY = "logpipe-deploy"
+
+# Tried by the provider's account-ID lookup, which goes on to sts:GetCallerIdentity when
+# it is denied (as it is for a role's session): README's deploy role need not allow it.
+OPTIONAL_ACTIONS = {"iam:GetUser"}
+
 # The services moto serves that the stack uses, by the provider's endpoint names.
 ENDPOINTS = [
     *("applicationautoscaling", "cloudwatch", "dynamodb", "ec2", "ecr", "ecs", "elbv2"),
@@ -95,7 +108,7 @@ terraform {{
 
 provider "aws" {{
   region                      = "{REGION}"
-  access_key                  = "{LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"]}"
+  access_key                  = "{DEPLOY_KEY}"
   secret_key                  = "{LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}"
   skip_credentials_validation = true
   skip_metadata_api_check     = true
@@ -153,13 +166,16 @@ def apply(work: Path, endpoint: str, variables: Mapping[str, str]) -> dict[str, 
         f'provider_installation {{\n  filesystem_mirror {{\n    path = "{MIRROR}"\n  }}\n}}\n'
     )
     terraform(work, "init", "-lockfile=readonly", "-no-color")
-    var_args = [f"-var={name}={value}" for name, value in variables.items()]
     started = time.monotonic()
-    terraform(work, "apply", "-auto-approve", "-no-color", "-parallelism=20", *var_args)
+    terraform(work, "apply", "-auto-approve", "-no-color", "-parallelism=20", *var_args(variables))
     state: dict[str, Any] = json.loads(terraform(work, "show", "-json", capture=True))
     count = len(list(resources(state)))
     step(f"terraform apply: {count} resources in {time.monotonic() - started:.0f} s")
     return state
+
+
+def var_args(variables: Mapping[str, str]) -> list[str]:
+    return [f"-var={name}={value}" for name, value in variables.items()]
 
 
 def resources(state: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -595,8 +611,8 @@ class Call:
     resource: str  # ARN
 
 
-def calls(recording: str, arns: Mapping[str, str]) -> list[Call]:
-    """The recorded requests as (principal, IAM action, resource ARN)."""
+def requests(recording: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The recorded signed requests as (access key id, IAM action, parameters)."""
     found = []
     for line in recording.splitlines():
         entry = json.loads(line)
@@ -608,15 +624,28 @@ def calls(recording: str, arns: Mapping[str, str]) -> list[Call]:
         body = entry["body"] or ""
         raw = base64.b64decode(body) if entry["body_encoded"] else body.encode()
         target = headers.get("x-amz-target", "")
+        url = urllib.parse.urlsplit(entry.get("url", ""))
+        params: dict[str, Any]
         if target:
             operation, params = target.split(".")[-1], json.loads(raw or b"{}")
+        elif "/operation/" in url.path:  # Smithy RPC v2 (CBOR): the operation is in the path
+            operation, params = url.path.rsplit("/", 1)[-1], {}
         else:
-            query = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode()).items()}
+            text = raw.decode(errors="replace") if raw else url.query
+            query = {k: v[0] for k, v in urllib.parse.parse_qs(text).items()}
             operation, params = query.get("Action", "?"), query
-        action = f"{service}:{IAM_ACTION.get(operation, operation)}"
-        for name in named_resources(params):
-            found.append(Call(key, action, arns.get(name, name)))
+        prefix = IAM_PREFIX.get(service, service)
+        found.append((key, f"{prefix}:{IAM_ACTION.get(operation, operation)}", params))
     return found
+
+
+def calls(recording: str, arns: Mapping[str, str]) -> list[Call]:
+    """The recorded requests as (principal, IAM action, resource ARN)."""
+    return [
+        Call(key, action, arns.get(name, name))
+        for key, action, params in requests(recording)
+        for name in named_resources(params)
+    ]
 
 
 def named_resources(params: Mapping[str, Any]) -> list[str]:
@@ -677,6 +706,58 @@ def check_permissions(recording: str, state: Mapping[str, Any]) -> dict[str, int
     return counts
 
 
+def readme_policies() -> list[dict[str, Any]]:
+    """The JSON policies of README's Deploy section, in order."""
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy") :]
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", deploy, re.S)]
+
+
+def readme_deploy_policy() -> dict[str, Any]:
+    """README's policy of the deploy role: the one that creates roles under the boundary."""
+    (policy,) = [
+        p
+        for p in readme_policies()
+        if any(s.get("Sid") == "RolesUnderTheBoundary" for s in p.get("Statement", []))
+    ]
+    return policy
+
+
+def readme_plan_policy() -> dict[str, Any]:
+    """README's policy of the read-only role that plans pull requests."""
+    (policy,) = [
+        p
+        for p in readme_policies()
+        if any(s.get("Sid") == "PlanReads" for s in p.get("Statement", []))
+    ]
+    return policy
+
+
+def check_deploy_actions(
+    recording: str, policy: Mapping[str, Any], what: str, role: str = "deploy role"
+) -> list[str]:
+    """Every action Terraform (DEPLOY_KEY) made is allowed by an Allow statement of `policy`
+    (actions only: the conditions and ARNs are AWS's to check); the actions, sorted."""
+    made = sorted({a for key, a, _ in requests(recording) if key == DEPLOY_KEY} - OPTIONAL_ACTIONS)
+    if not made:
+        raise RehearsalError(f"no call by terraform recorded during {what}")
+    statements = policy["Statement"]
+    granted = [
+        pattern
+        for statement in (statements if isinstance(statements, list) else [statements])
+        if statement.get("Effect") == "Allow"
+        for pattern in (
+            [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+        )
+    ]
+    missing = [a for a in made if not any(fnmatch.fnmatchcase(a, g) for g in granted)]
+    if missing:
+        raise RehearsalError(
+            f"terraform {what} made calls README's {role} does not allow: {missing}"
+        )
+    return made
+
+
 # --- the rehearsal ---
 
 
@@ -730,22 +811,41 @@ async def rehearse(work: Path) -> None:
     moto = await start_moto(port, log=(work / "moto.log").open("wb"))
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        state = apply(
-            work,
-            endpoint,
-            {
-                **create_secrets(endpoint),
-                "region": REGION,
-                "image_tag": "rehearsal",
-                "embedded_endpoint": "true",
-                "allow_plain_http": "true",
-                "deletion_protection": "false",
-                "ingestor_count": "1",
-                "console_count": "1",
-                "emitter_a_count": "1",
-                "emitter_b_count": "1",
-            },
+        variables = {
+            **create_secrets(endpoint),
+            "region": REGION,
+            "image_tag": "rehearsal",
+            "embedded_endpoint": "true",
+            "allow_plain_http": "true",
+            "deletion_protection": "false",
+            "ingestor_count": "1",
+            "console_count": "1",
+            "emitter_a_count": "1",
+            "emitter_b_count": "1",
+        }
+        # Terraform's own calls (its key is DEPLOY_KEY) are held to README's deploy role.
+        policy = readme_deploy_policy()
+        await moto_api(endpoint, "recorder/start-recording")
+        state = apply(work, endpoint, variables)
+        await moto_api(endpoint, "recorder/stop-recording")
+        made = check_deploy_actions(
+            await moto_api(endpoint, "recorder/download-recording"), policy, "apply"
         )
+        step(f"terraform apply made {len(made)} actions, all allowed by README's deploy role")
+        await moto_api(endpoint, "recorder/reset-recording")
+        # A refreshing plan, as the pull requests' read-only plan role runs it.
+        await moto_api(endpoint, "recorder/start-recording")
+        started = time.monotonic()
+        terraform(work, "plan", "-lock=false", "-no-color", *var_args(variables))
+        await moto_api(endpoint, "recorder/stop-recording")
+        recording = await moto_api(endpoint, "recorder/download-recording")
+        check_deploy_actions(recording, policy, "plan")
+        made = check_deploy_actions(recording, readme_plan_policy(), "plan", "plan role")
+        step(
+            f"terraform plan (refresh) in {time.monotonic() - started:.0f} s: {len(made)} "
+            f"actions, all allowed by README's plan role and deploy role: {' '.join(made)}"
+        )
+        await moto_api(endpoint, "recorder/reset-recording")
         rollout(endpoint, state)
         await moto_api(endpoint, "recorder/start-recording")
         stack = tasks(state)
@@ -773,6 +873,20 @@ async def rehearse(work: Path) -> None:
         await moto_api(endpoint, "recorder/stop-recording")
         counts = check_permissions(await moto_api(endpoint, "recorder/download-recording"), state)
         step(f"every AWS call is allowed by its role's applied policy: {counts}")
+        await moto_api(endpoint, "recorder/reset-recording")
+        await moto_api(endpoint, "recorder/start-recording")
+        started = time.monotonic()
+        terraform(
+            work, "destroy", "-auto-approve", "-no-color", "-parallelism=20", *var_args(variables)
+        )
+        await moto_api(endpoint, "recorder/stop-recording")
+        made = check_deploy_actions(
+            await moto_api(endpoint, "recorder/download-recording"), policy, "destroy"
+        )
+        step(
+            f"terraform destroy in {time.monotonic() - started:.0f} s: {len(made)} actions, all "
+            f"allowed by README's deploy role: {' '.join(made)}"
+        )
     finally:
         moto.terminate()
         await moto.wait()
