@@ -84,9 +84,15 @@ async def up(tmp_path: Path) -> AsyncIterator[Up]:
         banner = await read_banner(process)
         yield Up(process, banner, *ports, tmp_path, env)
     finally:
+        # Ctrl-C, as a person stops it: `up` stops its roles; SIGKILL would orphan them.
         if process.returncode is None:
-            process.kill()
-            await process.wait()
+            process.send_signal(signal.SIGINT)
+            try:
+                async with asyncio.timeout(60):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 async def test_up_serves_the_readme_first_screen_and_ctrl_c_exits_zero(up: Up) -> None:
