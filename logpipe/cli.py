@@ -266,7 +266,7 @@ async def _dispatch(
             print(orjson.dumps(report).decode())
         return 0
     if command == "bootstrap":
-        from logpipe.aws import clients as aws
+        from logpipe.aws import bootstrap as aws
 
         print(orjson.dumps(await aws.bootstrap_endpoint(settings)).decode())
         return 0

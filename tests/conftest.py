@@ -17,7 +17,8 @@ import orjson
 import pytest
 import uvicorn
 
-from logpipe.aws.clients import Clients, bootstrap, open_clients
+from logpipe.aws.bootstrap import bootstrap
+from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.dev.processes import (
     LOCAL_CREDENTIALS,

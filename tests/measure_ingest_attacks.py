@@ -20,7 +20,8 @@ from contextlib import AsyncExitStack
 import aiohttp
 import orjson
 
-from logpipe.aws.clients import bootstrap, open_clients
+from logpipe.aws.bootstrap import bootstrap
+from logpipe.aws.clients import open_clients
 from logpipe.config import Settings
 from logpipe.dev.processes import (
     LOCAL_CREDENTIALS,

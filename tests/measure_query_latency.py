@@ -22,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from logpipe.aws.clients import bootstrap, open_clients
+from logpipe.aws.bootstrap import bootstrap
+from logpipe.aws.clients import open_clients
 from logpipe.config import Settings
 from logpipe.core.models import from_item, normalise, to_item
 from logpipe.core.query import parse_query

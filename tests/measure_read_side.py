@@ -24,7 +24,8 @@ import aiohttp
 import orjson
 import uvicorn
 
-from logpipe.aws.clients import bootstrap, open_clients
+from logpipe.aws.bootstrap import bootstrap
+from logpipe.aws.clients import open_clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.models import normalise, to_item

@@ -22,7 +22,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from logpipe.aws.clients import Clients, bootstrap, open_clients, queue_url
+from logpipe.aws.bootstrap import bootstrap, queue_url
+from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.dev.processes import (
     LOCAL_CREDENTIALS,

@@ -16,7 +16,8 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
 
-from logpipe.aws.clients import Clients, _session, client_config, open_clients, queue_url
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.clients import Clients, _session, client_config, open_clients
 from logpipe.aws.serialise import encode_body, parse_messages
 from logpipe.config import Settings
 from logpipe.dev.processes import LOCAL_CREDENTIALS

@@ -9,7 +9,9 @@ from functools import partial
 import orjson
 import pytest
 
-from logpipe.aws.clients import Clients, queue_url, send_message_batch
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.calls import send_message_batch
+from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.models import ENVELOPE_OVERHEAD, envelope_size, unpack_envelope
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable

@@ -14,7 +14,9 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
-from logpipe.aws.clients import Clients, bootstrap, is_retriable, open_clients, queue_url
+from logpipe.aws.bootstrap import bootstrap, queue_url
+from logpipe.aws.clients import Clients, open_clients
+from logpipe.aws.errors import is_retriable
 from logpipe.config import Settings
 from logpipe.core.models import encode_event, normalise, pack_envelope
 from logpipe.dev.bench import peak_rss_mb

@@ -20,7 +20,8 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from logpipe.aws.clients import Clients, queue_url
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.clients import Clients
 from logpipe.client import AsyncClient, Client, new_event, stamped
 from logpipe.client.handler import (
     TRUNCATED,

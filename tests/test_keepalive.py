@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from logpipe.aws.clients import bootstrap, open_clients, queue_url
+from logpipe.aws.bootstrap import bootstrap, queue_url
+from logpipe.aws.clients import open_clients
 from logpipe.config import Settings
 from logpipe.dev.bench import start_keepalive_moto
 from logpipe.dev.processes import free_port, start_moto

@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 
-from logpipe.aws.clients import Clients, queue_url, read_table_shards, table_shards
+from logpipe.aws.bootstrap import queue_url, read_table_shards, table_shards
+from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.models import from_item
 from logpipe.process.processor import Processor

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from logpipe.aws.clients import Clients, queue_url
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.clients import Clients
 from logpipe.cli import JsonFormatter
 from logpipe.config import Settings
 from logpipe.core.models import encode_event, normalise, pack_envelope

@@ -9,7 +9,8 @@ import aiohttp
 import orjson
 import pytest
 
-from logpipe.aws.clients import Clients, queue_url
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.clients import Clients
 from logpipe.aws.monitor import QueueMonitor
 from logpipe.config import Settings
 from logpipe.core.models import encode_event, normalise, pack_envelope

@@ -39,7 +39,8 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from logpipe.aws.clients import Clients, queue_url
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core import otlp
 from logpipe.core.models import MAX_ATTRIBUTES, from_item, normalise

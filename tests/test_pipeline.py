@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from logpipe.aws.clients import Clients, queue_url
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.models import encode_event, normalise, pack_envelope
 from logpipe.dev.processes import free_port

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from logpipe.aws.clients import Clients, open_clients, queue_url
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.core.models import EnvelopeError, encode_event, normalise, pack_envelope
 from logpipe.dev.faults import Faults

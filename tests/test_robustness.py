@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from logpipe.aws.clients import Clients, bootstrap, open_clients, queue_url
+from logpipe.aws.bootstrap import bootstrap, queue_url
+from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.core.models import (
     EnvelopeError,

@@ -8,7 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from logpipe.aws.clients import error_code, is_retriable
+from logpipe.aws.errors import error_code, is_retriable
 from logpipe.lifecycle import Periodic
 from logpipe.obs import metrics
 

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from logpipe.aws.clients import AWS_ERRORS, error_code, with_retries
+from logpipe.aws.calls import with_retries
+from logpipe.aws.errors import AWS_ERRORS, error_code
 from logpipe.core.models import iso_ms
 
 log = logging.getLogger(__name__)

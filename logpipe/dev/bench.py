@@ -22,7 +22,8 @@ from typing import IO, Any
 
 import aiohttp
 
-from logpipe.aws.clients import Clients, bootstrap, open_clients, queue_url
+from logpipe.aws.bootstrap import bootstrap, queue_url
+from logpipe.aws.clients import Clients, open_clients
 from logpipe.client import Shipper
 from logpipe.config import Settings
 from logpipe.dev.cpu import CpuMeter, Profiler

@@ -16,7 +16,9 @@ from typing import Any
 import orjson
 from prometheus_client import REGISTRY
 
-from logpipe.aws.clients import Clients, queue_url, send_message_batch
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.calls import send_message_batch
+from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.models import pack_envelope, to_item, unpack_envelope, write_units
 from logpipe.dev.report import summarise

@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
-from logpipe.aws.clients import CONFIG_KEY
+from logpipe.aws.bootstrap import CONFIG_KEY
 from logpipe.errors import ConfigError
 from logpipe.obs import metrics
 

@@ -19,7 +19,9 @@ from typing import IO, TextIO
 import aiohttp
 import orjson
 
-from logpipe.aws.clients import Clients, bootstrap, open_clients, stored_ids
+from logpipe.aws.bootstrap import bootstrap
+from logpipe.aws.calls import stored_ids
+from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.dev.processes import (
     LOCAL_CREDENTIALS,

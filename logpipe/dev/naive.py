@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from logpipe.aws.clients import error_code, is_retriable
+from logpipe.aws.errors import error_code, is_retriable
 from logpipe.config import Settings
 from logpipe.core.models import EnvelopeError, pack_envelope, write_units
 from logpipe.errors import QueueUnavailable

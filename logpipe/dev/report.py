@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from logpipe.aws.clients import Clients, stored_ids
+from logpipe.aws.calls import stored_ids
+from logpipe.aws.clients import Clients
 from logpipe.obs import metrics
 
 # Public on-demand prices, us-east-1, as listed on 2026-11-25 (unchanged since 2024-11-01):

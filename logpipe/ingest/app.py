@@ -23,14 +23,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from logpipe import heap
-from logpipe.aws.clients import (
-    ClientHook,
-    Clients,
-    error_code,
-    open_clients,
-    queue_url,
-    send_message_batch,
-)
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.calls import send_message_batch
+from logpipe.aws.clients import ClientHook, Clients, open_clients
+from logpipe.aws.errors import error_code
 from logpipe.aws.monitor import QueueMonitor
 from logpipe.config import Settings
 from logpipe.core import otlp

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from logpipe.aws.clients import backoff_delay, error_code, is_retriable
+from logpipe.aws.calls import backoff_delay
+from logpipe.aws.errors import error_code, is_retriable
 from logpipe.core.models import ENVELOPE_OVERHEAD, pack_envelope
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
 from logpipe.obs import metrics

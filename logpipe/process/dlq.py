@@ -7,7 +7,9 @@ from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
 
-from logpipe.aws.clients import Clients, call_entries, open_clients, queue_url
+from logpipe.aws.bootstrap import queue_url
+from logpipe.aws.calls import call_entries
+from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.core.models import EnvelopeError, event_problem, loads_exact, unpack_events
 from logpipe.process.processor import message_body

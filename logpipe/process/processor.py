@@ -18,20 +18,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from logpipe import heap
-from logpipe.aws.clients import (
-    AWS_ERRORS,
-    THROTTLE_CODES,
-    ClientHook,
-    Clients,
-    backoff_delay,
-    call_entries,
-    error_code,
-    is_retriable,
-    open_clients,
-    queue_url,
-    table_shards,
-    with_retries,
-)
+from logpipe.aws.bootstrap import queue_url, table_shards
+from logpipe.aws.calls import backoff_delay, call_entries, with_retries
+from logpipe.aws.clients import ClientHook, Clients, open_clients
+from logpipe.aws.errors import AWS_ERRORS, THROTTLE_CODES, error_code, is_retriable
 from logpipe.aws.monitor import QueueMonitor, oldest_age_s
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings

@@ -24,7 +24,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from logpipe.aws.clients import AWS_ERRORS, error_code, open_clients, read_table_shards
+from logpipe.aws.bootstrap import read_table_shards
+from logpipe.aws.clients import open_clients
+from logpipe.aws.errors import AWS_ERRORS, error_code
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.models import Event, from_item, iso_ms

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from logpipe.aws.clients import with_retries
+from logpipe.aws.calls import with_retries
 from logpipe.aws.registry import QUERY_ATTEMPTS
 from logpipe.core.models import Item
 from logpipe.core.query import (
