@@ -70,6 +70,8 @@ def fold(raw: Mapping[str, Any], default_service: str | None = None) -> dict[str
     none. Values the schema would refuse are left as they are for validation to report,
     except that an alias whose value is no level (`"status": 200`) stays an attribute.
     """
+    if raw.keys() <= CANONICAL:
+        return _fold_canonical(raw, default_service)
     event = {name: raw[name] for name in CANONICAL if name in raw}
     consumed = set(event)
     if "service" not in event and default_service:
@@ -97,6 +99,21 @@ def fold(raw: Mapping[str, Any], default_service: str | None = None) -> dict[str
         flat = flatten_all(attributes or {}, extra)
         if flat or attributes is not None:
             event["attributes"] = flat
+    return event
+
+
+def _fold_canonical(raw: Mapping[str, Any], default_service: str | None) -> dict[str, Any]:
+    """What `fold` gives for an event of schema fields only (the usual case), without the
+    alias and extra-field passes: the level folded, nested attributes flattened."""
+    event = dict(raw)
+    if "service" not in event and default_service:
+        event["service"] = default_service
+    if "level" in event:
+        event["level"] = level_of(event["level"]) or event["level"]
+    attributes = event.get("attributes")
+    if attributes and isinstance(attributes, dict):
+        if len(attributes) > MAX_ATTRIBUTES or not _already_flat(attributes):
+            event["attributes"] = flatten_all(attributes, {})
     return event
 
 

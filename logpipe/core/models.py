@@ -41,6 +41,7 @@ _DDB_INT_LIMIT = 10**_DDB_DIGITS
 _LONG_NUMBER = re.compile(r'(?<![\w".])\d(?:\.?\d){15}')
 _LONG_BYTES = re.compile(rb'(?<![\w".])\d(?:\.?\d){15}')
 _INT64 = range(-(2**63), 2**64)
+_INT64_MIN_ABS, _INT64_END = 2**63, 2**64
 # Every ASCII digit and "." to NUL, the rest to 0x01: a body whose translation holds no run of
 # 16 NULs has no number the patterns above could match, found without running them.
 _DIGIT_RUNS = bytes(0 if chr(i) in "0123456789." else 1 for i in range(256))
@@ -150,7 +151,8 @@ def encode_event(event: Event) -> bytes:
 
 def _sqs_safe(data: bytes) -> bytes:
     """SQS refuses the noncharacters U+FFFE and U+FFFF; as JSON escapes they pass unchanged."""
-    if b"\xef\xbf" in data:
+    # `isascii` first: it is many times faster than the search, and most events are ASCII.
+    if not data.isascii() and b"\xef\xbf" in data:
         data = data.replace(b"\xef\xbf\xbe", b"\\ufffe").replace(b"\xef\xbf\xbf", b"\\uffff")
     return data
 
@@ -165,7 +167,17 @@ def _id(value: object, now_ms: int) -> str:
     return value
 
 
+# Services already found valid, and their stored form: a request names a few services
+# thousands of times. Bounded; cleared when full (dict operations are atomic across the
+# decode threads).
+_KNOWN_SERVICES: dict[str, str] = {}
+_KNOWN_SERVICES_MAX = 1024
+
+
 def _service(value: object) -> str:
+    known = _KNOWN_SERVICES.get(value) if type(value) is str else None
+    if known is not None:
+        return known
     if value is None:
         raise EventError("service", "is required (in the event, ?service= or X-Logpipe-Service)")
     if not isinstance(value, str):
@@ -173,6 +185,9 @@ def _service(value: object) -> str:
     service = value.lower()
     if not _SERVICE.fullmatch(service):
         raise EventError("service", "must be 1-64 characters of a-z 0-9 . _ -")
+    if len(_KNOWN_SERVICES) >= _KNOWN_SERVICES_MAX:
+        _KNOWN_SERVICES.clear()
+    _KNOWN_SERVICES[value] = service
     return service
 
 
@@ -199,12 +214,18 @@ def _message(value: object) -> str:
     return value
 
 
+_NUMBER_TYPES = (int, float, Decimal)
+_FLAT_VALUE_TYPES = (str, bool)
+
+
 def _timestamp(value: object, now_ms: int) -> int:
     if value is None:
         return now_ms
+    if type(value) is int and 0 <= value < MAX_TIMESTAMP_MS:  # epoch ms, the usual case
+        return value
     if isinstance(value, bool):
         raise EventError("timestamp", "must be an RFC 3339 string or epoch milliseconds")
-    if isinstance(value, int | float | Decimal):
+    if isinstance(value, _NUMBER_TYPES):
         if not (isinstance(value, int) or math.isfinite(value)):
             raise EventError("timestamp", "must be a finite number of epoch milliseconds")
         ms = int(value)
@@ -242,7 +263,12 @@ def _attributes(value: object) -> dict[str, str | int | float | bool | Decimal]:
     for key, item in value.items():
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_ATTRIBUTE_KEY_CHARS:
             raise EventError("attributes", f"keys must be 1-{MAX_ATTRIBUTE_KEY_CHARS} characters")
-        if isinstance(item, str | bool):
+        kind = type(item)
+        if kind is str or kind is bool:
+            continue
+        if kind is int and -_INT64_MIN_ABS <= item < _INT64_END:
+            continue
+        if isinstance(item, _FLAT_VALUE_TYPES):
             continue
         if isinstance(item, int):
             if abs(item) >= _DDB_INT_LIMIT:
