@@ -7,6 +7,7 @@ import logging
 import re
 import time
 from array import array
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -64,6 +65,13 @@ JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 DECODE_WORKERS = 2
 DECODE_WAIT_S = 2.0
+# A JSON body this small is decoded on the event loop: the hop to a worker thread and back
+# costs more CPU than decoding a typical 100-event request. Both bounds keep the time the
+# loop is held to about 5 ms in the worst case (the GIL's switch interval, which is what a
+# decoding worker holds the loop to anyway); separators (commas, newlines) bound the events
+# and values, whose count costs more than their bytes when they are refused one by one.
+INLINE_BYTES = 64 * 1024
+INLINE_SEPARATORS = 1024
 _ARRAY = re.compile(rb"\s*\[")
 _REASONS = frozenset({"id", "service", "level", "message", "timestamp", "trace_id", "span_id"})
 # Distinct services one request may name: each becomes a registry entry the console lists.
@@ -114,6 +122,7 @@ def validate(
     accepted: list[bytes] = []
     rejected: list[dict[str, Any]] = []
     services: set[str] = set()
+    reasons: Counter[str] = Counter()
     for index, raw in enumerate(raw_events):
         try:
             if isinstance(raw, EventError):
@@ -128,7 +137,9 @@ def validate(
         except EventError as exc:
             rejected.append({"index": index, "error": str(exc)})
             reason = exc.field.split(".", 1)[0]
-            metrics.events_rejected.labels(reason if reason in _REASONS else "invalid").inc()
+            reasons[reason if reason in _REASONS else "invalid"] += 1
+    for reason, count in reasons.items():  # once per request, not per event
+        metrics.events_rejected.labels(reason).inc(count)
     return accepted, rejected
 
 
@@ -145,6 +156,8 @@ class Protocol:
     parse: Callable[[bytes, str, int, Hold], list[Any]]
     answer: Callable[[int, list[dict[str, Any]], int, str], Response]
     refuse: Callable[[int, str, str], Response]
+    # inflated body -> whether it is cheap enough to decode on the event loop; None: never
+    inline: Callable[[bytes], bool] | None = None
 
 
 @dataclass
@@ -160,8 +173,12 @@ class Decoded:
     lengths: array[int]
     rejected: list[dict[str, Any]]
     total: int
+    # Decoded on the loop thread: the events as they are, nothing to cut.
+    unpacked: list[bytes] | None = None
 
     def events(self) -> list[bytes]:
+        if self.unpacked is not None:
+            return self.unpacked
         events = []
         pos = 0
         for length in self.lengths:
@@ -170,7 +187,10 @@ class Decoded:
         return events
 
     def held_bytes(self) -> int:
-        return 2 * len(self.packed) + HELD_BYTES_PER_EVENT * self.total
+        size = len(self.packed)
+        if self.unpacked is not None:
+            size = sum(map(len, self.unpacked))
+        return 2 * size + HELD_BYTES_PER_EVENT * self.total
 
 
 def decode(
@@ -184,6 +204,14 @@ def decode(
 ) -> Decoded:
     """Inflate, count, parse and validate one body (in a worker thread); Refused past a limit."""
     body = decode_content(raw, encoding, settings.max_body_bytes, hold)
+    del raw
+    accepted, rejected, total = _decode_body(protocol, body, kind, service, settings, hold)
+    return Decoded(b"".join(accepted), array("I", map(len, accepted)), rejected, total)
+
+
+def _decode_body(
+    protocol: Protocol, body: bytes, kind: str, service: str | None, settings: Settings, hold: Hold
+) -> tuple[list[bytes], list[dict[str, Any]], int]:
     raw_events = protocol.parse(body, kind, settings.max_events_per_request, hold)
     del body
     total = len(raw_events)
@@ -191,8 +219,38 @@ def decode(
         raise too_many(total, settings.max_events_per_request)
     metrics.events_received.inc(total)
     accepted, rejected = validate(raw_events, int(time.time() * 1000), service)
-    del raw_events
-    return Decoded(b"".join(accepted), array("I", map(len, accepted)), rejected, total)
+    return accepted, rejected, total
+
+
+def decode_inline(
+    protocol: Protocol,
+    raw: bytes,
+    kind: str,
+    encoding: str | None,
+    service: str | None,
+    settings: Settings,
+    reservation: Reservation,
+) -> Decoded | tuple[bytes, str | None]:
+    """Decode a small body on the calling thread; else what is left for `decode` in a worker
+    thread: the body and its encoding (inflated already when that stayed under INLINE_BYTES).
+    """
+    if protocol.inline is None or len(raw) > INLINE_BYTES:
+        return raw, encoding
+    held = reservation.held
+    limit = min(INLINE_BYTES, settings.max_body_bytes)
+    try:
+        body = decode_content(raw, encoding, limit, reservation.add)
+    except Refused as exc:
+        if exc.label != "too_large" or limit == settings.max_body_bytes:
+            raise
+        reservation.shrink_to(held)  # inflated past INLINE_BYTES: the worker starts again
+        return raw, encoding
+    if not protocol.inline(body):
+        return body, None
+    accepted, rejected, total = _decode_body(
+        protocol, body, kind, service, settings, reservation.add
+    )
+    return Decoded(b"", array("I"), rejected, total, unpacked=accepted)
 
 
 async def receive(request: Request, protocol: Protocol) -> Response:
@@ -245,17 +303,16 @@ async def _read_and_decode(
     raw = await read_body(
         request, settings.max_body_bytes, reservation.add, settings.read_timeout_s
     )
-    work = partial(
-        decode,
-        protocol,
-        raw,
-        kind,
-        request.headers.get("content-encoding"),
-        default_service(request),
-        settings,
-        reservation.add,
-    )
-    del raw  # the worker holds the only reference, and drops it when done
+    service = default_service(request)
+    encoding = request.headers.get("content-encoding")
+    left = decode_inline(protocol, raw, kind, encoding, service, settings, reservation)
+    del raw
+    if isinstance(left, Decoded):
+        return left
+    body, encoding = left
+    del left
+    work = partial(decode, protocol, body, kind, encoding, service, settings, reservation.add)
+    del body  # the worker holds the only reference, and drops it when done
     try:
         # A request that cannot start decoding soon is refused rather than queued for long.
         async with asyncio.timeout(DECODE_WAIT_S):
@@ -274,6 +331,10 @@ def default_service(request: Request) -> str | None:
 
 
 # --- POST /ingest: logpipe's own JSON --------------------------------------------------------
+
+
+def _small_json(body: bytes) -> bool:
+    return len(body) <= INLINE_BYTES and (body.count(b",") + body.count(b"\n") <= INLINE_SEPARATORS)
 
 
 def _parse_native(body: bytes, kind: str, cap: int, hold: Hold) -> list[Any]:
@@ -307,6 +368,7 @@ NATIVE = Protocol(
     parse=_parse_native,
     answer=_answer_native,
     refuse=lambda status, error, kind: error_response(status, error),
+    inline=_small_json,
 )
 
 
