@@ -156,8 +156,8 @@ class Protocol:
     parse: Callable[[bytes, str, int, Hold], list[Any]]
     answer: Callable[[int, list[dict[str, Any]], int, str], Response]
     refuse: Callable[[int, str, str], Response]
-    # inflated body -> whether it is cheap enough to decode on the event loop; None: never
-    inline: Callable[[bytes], bool] | None = None
+    # inflated body, content type -> whether it is cheap enough to decode on the event loop
+    inline: Callable[[bytes, str], bool] | None = None
 
 
 @dataclass
@@ -245,7 +245,7 @@ def decode_inline(
             raise
         reservation.shrink_to(held)  # inflated past INLINE_BYTES: the worker starts again
         return raw, encoding
-    if not protocol.inline(body):
+    if not protocol.inline(body, kind):
         return body, None
     accepted, rejected, total = _decode_body(
         protocol, body, kind, service, settings, reservation.add
@@ -333,8 +333,14 @@ def default_service(request: Request) -> str | None:
 # --- POST /ingest: logpipe's own JSON --------------------------------------------------------
 
 
-def _small_json(body: bytes) -> bool:
-    return len(body) <= INLINE_BYTES and (body.count(b",") + body.count(b"\n") <= INLINE_SEPARATORS)
+def _small_json(body: bytes, kind: str) -> bool:
+    if len(body) > INLINE_BYTES:
+        return False
+    # Events and values are separated by commas in JSON, and lines too in NDJSON.
+    separators = body.count(b",")
+    if kind in NDJSON_TYPES:
+        separators += body.count(b"\n")
+    return separators <= INLINE_SEPARATORS
 
 
 def _parse_native(body: bytes, kind: str, cap: int, hold: Hold) -> list[Any]:
