@@ -9,6 +9,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Protocol
 
 from logpipe.aws.calls import backoff_delay
@@ -52,23 +53,29 @@ def take_batch(
     messages: list[_Message] = []
     total = 0
     current = _Message()
+    # Runs once per event: the message's parts are kept in locals, not looked up each time.
+    events, requests, size = current.events, current.requests, current.size
+    popleft = buffer.popleft
     while buffer:
         event, request = buffer[0]
-        extra = len(event) + (1 if current.events else 0)
-        if current.events and current.size + extra > message_bytes:
+        extra = len(event) + 1 if events else len(event)
+        if events and size + extra > message_bytes:
+            current.size = size
             messages.append(current)
-            total += current.size
+            total += size
             current = _Message()
+            events, requests, size = current.events, current.requests, current.size
             if len(messages) == max_entries:
                 break
             continue
-        if total + current.size + extra > batch_bytes:
+        if total + size + extra > batch_bytes:
             break
-        buffer.popleft()
-        current.events.append(event)
-        current.requests.append(request)
-        current.size += extra
-    if current.events:
+        popleft()
+        events.append(event)
+        requests.append(request)
+        size += extra
+    current.size = size
+    if events:
         messages.append(current)
     return messages
 
@@ -148,7 +155,7 @@ class Batcher:
         """Queue encoded events and wait until SQS has accepted all of them."""
         if not events:
             return
-        size = sum(len(e) + 1 for e in events)
+        size = sum(map(len, events)) + len(events)
         if self._closing:
             raise Overloaded("the ingestor is shutting down")
         if self._inflight_bytes + size > self._max_inflight_bytes:
@@ -159,7 +166,7 @@ class Batcher:
         request.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         if not self._buffer:
             self._oldest = loop.time()
-        self._buffer.extend((event, request) for event in events)
+        self._buffer.extend(zip(events, repeat(request)))
         self._buffered_bytes += size
         self._inflight_bytes += size
         metrics.inflight_events.inc(len(events))
