@@ -98,7 +98,8 @@ class Reservation:
 
 def json_values_bound(body: bytes) -> int:
     """At most how many JSON values (objects, arrays, strings, numbers) `body` can hold."""
-    return body.count(b",") + body.count(b":") + body.count(b"[") + body.count(b"\n") + 1
+    # The commas, colons, brackets and newlines, counted in one pass (four `count`s take two).
+    return len(body) - len(body.translate(None, b",:[\n")) + 1
 
 
 def parsed_json_bytes(body: bytes) -> int:
