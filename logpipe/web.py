@@ -306,6 +306,8 @@ class _CalmServer(uvicorn.Server):
     (the Date header) runs once a second: idle, those wake-ups were half the CPU a role spent.
     """
 
+    tick_s = 1.0
+
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self._stopping = asyncio.Event()
@@ -326,7 +328,7 @@ class _CalmServer(uvicorn.Server):
             # Every call is uvicorn's once-a-second tick (counter % 10 == 0).
             counter = (counter + 10) % 864000
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 1.0)
+                await asyncio.wait_for(self._stopping.wait(), self.tick_s)
             should_exit = await self.on_tick(counter)
 
 

@@ -215,3 +215,40 @@ def test_fold_of_a_canonical_event_changes_nothing() -> None:
 def test_level_of_ignores_booleans_and_strips_blanks() -> None:
     assert level_of(True) is None
     assert level_of(" Err ") == "error"
+
+
+# An extra field that holds null adds nothing, but sends `fold` down its general path: the
+# fast path for events of schema fields only must give exactly what that path gives.
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param({"service": "s", "message": "m"}, id="minimal"),
+        pytest.param({"message": "m"}, id="no-service"),
+        pytest.param({"level": "WARNING", "message": "m"}, id="level-alias-value"),
+        pytest.param({"level": 30, "message": "m"}, id="pino-number"),
+        pytest.param({"level": "loud", "message": "m"}, id="no-level"),
+        pytest.param({"attributes": {"a": 1, "b": "x", "c": True}}, id="flat-attributes"),
+        pytest.param({"attributes": {"a": {"b": {"c": 1}}, "d": [1, 2]}}, id="nested-attributes"),
+        pytest.param({"attributes": {"a": None, "b": {}}}, id="null-and-empty-values"),
+        pytest.param({"attributes": {}}, id="empty-attributes"),
+        pytest.param({"attributes": None}, id="null-attributes"),
+        pytest.param({"attributes": [1, 2]}, id="attributes-not-an-object"),
+        pytest.param({"attributes": {"k" * 129: 1}}, id="key-too-long"),
+        pytest.param({"attributes": {f"k{i}": i for i in range(65)}}, id="too-many-keys"),
+        pytest.param(
+            {"id": "x", "timestamp": "2026-01-01T00:00:00Z", "trace_id": "AB", "span_id": 1},
+            id="other-schema-fields",
+        ),
+    ],
+)
+@pytest.mark.parametrize("default_service", [None, "from-url"])
+def test_fold_of_schema_fields_only_equals_the_general_path(
+    raw: dict[str, Any], default_service: str | None
+) -> None:
+    def folded(event: dict[str, Any]) -> dict[str, Any] | str:
+        try:
+            return fold(event, default_service)
+        except EventError as exc:
+            return str(exc)
+
+    assert folded(raw) == folded({**raw, "unused": None})

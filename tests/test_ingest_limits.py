@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import time
+from typing import Any
 
 import aiohttp
 import orjson
@@ -16,9 +17,11 @@ from logpipe.core.limits import (
     Refused,
     count_array_items,
     count_ndjson_lines,
+    json_values_bound,
     parsed_json_bytes,
 )
 from logpipe.errors import BodyError
+from logpipe.ingest import app
 from logpipe.obs import metrics
 from logpipe.web import MAX_GZIP_MEMBERS, decode_content
 from tests import attacks
@@ -165,3 +168,55 @@ async def test_budget_is_given_back_after_accepted_refused_and_broken_requests(
     samples = await metrics.scrape(http, admin)
     assert metrics.total(samples, "logpipe_ingest_memory_held_bytes") == 0
     assert metrics.total(samples, "logpipe_requests_rejected_total", reason="too_many_events") >= 1
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"[1,2]", b'{"a":[1,\n2]}', b",,,::[[\n\n", b"[" + b'{"a":1},' * 1000 + b"{}]"]
+)
+def test_json_values_bound_counts_commas_colons_brackets_and_newlines(body: bytes) -> None:
+    expected = sum(body.count(c) for c in (b",", b":", b"[", b"\n")) + 1
+    assert json_values_bound(body) == expected
+
+
+def _decode_args(body: bytes, encoding: str | None) -> tuple[Any, ...]:
+    return (app.NATIVE, body, "application/json", encoding, "from-url", Settings())
+
+
+def test_a_small_json_body_is_decoded_inline_with_the_answer_a_worker_gives() -> None:
+    events: list[Any] = [make_event(n, attributes={"n": n}) for n in range(98)]
+    events += [{"message": "no service anywhere", "service": 5}, "not an object"]
+    raw = gzip.compress(orjson.dumps(events))
+    reservation = MemoryBudget(64 * 2**20).reservation()
+    inline = app.decode_inline(*_decode_args(raw, "gzip"), reservation)
+    worker = app.decode(*_decode_args(raw, "gzip"), MemoryBudget(64 * 2**20).reservation().add)
+    assert isinstance(inline, app.Decoded)
+    assert inline.total == worker.total == 100
+    assert inline.rejected == worker.rejected and len(inline.rejected) == 2
+    # ingested_at and the ids made at ingest are the only fields that may differ.
+    assert [orjson.loads(e)["id"] for e in inline.events()] == [
+        orjson.loads(e)["id"] for e in worker.events()
+    ]
+    assert reservation.held > 0
+
+
+def test_bodies_past_the_inline_bounds_are_left_for_a_worker() -> None:
+    big = orjson.dumps([make_event(n) for n in range(1000)])
+    assert len(big) > app.INLINE_BYTES
+    budget = MemoryBudget(64 * 2**20)
+    reservation = budget.reservation()
+    # Too large as sent: untouched.
+    assert app.decode_inline(*_decode_args(big, None), reservation) == (big, None)
+    # Inflates past the bound: handed over as sent, and the inflated bytes held given back.
+    packed = gzip.compress(big)
+    assert len(packed) <= app.INLINE_BYTES
+    assert app.decode_inline(*_decode_args(packed, "gzip"), reservation) == (packed, "gzip")
+    assert reservation.held == 0 and budget.used == 0
+    # Small, but with more separators than the bound: handed over inflated, still held.
+    many = b"[" + b"1," * (app.INLINE_SEPARATORS + 1) + b"1]"
+    left = app.decode_inline(*_decode_args(gzip.compress(many), "gzip"), reservation)
+    assert left == (many, None)
+    assert reservation.held >= len(many)
+    # OTLP bodies always go to a worker.
+    otlp_body = b"{}"
+    args = (app.OTLP, otlp_body, "application/json", None, None, Settings())
+    assert app.decode_inline(*args, reservation) == (otlp_body, None)

@@ -859,3 +859,68 @@ def test_item_size_counts_utf8_bytes_of_names_and_values() -> None:
     assert item_size(item) == expected
     assert write_units(item) == 1
     assert write_units({"message": {"S": "\u20ac" * 400}}) == 2  # 1207 bytes
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        pytest.param(2**63 - 1, 2**63 - 1, id="int64-max"),
+        pytest.param(-(2**63), -(2**63), id="int64-min"),
+        pytest.param(2**64 - 1, 2**64 - 1, id="uint64-max"),
+        pytest.param(2**64, Decimal(2**64), id="past-uint64"),
+        pytest.param(-(2**63) - 1, Decimal(-(2**63) - 1), id="below-int64"),
+        pytest.param(True, True, id="bool-is-not-a-number"),
+        pytest.param(1.5, 1.5, id="float"),
+    ],
+)
+def test_integer_attributes_past_64_bits_become_exact_decimals(
+    value: object, stored: object
+) -> None:
+    event = normalise({"service": "s", "message": "m", "attributes": {"a": value}}, NOW_MS)
+    assert event["attributes"]["a"] == stored
+    assert type(event["attributes"]["a"]) is type(stored)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "error"),
+    [
+        pytest.param(0, None, id="epoch"),
+        pytest.param(10**13 - 1, None, id="last-ms"),
+        pytest.param(10**13, "between 1970 and 2286", id="past-2286"),
+        pytest.param(-1, "between 1970 and 2286", id="before-1970"),
+        pytest.param(True, "RFC 3339", id="bool"),
+    ],
+)
+def test_integer_timestamps_are_checked_on_the_fast_path_too(
+    timestamp: object, error: str | None
+) -> None:
+    raw = {"service": "s", "message": "m", "timestamp": timestamp}
+    if error is None:
+        assert normalise(raw, NOW_MS)["timestamp"] == timestamp
+    else:
+        with pytest.raises(EventError, match=error):
+            normalise(raw, NOW_MS)
+
+
+def test_services_found_valid_before_are_still_lower_cased_and_the_memo_stays_bounded() -> None:
+    from logpipe.core import models
+
+    for n in range(3 * models._KNOWN_SERVICES_MAX):
+        event = normalise({"service": f"Svc-{n % 1500}", "message": "m"}, NOW_MS)
+        assert event["service"] == f"svc-{n % 1500}"
+        assert len(models._KNOWN_SERVICES) <= models._KNOWN_SERVICES_MAX
+    with pytest.raises(EventError, match="service"):
+        normalise({"service": "Svc 1", "message": "m"}, NOW_MS)
+    with pytest.raises(EventError, match="service"):
+        normalise({"service": 1, "message": "m"}, NOW_MS)
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["ascii only", "caf\u00e9", "\ufffe", "a\uffffb", "\uffef\u00bf"],
+    ids=["ascii", "latin", "u+fffe", "u+ffff", "near-noncharacters"],
+)
+def test_encoded_events_never_carry_raw_noncharacters(message: str) -> None:
+    data = encode_event(normalise({"service": "s", "message": message}, NOW_MS))
+    assert b"\xef\xbf\xbe" not in data and b"\xef\xbf\xbf" not in data
+    assert orjson.loads(data)["message"] == message

@@ -111,9 +111,12 @@ def _fold_canonical(raw: Mapping[str, Any], default_service: str | None) -> dict
     if "level" in event:
         event["level"] = level_of(event["level"]) or event["level"]
     attributes = event.get("attributes")
-    if attributes and isinstance(attributes, dict):
-        if len(attributes) > MAX_ATTRIBUTES or not _already_flat(attributes):
-            event["attributes"] = flatten_all(attributes, {})
+    if (
+        attributes
+        and isinstance(attributes, dict)
+        and (len(attributes) > MAX_ATTRIBUTES or not _already_flat(attributes))
+    ):
+        event["attributes"] = flatten_all(attributes, {})
     return event
 
 
