@@ -162,7 +162,8 @@ def _id(value: object, now_ms: int) -> str:
         return new_id(now_ms)
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_CHARS:
         raise EventError("id", f"must be a string of 1-{MAX_ID_CHARS} characters")
-    if _CONTROL.search(value):
+    # Printable text holds no control character; only other text needs the search.
+    if not value.isprintable() and _CONTROL.search(value):
         raise EventError("id", "must not contain control characters")
     return value
 
