@@ -67,9 +67,9 @@ DECODE_WORKERS = 2
 DECODE_WAIT_S = 2.0
 # A JSON body this small is decoded on the event loop: the hop to a worker thread and back
 # costs more CPU than decoding a typical 100-event request. Both bounds keep the time the
-# loop is held to about 5 ms in the worst case (the GIL's switch interval, which is what a
-# decoding worker holds the loop to anyway); separators (commas, newlines) bound the events
-# and values, whose count costs more than their bytes when they are refused one by one.
+# loop is held to about 6 ms in the worst case (1,025 events all refused; the GIL's switch
+# interval, 5 ms, is what a decoding worker holds the loop to anyway); separators (commas,
+# newlines) bound the events and values, which cost more than their bytes when refused.
 INLINE_BYTES = 64 * 1024
 INLINE_SEPARATORS = 1024
 _ARRAY = re.compile(rb"\s*\[")
