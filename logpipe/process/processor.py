@@ -481,7 +481,7 @@ class Processor:
         retried with backoff until the round's deadline; an item DynamoDB refuses is isolated
         by halving and dead-lettered."""
         table = self._settings.table_name
-        items = {w.key: self._item(w.event) for w in writes}
+        items = {w.key: self._item(w) for w in writes}
         pending = {w.key: w for w in writes}
         reason = "no attempt"
         attempt = 0
@@ -546,8 +546,9 @@ class Processor:
             self._write_chunk(writes[:middle], round_), self._write_chunk(writes[middle:], round_)
         )
 
-    def _item(self, event: Event) -> Item:
-        return to_item(event, self._settings.shards, self._settings.retention_days)
+    def _item(self, write: _Write) -> Item:
+        settings = self._settings
+        return to_item(write.event, settings.shards, settings.retention_days, write.key)
 
     def _record_stored(self, writes: list[_Write], units: int) -> None:
         now_ms = time.time() * 1000
