@@ -412,9 +412,10 @@ def to_item(
     ingested_at = event.get("ingested_at")
     if isinstance(ingested_at, int):
         item["ingested_at"] = {"S": timefmt.iso_ms(ingested_at)}
-    for name in ("trace_id", "span_id"):
-        if name in event:
-            item[name] = {"S": event[name]}
+    if "trace_id" in event:
+        item["trace_id"] = {"S": event["trace_id"]}
+    if "span_id" in event:
+        item["span_id"] = {"S": event["span_id"]}
     attributes = event.get("attributes")
     if attributes:
         # Strings first, without a call: nearly every attribute value is one.
