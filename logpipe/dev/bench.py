@@ -26,6 +26,7 @@ from logpipe.aws.bootstrap import bootstrap, queue_url
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.client import Shipper
 from logpipe.config import Settings
+from logpipe.dev import promtext
 from logpipe.dev.cpu import CpuMeter, Profiler
 from logpipe.dev.faults import Faults
 from logpipe.dev.processes import (
@@ -37,7 +38,6 @@ from logpipe.dev.processes import (
     wait_http,
 )
 from logpipe.dev.report import fired, summarise, verify
-from logpipe.obs import metrics
 
 MESSAGE_CHARS = 300
 SERVICES = ("checkout", "payments", "search", "inventory")
@@ -210,7 +210,7 @@ class PipelineBench:
         # The ingestor serves /metrics on a port of its own, apart from the processor's.
         self.ingestor_metrics_port = free_port()
         self.roles: dict[str, RoleProcess] = {}
-        self.retired: list[metrics.Sample] = []  # metrics of role processes killed on purpose
+        self.retired: list[promtext.Sample] = []  # metrics of role processes killed on purpose
         self.peak_rss: dict[str, float | None] = {}
         self.kills = {"ingestor": 0, "processor": 0}
         self.cpu = CpuMeter()
@@ -245,7 +245,7 @@ class PipelineBench:
     async def kill(self, role: str) -> None:
         """SIGKILL `role` at once (its last metrics are kept), then start a fresh one."""
         with contextlib.suppress(aiohttp.ClientError):
-            self.retired += await metrics.scrape(self.session, self.metrics_url(role))
+            self.retired += await promtext.scrape(self.session, self.metrics_url(role))
         self._note_rss(role)
         self.cpu.take(role)
         process = self.roles[role].process
@@ -298,8 +298,8 @@ class PipelineBench:
             finished = drivers.done() and chaos.done()
             depth = await queue_depth(self.clients.sqs, main_url)
             with contextlib.suppress(aiohttp.ClientError):
-                samples = await metrics.scrape(self.session, self.processor_url)
-                bar.draw(shipper.stats.sent, metrics.total(samples, "logpipe_events_stored_total"))
+                samples = await promtext.scrape(self.session, self.processor_url)
+                bar.draw(shipper.stats.sent, promtext.total(samples, "logpipe_events_stored_total"))
             # Every 202 means SQS holds the event, and only stored events leave the queue.
             if finished and depth == 0:
                 break
@@ -322,7 +322,7 @@ class PipelineBench:
             self._note_rss(role)
         samples = self.retired
         for role in self.roles:
-            samples = samples + await metrics.scrape(self.session, self.metrics_url(role))
+            samples = samples + await promtext.scrape(self.session, self.metrics_url(role))
         counts = await verify(self.clients, self.settings.table_name, acknowledged)
         result = summarise(
             mode="naive" if self.options.naive else "batched",

@@ -21,6 +21,7 @@ from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.models import pack_envelope, to_item, unpack_envelope, write_units
+from logpipe.dev import promtext
 from logpipe.dev.report import summarise
 from logpipe.ingest.batcher import take_batch
 from logpipe.obs import metrics
@@ -28,13 +29,13 @@ from logpipe.obs import metrics
 RECEIVE_WAIT_S = 1
 
 
-def registry_samples() -> list[metrics.Sample]:
+def registry_samples() -> list[promtext.Sample]:
     return [(s.name, s.labels, s.value) for f in REGISTRY.collect() for s in f.samples]
 
 
 def counter_deltas(
-    after: list[metrics.Sample], before: list[metrics.Sample]
-) -> list[metrics.Sample]:
+    after: list[promtext.Sample], before: list[promtext.Sample]
+) -> list[promtext.Sample]:
     earlier = {(name, tuple(sorted(labels.items()))): value for name, labels, value in before}
     return [
         (name, labels, value - earlier.get((name, tuple(sorted(labels.items()))), 0.0))

@@ -31,7 +31,8 @@ from logpipe.dev.processes import (
     role_env,
     wait_http,
 )
-from logpipe.obs.metrics import bucket_deltas, buckets, histogram_quantile, scrape, total
+from logpipe.dev.promtext import buckets, scrape, total
+from logpipe.obs.metrics import bucket_deltas, histogram_quantile
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from logpipe.aws.calls import stored_ids
 from logpipe.aws.clients import Clients
+from logpipe.dev import promtext
 from logpipe.obs import metrics
 
 # Public on-demand prices, us-east-1, as listed on 2026-11-25 (unchanged since 2024-11-01):
@@ -37,7 +38,7 @@ def cost_figures(events: int, billed_sqs: float, write_units: float) -> dict[str
     }
 
 
-def fired(samples: list[metrics.Sample], kills: dict[str, int]) -> dict[str, int]:
+def fired(samples: list[promtext.Sample], kills: dict[str, int]) -> dict[str, int]:
     """How often each fault fired: the roles' injection counters plus the bench's kills."""
     counts: dict[str, int] = {}
     for name, labels, value in samples:
@@ -65,7 +66,7 @@ def summarise(
     acknowledged: int,
     counts: dict[str, int],
     seconds: float,
-    samples: list[metrics.Sample],
+    samples: list[promtext.Sample],
     peak_rss_mb: dict[str, float | None] | None = None,
     latency_ms: tuple[float | None, float | None] | None = None,
     cpu_us_per_event: dict[str, float] | None = None,
@@ -76,10 +77,10 @@ def summarise(
         if name == "logpipe_aws_requests_total" and value:
             operations[labels["operation"]] = operations.get(labels["operation"], 0) + int(value)
     if latency_ms is None:
-        e2e = metrics.buckets(samples, "logpipe_e2e_latency_seconds")
+        e2e = promtext.buckets(samples, "logpipe_e2e_latency_seconds")
         latency_ms = (percentile_ms(e2e, 0.5), percentile_ms(e2e, 0.99))
-    billed_sqs = metrics.total(samples, "logpipe_sqs_billed_requests_total")
-    write_units = metrics.total(samples, "logpipe_dynamodb_write_units_total")
+    billed_sqs = promtext.total(samples, "logpipe_sqs_billed_requests_total")
+    write_units = promtext.total(samples, "logpipe_dynamodb_write_units_total")
     costs = cost_figures(max(counts["stored"], 1), billed_sqs, write_units)
     return {
         "events": events,
