@@ -25,12 +25,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logpipe.aws.bootstrap import read_table_shards
-from logpipe.aws.clients import open_clients
+from logpipe.aws.clients import Clients, open_clients
 from logpipe.aws.errors import AWS_ERRORS, error_code
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.models import Event, from_item, iso_ms
-from logpipe.core.query import QueryError, parse_query
+from logpipe.core.query import LogQuery, QueryError, parse_query
 from logpipe.obs import metrics
 from logpipe.read.reader import READ_DEADLINE_S, Reader
 from logpipe.web import (
@@ -328,50 +328,66 @@ async def query_command(
     except QueryError as exc:
         print(f"logpipe: {exc}", file=err)
         return 2
-    wanted = query.limit
-    events: list[Event] = []
-    more = False
     progress = _Progress(err)
     async with AsyncExitStack() as stack:
         clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
         try:
-            shards = await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
-            reader = Reader(
-                clients.dynamodb,
-                settings.table_name,
-                shards,
-                READ_CONCURRENCY,
-                cursor_secret=secret,
-                query_budget=settings.query_budget,
-            )
-            while True:
-                page = await reader.read(query)
-                events.extend(from_item(item) for item in page.items)
-                if page.cursor is None or len(events) >= wanted or page.complete:
-                    more = page.cursor is not None
-                    break
-                next_params = {**params, "cursor": page.cursor, "limit": str(wanted - len(events))}
-                query = parse_query(next_params, now_ms(), secret)
-                progress.show(len(events), iso_ms(query.until_ms))
+            reader = await _table_reader(clients, settings, secret)
+            events, more = await _follow_cursors(reader, query, params, secret, progress)
         except AWS_ERRORS as exc:
             progress.clear()
             print(f"logpipe: the log table could not be read ({error_code(exc)})", file=err)
             return 1
     progress.clear()
+    _print_found(events, more, query.service, as_json, out, err)
+    return 0
+
+
+async def _table_reader(clients: Clients, settings: Settings, secret: bytes) -> Reader:
+    shards = await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
+    return Reader(
+        clients.dynamodb,
+        settings.table_name,
+        shards,
+        READ_CONCURRENCY,
+        cursor_secret=secret,
+        query_budget=settings.query_budget,
+    )
+
+
+async def _follow_cursors(
+    reader: Reader, query: LogQuery, params: Mapping[str, str], secret: bytes, progress: _Progress
+) -> tuple[list[Event], bool]:
+    """Read page after page until --limit events are found or the whole range is searched;
+    the events, and whether older ones match too."""
+    wanted = query.limit
+    events: list[Event] = []
+    while True:
+        page = await reader.read(query)
+        events.extend(from_item(item) for item in page.items)
+        if page.cursor is None or len(events) >= wanted or page.complete:
+            return events, page.cursor is not None
+        next_params = {**params, "cursor": page.cursor, "limit": str(wanted - len(events))}
+        query = parse_query(next_params, now_ms(), secret)
+        progress.show(len(events), iso_ms(query.until_ms))
+
+
+def _print_found(
+    events: list[Event], more: bool, service: str, as_json: bool, out: TextIO, err: TextIO
+) -> None:
     if as_json:
         for event in events:
             out.write(orjson.dumps(event).decode() + "\n")
     elif events:
         print(format_table(events), file=out)
     if not events:
-        print(f"logpipe: no events of {query.service} in this time range", file=err)
+        print(f"logpipe: no events of {service} in this time range", file=err)
     elif more:
         print(
             f"logpipe: {len(events)} newest shown; older ones match too: "
             f"raise --limit or pass --until {escape_controls(str(events[-1]['timestamp']))}",
             file=err,
         )
-    return 0
 
 
 def query_params(args: Any) -> dict[str, str]:
