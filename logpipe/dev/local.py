@@ -309,26 +309,7 @@ class LocalStack:
             urls = await bootstrap(clients, self.settings)
             session = await stack.enter_async_context(aiohttp.ClientSession())
             env = role_env(self.settings, LOGPIPE_QUEUE_POLL_S=1)
-            ingestor = await RoleProcess.start(
-                "ingestor",
-                {
-                    **env,
-                    "LOGPIPE_PORT": str(self.ingestor_port),
-                    "LOGPIPE_METRICS_PORT": str(self.ingestor_metrics_port),
-                },
-                log_file=self._log_file,
-            )
-            processor = await RoleProcess.start(
-                "processor",
-                {**env, "LOGPIPE_METRICS_PORT": str(self.processor_metrics_port)},
-                log_file=self._log_file,
-            )
-            console = await RoleProcess.start(
-                "console",
-                {**env, "LOGPIPE_PORT": str(self.console_port), "LOGPIPE_METRICS_PORT": "0"},
-                log_file=self._log_file,
-            )
-            roles = [ingestor, processor, console]
+            roles = await self._start_roles(env)
             state = StackState.of(self.settings, os.getpid(), self.console_port)
             try:
                 await wait_http(session, f"{self.ingestor_url}/healthz")
@@ -346,6 +327,29 @@ class LocalStack:
                 state.remove(Path.cwd())
                 for role in roles:
                     await role.stop()
+
+    async def _start_roles(self, env: dict[str, str]) -> list[RoleProcess]:
+        """The ingestor, the processor and the console, as child processes."""
+        ingestor = await RoleProcess.start(
+            "ingestor",
+            {
+                **env,
+                "LOGPIPE_PORT": str(self.ingestor_port),
+                "LOGPIPE_METRICS_PORT": str(self.ingestor_metrics_port),
+            },
+            log_file=self._log_file,
+        )
+        processor = await RoleProcess.start(
+            "processor",
+            {**env, "LOGPIPE_METRICS_PORT": str(self.processor_metrics_port)},
+            log_file=self._log_file,
+        )
+        console = await RoleProcess.start(
+            "console",
+            {**env, "LOGPIPE_PORT": str(self.console_port), "LOGPIPE_METRICS_PORT": "0"},
+            log_file=self._log_file,
+        )
+        return [ingestor, processor, console]
 
     async def _start_emitters(
         self, env: dict[str, str], events: int | None, rate: float | None

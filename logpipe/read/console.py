@@ -194,27 +194,10 @@ def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> 
         async with AsyncExitStack() as stack:
             clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
             app.state.dynamodb = clients.dynamodb
-            # The shard count belongs to the table (see aws.table_shards).
-            try:
-                shards = await read_table_shards(
-                    clients.dynamodb, settings.table_name, settings.shards
-                )
-            except AWS_ERRORS as exc:
-                log.warning(
-                    "shard count unreadable (%s): using %d", error_code(exc), settings.shards
-                )
-                shards = settings.shards
+            shards = await _shards_or_configured(clients, settings)
             app.state.console = Console(
                 settings,
-                Reader(
-                    clients.dynamodb,
-                    settings.table_name,
-                    shards,
-                    READ_CONCURRENCY,
-                    cursor_secret=secret,
-                    query_budget=settings.query_budget,
-                    deadline_s=read_deadline_s,
-                ),
+                _reader(clients, settings, shards, secret, read_deadline_s),
                 ServiceRegistry(clients.dynamodb, settings.table_name, settings.retention_days),
                 secret,
             )
@@ -234,6 +217,34 @@ def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> 
         exception_handlers={HTTPException: http_error},
         middleware=[Middleware(ReadGuard, read_keys=settings.read_keys)],
         lifespan=lifespan,
+    )
+
+
+async def _shards_or_configured(clients: Clients, settings: Settings) -> int:
+    """The table's shard count (it belongs to the table: see aws.table_shards); LOGPIPE_SHARDS
+    when it cannot be read."""
+    try:
+        return await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
+    except AWS_ERRORS as exc:
+        log.warning("shard count unreadable (%s): using %d", error_code(exc), settings.shards)
+        return settings.shards
+
+
+def _reader(
+    clients: Clients,
+    settings: Settings,
+    shards: int,
+    secret: bytes,
+    deadline_s: float = READ_DEADLINE_S,
+) -> Reader:
+    return Reader(
+        clients.dynamodb,
+        settings.table_name,
+        shards,
+        READ_CONCURRENCY,
+        cursor_secret=secret,
+        query_budget=settings.query_budget,
+        deadline_s=deadline_s,
     )
 
 
@@ -332,7 +343,8 @@ async def query_command(
     async with AsyncExitStack() as stack:
         clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
         try:
-            reader = await _table_reader(clients, settings, secret)
+            shards = await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
+            reader = _reader(clients, settings, shards, secret)
             events, more = await _follow_cursors(reader, query, params, secret, progress)
         except AWS_ERRORS as exc:
             progress.clear()
@@ -341,18 +353,6 @@ async def query_command(
     progress.clear()
     _print_found(events, more, query.service, as_json, out, err)
     return 0
-
-
-async def _table_reader(clients: Clients, settings: Settings, secret: bytes) -> Reader:
-    shards = await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
-    return Reader(
-        clients.dynamodb,
-        settings.table_name,
-        shards,
-        READ_CONCURRENCY,
-        cursor_secret=secret,
-        query_budget=settings.query_budget,
-    )
 
 
 async def _follow_cursors(
