@@ -99,10 +99,7 @@ async def retry_entries(
             error = exc
             outcomes = [classify(exc)] * len(pending)
         attempt += 1
-        retry: list[tuple[T, EntryFailure]] = []
-        for entry, outcome in zip(pending, outcomes, strict=True):
-            if outcome is not None:
-                (retry if outcome.retriable else refused).append((entry, outcome))
+        retry = _sort(pending, outcomes, refused)
         if not retry:
             _report(what, refused, len(entries), attempt)
             return Outcome(refused, attempt, error)
@@ -138,6 +135,19 @@ async def retry_call(
     if outcome.error is None:  # `once` fails only by raising; kept for the type checker
         raise RuntimeError(f"{what} gave no result")
     raise outcome.error
+
+
+def _sort(
+    pending: list[T],
+    outcomes: Sequence[EntryFailure | None],
+    refused: list[tuple[T, EntryFailure]],
+) -> list[tuple[T, EntryFailure]]:
+    """The entries to try again; the ones refused for good join `refused`."""
+    retry: list[tuple[T, EntryFailure]] = []
+    for entry, outcome in zip(pending, outcomes, strict=True):
+        if outcome is not None:
+            (retry if outcome.retriable else refused).append((entry, outcome))
+    return retry
 
 
 def _report(what: str, failed: list[tuple[T, EntryFailure]], total: int, attempts: int) -> None:

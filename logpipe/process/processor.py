@@ -646,14 +646,7 @@ async def serve(
                 clients = await open_clients(stack, settings, pool=pool, hook=client_hook)
                 url = await queue_url(clients.sqs, settings.queue_name)
                 dlq_url = await queue_url(clients.sqs, settings.dlq_name)
-                queues = {"main": url, "dlq": dlq_url}
-                await stack.enter_async_context(
-                    QueueMonitor(clients.sqs, queues, settings.queue_poll_s)
-                )
-                if settings.emf:
-                    await stack.enter_async_context(
-                        EmfReporter("processor", settings.emf_interval_s)
-                    )
+                await _watch(stack, clients, settings, {"main": url, "dlq": dlq_url})
                 settings = await _with_table_and_queue(clients, settings, url)
                 processor = processor_cls(settings, clients, url, dlq_url)
                 heap.settle()
@@ -668,6 +661,15 @@ async def serve(
                 )
         finally:
             stop_metrics()
+
+
+async def _watch(
+    stack: AsyncExitStack, clients: Clients, settings: Settings, queues: dict[str, str]
+) -> None:
+    """Queue depth gauges, and EMF lines when asked for, for as long as `stack` is open."""
+    await stack.enter_async_context(QueueMonitor(clients.sqs, queues, settings.queue_poll_s))
+    if settings.emf:
+        await stack.enter_async_context(EmfReporter("processor", settings.emf_interval_s))
 
 
 async def _with_table_and_queue(clients: Clients, settings: Settings, url: str) -> Settings:

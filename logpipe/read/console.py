@@ -29,7 +29,7 @@ from logpipe.aws.clients import open_clients
 from logpipe.aws.errors import AWS_ERRORS, error_code
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.models import Event, from_item, iso_ms
+from logpipe.core.models import StoredEvent, from_item, iso_ms
 from logpipe.core.query import QueryError, parse_query
 from logpipe.obs import metrics
 from logpipe.read.reader import READ_DEADLINE_S, Reader
@@ -268,7 +268,7 @@ def escape_controls(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-def format_table(events: list[Event]) -> str:
+def format_table(events: list[StoredEvent]) -> str:
     """Events as aligned lines a person reads: time, level, message, attributes.
 
     Every field is stored as a client sent it, so every field is escaped: a log line
@@ -329,7 +329,7 @@ async def query_command(
         print(f"logpipe: {exc}", file=err)
         return 2
     wanted = query.limit
-    events: list[Event] = []
+    events: list[StoredEvent] = []
     more = False
     progress = _Progress(err)
     async with AsyncExitStack() as stack:
