@@ -459,7 +459,7 @@ class Processor:
                 first = await retry_call(
                     partial(self._first_timestamp, key, proposed),
                     round_.policy,
-                    self._classify_write,
+                    classify,
                     what="PutItem (first timestamp)",
                     waited=self._note_wait,
                 )
