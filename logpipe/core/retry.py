@@ -161,5 +161,5 @@ def _report(what: str, failed: list[tuple[T, EntryFailure]], total: int, attempt
         total,
         attempts,
         reason,
-        extra={"entries": len(failed), "reason": reason},
+        extra={"call": what, "entries": len(failed), "attempts": attempts, "reason": reason},
     )
