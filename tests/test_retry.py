@@ -105,6 +105,16 @@ async def test_only_the_entries_that_failed_retriably_are_sent_again() -> None:
     assert outcome.error is None
 
 
+async def test_nothing_to_send_makes_no_call() -> None:
+    service = _Service()
+
+    outcome = await retry_entries(service, [], QUICK, _classify, what="T")
+
+    assert service.calls == []
+    assert outcome.failed == []
+    assert outcome.attempts == 0
+
+
 async def test_a_call_that_raises_fails_every_entry_by_its_classification() -> None:
     service = _Service({"*": QueueUnavailable("busy")}, {"*": KeyError("bug")})
 

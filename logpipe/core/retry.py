@@ -83,7 +83,6 @@ async def retry_entries(
     *,
     what: str,
     waited: Waited[T] | None = None,
-    clock: Callable[[], float] = time.monotonic,
 ) -> Outcome[T]:
     """Send `entries` with `call`, then only the entries that failed retriably, until none is
     left or the policy gives up. A call that raises fails all its entries alike (`classify`).
@@ -91,6 +90,8 @@ async def retry_entries(
     pending = list(entries)
     refused: list[tuple[T, EntryFailure]] = []
     attempt = 0
+    if not pending:
+        return Outcome(refused, attempt)
     while True:
         error: Exception | None = None
         try:
@@ -100,11 +101,8 @@ async def retry_entries(
             outcomes = [classify(exc)] * len(pending)
         attempt += 1
         retry = _sort(pending, outcomes, refused)
-        if not retry:
-            _report(what, refused, len(entries), attempt)
-            return Outcome(refused, attempt, error)
-        delay = policy.delay(attempt - 1)
-        if policy.give_up(attempt, clock() + delay):
+        delay = policy.delay(attempt - 1) if retry else 0.0
+        if not retry or policy.give_up(attempt, time.monotonic() + delay):
             _report(what, refused + retry, len(entries), attempt)
             return Outcome(refused + retry, attempt, error)
         pending = [entry for entry, _ in retry]
