@@ -137,8 +137,8 @@ def test_decoding_any_body_gives_storable_events_reasons_or_an_envelope_error(
         good, bad = split_message(message)
     except EnvelopeError:
         return
-    for event in good:
-        assert item_size(to_item(event, shards=8, retention_days=30)) < 400 * 1024
+    for storable in good:
+        assert item_size(to_item(storable, shards=8, retention_days=30)) < 400 * 1024
     for event, reason in bad:
         assert reason
         assert orjson.loads(dead_letter_body(event, reason))["reason"] == reason

@@ -29,7 +29,7 @@ from logpipe.aws.clients import Clients, open_clients
 from logpipe.aws.errors import AWS_ERRORS, error_code
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.models import Event, from_item, iso_ms
+from logpipe.core.models import StoredEvent, from_item, iso_ms
 from logpipe.core.query import LogQuery, QueryError, parse_query
 from logpipe.obs import metrics
 from logpipe.read.reader import READ_DEADLINE_S, Reader
@@ -279,7 +279,7 @@ def escape_controls(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-def format_table(events: list[Event]) -> str:
+def format_table(events: list[StoredEvent]) -> str:
     """Events as aligned lines a person reads: time, level, message, attributes.
 
     Every field is stored as a client sent it, so every field is escaped: a log line
@@ -357,11 +357,11 @@ async def query_command(
 
 async def _follow_cursors(
     reader: Reader, query: LogQuery, params: Mapping[str, str], secret: bytes, progress: _Progress
-) -> tuple[list[Event], bool]:
+) -> tuple[list[StoredEvent], bool]:
     """Read page after page until --limit events are found or the whole range is searched;
     the events, and whether older ones match too."""
     wanted = query.limit
-    events: list[Event] = []
+    events: list[StoredEvent] = []
     while True:
         page = await reader.read(query)
         events.extend(from_item(item) for item in page.items)
@@ -373,7 +373,7 @@ async def _follow_cursors(
 
 
 def _print_found(
-    events: list[Event], more: bool, service: str, as_json: bool, out: TextIO, err: TextIO
+    events: list[StoredEvent], more: bool, service: str, as_json: bool, out: TextIO, err: TextIO
 ) -> None:
     if as_json:
         for event in events:
