@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 from botocore.auth import SigV4Auth
-from botocore.context import start_as_current_context
 from botocore.awsrequest import AWSRequest
+from botocore.context import start_as_current_context
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
