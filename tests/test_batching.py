@@ -13,7 +13,7 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from logpipe.core.models import ENVELOPE_OVERHEAD, envelope_size, unpack_envelope
+from logpipe.core.models import ENVELOPE_OVERHEAD, Event, envelope_size, unpack_envelope
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
 from logpipe.ingest.batcher import Batcher, SendBatch, _Request, take_batch
 from tests.conftest import queue_counts
@@ -74,7 +74,7 @@ def _batcher(send: SendBatch, **overrides: float) -> Batcher:
     return Batcher(send, **options)  # type: ignore[arg-type]
 
 
-async def _drain(clients: Clients, url: str) -> list[list[dict[str, object]]]:
+async def _drain(clients: Clients, url: str) -> list[list[Event]]:
     """Every envelope in the queue, each as its list of events."""
     envelopes = []
     while True:

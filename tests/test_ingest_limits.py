@@ -20,9 +20,9 @@ from logpipe.core.limits import (
     json_values_bound,
     parsed_json_bytes,
 )
+from logpipe.dev import promtext
 from logpipe.errors import BodyError
 from logpipe.ingest import app
-from logpipe.obs import metrics
 from logpipe.web import MAX_GZIP_MEMBERS, decode_content
 from tests import attacks
 from tests.conftest import make_event
@@ -165,9 +165,9 @@ async def test_budget_is_given_back_after_accepted_refused_and_broken_requests(
             statuses.append(response.status)
     assert statuses == [202, 413, 400]
     admin = f"http://127.0.0.1:{settings.metrics_port}/metrics"
-    samples = await metrics.scrape(http, admin)
-    assert metrics.total(samples, "logpipe_ingest_memory_held_bytes") == 0
-    assert metrics.total(samples, "logpipe_requests_rejected_total", reason="too_many_events") >= 1
+    samples = await promtext.scrape(http, admin)
+    assert promtext.total(samples, "logpipe_ingest_memory_held_bytes") == 0
+    assert promtext.total(samples, "logpipe_requests_rejected_total", reason="too_many_events") >= 1
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -14,6 +14,7 @@ from logpipe.core.models import (
     MAX_EVENT_BYTES,
     MAX_MESSAGE_BYTES,
     EnvelopeError,
+    Event,
     encode_event,
     envelope_size,
     event_problem,
@@ -46,7 +47,7 @@ def raw_event(**changes: object) -> dict[str, object]:
     return raw
 
 
-def stored_event(**changes: Any) -> dict[str, Any]:
+def stored_event(**changes: Any) -> Event:
     """An event as `normalise` returns it, with a fixed id and timestamp."""
     event: dict[str, Any] = {
         "id": "ev-1",
@@ -57,7 +58,7 @@ def stored_event(**changes: Any) -> dict[str, Any]:
         "ingested_at": NOW_MS + 1000,
     }
     event.update(changes)
-    return event
+    return cast(Event, event)
 
 
 def id_ms(event_id: str) -> int:
@@ -203,7 +204,7 @@ def test_missing_timestamp_defaults_to_ingest_time() -> None:
     ids=["trace-id-upper-32", "trace-id-short", "span-id-upper-16", "span-id-one-digit"],
 )
 def test_trace_and_span_ids_are_lower_cased(field: str, value: str, expected: str) -> None:
-    assert normalise(raw_event(**{field: value}), NOW_MS)[field] == expected
+    assert dict(normalise(raw_event(**{field: value}), NOW_MS))[field] == expected
 
 
 @pytest.mark.parametrize(
@@ -412,7 +413,7 @@ def test_new_ids_made_in_the_same_millisecond_differ() -> None:
 # --- encode_event ----------------------------------------------------------------------------
 
 
-def padded_event(encoded_size: int) -> dict[str, Any]:
+def padded_event(encoded_size: int) -> Event:
     """A normalised event whose compact JSON is exactly `encoded_size` bytes."""
     event = stored_event(attributes={"pad": ""})
     event["attributes"]["pad"] = "x" * (encoded_size - len(orjson.dumps(event)))
@@ -636,7 +637,7 @@ def test_from_item_round_trips_the_values_of_to_item() -> None:
 # --- SQS envelope ----------------------------------------------------------------------------
 
 
-def envelope_events() -> list[dict[str, Any]]:
+def envelope_events() -> list[Event]:
     return [
         normalise(raw_event(id="a", message="plain"), NOW_MS),
         normalise(raw_event(id="b", message="naïve ☃ 😀", trace_id="ABC"), NOW_MS),
@@ -924,3 +925,51 @@ def test_encoded_events_never_carry_raw_noncharacters(message: str) -> None:
     data = encode_event(normalise({"service": "s", "message": message}, NOW_MS))
     assert b"\xef\xbf\xbe" not in data and b"\xef\xbf\xbf" not in data
     assert orjson.loads(data)["message"] == message
+
+
+def _reference_size(name: str, typed: dict[str, Any]) -> int:
+    """DynamoDB's sizing rules, written out part by part (the fast path must agree)."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    kind, value = next(iter(typed.items()))
+    if kind == "S":
+        return size + len(value.encode("utf-8", "surrogatepass"))
+    if kind == "N":
+        digits = Decimal(value).normalize().as_tuple().digits
+        return size + (len(digits) + 1) // 2 + 1 if Decimal(value) != 0 else size + 1
+    if kind == "M":
+        return size + 3 + sum(_reference_size(k, v) + 1 for k, v in value.items())
+    return size + 1
+
+
+SIZED_ITEMS = {
+    "ascii": {"pk": {"S": "svc#2026-01-01T00#1"}, "message": {"S": "hello world"}},
+    "empty strings": {"message": {"S": ""}, "id": {"S": "x"}},
+    "integers": {"a": {"N": "0"}, "b": {"N": "1000"}, "c": {"N": "-7"}, "d": {"N": "123456789"}},
+    "decimals": {"a": {"N": "-12.50"}, "b": {"N": "0.001"}, "c": {"N": "1E-130"}},
+    "map": {"attributes": {"M": {"k": {"S": "v"}, "n": {"N": "42"}, "b": {"BOOL": False}}}},
+    "nested map": {"attributes": {"M": {"outer": {"M": {"inner": {"S": "deep"}}}}}},
+    "empty map": {"attributes": {"M": {}}},
+    "unicode value": {"message": {"S": "gr\u00fc\u00dfe \u6771\u4eac \U0001f680"}},
+    "unicode key": {"attributes": {"M": {"\u00e9t\u00e9": {"S": "summer"}}}},
+    "bench event": to_item(
+        stored_event(attributes={"http.status_code": 200, "duration_ms": 0, "region": "eu-west-1"}),
+        shards=8,
+        retention_days=30,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SIZED_ITEMS))
+def test_item_size_agrees_with_the_rules_part_by_part(name: str) -> None:
+    item = SIZED_ITEMS[name]
+
+    assert item_size(item) == sum(_reference_size(k, v) for k, v in item.items())
+
+
+def test_to_item_with_the_planned_key_is_the_item_without_it() -> None:
+    event = stored_event(trace_id="ab", attributes={"a": "x", "n": 2**70, "f": 0.25, "b": True})
+
+    planned = to_item(event, shards=8, retention_days=30, key=item_key(event, 8))
+
+    assert planned == to_item(event, shards=8, retention_days=30)
+    assert planned["attributes"]["M"]["n"] == {"N": str(2**70)}

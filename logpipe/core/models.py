@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final, Literal, Required, TypedDict
 
 import orjson
 
@@ -48,9 +48,29 @@ _DIGIT_RUNS = bytes(0 if chr(i) in "0123456789." else 1 for i in range(256))
 _SIXTEEN_DIGITS = bytes(16)
 # Set on an event whose client sent an id but no timestamp: the processor then keeps the
 # first timestamp assigned to that id, so a retry lands on the same key.
-ASSIGNED_TIMESTAMP = "assigned_timestamp"
+ASSIGNED_TIMESTAMP: Final = "assigned_timestamp"
 
-Event = dict[str, Any]
+AttributeValue = str | int | float | bool | Decimal
+
+
+class Event(TypedDict, total=False):
+    """A normalised event as the envelope carries it (DESIGN.md's event; timestamps in epoch
+    ms). Only a type: at run time it is the plain dict `normalise` builds."""
+
+    id: Required[str]
+    service: Required[str]
+    level: Required[str]
+    message: Required[str]
+    timestamp: Required[int]
+    ingested_at: int
+    trace_id: str
+    span_id: str
+    attributes: dict[str, AttributeValue]
+    assigned_timestamp: bool
+
+
+# A stored event as the read API answers it (from_item): the item's fields, plain values.
+StoredEvent = dict[str, Any]
 Item = dict[str, Any]
 
 
@@ -131,6 +151,7 @@ def normalise(raw: object, now_ms: int, default_service: str | None = None) -> E
     }
     if raw.get("timestamp") is None and raw.get("id") is not None:
         event[ASSIGNED_TIMESTAMP] = True
+    name: Literal["trace_id", "span_id"]
     for name, max_chars in (("trace_id", 32), ("span_id", 16)):
         value = raw.get(name)
         if value is not None:
@@ -419,9 +440,13 @@ def iso_ms(ms: int) -> str:
     return timefmt.iso_ms(ms)
 
 
-def to_item(event: Mapping[str, Any], shards: int, retention_days: int) -> Item:
-    """The DynamoDB item (low-level attribute values) that stores one event."""
-    pk, sk = item_key(event, shards)
+def to_item(
+    event: Event, shards: int, retention_days: int, key: tuple[str, str] | None = None
+) -> Item:
+    """The DynamoDB item (low-level attribute values) that stores one event; `key`, when
+    given, is `item_key(event, shards)` computed already."""
+    pk, sk = item_key(event, shards) if key is None else key
+    timestamp = event["timestamp"]
     item: Item = {
         "pk": {"S": pk},
         "sk": {"S": sk},
@@ -429,30 +454,56 @@ def to_item(event: Mapping[str, Any], shards: int, retention_days: int) -> Item:
         "service": {"S": event["service"]},
         "level": {"S": event["level"]},
         "message": {"S": event["message"]},
-        "timestamp": {"S": iso_ms(event["timestamp"])},
-        "expires_at": {"N": str(event["timestamp"] // 1000 + retention_days * 86400)},
+        "timestamp": {"S": timefmt.iso_ms(timestamp)},
+        "expires_at": {"N": str(timestamp // 1000 + retention_days * 86400)},
     }
     ingested_at = event.get("ingested_at")
     if isinstance(ingested_at, int):
-        item["ingested_at"] = {"S": iso_ms(ingested_at)}
-    for name in ("trace_id", "span_id"):
-        if name in event:
-            item[name] = {"S": event[name]}
+        item["ingested_at"] = {"S": timefmt.iso_ms(ingested_at)}
+    if "trace_id" in event:
+        item["trace_id"] = {"S": event["trace_id"]}
+    if "span_id" in event:
+        item["span_id"] = {"S": event["span_id"]}
     attributes = event.get("attributes")
     if attributes:
-        item["attributes"] = {"M": {k: _attribute_value(v) for k, v in attributes.items()}}
+        # Strings first, without a call: nearly every attribute value is one.
+        item["attributes"] = {
+            "M": {
+                k: {"S": v} if type(v) is str else _attribute_value(v)
+                for k, v in attributes.items()
+            }
+        }
     return item
 
 
 def item_size(item: Mapping[str, Any]) -> int:
     """Bytes DynamoDB counts for an item: attribute names plus values (its sizing rules)."""
+    # Nearly every item is ASCII: its names and strings are counted in one joined string,
+    # one byte a character; anything else is counted part by part.
+    texts: list[str] = []
+    size = _ascii_sizes(item, texts)
+    joined = "".join(texts)
+    if joined.isascii():
+        return size + len(joined)
     size = 0
     for name, typed in item.items():
+        size += _utf8_len(name, "strict") + _value_size(typed)
+    return size
+
+
+def _ascii_sizes(values: Mapping[str, Any], texts: list[str]) -> int:
+    """The size of `values` but for its names and strings, which go to `texts`."""
+    size = 0
+    for name, typed in values.items():
+        texts.append(name)
         text = typed.get("S")
-        if text is not None and text.isascii() and name.isascii():
-            size += len(name) + len(text)
+        if text is not None:
+            texts.append(text)
+        elif "M" in typed:
+            entries = typed["M"]
+            size += 3 + len(entries) + _ascii_sizes(entries, texts)
         else:
-            size += _utf8_len(name, "strict") + _value_size(typed)
+            size += _value_size(typed)
     return size
 
 
@@ -466,7 +517,10 @@ def _value_size(typed: Mapping[str, Any]) -> int:
     if text is not None:
         return _utf8_len(text)
     if "N" in typed:
-        digits = typed["N"].lstrip("-").replace(".", "").split("e")[0].split("E")[0].strip("0")
+        number = typed["N"]
+        if number.isdigit():  # no sign, point or exponent: only zeros to strip
+            return (len(number.strip("0")) + 1) // 2 + 1
+        digits = number.lstrip("-").replace(".", "").split("e")[0].split("E")[0].strip("0")
         return (len(digits) + 1) // 2 + 1
     if "M" in typed:
         return 3 + sum(_utf8_len(k, "strict") + _value_size(v) + 1 for k, v in typed["M"].items())
@@ -491,9 +545,9 @@ def _attribute_value(value: str | int | float | bool | Decimal) -> dict[str, Any
     return {"S": value}
 
 
-def from_item(item: Mapping[str, Any]) -> Event:
+def from_item(item: Mapping[str, Any]) -> StoredEvent:
     """A stored item as plain JSON-ready values (the read API's event shape)."""
-    event: Event = {}
+    event: StoredEvent = {}
     for name, typed in item.items():
         if name in ("pk", "sk"):
             continue
