@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from functools import partial
+from typing import Any
 
 import orjson
 import pytest
@@ -16,7 +17,9 @@ from logpipe.config import Settings
 from logpipe.core.models import ENVELOPE_OVERHEAD, envelope_size, unpack_envelope
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
 from logpipe.ingest.batcher import Batcher, SendBatch, _Request, take_batch
-from tests.conftest import queue_counts
+from tests.support.aws import queue_counts
+
+pytestmark = pytest.mark.aws
 
 
 def _buffer(sizes: list[int]) -> deque[tuple[bytes, _Request]]:
@@ -74,9 +77,9 @@ def _batcher(send: SendBatch, **overrides: float) -> Batcher:
     return Batcher(send, **options)  # type: ignore[arg-type]
 
 
-async def _drain(clients: Clients, url: str) -> list[list[dict[str, object]]]:
+async def _drain(clients: Clients, url: str) -> list[list[dict[str, Any]]]:
     """Every envelope in the queue, each as its list of events."""
-    envelopes = []
+    envelopes: list[list[dict[str, Any]]] = []
     while True:
         got = await clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
         if not got.get("Messages"):

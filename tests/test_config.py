@@ -12,6 +12,8 @@ import pytest
 from logpipe.config import Settings
 from logpipe.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -30,6 +30,8 @@ from logpipe.core.models import (
 )
 from logpipe.errors import EventError
 
+pytestmark = pytest.mark.unit
+
 NOW_MS = 1_714_564_800_000  # 2024-05-01T12:00:00.000Z
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 MISSING = object()

@@ -24,10 +24,14 @@ NODE_DIR = Path(__file__).parent / "node"
 STAMP = NODE_DIR / "node_modules" / ".installed"
 COUNT = 500
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("npm") is None or shutil.which("node") is None,
-    reason="npm and node are not installed here",
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.xdist_group("node"),
+    pytest.mark.skipif(
+        shutil.which("npm") is None or shutil.which("node") is None,
+        reason="npm and node are not installed here",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,11 @@ from logpipe.core.models import (
 from logpipe.errors import ConfigError
 from logpipe.obs import metrics
 from logpipe.process.processor import Processor, split_message
-from tests.conftest import Roles, make_event, queue_counts, scan_items, wait_until
+from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.roles import Roles
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
 
 GZIP = {"content-encoding": {"StringValue": "gzip", "DataType": "String"}}
 
@@ -139,7 +143,7 @@ def test_decoding_any_body_gives_storable_events_reasons_or_an_envelope_error(
         return
     for event in good:
         assert item_size(to_item(event, shards=8, retention_days=30)) < 400 * 1024
-    for event, reason in bad:
+    for _, reason in bad:
         assert reason
         assert orjson.loads(dead_letter_body(event, reason))["reason"] == reason
 
