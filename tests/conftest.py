@@ -14,13 +14,12 @@ from logpipe.config import Settings
 from logpipe.dev.processes import EmbeddedAws
 from logpipe.ingest.app import create_admin_app, create_app
 from tests.support.aws import bootstrapped, fresh_settings, use_local_aws
+from tests.support.kinds import KINDS, kind_problems, slowest_first
 from tests.support.roles import Roles
 from tests.support.servers import serving
 
 use_local_aws()
 
-# What a test needs, one marker each (pyproject.toml describes them): `-m unit` runs no server.
-KINDS = ("unit", "aws", "e2e", "deploy")
 # Under xdist these start first, longest first, so that no worker is left alone with a long
 # test at the end; the rest follow in file order.
 SLOW_FIRST = (
@@ -35,28 +34,15 @@ SLOW_FIRST = (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Refuse a test without exactly one kind marker; order the slow ones first under xdist."""
-    problems = []
-    for item in items:
-        kinds = [mark.name for mark in item.iter_markers() if mark.name in KINDS]
-        if len(kinds) != 1:
-            problems.append(f"{item.nodeid}: {kinds or 'none'}")
-        elif kinds == ["unit"] and "aws_endpoint" in getattr(item, "fixturenames", ()):
-            problems.append(f"{item.nodeid}: unit, but it uses the AWS endpoint")
+    """Refuse a test without exactly one kind marker; under xdist, start the slowest first."""
+    problems = kind_problems(items)
     if problems:
         raise pytest.UsageError(
             f"every test needs exactly one of the markers {', '.join(KINDS)}:\n  "
             + "\n  ".join(problems)
         )
     if hasattr(config, "workerinput"):
-        items.sort(key=_slow_rank)
-
-
-def _slow_rank(item: pytest.Item) -> int:
-    for rank, prefix in enumerate(SLOW_FIRST):
-        if item.nodeid.startswith(prefix):
-            return rank
-    return len(SLOW_FIRST)
+        slowest_first(items, SLOW_FIRST)
 
 
 @pytest.fixture(scope="session")
