@@ -23,13 +23,14 @@ use_local_aws()
 # Under xdist these start first, longest first, so that no worker is left alone with a long
 # test at the end; the rest follow in file order.
 SLOW_FIRST = (
-    "tests/test_deploy.py::test_deploy_rehearsal",
-    "tests/test_install.py",
-    "tests/test_node_recipes.py",
-    "tests/test_console_browser.py",
+    "tests/test_deploy.py::test_deploy_rehearsal",  # about 3 minutes
     "tests/test_bench.py",
     "tests/test_chaos.py",
     "tests/test_local.py",
+    "tests/test_pipeline.py",
+    "tests/test_ingest_attacks.py",
+    "tests/test_robustness.py",
+    "tests/test_console_browser.py",
 )
 
 
