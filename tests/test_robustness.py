@@ -143,7 +143,7 @@ def test_decoding_any_body_gives_storable_events_reasons_or_an_envelope_error(
         return
     for event in good:
         assert item_size(to_item(event, shards=8, retention_days=30)) < 400 * 1024
-    for _, reason in bad:
+    for event, reason in bad:
         assert reason
         assert orjson.loads(dead_letter_body(event, reason))["reason"] == reason
 
