@@ -11,9 +11,9 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 
@@ -24,7 +24,8 @@ from logpipe.lifecycle import run_async
 
 ROLES = ("ingestor", "processor", "emitter", "console")
 LOCAL_STACK = "local"
-# Flags that set a Settings field: validated exactly as the variable they stand for.
+# Flags that set a Settings field: validated exactly as the variable they stand for. They take
+# the text as typed (no argparse `type` or `choices`), so a bad value gets the variable's message.
 FLAG_VARIABLES = {
     "port": ("--port", "LOGPIPE_PORT"),
     "emitter_service": ("--service", "LOGPIPE_EMITTER_SERVICE"),
@@ -81,35 +82,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"logpipe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command")
+    _add_up(commands)
+    _add_ingestor(commands)
+    commands.add_parser("processor", help="drain SQS into DynamoDB")
+    _add_emitter(commands)
+    commands.add_parser("bootstrap", help="create the queue, DLQ and table (idempotent)")
+    _add_dlq(commands)
+    _add_bench(commands)
+    _add_console(commands)
+    _add_query(commands)
+    return parser
 
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_up(commands: Commands) -> None:
     up = commands.add_parser(
         "up", help="run the whole pipeline locally on an embedded AWS endpoint"
     )
     up.add_argument("--events", type=int, help="stop the emitters after N events, verify, exit")
     up.add_argument("--rate", type=float, help="events per second per emitter (0 = unthrottled)")
-    up.add_argument("--port", type=int, help="the ingestor's port on localhost (8080)")
+    up.add_argument("--port", help="the ingestor's port on localhost (8080)")
     up.add_argument("--console-port", type=int, default=8081, help="the console's port (8081)")
     up.add_argument("--aws-port", type=int, default=8082, help="the embedded AWS endpoint (8082)")
 
+
+def _add_ingestor(commands: Commands) -> None:
     ingestor = commands.add_parser("ingestor", help="serve POST /ingest")
-    ingestor.add_argument("--port", type=int, help="HTTP port (LOGPIPE_PORT)")
+    ingestor.add_argument("--port", help="HTTP port (LOGPIPE_PORT)")
 
-    commands.add_parser("processor", help="drain SQS into DynamoDB")
 
+def _add_emitter(commands: Commands) -> None:
     emitter = commands.add_parser("emitter", help="simulate service-a or service-b")
-    emitter.add_argument("--service", dest="emitter_service", choices=("service-a", "service-b"))
-    emitter.add_argument("--rate", dest="emitter_rate", type=float, help="events per second")
-    emitter.add_argument("--events", dest="emitter_events", type=int, help="stop after N events")
+    emitter.add_argument(
+        "--service",
+        dest="emitter_service",
+        metavar="{service-a,service-b}",
+        help="the service to simulate (LOGPIPE_EMITTER_SERVICE)",
+    )
+    emitter.add_argument("--rate", dest="emitter_rate", help="events per second")
+    emitter.add_argument("--events", dest="emitter_events", help="stop after N events")
     emitter.add_argument("--url", dest="ingestor_url", help="ingestor URL (LOGPIPE_INGESTOR_URL)")
 
-    commands.add_parser("bootstrap", help="create the queue, DLQ and table (idempotent)")
 
+def _add_dlq(commands: Commands) -> None:
     dlq = commands.add_parser("dlq", help="inspect or redrive dead-lettered messages")
     dlq.add_argument("action", choices=("inspect", "redrive"))
     dlq.add_argument("--sample", type=int, default=10, help="inspect: messages to show")
     dlq.add_argument("--all", action="store_true", help="redrive undecodable messages too")
     dlq.add_argument("--json", action="store_true", help="inspect: print JSON")
 
+
+def _add_bench(commands: Commands) -> None:
     bench = commands.add_parser("bench", help="load-test end to end; prints one JSON object")
     bench.add_argument("--events", type=int, help="events to drive (20000; naive 500)")
     bench.add_argument("--naive", action="store_true", help="the one-call-per-event pipeline")
@@ -130,9 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="moto's own server, which closes every connection (default: keep-alive, as AWS)",
     )
 
-    console = commands.add_parser("console", help="serve the read API and the web page")
-    console.add_argument("--port", type=int, help="HTTP port (LOGPIPE_PORT)")
 
+def _add_console(commands: Commands) -> None:
+    console = commands.add_parser("console", help="serve the read API and the web page")
+    console.add_argument("--port", help="HTTP port (LOGPIPE_PORT)")
+
+
+def _add_query(commands: Commands) -> None:
     query = commands.add_parser("query", help="read stored events, newest first")
     query.add_argument("--service", required=True, help="the service whose events to read")
     query.add_argument("--since", help="start: 15m, 6h, 2d back from now or RFC 3339 (15m)")
@@ -141,7 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--grep", help="only events whose message contains TEXT (case-sensitive)")
     query.add_argument("--limit", type=int, help="at most N events, 1-1000 (100)")
     query.add_argument("--json", action="store_true", help="one JSON object per line")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,59 +245,83 @@ def _local_stack(settings: Settings, args: argparse.Namespace) -> Settings:
 async def _dispatch(
     command: str, settings: Settings, args: argparse.Namespace, parts: dict[str, Any]
 ) -> int:
-    if command == "ingestor":
-        from logpipe.ingest import app as ingestor
+    return await HANDLERS[command](settings, args, parts)
 
-        return await ingestor.serve(settings, **parts)
-    if command == "processor":
-        from logpipe.process import processor
 
-        return await processor.serve(settings, **parts)
-    if command == "emitter":
-        from logpipe import emitter
+# Each command's handler imports its role lazily: a process loads only the role it runs.
+Handler: TypeAlias = Callable[[Settings, argparse.Namespace, dict[str, Any]], Awaitable[int]]
 
-        return await emitter.serve(settings)
-    if command == "console":
-        from logpipe.read import console
 
-        return await console.serve(settings)
-    if command == "query":
-        from logpipe.read import console
+async def _ingestor(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
+    from logpipe.ingest import app as ingestor
 
-        return await console.query_command(settings, console.query_params(args), args.json)
-    if command == "bench":
-        from logpipe.dev import bench
-        from logpipe.dev.faults import Faults
+    return await ingestor.serve(settings, **parts)
 
-        options = bench.BenchOptions(
-            events=args.events or (500 if args.naive else 20000),
-            naive=args.naive,
-            ceiling=args.ceiling,
-            concurrency=args.concurrency,
-            endpoint=args.endpoint,
-            rate=args.rate,
-            chaos=Faults.parse(args.chaos),
-            profile=args.profile,
-            keepalive=not args.closing_endpoint,
-        )
-        result = await bench.run(settings, options)
-        print(orjson.dumps(result).decode(), flush=True)
-        clean = result["lost"] == 0 and result["duplicates"] == 0
-        return 0 if clean and result.get("poison_in_dlq", 0) == options.chaos.poison else 1
-    if command == "dlq":
-        from logpipe.process import dlq
 
-        report = await dlq.run(settings, args.action, sample=args.sample, everything=args.all)
-        if args.action == "inspect" and not args.json:
-            print(dlq.render_inspection(report))
-        else:
-            print(orjson.dumps(report).decode())
-        return 0
-    if command == "bootstrap":
-        from logpipe.aws import bootstrap as aws
+async def _processor(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
+    from logpipe.process import processor
 
-        print(orjson.dumps(await aws.bootstrap_endpoint(settings)).decode())
-        return 0
+    return await processor.serve(settings, **parts)
+
+
+async def _emitter(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
+    from logpipe import emitter
+
+    return await emitter.serve(settings)
+
+
+async def _console(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
+    from logpipe.read import console
+
+    return await console.serve(settings)
+
+
+async def _query(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
+    from logpipe.read import console
+
+    return await console.query_command(settings, console.query_params(args), args.json)
+
+
+async def _bench(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
+    from logpipe.dev import bench
+    from logpipe.dev.faults import Faults
+
+    options = bench.BenchOptions(
+        events=args.events or (500 if args.naive else 20000),
+        naive=args.naive,
+        ceiling=args.ceiling,
+        concurrency=args.concurrency,
+        endpoint=args.endpoint,
+        rate=args.rate,
+        chaos=Faults.parse(args.chaos),
+        profile=args.profile,
+        keepalive=not args.closing_endpoint,
+    )
+    result = await bench.run(settings, options)
+    print(orjson.dumps(result).decode(), flush=True)
+    clean = result["lost"] == 0 and result["duplicates"] == 0
+    return 0 if clean and result.get("poison_in_dlq", 0) == options.chaos.poison else 1
+
+
+async def _dlq(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
+    from logpipe.process import dlq
+
+    report = await dlq.run(settings, args.action, sample=args.sample, everything=args.all)
+    if args.action == "inspect" and not args.json:
+        print(dlq.render_inspection(report))
+    else:
+        print(orjson.dumps(report).decode())
+    return 0
+
+
+async def _bootstrap(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
+    from logpipe.aws import bootstrap as aws
+
+    print(orjson.dumps(await aws.bootstrap_endpoint(settings)).decode())
+    return 0
+
+
+async def _up(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
     from logpipe.dev import local
 
     return await local.up(
@@ -279,3 +331,16 @@ async def _dispatch(
         console_port=args.console_port,
         aws_port=args.aws_port,
     )
+
+
+HANDLERS: dict[str, Handler] = {
+    "ingestor": _ingestor,
+    "processor": _processor,
+    "emitter": _emitter,
+    "console": _console,
+    "query": _query,
+    "bench": _bench,
+    "dlq": _dlq,
+    "bootstrap": _bootstrap,
+    "up": _up,
+}

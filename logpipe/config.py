@@ -141,13 +141,40 @@ class Settings:
         )
 
     def with_overrides(self, **changes: Any) -> Settings:
-        """A copy with command-line flags applied; None means 'flag not given'."""
+        """A copy with these fields changed (None means 'not given'), each value checked and
+        normalised exactly as its variable is by `from_env`: the same ConfigError, word for
+        word (`port=99999` fails as LOGPIPE_PORT=99999 does)."""
         known = {f.name for f in fields(self)}
-        return replace(self, **{k: v for k, v in changes.items() if k in known and v is not None})
+        given = {k: v for k, v in changes.items() if k in known and v is not None}
+        env = {variable(k): _as_env_text(v) for k, v in given.items() if k not in NO_VARIABLE}
+        checked = Settings.from_env(env)
+        return replace(
+            self, **{k: v if k in NO_VARIABLE else getattr(checked, k) for k, v in given.items()}
+        )
 
     @property
     def python_log_level(self) -> int:
         return logging.getLevelNamesMapping()[self.log_level.upper()]
+
+
+# The variables whose names are not LOGPIPE_ and the field's name in capitals, and the fields
+# no variable sets (tests/test_config.py checks both against what `from_env` reads).
+_AWS_VARIABLES = {"endpoint_url": "AWS_ENDPOINT_URL", "region": "AWS_REGION"}
+NO_VARIABLE = frozenset({"keep_alive_s"})
+
+
+def variable(field: str) -> str:
+    """The environment variable that sets the Settings field `field`."""
+    return _AWS_VARIABLES.get(field) or f"LOGPIPE_{field.upper()}"
+
+
+def _as_env_text(value: Any) -> str:
+    """A field's value written as its variable would hold it."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:

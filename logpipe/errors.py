@@ -6,9 +6,14 @@ from dataclasses import dataclass
 
 
 class LogpipeError(Exception):
-    """Base of every error logpipe raises on purpose."""
+    """Base of every error logpipe raises on purpose.
+
+    `retriable` says whether trying again may succeed (retry decisions read it); `status` is
+    the HTTP status an answer carries for it, where one applies.
+    """
 
     retriable = False
+    status: int | None = None
 
 
 class ConfigError(LogpipeError):
@@ -17,6 +22,8 @@ class ConfigError(LogpipeError):
 
 class EventError(LogpipeError):
     """One event breaks the schema; `field` names the culprit."""
+
+    status: int = 400
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field} {reason}" if field else reason)
@@ -27,6 +34,8 @@ class EventError(LogpipeError):
 class BodyError(LogpipeError):
     """A request body that cannot be read as events at all."""
 
+    status: int
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
@@ -36,17 +45,23 @@ class Overloaded(LogpipeError):
     """The ingestor holds as much in-flight work as it may; the client should retry later."""
 
     retriable = True
+    status: int = 429
 
 
 class QueueUnavailable(LogpipeError):
     """SQS did not accept a batch after every retry."""
 
     retriable = True
+    status: int = 503
 
 
 @dataclass(frozen=True)
 class EntryFailure:
-    """One entry of a batch call that the service refused."""
+    """One entry of a batch call that the service refused (or a whole call that failed).
+
+    `throttled`: the service asked to slow down (the retry waits count as throttling).
+    """
 
     code: str
     retriable: bool
+    throttled: bool = False

@@ -117,6 +117,11 @@ def decode_content(
         return body
     if encoding not in ("gzip", "x-gzip"):
         raise Refused(415, f"Content-Encoding {encoding!r} is not supported; use gzip", "encoding")
+    return _gunzip(body, limit, hold)
+
+
+def _gunzip(body: bytes, limit: int, hold: Callable[[int, str], None] | None) -> bytes:
+    """Every gzip member of `body` (at most MAX_GZIP_MEMBERS), inflated and joined."""
     view = memoryview(body)
     out: list[bytes] = []
     size = 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from functools import partial
-from typing import Any
 
 import orjson
 import pytest
@@ -14,7 +13,7 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from logpipe.core.models import ENVELOPE_OVERHEAD, envelope_size, unpack_envelope
+from logpipe.core.models import ENVELOPE_OVERHEAD, Event, envelope_size, unpack_envelope
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
 from logpipe.ingest.batcher import Batcher, SendBatch, _Request, take_batch
 from tests.support.aws import queue_counts
@@ -77,9 +76,9 @@ def _batcher(send: SendBatch, **overrides: float) -> Batcher:
     return Batcher(send, **options)  # type: ignore[arg-type]
 
 
-async def _drain(clients: Clients, url: str) -> list[list[dict[str, Any]]]:
+async def _drain(clients: Clients, url: str) -> list[list[Event]]:
     """Every envelope in the queue, each as its list of events."""
-    envelopes: list[list[dict[str, Any]]] = []
+    envelopes: list[list[Event]] = []
     while True:
         got = await clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
         if not got.get("Messages"):

@@ -33,13 +33,28 @@ pytestmark = pytest.mark.unit
         ),
         pytest.param(
             ["emitter", "--rate", "-1"],
-            "logpipe: --rate must be a number 0-1e+06, got '-1.0'",
+            "logpipe: --rate must be a number 0-1e+06, got '-1'",
             id="negative-rate",
         ),
         pytest.param(
             ["emitter", "--events", "-5"],
             "logpipe: --events must be an integer 0-1099511627776, got '-5'",
             id="negative-events",
+        ),
+        pytest.param(
+            ["up", "--port", "99999"],
+            "logpipe: --port must be an integer 1-65535, got '99999'",
+            id="up-port-too-big",
+        ),
+        pytest.param(
+            ["ingestor", "--port", "abc"],
+            "logpipe: --port must be an integer 1-65535, got 'abc'",
+            id="port-not-a-number",
+        ),
+        pytest.param(
+            ["emitter", "--service", "service-z"],
+            "logpipe: --service must be one of service-a, service-b, got 'service-z'",
+            id="unknown-service",
         ),
     ],
 )
@@ -48,6 +63,37 @@ def test_a_bad_flag_is_refused_like_its_variable_in_one_line_with_exit_code_2(
 ) -> None:
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.splitlines() == [expected]
+
+
+# One bad value per flag of cli.FLAG_VARIABLES, and a command that takes the flag.
+BAD_FLAG_VALUES = {
+    "port": ("ingestor", "99999"),
+    "emitter_service": ("emitter", "service-z"),
+    "emitter_rate": ("emitter", "fast"),
+    "emitter_events": ("emitter", "-5"),
+    "ingestor_url": ("emitter", "ftp://x"),
+}
+
+
+def test_every_flag_that_stands_for_a_variable_has_a_bad_value_below() -> None:
+    assert BAD_FLAG_VALUES.keys() == cli.FLAG_VARIABLES.keys()
+
+
+@pytest.mark.parametrize("dest", sorted(BAD_FLAG_VALUES))
+def test_a_bad_flag_gets_the_line_its_variable_gets_with_the_flag_named(
+    dest: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flag, variable = cli.FLAG_VARIABLES[dest]
+    command, value = BAD_FLAG_VALUES[dest]
+    monkeypatch.delenv("ROLE", raising=False)
+    monkeypatch.setenv(variable, value)
+    assert cli.main([command]) == 2
+    [by_variable] = capsys.readouterr().err.splitlines()
+    monkeypatch.delenv(variable)
+    assert cli.main([command, flag, value]) == 2
+    [by_flag] = capsys.readouterr().err.splitlines()
+    assert by_variable.startswith(f"logpipe: {variable} must be ")
+    assert by_flag == by_variable.replace(variable, flag, 1)
 
 
 def test_a_bad_url_flag_is_refused_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from logpipe.config import Settings
+from logpipe.config import NO_VARIABLE, Settings, variable
 from logpipe.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -181,3 +183,76 @@ def test_cli_unknown_role_without_command_gives_one_line_and_exit_code_2() -> No
     assert len(lines) == 1, result.stderr
     assert "ROLE" in lines[0]
     assert "'nonsense'" in lines[0]
+
+
+class _Reads(dict[str, str]):
+    """An empty environment that notes every variable looked up in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+
+def test_every_field_but_the_few_without_one_is_set_by_the_variable_of_its_name() -> None:
+    env = _Reads()
+    Settings.from_env(env)
+    expected = {variable(f.name) for f in fields(Settings) if f.name not in NO_VARIABLE}
+    assert env.read == expected | {"AWS_DEFAULT_REGION"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("port", 99999, id="port-too-big"),
+        pytest.param("port", 0, id="port-zero"),
+        pytest.param("metrics_port", -1, id="metrics-port-negative"),
+        pytest.param("shards", 0, id="shards-zero"),
+        pytest.param("emitter_rate", -1.0, id="emitter-rate-negative"),
+        pytest.param("emitter_events", -5, id="emitter-events-negative"),
+        pytest.param("emitter_service", "service-z", id="emitter-service-unknown"),
+        pytest.param("ingestor_url", "ftp://host", id="ingestor-url-not-http"),
+        pytest.param("endpoint_url", "not-a-url", id="endpoint-not-a-url"),
+        pytest.param("queue_name", "my queue", id="queue-name-with-space"),
+        pytest.param("log_level", "loud", id="log-level-unknown"),
+        pytest.param("api_keys", ("good-key-1", "abc"), id="api-key-3-chars"),
+        pytest.param("visibility_timeout_s", 0, id="visibility-timeout-zero"),
+        pytest.param("emf", "maybe", id="emf-not-a-bool"),
+    ],
+)
+def test_an_override_is_refused_with_the_message_of_its_variable(field: str, value: Any) -> None:
+    """`with_overrides` checks a value exactly as `from_env` checks the variable holding it."""
+    text = ",".join(value) if isinstance(value, tuple) else str(value)
+    with pytest.raises(ConfigError) as from_env:
+        Settings.from_env({variable(field): text})
+    with pytest.raises(ConfigError) as override:
+        Settings().with_overrides(**{field: value})
+    assert str(override.value) == str(from_env.value)
+    assert str(override.value).startswith(variable(field))
+
+
+def test_an_override_is_normalised_as_its_variable_is_and_none_means_not_given() -> None:
+    base = Settings.from_env({"LOGPIPE_PORT": "9000"})
+    settings = base.with_overrides(
+        endpoint_url="http://127.0.0.1:5000/",
+        log_level="WARN",
+        emf=True,
+        api_keys=("key-one-1", "key-two-22"),
+        visibility_timeout_s=30,
+        keep_alive_s=5,
+        port=None,
+        not_a_field=1,
+    )
+    assert settings.endpoint_url == "http://127.0.0.1:5000"
+    assert settings.log_level == "warning"
+    assert settings.emf is True
+    assert settings.api_keys == ("key-one-1", "key-two-22")
+    assert (settings.visibility_timeout_s, settings.keep_alive_s, settings.port) == (30, 5, 9000)
+    assert settings.with_overrides() == settings

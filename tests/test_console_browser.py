@@ -114,6 +114,118 @@ async def row_ids(page: Any) -> list[str]:
     return ids
 
 
+def watch_for_failures(page: Any) -> list[str]:
+    """Errors the page raises or logs, as they come."""
+    failures: list[str] = []
+    page.on("pageerror", lambda exc: failures.append(str(exc)))
+
+    # Errors the page logs itself, or the browser logs for it (a CSP violation, say); the
+    # 401s before the key is given and the 400 the page provokes on purpose at the end show
+    # up as failed resource loads.
+    def console_error(message: Any) -> None:
+        if message.type == "error" and not any(
+            f"status of {status}" in message.text for status in (400, 401)
+        ):
+            failures.append(message.text)
+
+    page.on("console", console_error)
+    return failures
+
+
+async def give_the_read_key(page: Any, url: str) -> None:
+    """The API answers 401: the page asks for a read key, once, however many requests were
+    refused; a wrong key is refused and asked for again."""
+    expect = playwright.expect
+    await page.goto(url)
+    dialog = page.locator("#key-dialog")
+    await expect(dialog).to_be_visible()
+    await expect(page.locator("#key-reason")).to_contain_text("needs a read key")
+    await page.fill("#read-key", "not-the-key-0123")
+    await page.click("#key-go")
+    await expect(page.locator("#key-reason")).to_contain_text("refused")
+    await expect(dialog).to_be_visible()
+    await page.fill("#read-key", READ_KEY)
+    await page.click("#key-go")
+    await expect(dialog).to_be_hidden()
+
+
+async def search_for_known_events(page: Any) -> None:
+    """A search finds its one event; markup in a message is shown as text, never run."""
+    expect = playwright.expect
+    await page.fill("#q", "declined")
+    await page.click("#go")
+    await expect(page.locator(ROWS)).to_have_count(1)
+    found = page.locator(ROWS).first
+    await expect(found).to_contain_text("payment declined for order 4242")
+    await expect(found).to_contain_text("card=visa")
+    badge = found.locator(".badge")
+    await expect(badge).to_have_text("error")
+    await expect(badge).to_have_css("background-color", "rgb(229, 55, 43)")
+
+    await page.fill("#q", "onerror")
+    await page.click("#go")
+    await expect(page.locator(ROWS)).to_have_count(1)
+    await expect(page.locator(f"{ROWS} td.msg")).to_have_text(
+        "<img src=x onerror=\"document.title='pwned'\"> sent by a client"
+    )
+    await expect(page.locator("#results img")).to_have_count(0)
+
+
+async def page_forward_and_back(page: Any) -> None:
+    """Through the 47 events, 10 at a time, and back."""
+    expect = playwright.expect
+    await page.fill("#q", "")
+    await page.select_option("#limit", "10")
+    await page.click("#go")
+    await expect(page.locator(ROWS)).to_have_count(10)
+    first_page = await row_ids(page)
+    await page.click("#older")
+    await expect(page.locator("#summary")).to_contain_text("page 2")
+    await expect(page.locator(ROWS)).to_have_count(10)
+    second_page = await row_ids(page)
+    assert not set(first_page) & set(second_page)
+    for _ in range(3):
+        await page.click("#older")
+    await expect(page.locator("#summary")).to_contain_text("page 5")
+    await expect(page.locator(ROWS)).to_have_count(7)
+    await expect(page.locator("#older")).to_be_disabled()
+    for _ in range(4):
+        await page.click("#newer")
+    await expect(page.locator("#summary")).to_contain_text("page 1")
+    assert await row_ids(page) == first_page
+
+
+async def tail_live(page: Any, clients: Clients, settings: Settings, tmp_path: Path) -> None:
+    """An event stored now appears on top without reloading."""
+    expect = playwright.expect
+    await page.check("#tail")
+    await expect(page.locator("#tail-status")).to_contain_text("Live tail: checked")
+    arrival = make_event(
+        200,
+        service="shop",
+        timestamp=int(time.time() * 1000),
+        level="fatal",
+        message="tail: checkout crashed",
+        attributes={"order": 5150},
+    )
+    await store_events(clients, settings, [arrival])
+    await expect(page.locator(ROWS).first).to_contain_text("tail: checkout crashed", timeout=15_000)
+    await expect(page.locator(ROWS)).to_have_count(11)
+    await page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
+
+
+async def ask_for_a_bad_time_range(page: Any, tmp_path: Path) -> None:
+    """The API's 400 is shown on the page."""
+    await page.uncheck("#tail")
+    await page.select_option("#range", "custom")
+    await page.fill("#since", "last tuesday")
+    await page.click("#go")
+    await playwright.expect(page.locator("#error")).to_contain_text(
+        "since must be a duration back from now"
+    )
+    await page.screenshot(path=str(tmp_path / "console-error.png"))
+
+
 @pytest.mark.timeout(900)  # the first run may install Chromium
 async def test_a_user_gives_a_read_key_then_searches_pages_and_tails_in_a_real_browser(
     clients: Clients, settings: Settings, page: Any, tmp_path: Path
@@ -137,34 +249,10 @@ async def test_a_user_gives_a_read_key_then_searches_pages_and_tails_in_a_real_b
     now_ms = int(time.time() * 1000)
     await store_events(clients, settings, shop_events(now_ms))
     await ServiceRegistry(clients.dynamodb, settings.table_name, 30).note(["shop"])
-    failures: list[str] = []
-    page.on("pageerror", lambda exc: failures.append(str(exc)))
-
-    # Errors the page logs itself, or the browser logs for it (a CSP violation, say); the
-    # 401s before the key is given and the 400 the page provokes on purpose at the end show
-    # up as failed resource loads.
-    def console_error(message: Any) -> None:
-        if message.type == "error" and not any(
-            f"status of {status}" in message.text for status in (400, 401)
-        ):
-            failures.append(message.text)
-
-    page.on("console", console_error)
+    failures = watch_for_failures(page)
 
     async with running_console(settings) as url:
-        # The API answers 401: the page asks for a read key, once, however many requests
-        # were refused; a wrong key is refused and asked for again.
-        await page.goto(url)
-        dialog = page.locator("#key-dialog")
-        await expect(dialog).to_be_visible()
-        await expect(page.locator("#key-reason")).to_contain_text("needs a read key")
-        await page.fill("#read-key", "not-the-key-0123")
-        await page.click("#key-go")
-        await expect(page.locator("#key-reason")).to_contain_text("refused")
-        await expect(dialog).to_be_visible()
-        await page.fill("#read-key", READ_KEY)
-        await page.click("#key-go")
-        await expect(dialog).to_be_hidden()
+        await give_the_read_key(page, url)
 
         # Then the page picks the service seen most recently and shows its last hour.
         await expect(page.locator("#service")).to_have_value("shop")
@@ -172,74 +260,10 @@ async def test_a_user_gives_a_read_key_then_searches_pages_and_tails_in_a_real_b
         assert any("cursor=" in r.url for r in api_requests)  # followed, nobody clicked
         await expect(page.locator("#chart rect.f-error").first).to_be_visible()
 
-        # Search for a known event.
-        await page.fill("#q", "declined")
-        await page.click("#go")
-        await expect(page.locator(ROWS)).to_have_count(1)
-        found = page.locator(ROWS).first
-        await expect(found).to_contain_text("payment declined for order 4242")
-        await expect(found).to_contain_text("card=visa")
-        badge = found.locator(".badge")
-        await expect(badge).to_have_text("error")
-        await expect(badge).to_have_css("background-color", "rgb(229, 55, 43)")
-
-        # Markup in a message is shown as text, never run.
-        await page.fill("#q", "onerror")
-        await page.click("#go")
-        await expect(page.locator(ROWS)).to_have_count(1)
-        await expect(page.locator(f"{ROWS} td.msg")).to_have_text(
-            "<img src=x onerror=\"document.title='pwned'\"> sent by a client"
-        )
-        await expect(page.locator("#results img")).to_have_count(0)
-
-        # Page forward through the 47 events, 10 at a time, and back.
-        await page.fill("#q", "")
-        await page.select_option("#limit", "10")
-        await page.click("#go")
-        await expect(page.locator(ROWS)).to_have_count(10)
-        first_page = await row_ids(page)
-        await page.click("#older")
-        await expect(page.locator("#summary")).to_contain_text("page 2")
-        await expect(page.locator(ROWS)).to_have_count(10)
-        second_page = await row_ids(page)
-        assert not set(first_page) & set(second_page)
-        for _ in range(3):
-            await page.click("#older")
-        await expect(page.locator("#summary")).to_contain_text("page 5")
-        await expect(page.locator(ROWS)).to_have_count(7)
-        await expect(page.locator("#older")).to_be_disabled()
-        for _ in range(4):
-            await page.click("#newer")
-        await expect(page.locator("#summary")).to_contain_text("page 1")
-        assert await row_ids(page) == first_page
-
-        # Live tail: an event stored now appears on top without reloading.
-        await page.check("#tail")
-        await expect(page.locator("#tail-status")).to_contain_text("Live tail: checked")
-        arrival = make_event(
-            200,
-            service="shop",
-            timestamp=int(time.time() * 1000),
-            level="fatal",
-            message="tail: checkout crashed",
-            attributes={"order": 5150},
-        )
-        await store_events(clients, settings, [arrival])
-        await expect(page.locator(ROWS).first).to_contain_text(
-            "tail: checkout crashed", timeout=15_000
-        )
-        await expect(page.locator(ROWS)).to_have_count(11)
-        await page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
-
-        # A bad time range: the API's 400 is shown on the page.
-        await page.uncheck("#tail")
-        await page.select_option("#range", "custom")
-        await page.fill("#since", "last tuesday")
-        await page.click("#go")
-        await expect(page.locator("#error")).to_contain_text(
-            "since must be a duration back from now"
-        )
-        await page.screenshot(path=str(tmp_path / "console-error.png"))
+        await search_for_known_events(page)
+        await page_forward_and_back(page)
+        await tail_live(page, clients, settings, tmp_path)
+        await ask_for_a_bad_time_range(page, tmp_path)
 
         assert await page.evaluate("sessionStorage.getItem('logpipe.readKey')") == READ_KEY
 

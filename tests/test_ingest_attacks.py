@@ -20,8 +20,8 @@ import orjson
 import pytest
 
 from logpipe.config import Settings
+from logpipe.dev import promtext
 from logpipe.dev.processes import free_port
-from logpipe.obs import metrics
 from tests import attacks
 from tests.support.aws import make_event
 from tests.support.roles import Roles, peak_rss_mb
@@ -197,8 +197,8 @@ async def test_request_cut_off_at_the_drain_deadline_gets_503_with_retry_after(
     pending = asyncio.create_task(send())
 
     async def waiting_for_sqs() -> bool:
-        samples = await metrics.scrape(http, admin)
-        return metrics.total(samples, "logpipe_inflight_events") > 0
+        samples = await promtext.scrape(http, admin)
+        return promtext.total(samples, "logpipe_inflight_events") > 0
 
     await wait_until(waiting_for_sqs, timeout=20)
     role.process.send_signal(signal.SIGTERM)

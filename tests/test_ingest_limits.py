@@ -18,8 +18,8 @@ from logpipe.core.limits import (
     count_ndjson_lines,
     parsed_json_bytes,
 )
+from logpipe.dev import promtext
 from logpipe.errors import BodyError
-from logpipe.obs import metrics
 from logpipe.web import MAX_GZIP_MEMBERS, decode_content
 from tests import attacks
 from tests.support.aws import make_event
@@ -164,6 +164,6 @@ async def test_budget_is_given_back_after_accepted_refused_and_broken_requests(
             statuses.append(response.status)
     assert statuses == [202, 413, 400]
     admin = f"http://127.0.0.1:{settings.metrics_port}/metrics"
-    samples = await metrics.scrape(http, admin)
-    assert metrics.total(samples, "logpipe_ingest_memory_held_bytes") == 0
-    assert metrics.total(samples, "logpipe_requests_rejected_total", reason="too_many_events") >= 1
+    samples = await promtext.scrape(http, admin)
+    assert promtext.total(samples, "logpipe_ingest_memory_held_bytes") == 0
+    assert promtext.total(samples, "logpipe_requests_rejected_total", reason="too_many_events") >= 1

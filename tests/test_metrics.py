@@ -14,6 +14,7 @@ from logpipe.aws.clients import Clients
 from logpipe.aws.monitor import QueueMonitor
 from logpipe.config import Settings
 from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.dev import promtext
 from logpipe.dev.processes import RoleProcess
 from logpipe.obs import metrics
 from logpipe.obs.emf import EmfReporter, Snapshot, documents, take_snapshot
@@ -44,14 +45,14 @@ def test_histogram_quantile_interpolates_like_promql(
     assert metrics.histogram_quantile(buckets, q) == pytest.approx(expected)
 
 
-def _value(samples: list[metrics.Sample], name: str, **labels: str) -> float:
-    return metrics.total(samples, name, **labels)
+def _value(samples: list[promtext.Sample], name: str, **labels: str) -> float:
+    return promtext.total(samples, name, **labels)
 
 
 async def test_metrics_count_a_real_run_exactly(
     ingestor_url: str, clients: Clients, settings: Settings, http: aiohttp.ClientSession
 ) -> None:
-    before = await metrics.scrape(http, f"http://127.0.0.1:{settings.metrics_port}/metrics")
+    before = await promtext.scrape(http, f"http://127.0.0.1:{settings.metrics_port}/metrics")
     events = [make_event(n, service="metered", level="warn") for n in range(40)]
     events += [{"level": "info", "message": "no service"}] * 3
     async with http.post(f"{ingestor_url}/ingest", json=events) as resp:
@@ -59,7 +60,7 @@ async def test_metrics_count_a_real_run_exactly(
     url = await queue_url(clients.sqs, settings.queue_name)
     await Processor(settings, clients, url).run_until_empty()
 
-    after = await metrics.scrape(http, f"http://127.0.0.1:{settings.metrics_port}/metrics")
+    after = await promtext.scrape(http, f"http://127.0.0.1:{settings.metrics_port}/metrics")
 
     def delta(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
@@ -243,10 +244,10 @@ async def test_ingestor_queue_gauge_follows_the_backlog_while_no_processor_runs(
 
     async def gauge_matches_sqs() -> bool:
         visible, _ = await queue_counts(clients, url)
-        samples = await metrics.scrape(
+        samples = await promtext.scrape(
             http, f"http://127.0.0.1:{roles.ingestor_metrics_port}/metrics"
         )
-        gauge = metrics.total(samples, "logpipe_queue_visible_messages", queue="main")
+        gauge = promtext.total(samples, "logpipe_queue_visible_messages", queue="main")
         return visible > 0 and gauge == visible
 
     for batch in range(5):

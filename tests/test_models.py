@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -14,6 +14,7 @@ from logpipe.core.models import (
     MAX_EVENT_BYTES,
     MAX_MESSAGE_BYTES,
     EnvelopeError,
+    Event,
     encode_event,
     envelope_size,
     event_problem,
@@ -48,7 +49,7 @@ def raw_event(**changes: object) -> dict[str, object]:
     return raw
 
 
-def stored_event(**changes: Any) -> dict[str, Any]:
+def stored_event(**changes: Any) -> Event:
     """An event as `normalise` returns it, with a fixed id and timestamp."""
     event: dict[str, Any] = {
         "id": "ev-1",
@@ -59,7 +60,7 @@ def stored_event(**changes: Any) -> dict[str, Any]:
         "ingested_at": NOW_MS + 1000,
     }
     event.update(changes)
-    return event
+    return cast(Event, event)
 
 
 def id_ms(event_id: str) -> int:
@@ -205,7 +206,7 @@ def test_missing_timestamp_defaults_to_ingest_time() -> None:
     ids=["trace-id-upper-32", "trace-id-short", "span-id-upper-16", "span-id-one-digit"],
 )
 def test_trace_and_span_ids_are_lower_cased(field: str, value: str, expected: str) -> None:
-    assert normalise(raw_event(**{field: value}), NOW_MS)[field] == expected
+    assert dict(normalise(raw_event(**{field: value}), NOW_MS))[field] == expected
 
 
 @pytest.mark.parametrize(
@@ -414,7 +415,7 @@ def test_new_ids_made_in_the_same_millisecond_differ() -> None:
 # --- encode_event ----------------------------------------------------------------------------
 
 
-def padded_event(encoded_size: int) -> dict[str, Any]:
+def padded_event(encoded_size: int) -> Event:
     """A normalised event whose compact JSON is exactly `encoded_size` bytes."""
     event = stored_event(attributes={"pad": ""})
     event["attributes"]["pad"] = "x" * (encoded_size - len(orjson.dumps(event)))
@@ -638,7 +639,7 @@ def test_from_item_round_trips_the_values_of_to_item() -> None:
 # --- SQS envelope ----------------------------------------------------------------------------
 
 
-def envelope_events() -> list[dict[str, Any]]:
+def envelope_events() -> list[Event]:
     return [
         normalise(raw_event(id="a", message="plain"), NOW_MS),
         normalise(raw_event(id="b", message="naïve ☃ 😀", trace_id="ABC"), NOW_MS),

@@ -17,7 +17,7 @@ from logpipe.config import Settings
 from logpipe.core.models import EnvelopeError, encode_event, normalise, pack_envelope
 from logpipe.dev.faults import Faults
 from logpipe.dev.switches import Switches
-from logpipe.process.processor import Processor, decode_message, retry_delay
+from logpipe.process.processor import Processor, decode_message, redelivery_delay
 from tests.support.aws import make_event, queue_counts, scan_items
 
 pytestmark = pytest.mark.aws
@@ -186,5 +186,5 @@ def test_truncated_gzip_body_is_undecodable() -> None:
 @pytest.mark.parametrize(
     ("receive_count", "seconds"), [(1, 2), (2, 4), (3, 8), (9, 300), (50, 300)]
 )
-def test_retry_delay_grows_and_is_capped(receive_count: int, seconds: int) -> None:
-    assert retry_delay(receive_count) == seconds
+def test_redelivery_delay_grows_and_is_capped(receive_count: int, seconds: int) -> None:
+    assert redelivery_delay(receive_count) == seconds

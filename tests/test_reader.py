@@ -15,7 +15,7 @@ import pytest
 from logpipe.aws.clients import Clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.models import Event, from_item, item_key, normalise, to_item
+from logpipe.core.models import from_item, item_key, normalise, to_item
 from logpipe.core.query import (
     MAX_HOURS,
     LogQuery,
@@ -46,7 +46,9 @@ def ms(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
 
 
-async def store_events(clients: Clients, settings: Settings, events: Iterable[Event]) -> None:
+async def store_events(
+    clients: Clients, settings: Settings, events: Iterable[dict[str, Any]]
+) -> None:
     """Write events as the processor would (same key and item), 25 per BatchWriteItem."""
     items = [
         to_item(normalise(e, now_ms=NOW), settings.shards, settings.retention_days) for e in events
@@ -392,7 +394,7 @@ def test_numbers_out_of_any_range_are_refused_before_conversion(
 # --- the reader against moto's DynamoDB -------------------------------------------------------
 
 
-def spread(count: int, step_ms: int, **fields: Any) -> list[Event]:
+def spread(count: int, step_ms: int, **fields: Any) -> list[dict[str, Any]]:
     """`count` events from T0 on, every `step_ms`, with levels and messages that vary."""
     levels = ["info", "info", "warn", "error", "debug"]
     return [
@@ -407,7 +409,7 @@ def spread(count: int, step_ms: int, **fields: Any) -> list[Event]:
     ]
 
 
-def newest_first(events: list[Event]) -> list[str]:
+def newest_first(events: list[dict[str, Any]]) -> list[str]:
     return [e["id"] for e in sorted(events, key=lambda e: (e["timestamp"], e["id"]), reverse=True)]
 
 

@@ -31,8 +31,8 @@ from logpipe.core.models import (
     pack_envelope,
     to_item,
 )
+from logpipe.dev import promtext
 from logpipe.errors import ConfigError
-from logpipe.obs import metrics
 from logpipe.process.processor import Processor, split_message
 from tests.support.aws import make_event, queue_counts, scan_items
 from tests.support.roles import Roles
@@ -52,8 +52,8 @@ async def _ids(clients: Clients, settings: Settings) -> list[str]:
 
 
 async def _metric(http: aiohttp.ClientSession, settings: Settings, name: str) -> float:
-    samples = await metrics.scrape(http, f"http://127.0.0.1:{settings.metrics_port}/metrics")
-    return metrics.total(samples, name)
+    samples = await promtext.scrape(http, f"http://127.0.0.1:{settings.metrics_port}/metrics")
+    return promtext.total(samples, name)
 
 
 async def _rebootstrap(settings: Settings, **changes: Any) -> Settings:
@@ -141,8 +141,8 @@ def test_decoding_any_body_gives_storable_events_reasons_or_an_envelope_error(
         good, bad = split_message(message)
     except EnvelopeError:
         return
-    for event in good:
-        assert item_size(to_item(event, shards=8, retention_days=30)) < 400 * 1024
+    for storable in good:
+        assert item_size(to_item(storable, shards=8, retention_days=30)) < 400 * 1024
     for event, reason in bad:
         assert reason
         assert orjson.loads(dead_letter_body(event, reason))["reason"] == reason
@@ -302,8 +302,8 @@ async def test_sigterm_during_long_polls_handles_what_they_return_and_exits_zero
 
 
 async def _receives_started(http: aiohttp.ClientSession, settings: Settings) -> bool:
-    samples = await metrics.scrape(http, f"http://127.0.0.1:{settings.metrics_port}/metrics")
-    return metrics.total(samples, "logpipe_aws_requests_total", operation="ReceiveMessage") >= 2
+    samples = await promtext.scrape(http, f"http://127.0.0.1:{settings.metrics_port}/metrics")
+    return promtext.total(samples, "logpipe_aws_requests_total", operation="ReceiveMessage") >= 2
 
 
 async def test_at_the_drain_deadline_unfinished_messages_are_made_visible_again(

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import orjson
 from botocore.exceptions import ClientError
 
 from logpipe.aws.clients import Clients, open_clients
-from logpipe.aws.errors import NO_QUEUE_CODES, error_code
+from logpipe.aws.errors import NO_QUEUE_CODES, classify, error_code
 from logpipe.config import Settings
+from logpipe.core.retry import RetryPolicy, retry_call
 from logpipe.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -60,16 +62,26 @@ async def bootstrap(clients: Clients, settings: Settings) -> dict[str, str]:
 
 # The table's own settings live in one item; no '#' in its key, so no event can share it.
 CONFIG_KEY = {"pk": {"S": "_config"}, "sk": {"S": "shards"}}
+# Throttling or a 5xx at start-up is waited out like anywhere else: 8 tries, up to ~6 s.
+SHARDS_POLICY = RetryPolicy(base=0.05, cap=5.0, attempts=8)
 
 
-async def table_shards(dynamodb: Any, table: str, proposed: int) -> int:
+async def table_shards(
+    dynamodb: Any, table: str, proposed: int, policy: RetryPolicy = SHARDS_POLICY
+) -> int:
     """The shard count of `table`: the first value ever written wins, forever.
 
     Keys depend on it, so it belongs to the table, not to one process's configuration. The
     first writer (bootstrap, or the first processor on a table made elsewhere) stores
     `proposed`; everyone after reads the stored value back from the refused conditional put
-    (PutItem only: the processor may not GetItem).
+    (PutItem only: the processor may not GetItem). Retriable failures are retried as
+    `policy` says; the last one propagates.
     """
+    put = partial(_put_shards, dynamodb, table, proposed)
+    return await retry_call(put, policy, classify, what="PutItem (shard count)")
+
+
+async def _put_shards(dynamodb: Any, table: str, proposed: int) -> int:
     try:
         await dynamodb.put_item(
             TableName=table,

@@ -7,6 +7,8 @@ import asyncio
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
+from logpipe.errors import EntryFailure, LogpipeError
+
 RETRIABLE_CODES = frozenset(
     {
         "ProvisionedThroughputExceededException",
@@ -50,11 +52,20 @@ def error_code(exc: BaseException) -> str:
 
 
 def is_retriable(exc: BaseException) -> bool:
-    """Transient: throttling, a 5xx of the service, or the connection itself failing."""
+    """Transient: throttling, a 5xx of the service, or the connection itself failing; for
+    logpipe's own errors, what their `retriable` flag says."""
+    if isinstance(exc, LogpipeError):
+        return exc.retriable
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return error_code(exc) in RETRIABLE_CODES or int(status) >= 500
     return isinstance(exc, BotoCoreError | aiohttp.ClientError | asyncio.TimeoutError | OSError)
+
+
+def classify(exc: Exception) -> EntryFailure:
+    """A failed call as the retry helper reads it: its code, retriable or not, throttled or not."""
+    code = error_code(exc)
+    return EntryFailure(code, is_retriable(exc), code in THROTTLE_CODES)
 
 
 NO_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})

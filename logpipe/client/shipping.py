@@ -1,11 +1,11 @@
 """Delivering encoded events to logpipe's POST /ingest, and what each answer means.
 
 `Delivery` holds the retry rules (429, 5xx and no answer are retried with backoff and
-jitter, anything else is settled) with no I/O; the async `Shipper` (aiohttp) and the
-blocking `_BlockingShipper` (one keep-alive `_Connection`) both loop on it, so they retry
-alike. Batches are gzipped when large. Because every event carries its id and timestamp
-from when it was created, a batch sent again lands on the same keys downstream and cannot
-be stored twice.
+jitter as `CLIENT_POLICY` says, Retry-After honoured; anything else is settled) with no
+I/O; the async `Shipper` (aiohttp) and the blocking `_BlockingShipper` (one keep-alive
+`_Connection`) both loop on it, so they retry alike. Batches are gzipped when large.
+Because every event carries its id and timestamp from when it was created, a batch sent
+again lands on the same keys downstream and cannot be stored twice.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import asyncio
 import gzip
 import http.client
 import logging
-import random
 import ssl
 import time
 from collections import deque
@@ -26,6 +25,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from logpipe.core.retry import RetryPolicy
+
 log = logging.getLogger(__name__)
 
 BATCH_EVENTS = 500
@@ -34,6 +35,10 @@ GZIP_MIN_BYTES = 1024
 RETRY_BASE_S = 0.1
 RETRY_CAP_S = 5.0
 MAX_RETRY_AFTER_S = 60.0
+# No count of tries: a batch is retried until the shipper's give-up time.
+CLIENT_POLICY = RetryPolicy(
+    base=RETRY_BASE_S, cap=RETRY_CAP_S, attempts=None, max_hint=MAX_RETRY_AFTER_S
+)
 
 
 def pack(encoded: Sequence[bytes]) -> tuple[bytes, dict[str, str]]:
@@ -79,14 +84,14 @@ class Answer:
 
 
 def retriable(status: int) -> bool:
+    """Whether an answer is worth another try: none came, 429 (Overloaded) or a 5xx."""
     return status == 0 or status == 429 or 500 <= status <= 599
 
 
-def retry_delay(attempt: int, retry_after: str = "") -> float:
-    """Exponential backoff with full jitter, capped; about Retry-After when the server sent it."""
-    backoff = random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt))
-    hinted = min(float(retry_after), MAX_RETRY_AFTER_S) if retry_after.isdigit() else 0.0
-    return max(hinted * random.uniform(0.5, 1.0), backoff)
+def retry_delay(attempt: int, retry_after: str = "", policy: RetryPolicy = CLIENT_POLICY) -> float:
+    """Seconds before retry number `attempt`: the policy's backoff, about Retry-After (in
+    seconds) when the server sent it."""
+    return policy.delay(attempt, float(retry_after) if retry_after.isdigit() else None)
 
 
 class Delivery:
@@ -95,11 +100,17 @@ class Delivery:
     The async and the blocking shippers both loop on `next_try`, so they retry alike.
     """
 
-    def __init__(self, count: int, stats: ShipStats, give_up_after_s: float) -> None:
+    def __init__(
+        self,
+        count: int,
+        stats: ShipStats,
+        give_up_after_s: float,
+        policy: RetryPolicy = CLIENT_POLICY,
+    ) -> None:
         self.count = count
         self.accepted = 0
         self._stats = stats
-        self._deadline = time.monotonic() + give_up_after_s
+        self._policy = policy.within(give_up_after_s)
         self._attempt = 0
         stats.sent += count
 
@@ -115,7 +126,7 @@ class Delivery:
             log.warning("ingestor refused %d events (%d): %s", self.count, answer.status, reason)
             self._stats.rejected += self.count
             return None
-        if time.monotonic() >= self._deadline:
+        if self._policy.give_up(self._attempt + 1, time.monotonic()):
             log.error(
                 "gave up on %d events after %d attempts (%s)",
                 self.count,
@@ -125,7 +136,7 @@ class Delivery:
             self._stats.failed += self.count
             return None
         self._attempt += 1
-        return retry_delay(self._attempt - 1, answer.retry_after)
+        return retry_delay(self._attempt - 1, answer.retry_after, self._policy)
 
 
 def _accepted(body: bytes, count: int) -> int:

@@ -83,12 +83,7 @@ def fold(raw: Mapping[str, Any], default_service: str | None = None) -> dict[str
     if "level" in event:
         event["level"] = level_of(event["level"]) or event["level"]
     else:
-        for name in LEVEL_ALIASES:
-            level = level_of(raw.get(name))
-            if level is not None:
-                event["level"] = level
-                consumed.add(name)
-                break
+        _take_level(raw, event, consumed)
     attributes = event.get("attributes")
     if attributes is not None and not isinstance(attributes, dict):
         return event  # validation says what is wrong with `attributes`
@@ -113,6 +108,16 @@ def _take_first(
             consumed.add(name)
             return name
     return None
+
+
+def _take_level(raw: Mapping[str, Any], event: dict[str, Any], consumed: set[str]) -> None:
+    """The first alias whose value is a level; one whose value is none stays an attribute."""
+    for name in LEVEL_ALIASES:
+        level = level_of(raw.get(name))
+        if level is not None:
+            event["level"] = level
+            consumed.add(name)
+            return
 
 
 def level_of(value: object) -> str | None:

@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final, Literal, Required, TypedDict
 
 import orjson
 
@@ -47,9 +47,29 @@ _DIGIT_RUNS = bytes(0 if chr(i) in "0123456789." else 1 for i in range(256))
 _SIXTEEN_DIGITS = bytes(16)
 # Set on an event whose client sent an id but no timestamp: the processor then keeps the
 # first timestamp assigned to that id, so a retry lands on the same key.
-ASSIGNED_TIMESTAMP = "assigned_timestamp"
+ASSIGNED_TIMESTAMP: Final = "assigned_timestamp"
 
-Event = dict[str, Any]
+AttributeValue = str | int | float | bool | Decimal
+
+
+class Event(TypedDict, total=False):
+    """A normalised event as the envelope carries it (DESIGN.md's event; timestamps in epoch
+    ms). Only a type: at run time it is the plain dict `normalise` builds."""
+
+    id: Required[str]
+    service: Required[str]
+    level: Required[str]
+    message: Required[str]
+    timestamp: Required[int]
+    ingested_at: int
+    trace_id: str
+    span_id: str
+    attributes: dict[str, AttributeValue]
+    assigned_timestamp: bool
+
+
+# A stored event as the read API answers it (from_item): the item's fields, plain values.
+StoredEvent = dict[str, Any]
 Item = dict[str, Any]
 
 
@@ -130,6 +150,7 @@ def normalise(raw: object, now_ms: int, default_service: str | None = None) -> E
     }
     if raw.get("timestamp") is None and raw.get("id") is not None:
         event[ASSIGNED_TIMESTAMP] = True
+    name: Literal["trace_id", "span_id"]
     for name, max_chars in (("trace_id", 32), ("span_id", 16)):
         value = raw.get(name)
         if value is not None:
@@ -392,7 +413,7 @@ def iso_ms(ms: int) -> str:
     return timefmt.iso_ms(ms)
 
 
-def to_item(event: Mapping[str, Any], shards: int, retention_days: int) -> Item:
+def to_item(event: Event, shards: int, retention_days: int) -> Item:
     """The DynamoDB item (low-level attribute values) that stores one event."""
     pk, sk = item_key(event, shards)
     item: Item = {
@@ -464,9 +485,9 @@ def _attribute_value(value: str | int | float | bool | Decimal) -> dict[str, Any
     return {"S": value}
 
 
-def from_item(item: Mapping[str, Any]) -> Event:
+def from_item(item: Mapping[str, Any]) -> StoredEvent:
     """A stored item as plain JSON-ready values (the read API's event shape)."""
-    event: Event = {}
+    event: StoredEvent = {}
     for name, typed in item.items():
         if name in ("pk", "sk"):
             continue

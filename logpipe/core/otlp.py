@@ -153,31 +153,41 @@ def scan_protobuf(body: bytes, cap: int) -> Shape:
     for number, start, end in _fields(body, 0, len(body)):
         if number != 1:  # resource_logs
             continue
-        resource = 0
-        for r_number, r_start, r_end in _fields(body, start, end):
-            if r_number == 1:
-                resource += r_end - r_start
-            elif r_number == 2:  # scope_logs
-                containers += 1
-                if containers > cap:
-                    raise too_many(f"more than {cap}", cap, "resource and scope entries")
-                scope = 0
-                record_bytes = 0
-                scope_records = 0
-                for s_number, s_start, s_end in _fields(body, r_start, r_end):
-                    if s_number == 1:
-                        scope += s_end - s_start
-                    elif s_number == 2:  # log_records
-                        scope_records += 1
-                        record_bytes += s_end - s_start
-                        if records + scope_records > cap:
-                            raise too_many(f"more than {cap}", cap, "log records")
-                records += scope_records
-                expanded += record_bytes + scope_records * (scope + resource)
+        records, containers, added = _scan_resource(body, start, end, cap, records, containers)
+        expanded += added
         containers += 1
         if containers > cap:
             raise too_many(f"more than {cap}", cap, "resource and scope entries")
     return Shape(records, containers, expanded)
+
+
+def _scan_resource(
+    body: bytes, start: int, end: int, cap: int, records: int, containers: int
+) -> tuple[int, int, int]:
+    """The records and containers counted so far with those of the ResourceLogs in
+    body[start:end], and its expanded bytes; Refused(413) once either passes `cap`."""
+    expanded = resource = 0
+    for r_number, r_start, r_end in _fields(body, start, end):
+        if r_number == 1:
+            resource += r_end - r_start
+        elif r_number == 2:  # scope_logs
+            containers += 1
+            if containers > cap:
+                raise too_many(f"more than {cap}", cap, "resource and scope entries")
+            scope = 0
+            record_bytes = 0
+            scope_records = 0
+            for s_number, s_start, s_end in _fields(body, r_start, r_end):
+                if s_number == 1:
+                    scope += s_end - s_start
+                elif s_number == 2:  # log_records
+                    scope_records += 1
+                    record_bytes += s_end - s_start
+                    if records + scope_records > cap:
+                        raise too_many(f"more than {cap}", cap, "log records")
+            records += scope_records
+            expanded += record_bytes + scope_records * (scope + resource)
+    return records, containers, expanded
 
 
 def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:

@@ -26,6 +26,7 @@ from logpipe.aws.bootstrap import bootstrap, queue_url
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.client import Shipper
 from logpipe.config import Settings
+from logpipe.dev import promtext
 from logpipe.dev.cpu import CpuMeter, Profiler
 from logpipe.dev.faults import Faults
 from logpipe.dev.processes import (
@@ -37,7 +38,6 @@ from logpipe.dev.processes import (
     wait_http,
 )
 from logpipe.dev.report import fired, summarise, verify
-from logpipe.obs import metrics
 
 MESSAGE_CHARS = 300
 SERVICES = ("checkout", "payments", "search", "inventory")
@@ -210,7 +210,7 @@ class PipelineBench:
         # The ingestor serves /metrics on a port of its own, apart from the processor's.
         self.ingestor_metrics_port = free_port()
         self.roles: dict[str, RoleProcess] = {}
-        self.retired: list[metrics.Sample] = []  # metrics of role processes killed on purpose
+        self.retired: list[promtext.Sample] = []  # metrics of role processes killed on purpose
         self.peak_rss: dict[str, float | None] = {}
         self.kills = {"ingestor": 0, "processor": 0}
         self.cpu = CpuMeter()
@@ -245,7 +245,7 @@ class PipelineBench:
     async def kill(self, role: str) -> None:
         """SIGKILL `role` at once (its last metrics are kept), then start a fresh one."""
         with contextlib.suppress(aiohttp.ClientError):
-            self.retired += await metrics.scrape(self.session, self.metrics_url(role))
+            self.retired += await promtext.scrape(self.session, self.metrics_url(role))
         self._note_rss(role)
         self.cpu.take(role)
         process = self.roles[role].process
@@ -271,58 +271,15 @@ class PipelineBench:
     async def _measure(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         shipper = Shipper(self.session, self.ingestor_url)
         acknowledged: set[str] = set()
-        pending = batches(events, self.options.batch)
         bar = ProgressBar(len(events))
-        main_url = await queue_url(self.clients.sqs, self.settings.queue_name)
-        await put_poison(self.clients.sqs, main_url, self.options.chaos.poison)
-        for role, process in self.roles.items():
-            self.cpu.mark(role, process.process.pid)
-            if self.profiler:
-                await self.profiler.attach(role, process.process.pid)
+        main_url = await self._prepare()
         started = time.monotonic()
-
-        async def driver() -> None:
-            for batch in pending:
-                if self.options.rate:
-                    ahead = started + shipper.stats.sent / self.options.rate - time.monotonic()
-                    await asyncio.sleep(max(ahead, 0))
-                if await shipper.ship(batch) == len(batch):
-                    acknowledged.update(e["id"] for e in batch)
-
-        drivers = asyncio.gather(*(driver() for _ in range(self.options.concurrency)))
+        drivers = self._drive(shipper, batches(events, self.options.batch), acknowledged, started)
         chaos = asyncio.ensure_future(self._chaos(drivers))
-        last_change, last_depth = time.monotonic(), -1
-        while True:
-            # Read the flags before the depth: a driver that finishes after the depth was read
-            # may have sent messages that depth did not see yet.
-            finished = drivers.done() and chaos.done()
-            depth = await queue_depth(self.clients.sqs, main_url)
-            with contextlib.suppress(aiohttp.ClientError):
-                samples = await metrics.scrape(self.session, self.processor_url)
-                bar.draw(shipper.stats.sent, metrics.total(samples, "logpipe_events_stored_total"))
-            # Every 202 means SQS holds the event, and only stored events leave the queue.
-            if finished and depth == 0:
-                break
-            if depth != last_depth:
-                last_change, last_depth = time.monotonic(), depth
-            elif time.monotonic() - last_change > STALL_SECONDS:
-                break
-            await asyncio.sleep(0.2)
+        await self._until_drained(main_url, shipper, bar, (drivers, chaos))
         seconds = time.monotonic() - started
-        for role in self.roles:
-            self.cpu.take(role)
-        if self.profiler:
-            await self.profiler.stop()
-        bar.end()
-        for task in (drivers, chaos):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for role in self.roles:
-            self._note_rss(role)
-        samples = self.retired
-        for role in self.roles:
-            samples = samples + await metrics.scrape(self.session, self.metrics_url(role))
+        await self._wind_down(bar, (drivers, chaos))
+        samples = await self._final_samples()
         counts = await verify(self.clients, self.settings.table_name, acknowledged)
         result = summarise(
             mode="naive" if self.options.naive else "batched",
@@ -335,13 +292,94 @@ class PipelineBench:
             cpu_us_per_event=self.cpu.per_event_us(len(events)),
         )
         if self.options.chaos != Faults():
-            result["chaos"] = str(self.options.chaos)
-            result["faults"] = fired(samples, self.kills)
-            dlq_url = await queue_url(self.clients.sqs, self.settings.dlq_name)
-            result["poison_in_dlq"] = await wait_dlq(
-                self.clients.sqs, dlq_url, self.options.chaos.poison
-            )
+            result.update(await self._chaos_result(samples))
         return result
+
+    async def _prepare(self) -> str:
+        """Poison in the queue (if asked), CPU and profiles from now; the main queue's URL."""
+        main_url = await queue_url(self.clients.sqs, self.settings.queue_name)
+        await put_poison(self.clients.sqs, main_url, self.options.chaos.poison)
+        for role, process in self.roles.items():
+            self.cpu.mark(role, process.process.pid)
+            if self.profiler:
+                await self.profiler.attach(role, process.process.pid)
+        return main_url
+
+    def _drive(
+        self,
+        shipper: Shipper,
+        pending: Iterator[list[dict[str, Any]]],
+        acknowledged: set[str],
+        started: float,
+    ) -> asyncio.Future[Any]:
+        """`concurrency` drivers shipping the batches (at `rate`, if set), noting each 202."""
+
+        async def driver() -> None:
+            for batch in pending:
+                if self.options.rate:
+                    ahead = started + shipper.stats.sent / self.options.rate - time.monotonic()
+                    await asyncio.sleep(max(ahead, 0))
+                if await shipper.ship(batch) == len(batch):
+                    acknowledged.update(e["id"] for e in batch)
+
+        return asyncio.gather(*(driver() for _ in range(self.options.concurrency)))
+
+    async def _until_drained(
+        self,
+        main_url: str,
+        shipper: Shipper,
+        bar: ProgressBar,
+        tasks: tuple[asyncio.Future[Any], asyncio.Future[Any]],
+    ) -> None:
+        """Until the drivers and chaos are done and the queue is empty, or it stalls."""
+        last_change, last_depth = time.monotonic(), -1
+        while True:
+            # Read the flags before the depth: a driver that finishes after the depth was read
+            # may have sent messages that depth did not see yet.
+            finished = all(task.done() for task in tasks)
+            depth = await queue_depth(self.clients.sqs, main_url)
+            with contextlib.suppress(aiohttp.ClientError):
+                samples = await promtext.scrape(self.session, self.processor_url)
+                bar.draw(shipper.stats.sent, promtext.total(samples, "logpipe_events_stored_total"))
+            # Every 202 means SQS holds the event, and only stored events leave the queue.
+            if finished and depth == 0:
+                return
+            if depth != last_depth:
+                last_change, last_depth = time.monotonic(), depth
+            elif time.monotonic() - last_change > STALL_SECONDS:
+                return
+            await asyncio.sleep(0.2)
+
+    async def _wind_down(
+        self, bar: ProgressBar, tasks: tuple[asyncio.Future[Any], asyncio.Future[Any]]
+    ) -> None:
+        """CPU and profiles up to now, the drivers and chaos cancelled, peak RSS noted."""
+        for role in self.roles:
+            self.cpu.take(role)
+        if self.profiler:
+            await self.profiler.stop()
+        bar.end()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for role in self.roles:
+            self._note_rss(role)
+
+    async def _final_samples(self) -> list[promtext.Sample]:
+        """The metrics of every role process of the run, the killed ones' included."""
+        samples = self.retired
+        for role in self.roles:
+            samples = samples + await promtext.scrape(self.session, self.metrics_url(role))
+        return samples
+
+    async def _chaos_result(self, samples: list[promtext.Sample]) -> dict[str, Any]:
+        dlq_url = await queue_url(self.clients.sqs, self.settings.dlq_name)
+        return {
+            "chaos": str(self.options.chaos),
+            "faults": fired(samples, self.kills),
+            "poison_in_dlq": await wait_dlq(self.clients.sqs, dlq_url, self.options.chaos.poison),
+        }
 
 
 POISON_BODIES = (

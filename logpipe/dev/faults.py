@@ -2,19 +2,20 @@
 
 Only the client layer knows: the hooks sit on botocore's event system and answer with the
 same ClientErrors (and per-entry failures, and UnprocessedItems) that SQS and DynamoDB
-return. Without LOGPIPE_FAULTS nothing is installed.
+return. Faults begin with a role's data path (its first receive, send or batch write): its
+start-up (queue URLs, the table's shard count) is spared, whatever the call. `seed:N` makes
+the faults a run injects the same every time. Without LOGPIPE_FAULTS nothing is installed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
-from logpipe.aws.bootstrap import CONFIG_KEY
 from logpipe.errors import ConfigError
 from logpipe.obs import metrics
 
@@ -30,8 +31,12 @@ SQS_CALLS = frozenset(
     }
 )
 DYNAMODB_CALLS = frozenset({"BatchWriteItem", "PutItem"})
+# The calls that start the data path; DynamoDB faults wait for the first of them.
+DATA_PATH_CALLS = SQS_CALLS | {"BatchWriteItem"}
 SQS_ERRORS = (("InternalError", 500), ("ServiceUnavailable", 503), ("ThrottlingException", 400))
-SPEC_HELP = "kill-processor:K, kill-ingestor:K, sqs-error:P, sqs-delay:MS, ddb-throttle:P, poison:M"
+SPEC_HELP = (
+    "kill-processor:K, kill-ingestor:K, sqs-error:P, sqs-delay:MS, ddb-throttle:P, poison:M, seed:N"
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class Faults:
     sqs_delay: int = 0
     ddb_throttle: float = 0.0
     poison: int = 0
+    # The seed of the injected faults' random choices; 0: a fresh one each run.
+    seed: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> Faults:
@@ -73,9 +80,10 @@ class Faults:
     @property
     def in_clients(self) -> Faults:
         """The part our AWS clients inject; kills and poison are the bench's doing."""
-        return Faults(
+        faults = Faults(
             sqs_error=self.sqs_error, sqs_delay=self.sqs_delay, ddb_throttle=self.ddb_throttle
         )
+        return faults if faults == Faults() else replace(faults, seed=self.seed)
 
 
 def _error(code: str, status: int) -> tuple[AWSResponse, dict[str, Any]]:
@@ -91,7 +99,9 @@ class Injector:
 
     def __init__(self, faults: Faults, rng: random.Random | None = None) -> None:
         self._faults = faults
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random(faults.seed or None)
+        # False until the role's first data-path call: start-up is spared.
+        self.armed = False
 
     def install(self, sqs: Any, dynamodb: Any) -> None:
         sqs.meta.events.register("before-parameter-build.sqs", self._drop_entries)
@@ -110,6 +120,7 @@ class Injector:
     async def _sqs_call(self, model: Any, **kwargs: Any) -> Any:
         if model.name not in SQS_CALLS:
             return None
+        self.armed = True
         if self._faults.sqs_delay:
             metrics.faults_injected.labels("sqs-delay").inc()
             await asyncio.sleep(self._faults.sqs_delay / 1000)
@@ -145,10 +156,11 @@ class Injector:
         self, params: dict[str, Any], model: Any, context: dict[str, Any], **kwargs: Any
     ) -> None:
         """A fraction of writes fail: throttled outright, or (for a batch) half unprocessed."""
-        if model.name not in DYNAMODB_CALLS or not self._rng.random() < self._faults.ddb_throttle:
+        self.armed = self.armed or model.name in DATA_PATH_CALLS
+        if not self.armed or model.name not in DYNAMODB_CALLS:
             return
-        if params.get("Item", {}).get("pk") == CONFIG_KEY["pk"]:
-            return  # the table's shard count, read at start-up: spared like bootstrap
+        if not self._rng.random() < self._faults.ddb_throttle:
+            return
         batch: dict[str, list[Any]] = params.get("RequestItems", {})
         requests: list[Any] = next(iter(batch.values()), [])
         if len(requests) >= 2 and self._rng.random() < 0.5:

@@ -31,7 +31,8 @@ from logpipe.dev.processes import (
     role_env,
     wait_http,
 )
-from logpipe.obs.metrics import bucket_deltas, buckets, histogram_quantile, scrape, total
+from logpipe.dev.promtext import buckets, scrape, total
+from logpipe.obs.metrics import bucket_deltas, histogram_quantile
 
 log = logging.getLogger(__name__)
 
@@ -308,26 +309,7 @@ class LocalStack:
             urls = await bootstrap(clients, self.settings)
             session = await stack.enter_async_context(aiohttp.ClientSession())
             env = role_env(self.settings, LOGPIPE_QUEUE_POLL_S=1)
-            ingestor = await RoleProcess.start(
-                "ingestor",
-                {
-                    **env,
-                    "LOGPIPE_PORT": str(self.ingestor_port),
-                    "LOGPIPE_METRICS_PORT": str(self.ingestor_metrics_port),
-                },
-                log_file=self._log_file,
-            )
-            processor = await RoleProcess.start(
-                "processor",
-                {**env, "LOGPIPE_METRICS_PORT": str(self.processor_metrics_port)},
-                log_file=self._log_file,
-            )
-            console = await RoleProcess.start(
-                "console",
-                {**env, "LOGPIPE_PORT": str(self.console_port), "LOGPIPE_METRICS_PORT": "0"},
-                log_file=self._log_file,
-            )
-            roles = [ingestor, processor, console]
+            roles = await self._start_roles(env)
             state = StackState.of(self.settings, os.getpid(), self.console_port)
             try:
                 await wait_http(session, f"{self.ingestor_url}/healthz")
@@ -345,6 +327,29 @@ class LocalStack:
                 state.remove(Path.cwd())
                 for role in roles:
                     await role.stop()
+
+    async def _start_roles(self, env: dict[str, str]) -> list[RoleProcess]:
+        """The ingestor, the processor and the console, as child processes."""
+        ingestor = await RoleProcess.start(
+            "ingestor",
+            {
+                **env,
+                "LOGPIPE_PORT": str(self.ingestor_port),
+                "LOGPIPE_METRICS_PORT": str(self.ingestor_metrics_port),
+            },
+            log_file=self._log_file,
+        )
+        processor = await RoleProcess.start(
+            "processor",
+            {**env, "LOGPIPE_METRICS_PORT": str(self.processor_metrics_port)},
+            log_file=self._log_file,
+        )
+        console = await RoleProcess.start(
+            "console",
+            {**env, "LOGPIPE_PORT": str(self.console_port), "LOGPIPE_METRICS_PORT": "0"},
+            log_file=self._log_file,
+        )
+        return [ingestor, processor, console]
 
     async def _start_emitters(
         self, env: dict[str, str], events: int | None, rate: float | None
@@ -415,23 +420,37 @@ class Watch:
 
     async def verdict(self, emitters: list[RoleProcess], stopping: asyncio.Event) -> int:
         started = time.monotonic()
+        outputs = await self._emitter_outputs(emitters, stopping)
+        if outputs is None:
+            self._progress.end()
+            return 130
+        totals = emitter_totals(outputs)
+        reading = await self._until_stored(totals["accepted"], stopping)
+        seconds = time.monotonic() - started
+        self._progress.end()
+        stored_items = len(set(await stored_ids(self._clients, self._stack.settings.table_name)))
+        lost = max(totals["accepted"] - stored_items, 0)
+        print(done_report(totals, stored_items, lost, seconds, reading), flush=True)
+        return 0 if lost == 0 and totals["accepted"] == totals["sent"] else 1
+
+    async def _emitter_outputs(
+        self, emitters: list[RoleProcess], stopping: asyncio.Event
+    ) -> list[bytes] | None:
+        """What each emitter printed once all have finished; None if stopped first."""
         finished = asyncio.gather(*(e.output() for e in emitters))
         while not finished.done() and not stopping.is_set():
             await self.sample()
             await asyncio.wait({finished}, timeout=1.0)
         if stopping.is_set():
-            self._progress.end()
-            return 130
-        totals = {"sent": 0, "accepted": 0}
-        for output in finished.result():
-            lines = output.strip().splitlines()
-            summary = orjson.loads(lines[-1]) if lines else {}
-            for key in totals:
-                totals[key] += int(summary.get(key, 0))
+            return None
+        return list(finished.result())
+
+    async def _until_stored(self, accepted: int, stopping: asyncio.Event) -> Reading:
+        """Sample until every accepted event is stored and the queue is empty, or it stalls."""
         last_change, last_stored = time.monotonic(), -1.0
         reading = await self.sample()
         while not stopping.is_set():
-            if reading.stored >= totals["accepted"] and reading.queue == 0:
+            if reading.stored >= accepted and reading.queue == 0:
                 break
             if reading.stored != last_stored:
                 last_change, last_stored = time.monotonic(), reading.stored
@@ -439,21 +458,33 @@ class Watch:
                 break
             await asyncio.sleep(0.5)
             reading = await self.sample()
-        seconds = time.monotonic() - started
-        self._progress.end()
-        stored_items = len(set(await stored_ids(self._clients, self._stack.settings.table_name)))
-        lost = max(totals["accepted"] - stored_items, 0)
-        print(
-            f"logpipe up: done\n"
-            f"  sent      {totals['sent']}\n"
-            f"  accepted  {totals['accepted']}\n"
-            f"  stored    {stored_items}\n"
-            f"  lost      {lost}\n"
-            f"  seconds   {seconds:.1f}\n"
-            f"  events/s  {stored_items / seconds:.0f}\n"
-            f"  e2e p50   {_ms(reading.latency_ms(0.5))}\n"
-            f"  e2e p99   {_ms(reading.latency_ms(0.99))}\n"
-            f"  dlq       {reading.dlq:.0f}",
-            flush=True,
-        )
-        return 0 if lost == 0 and totals["accepted"] == totals["sent"] else 1
+        return reading
+
+
+def emitter_totals(outputs: list[bytes]) -> dict[str, int]:
+    """Events sent and accepted, summed from the emitters' closing JSON lines."""
+    totals = {"sent": 0, "accepted": 0}
+    for output in outputs:
+        lines = output.strip().splitlines()
+        summary = orjson.loads(lines[-1]) if lines else {}
+        for key in totals:
+            totals[key] += int(summary.get(key, 0))
+    return totals
+
+
+def done_report(
+    totals: dict[str, int], stored_items: int, lost: int, seconds: float, reading: Reading
+) -> str:
+    """What `logpipe up --events N` prints at the end."""
+    return (
+        f"logpipe up: done\n"
+        f"  sent      {totals['sent']}\n"
+        f"  accepted  {totals['accepted']}\n"
+        f"  stored    {stored_items}\n"
+        f"  lost      {lost}\n"
+        f"  seconds   {seconds:.1f}\n"
+        f"  events/s  {stored_items / seconds:.0f}\n"
+        f"  e2e p50   {_ms(reading.latency_ms(0.5))}\n"
+        f"  e2e p99   {_ms(reading.latency_ms(0.99))}\n"
+        f"  dlq       {reading.dlq:.0f}"
+    )

@@ -7,6 +7,7 @@ from typing import Any
 
 from logpipe.aws.calls import stored_ids
 from logpipe.aws.clients import Clients
+from logpipe.dev import promtext
 from logpipe.obs import metrics
 
 # Public on-demand prices, us-east-1, as listed on 2026-11-25 (unchanged since 2024-11-01):
@@ -37,7 +38,7 @@ def cost_figures(events: int, billed_sqs: float, write_units: float) -> dict[str
     }
 
 
-def fired(samples: list[metrics.Sample], kills: dict[str, int]) -> dict[str, int]:
+def fired(samples: list[promtext.Sample], kills: dict[str, int]) -> dict[str, int]:
     """How often each fault fired: the roles' injection counters plus the bench's kills."""
     counts: dict[str, int] = {}
     for name, labels, value in samples:
@@ -58,6 +59,21 @@ async def verify(clients: Clients, table: str, acknowledged: set[str]) -> dict[s
     }
 
 
+def aws_requests(samples: list[promtext.Sample]) -> dict[str, int]:
+    """AWS calls made, by operation (those made at least once), in name order."""
+    operations: dict[str, int] = {}
+    for name, labels, value in samples:
+        if name == "logpipe_aws_requests_total" and value:
+            operations[labels["operation"]] = operations.get(labels["operation"], 0) + int(value)
+    return dict(sorted(operations.items()))
+
+
+def e2e_latency_ms(samples: list[promtext.Sample]) -> tuple[float | None, float | None]:
+    """End-to-end p50 and p99 in ms, from the processors' histogram."""
+    e2e = promtext.buckets(samples, "logpipe_e2e_latency_seconds")
+    return percentile_ms(e2e, 0.5), percentile_ms(e2e, 0.99)
+
+
 def summarise(
     *,
     mode: str,
@@ -65,21 +81,16 @@ def summarise(
     acknowledged: int,
     counts: dict[str, int],
     seconds: float,
-    samples: list[metrics.Sample],
+    samples: list[promtext.Sample],
     peak_rss_mb: dict[str, float | None] | None = None,
     latency_ms: tuple[float | None, float | None] | None = None,
     cpu_us_per_event: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The bench's JSON object (DESIGN.md's fields, then extra detail)."""
-    operations: dict[str, int] = {}
-    for name, labels, value in samples:
-        if name == "logpipe_aws_requests_total" and value:
-            operations[labels["operation"]] = operations.get(labels["operation"], 0) + int(value)
     if latency_ms is None:
-        e2e = metrics.buckets(samples, "logpipe_e2e_latency_seconds")
-        latency_ms = (percentile_ms(e2e, 0.5), percentile_ms(e2e, 0.99))
-    billed_sqs = metrics.total(samples, "logpipe_sqs_billed_requests_total")
-    write_units = metrics.total(samples, "logpipe_dynamodb_write_units_total")
+        latency_ms = e2e_latency_ms(samples)
+    billed_sqs = promtext.total(samples, "logpipe_sqs_billed_requests_total")
+    write_units = promtext.total(samples, "logpipe_dynamodb_write_units_total")
     costs = cost_figures(max(counts["stored"], 1), billed_sqs, write_units)
     return {
         "events": events,
@@ -90,7 +101,7 @@ def summarise(
         "events_per_s": round(counts["stored"] / seconds, 1) if seconds else 0.0,
         "e2e_p50_ms": latency_ms[0],
         "e2e_p99_ms": latency_ms[1],
-        "aws_requests": dict(sorted(operations.items())),
+        "aws_requests": aws_requests(samples),
         "billed_requests_per_event": costs["billed_requests_per_event"],
         "usd_per_million_events": costs["usd_per_million_events"],
         "mode": mode,

@@ -228,10 +228,10 @@ async def receive(request: Request, protocol: Protocol) -> Response:
         return protocol.refuse(400, "client disconnected before sending the whole body", kind)
     except Overloaded as exc:
         metrics.requests_rejected.labels("overloaded").inc()
-        return protocol.refuse(429, str(exc), kind)
+        return protocol.refuse(exc.status, str(exc), kind)
     except QueueUnavailable as exc:
         metrics.requests_rejected.labels("queue_unavailable").inc()
-        return protocol.refuse(503, str(exc), kind)
+        return protocol.refuse(exc.status, str(exc), kind)
     finally:
         reservation.release()
         metrics.memory_held_bytes.set(pipeline.budget.used)

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from logpipe.aws.calls import backoff_delay
-from logpipe.aws.errors import error_code, is_retriable
+from logpipe.aws.errors import classify
 from logpipe.core.models import ENVELOPE_OVERHEAD, pack_envelope
+from logpipe.core.retry import RetryPolicy, retry_entries
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
 from logpipe.obs import metrics
 
@@ -108,7 +108,7 @@ class Batcher:
         self._max_bytes = max_bytes
         self._linger_s = linger_s
         self._max_inflight_bytes = max_inflight_bytes
-        self._attempts = attempts
+        self._policy = RetryPolicy(base=0.1, cap=2.0, attempts=attempts)
         self._ack_timeout_s = ack_timeout_s
         self._slots = asyncio.Semaphore(concurrency)
         self._buffer: deque[tuple[bytes, _Request]] = deque()
@@ -217,38 +217,34 @@ class Batcher:
         self._slots.release()
 
     async def _send(self, messages: list[_Message]) -> None:
+        """Send the messages of one batch, retrying per message; settle each exactly once."""
         bodies = [pack_envelope(m.events) for m in messages]
-        pending = list(range(len(messages)))
-        reason = "no attempt"
-        for attempt in range(self._attempts):
-            if attempt:
-                metrics.sqs_send_retries.inc(len(pending))
-                await asyncio.sleep(backoff_delay(attempt - 1, base=0.1, cap=2.0))
+        settled: set[int] = set()
+
+        async def send(pending: list[int]) -> list[EntryFailure | None]:
             started = time.perf_counter()
-            try:
-                outcomes = await self._send_batch([bodies[i] for i in pending])
-            except Exception as exc:
-                if not is_retriable(exc):
-                    reason = error_code(exc)
-                    break
-                outcomes = [EntryFailure(error_code(exc), True)] * len(pending)
+            outcomes = await self._send_batch([bodies[i] for i in pending])
             metrics.sqs_batches_sent.inc()
             metrics.sqs_send_seconds.observe(time.perf_counter() - started)
-            retry = []
             for index, outcome in zip(pending, outcomes, strict=True):
-                if outcome is None:
-                    self._settle(messages[index], None)
-                elif outcome.retriable:
-                    retry.append(index)
-                    reason = outcome.code
-                else:
-                    self._settle(messages[index], QueueUnavailable(f"SQS refused: {outcome.code}"))
-            pending = retry
-            if not pending:
-                return
-        log.warning("gave up on %d SQS messages after retries: %s", len(pending), reason)
-        for index in pending:
-            self._settle(messages[index], QueueUnavailable(f"SQS is unavailable: {reason}"))
+                if outcome is None or not outcome.retriable:
+                    settled.add(index)
+                    self._settle(messages[index], _refusal(outcome))
+            return outcomes
+
+        outcome = await retry_entries(
+            send,
+            range(len(messages)),
+            self._policy,
+            classify,
+            what="SendMessageBatch",
+            waited=lambda pending, _failure, _delay: metrics.sqs_send_retries.inc(len(pending)),
+        )
+        for index, failure in outcome.failed:
+            if index not in settled:
+                self._settle(
+                    messages[index], QueueUnavailable(f"SQS is unavailable: {failure.code}")
+                )
 
     def _settle(self, message: _Message, error: Exception | None) -> None:
         self._inflight_bytes -= message.size - ENVELOPE_OVERHEAD + 1
@@ -264,3 +260,7 @@ class Batcher:
                 request.future.set_exception(error)
             elif request.remaining == 0:
                 request.future.set_result(None)
+
+
+def _refusal(outcome: EntryFailure | None) -> QueueUnavailable | None:
+    return None if outcome is None else QueueUnavailable(f"SQS refused: {outcome.code}")

@@ -113,38 +113,45 @@ async def redrive(clients: Clients, settings: Settings, everything: bool) -> dic
         ]
         if not messages:
             return {"moved": moved, "kept": kept}
-        chosen = [m for m in messages if everything or not diagnose(m).startswith("undecodable")]
-        for message in messages:
-            if message not in chosen:
-                kept_ids.add(message["MessageId"])
-                kept += 1
-        if not chosen:
-            continue
-        entries = [
-            {
-                "Id": str(i),
-                "MessageBody": m["Body"],
-                **(
-                    {"MessageAttributes": m["MessageAttributes"]}
-                    if m.get("MessageAttributes")
-                    else {}
-                ),
-            }
-            for i, m in enumerate(chosen)
-        ]
-        failed = await call_entries(
-            partial(clients.sqs.send_message_batch, QueueUrl=target), entries, 5, "SendMessageBatch"
+        chosen, left = _choose(messages, everything)
+        kept_ids.update(m["MessageId"] for m in left)
+        kept += len(left)
+        if chosen:
+            moved += await _move(clients, chosen, source, target)
+
+
+def _choose(
+    messages: list[dict[str, Any]], everything: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The messages to move back, and those to leave (undecodable ones, unless `everything`)."""
+    chosen = [m for m in messages if everything or not diagnose(m).startswith("undecodable")]
+    return chosen, [m for m in messages if m not in chosen]
+
+
+def _resend_entry(index: int, message: dict[str, Any]) -> dict[str, Any]:
+    """A SendMessageBatch entry of a dead letter's body and message attributes."""
+    entry: dict[str, Any] = {"Id": str(index), "MessageBody": message["Body"]}
+    if message.get("MessageAttributes"):
+        entry["MessageAttributes"] = message["MessageAttributes"]
+    return entry
+
+
+async def _move(clients: Clients, chosen: list[dict[str, Any]], source: str, target: str) -> int:
+    """Send `chosen` to the main queue, then delete from the DLQ those it took; how many."""
+    entries = [_resend_entry(i, m) for i, m in enumerate(chosen)]
+    failed = await call_entries(
+        partial(clients.sqs.send_message_batch, QueueUrl=target), entries, 5, "SendMessageBatch"
+    )
+    done = [m for m, e in zip(chosen, entries, strict=True) if e not in failed]
+    receipts = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)]
+    if receipts:
+        await call_entries(
+            partial(clients.sqs.delete_message_batch, QueueUrl=source),
+            receipts,
+            5,
+            "DeleteMessageBatch",
         )
-        done = [m for m, e in zip(chosen, entries, strict=True) if e not in failed]
-        receipts = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)]
-        if receipts:
-            await call_entries(
-                partial(clients.sqs.delete_message_batch, QueueUrl=source),
-                receipts,
-                5,
-                "DeleteMessageBatch",
-            )
-        moved += len(done)
+    return len(done)
 
 
 async def run(

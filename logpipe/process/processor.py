@@ -19,9 +19,9 @@ from botocore.exceptions import ClientError
 
 from logpipe import heap
 from logpipe.aws.bootstrap import queue_url, table_shards
-from logpipe.aws.calls import backoff_delay, call_entries, with_retries
+from logpipe.aws.calls import call_entries
 from logpipe.aws.clients import ClientHook, Clients, open_clients
-from logpipe.aws.errors import AWS_ERRORS, THROTTLE_CODES, error_code, is_retriable
+from logpipe.aws.errors import AWS_ERRORS, classify, error_code, is_retriable
 from logpipe.aws.monitor import QueueMonitor, oldest_age_s
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
@@ -38,6 +38,8 @@ from logpipe.core.models import (
     unpack_events,
     write_units,
 )
+from logpipe.core.retry import RetryPolicy, retry_call, retry_entries
+from logpipe.errors import EntryFailure
 from logpipe.lifecycle import run_until_signalled, stop_signals
 from logpipe.obs import metrics
 from logpipe.obs.emf import EmfReporter
@@ -57,6 +59,12 @@ RELEASE_MARGIN_S = 3.0
 FIRST_TIMESTAMP_PREFIX = "_first#"
 FIRST_TIMESTAMP_TTL_S = 86400
 DLQ_REASON_CHARS = 256
+# Writes are retried until the round's horizon (LOGPIPE_RETRY_HORIZON_S), not a count.
+WRITE_POLICY = RetryPolicy(base=0.05, cap=WRITE_BACKOFF_CAP_S, attempts=None)
+# A receiver whose receives fail waits longer each time, and never gives up.
+RECEIVE_POLICY = RetryPolicy(base=0.2, cap=10.0, attempts=None)
+# DynamoDB leaves items unprocessed when their partition is over its throughput.
+UNPROCESSED = EntryFailure("UnprocessedItems", retriable=True, throttled=True)
 
 
 @dataclass(eq=False)
@@ -88,7 +96,7 @@ class _Write:
 class _Round:
     """What the writes of one `handle` share: when retrying stops, and what DynamoDB refused."""
 
-    deadline: float
+    policy: RetryPolicy
     refused: list[tuple[_Write, str]] = field(default_factory=list)
 
 
@@ -149,7 +157,7 @@ def _key(item: Item) -> tuple[str, str]:
     return item["pk"]["S"], item["sk"]["S"]
 
 
-def retry_delay(receive_count: int) -> int:
+def redelivery_delay(receive_count: int) -> int:
     """Seconds a message whose events could not all be stored stays hidden: 2, 4, 8, ..."""
     return int(min(2 ** max(min(receive_count, 16), 1), MAX_RETRY_DELAY_S))
 
@@ -169,6 +177,20 @@ def plan_writes(
                 write.event = event
             write.trackers.append(tracker)
     return list(writes.values())
+
+
+def _dead_letter_entries(dead: list[_DeadLetter]) -> list[dict[str, Any]]:
+    """One SendMessageBatch entry per dead letter: the event and why, as body and attribute."""
+    return [
+        {
+            "Id": str(n),
+            "MessageBody": dead_letter_body(letter.event, letter.reason),
+            "MessageAttributes": {
+                "reason": {"DataType": "String", "StringValue": _attribute_text(letter.reason)}
+            },
+        }
+        for n, letter in enumerate(dead)
+    ]
 
 
 def _attribute_text(reason: str) -> str:
@@ -260,7 +282,7 @@ class Processor:
                 failures += 1
                 log.warning("receiver %d: receive failed (%s)", number, error_code(exc))
                 with contextlib.suppress(TimeoutError):
-                    delay = backoff_delay(failures, base=0.2, cap=10)
+                    delay = RECEIVE_POLICY.delay(failures)
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 continue
             failures = 0
@@ -312,12 +334,21 @@ class Processor:
             self._held.difference_update([t for t in trackers if t.finished])
 
     async def _settle(self, trackers: list[Tracker], delete: bool) -> None:
-        round_ = _Round(deadline=time.monotonic() + self._settings.retry_horizon_s)
+        """Decode, dead-letter what can never be stored, write the rest, then delete the
+        messages whose events are all stored and hand the others back."""
+        round_ = _Round(WRITE_POLICY.within(self._settings.retry_horizon_s))
         decoded, undecodable, dead = self._decode(trackers)
         await self._dead_letter(dead)
         await self._assign_first_timestamps(decoded, round_)
         writes = plan_writes(((t, e) for t, e in decoded if not t.failed), self._settings.shards)
         del decoded  # the writes hold what is needed; let the events go
+        await self._write(writes, round_)
+        await self._dead_letter([_DeadLetter(w.event, r, w.trackers) for w, r in round_.refused])
+        await self._registry.note({w.event["service"] for w in writes})
+        await self._finish(trackers, undecodable, delete)
+
+    async def _write(self, writes: list[_Write], round_: _Round) -> None:
+        """Write in concurrent BatchWriteItem calls of 25; the writes count as in flight."""
         self._inflight += len(writes)
         try:
             chunks = [
@@ -327,8 +358,11 @@ class Processor:
         finally:
             self._inflight -= len(writes)
             self._room.set()
-        await self._dead_letter([_DeadLetter(w.event, r, w.trackers) for w, r in round_.refused])
-        await self._registry.note({w.event["service"] for w in writes})
+
+    async def _finish(
+        self, trackers: list[Tracker], undecodable: list[Tracker], delete: bool
+    ) -> None:
+        """Delete what is stored; hand back what is not, undecodable messages at once."""
         done = [t for t in trackers if not t.failed and t.pending == 0 and t not in undecodable]
         retry = [t for t in trackers if t.failed or t.pending > 0]
         if delete:
@@ -336,7 +370,7 @@ class Processor:
         # Waiting cannot mend an undecodable message: make it visible now, so it reaches the
         # DLQ after maxReceiveCount receives instead of after that many visibility timeouts.
         await self._hand_back(undecodable, lambda t: 0)
-        await self._hand_back(retry, lambda t: retry_delay(t.receive_count))
+        await self._hand_back(retry, lambda t: redelivery_delay(t.receive_count))
         metrics.messages_retried.inc(len(retry))
 
     def _decode(
@@ -371,18 +405,8 @@ class Processor:
             return
         if self._dlq_url is None:
             self._dlq_url = await queue_url(self._sqs, self._settings.dlq_name)
-        entries: list[dict[str, Any]] = []
-        for n, letter in enumerate(dead):
-            reason = _attribute_text(letter.reason)
-            entries.append(
-                {
-                    "Id": str(n),
-                    "MessageBody": dead_letter_body(letter.event, letter.reason),
-                    "MessageAttributes": {"reason": {"DataType": "String", "StringValue": reason}},
-                }
-            )
         failed: set[str] = set()
-        for group in self._dlq_batches(entries):
+        for group in self._dlq_batches(_dead_letter_entries(dead)):
             call = partial(self._sqs.send_message_batch, QueueUrl=self._dlq_url)
             left = await call_entries(call, group, attempts=5, what="SendMessageBatch (DLQ)")
             failed.update(e["Id"] for e in left)
@@ -432,12 +456,11 @@ class Processor:
         async def settle(key: tuple[str, str], held: list[tuple[Tracker, Event]]) -> None:
             proposed = min(event["timestamp"] for _, event in held)
             try:
-                first = await with_retries(
+                first = await retry_call(
                     partial(self._first_timestamp, key, proposed),
-                    1,
-                    "PutItem (first timestamp)",
-                    until=round_.deadline,
-                    cap=WRITE_BACKOFF_CAP_S,
+                    round_.policy,
+                    classify,
+                    what="PutItem (first timestamp)",
                     waited=self._note_wait,
                 )
             except AWS_ERRORS:
@@ -472,68 +495,62 @@ class Processor:
         return proposed
 
     @staticmethod
-    def _note_wait(exc: BaseException, seconds: float) -> None:
-        if error_code(exc) in THROTTLE_CODES:
+    def _classify_write(exc: Exception) -> EntryFailure:
+        failure = classify(exc)
+        if failure.throttled:
+            metrics.write_throttles.inc()
+        return failure
+
+    @staticmethod
+    def _note_wait(pending: list[Any], failure: EntryFailure, seconds: float) -> None:
+        if failure.throttled:
             metrics.throttle_wait_seconds.inc(seconds)
+
+    def _note_write_wait(
+        self, pending: list[_Write], failure: EntryFailure, seconds: float
+    ) -> None:
+        metrics.write_retries.inc(len(pending))
+        self._note_wait(pending, failure, seconds)
 
     async def _write_chunk(self, writes: list[_Write], round_: _Round) -> None:
         """Write up to 25 items. Unprocessed items, throttling, 5xx and network errors are
         retried with backoff until the round's deadline; an item DynamoDB refuses is isolated
-        by halving and dead-lettered."""
-        table = self._settings.table_name
+        by halving and dead-lettered; what is left fails its messages (they are retried)."""
         items = {w.key: self._item(w.event) for w in writes}
-        pending = {w.key: w for w in writes}
-        reason = "no attempt"
-        attempt = 0
-        throttled = False
-        while True:
-            if attempt:
-                delay = backoff_delay(attempt - 1, base=0.05, cap=WRITE_BACKOFF_CAP_S)
-                if time.monotonic() + delay > round_.deadline:
-                    break
-                metrics.write_retries.inc(len(pending))
-                if throttled:
-                    metrics.throttle_wait_seconds.inc(delay)
-                await asyncio.sleep(delay)
-            attempt += 1
-            request = [{"PutRequest": {"Item": items[key]}} for key in pending]
-            try:
-                async with self._writes:
-                    started = time.perf_counter()
-                    response = await self._dynamodb.batch_write_item(RequestItems={table: request})
-                    metrics.write_seconds.observe(time.perf_counter() - started)
-            except AWS_ERRORS as exc:
-                reason = error_code(exc)
-                throttled = reason in THROTTLE_CODES
-                if throttled:
-                    metrics.write_throttles.inc()
-                if is_retriable(exc):
-                    continue
-                if reason == "ValidationException":
-                    await self._isolate(list(pending.values()), round_, str(exc))
-                    return
-                break
-            unprocessed = response.get("UnprocessedItems", {}).get(table, [])
-            left = {_key(r["PutRequest"]["Item"]) for r in unprocessed}
-            self._record_stored(
-                [w for key, w in pending.items() if key not in left],
-                sum(write_units(items[key]) for key in pending if key not in left),
-            )
-            pending = {key: pending[key] for key in left}
-            if not pending:
-                return
-            # DynamoDB leaves items unprocessed when their partition is over its throughput.
-            throttled = True
-        log.warning(
-            "could not store %d items (%s); their messages will be retried",
-            len(pending),
-            reason,
-            extra={"items": len(pending), "reason": reason},
+        outcome = await retry_entries(
+            partial(self._batch_write, items),
+            writes,
+            round_.policy,
+            self._classify_write,
+            what="BatchWriteItem",
+            waited=self._note_write_wait,
         )
-        metrics.write_failures.inc(len(pending))
-        for write in pending.values():
+        failed = [write for write, _ in outcome.failed]
+        if not failed:
+            return
+        if outcome.error is not None and error_code(outcome.error) == "ValidationException":
+            await self._isolate(failed, round_, str(outcome.error))
+            return
+        metrics.write_failures.inc(len(failed))
+        for write in failed:
             for tracker in write.trackers:
                 tracker.failed = True
+
+    async def _batch_write(
+        self, items: dict[tuple[str, str], Item], writes: list[_Write]
+    ) -> list[EntryFailure | None]:
+        """One BatchWriteItem of `writes`; per write, None once stored or UNPROCESSED."""
+        table = self._settings.table_name
+        request = [{"PutRequest": {"Item": items[w.key]}} for w in writes]
+        async with self._writes:
+            started = time.perf_counter()
+            response = await self._dynamodb.batch_write_item(RequestItems={table: request})
+            metrics.write_seconds.observe(time.perf_counter() - started)
+        unprocessed = response.get("UnprocessedItems", {}).get(table, [])
+        left = {_key(r["PutRequest"]["Item"]) for r in unprocessed}
+        stored = [w for w in writes if w.key not in left]
+        self._record_stored(stored, sum(write_units(items[w.key]) for w in stored))
+        return [UNPROCESSED if w.key in left else None for w in writes]
 
     async def _isolate(self, writes: list[_Write], round_: _Round, error: str) -> None:
         """One refused item fails the whole call: halve until it stands alone, so the items
@@ -629,26 +646,8 @@ async def serve(
                 clients = await open_clients(stack, settings, pool=pool, hook=client_hook)
                 url = await queue_url(clients.sqs, settings.queue_name)
                 dlq_url = await queue_url(clients.sqs, settings.dlq_name)
-                queues = {"main": url, "dlq": dlq_url}
-                await stack.enter_async_context(
-                    QueueMonitor(clients.sqs, queues, settings.queue_poll_s)
-                )
-                if settings.emf:
-                    await stack.enter_async_context(
-                        EmfReporter("processor", settings.emf_interval_s)
-                    )
-                # Keys depend on the shard count: the table's, not this process's setting.
-                shards = await with_retries(
-                    partial(table_shards, clients.dynamodb, settings.table_name, settings.shards),
-                    8,
-                    "PutItem (shard count)",
-                )
-                # The heartbeat must beat within the queue's own visibility timeout.
-                attrs = await clients.sqs.get_queue_attributes(
-                    QueueUrl=url, AttributeNames=["VisibilityTimeout"]
-                )
-                visibility = int(attrs["Attributes"]["VisibilityTimeout"])
-                settings = replace(settings, shards=shards, visibility_timeout_s=visibility)
+                await _watch(stack, clients, settings, {"main": url, "dlq": dlq_url})
+                settings = await _with_table_and_queue(clients, settings, url)
                 processor = processor_cls(settings, clients, url, dlq_url)
                 heap.settle()
                 log.info(
@@ -662,3 +661,24 @@ async def serve(
                 )
         finally:
             stop_metrics()
+
+
+async def _watch(
+    stack: AsyncExitStack, clients: Clients, settings: Settings, queues: dict[str, str]
+) -> None:
+    """Queue depth gauges, and EMF lines when asked for, for as long as `stack` is open."""
+    await stack.enter_async_context(QueueMonitor(clients.sqs, queues, settings.queue_poll_s))
+    if settings.emf:
+        await stack.enter_async_context(EmfReporter("processor", settings.emf_interval_s))
+
+
+async def _with_table_and_queue(clients: Clients, settings: Settings, url: str) -> Settings:
+    """`settings` with what the table and the queue decide: the shard count (keys depend on
+    it: the table's, not this process's setting) and the visibility timeout (the heartbeat
+    must beat within the queue's own)."""
+    shards = await table_shards(clients.dynamodb, settings.table_name, settings.shards)
+    attrs = await clients.sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["VisibilityTimeout"]
+    )
+    visibility = int(attrs["Attributes"]["VisibilityTimeout"])
+    return replace(settings, shards=shards, visibility_timeout_s=visibility)

@@ -25,12 +25,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logpipe.aws.bootstrap import read_table_shards
-from logpipe.aws.clients import open_clients
+from logpipe.aws.clients import Clients, open_clients
 from logpipe.aws.errors import AWS_ERRORS, error_code
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.models import Event, from_item, iso_ms
-from logpipe.core.query import QueryError, parse_query
+from logpipe.core.models import StoredEvent, from_item, iso_ms
+from logpipe.core.query import LogQuery, QueryError, parse_query
 from logpipe.obs import metrics
 from logpipe.read.reader import READ_DEADLINE_S, Reader
 from logpipe.web import (
@@ -194,27 +194,10 @@ def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> 
         async with AsyncExitStack() as stack:
             clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
             app.state.dynamodb = clients.dynamodb
-            # The shard count belongs to the table (see aws.table_shards).
-            try:
-                shards = await read_table_shards(
-                    clients.dynamodb, settings.table_name, settings.shards
-                )
-            except AWS_ERRORS as exc:
-                log.warning(
-                    "shard count unreadable (%s): using %d", error_code(exc), settings.shards
-                )
-                shards = settings.shards
+            shards = await _shards_or_configured(clients, settings)
             app.state.console = Console(
                 settings,
-                Reader(
-                    clients.dynamodb,
-                    settings.table_name,
-                    shards,
-                    READ_CONCURRENCY,
-                    cursor_secret=secret,
-                    query_budget=settings.query_budget,
-                    deadline_s=read_deadline_s,
-                ),
+                _reader(clients, settings, shards, secret, read_deadline_s),
                 ServiceRegistry(clients.dynamodb, settings.table_name, settings.retention_days),
                 secret,
             )
@@ -234,6 +217,34 @@ def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> 
         exception_handlers={HTTPException: http_error},
         middleware=[Middleware(ReadGuard, read_keys=settings.read_keys)],
         lifespan=lifespan,
+    )
+
+
+async def _shards_or_configured(clients: Clients, settings: Settings) -> int:
+    """The table's shard count (it belongs to the table: see aws.table_shards); LOGPIPE_SHARDS
+    when it cannot be read."""
+    try:
+        return await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
+    except AWS_ERRORS as exc:
+        log.warning("shard count unreadable (%s): using %d", error_code(exc), settings.shards)
+        return settings.shards
+
+
+def _reader(
+    clients: Clients,
+    settings: Settings,
+    shards: int,
+    secret: bytes,
+    deadline_s: float = READ_DEADLINE_S,
+) -> Reader:
+    return Reader(
+        clients.dynamodb,
+        settings.table_name,
+        shards,
+        READ_CONCURRENCY,
+        cursor_secret=secret,
+        query_budget=settings.query_budget,
+        deadline_s=deadline_s,
     )
 
 
@@ -268,7 +279,7 @@ def escape_controls(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-def format_table(events: list[Event]) -> str:
+def format_table(events: list[StoredEvent]) -> str:
     """Events as aligned lines a person reads: time, level, message, attributes.
 
     Every field is stored as a client sent it, so every field is escaped: a log line
@@ -328,50 +339,55 @@ async def query_command(
     except QueryError as exc:
         print(f"logpipe: {exc}", file=err)
         return 2
-    wanted = query.limit
-    events: list[Event] = []
-    more = False
     progress = _Progress(err)
     async with AsyncExitStack() as stack:
         clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
         try:
             shards = await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
-            reader = Reader(
-                clients.dynamodb,
-                settings.table_name,
-                shards,
-                READ_CONCURRENCY,
-                cursor_secret=secret,
-                query_budget=settings.query_budget,
-            )
-            while True:
-                page = await reader.read(query)
-                events.extend(from_item(item) for item in page.items)
-                if page.cursor is None or len(events) >= wanted or page.complete:
-                    more = page.cursor is not None
-                    break
-                next_params = {**params, "cursor": page.cursor, "limit": str(wanted - len(events))}
-                query = parse_query(next_params, now_ms(), secret)
-                progress.show(len(events), iso_ms(query.until_ms))
+            reader = _reader(clients, settings, shards, secret)
+            events, more = await _follow_cursors(reader, query, params, secret, progress)
         except AWS_ERRORS as exc:
             progress.clear()
             print(f"logpipe: the log table could not be read ({error_code(exc)})", file=err)
             return 1
     progress.clear()
+    _print_found(events, more, query.service, as_json, out, err)
+    return 0
+
+
+async def _follow_cursors(
+    reader: Reader, query: LogQuery, params: Mapping[str, str], secret: bytes, progress: _Progress
+) -> tuple[list[StoredEvent], bool]:
+    """Read page after page until --limit events are found or the whole range is searched;
+    the events, and whether older ones match too."""
+    wanted = query.limit
+    events: list[StoredEvent] = []
+    while True:
+        page = await reader.read(query)
+        events.extend(from_item(item) for item in page.items)
+        if page.cursor is None or len(events) >= wanted or page.complete:
+            return events, page.cursor is not None
+        next_params = {**params, "cursor": page.cursor, "limit": str(wanted - len(events))}
+        query = parse_query(next_params, now_ms(), secret)
+        progress.show(len(events), iso_ms(query.until_ms))
+
+
+def _print_found(
+    events: list[StoredEvent], more: bool, service: str, as_json: bool, out: TextIO, err: TextIO
+) -> None:
     if as_json:
         for event in events:
             out.write(orjson.dumps(event).decode() + "\n")
     elif events:
         print(format_table(events), file=out)
     if not events:
-        print(f"logpipe: no events of {query.service} in this time range", file=err)
+        print(f"logpipe: no events of {service} in this time range", file=err)
     elif more:
         print(
             f"logpipe: {len(events)} newest shown; older ones match too: "
             f"raise --limit or pass --until {escape_controls(str(events[-1]['timestamp']))}",
             file=err,
         )
-    return 0
 
 
 def query_params(args: Any) -> dict[str, str]:

@@ -186,15 +186,9 @@ class Reader:
             while len(found) < want:
                 covered = query.until_ms + 1 - covered_from
                 target = hours_ahead(len(found), want, covered, self._lookahead)
-                while (
-                    len(ahead) < target
-                    and scheduled < len(hours)
-                    and budget.take(self._shards, first=scheduled == 0)
-                ):
-                    start = hours[scheduled]
-                    scheduled += 1
-                    hour = self._hour(query, hour_bucket(start), want - len(found), budget)
-                    ahead.append((start, asyncio.create_task(hour)))
+                scheduled = self._schedule(
+                    query, hours, scheduled, ahead, target, want - len(found), budget
+                )
                 if not ahead:
                     break
                 start, task = ahead.popleft()
@@ -204,12 +198,33 @@ class Reader:
                     return found, stopped_at
                 covered_from = max(start, query.since_ms)
         finally:
-            for _, task in ahead:
-                task.cancel()
-            await asyncio.gather(*(task for _, task in ahead), return_exceptions=True)
+            await _cancel([task for _, task in ahead])
         if scheduled < len(hours):
             return found, f"{covered_from:013d}"  # every hour from here up was searched
         return found, None
+
+    def _schedule(
+        self,
+        query: LogQuery,
+        hours: list[int],
+        scheduled: int,
+        ahead: deque[tuple[int, asyncio.Task[tuple[list[Item], str | None]]]],
+        target: int,
+        want: int,
+        budget: _Budget,
+    ) -> int:
+        """Start the next hours' Queries (each for up to `want` items) until `target` hours are
+        in flight, or the window's hours or the budget run out; how many hours are started."""
+        while (
+            len(ahead) < target
+            and scheduled < len(hours)
+            and budget.take(self._shards, first=scheduled == 0)
+        ):
+            start = hours[scheduled]
+            scheduled += 1
+            hour = self._hour(query, hour_bucket(start), want, budget)
+            ahead.append((start, asyncio.create_task(hour)))
+        return scheduled
 
     def _cursor(self, query: LogQuery, position: str) -> str:
         return encode_cursor(query.fingerprint, query.since_ms, position, self._secret)
@@ -287,10 +302,15 @@ async def _all(calls: list[Coroutine[Any, Any, None]]) -> None:
     try:
         await asyncio.gather(*tasks)
     except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel(tasks)
         raise
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait until each has ended."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _add_filter(kwargs: dict[str, Any], query: LogQuery) -> None:
