@@ -21,7 +21,8 @@ from tests.support.servers import serving
 use_local_aws()
 
 # Under xdist these start first, longest first, so that no worker is left alone with a long
-# test at the end; the rest follow in file order.
+# test at the end; the rest follow in file order. (`--dist loadgroup` hands out the
+# xdist_group modules, install and node, whole and before single tests.)
 SLOW_FIRST = (
     "tests/test_deploy.py::test_deploy_rehearsal",  # about 3 minutes
     "tests/test_bench.py",
