@@ -21,8 +21,10 @@ from tests.support.servers import serving
 use_local_aws()
 
 # Under xdist these start first, longest first, so that no worker is left alone with a long
-# test at the end; the rest follow in file order. (`--dist loadgroup` hands out the
-# xdist_group modules, install and node, whole and before single tests.)
+# test at the end; the rest follow in file order. `--dist loadgroup` hands out one test at a
+# time, and would hand out the xdist_group modules (install, node) whole, but with pytest 9.2
+# and xdist 3.8 it does not (pytest-xdist#1386): what they share is locked (support/shared.py)
+# or per worker (tmp_path_factory).
 SLOW_FIRST = (
     "tests/test_deploy.py::test_deploy_rehearsal",  # about 3 minutes
     "tests/test_bench.py",

@@ -18,6 +18,7 @@ import pytest
 
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
+from tests.support.shared import exclusive
 from tests.test_client import stored_events
 
 NODE_DIR = Path(__file__).parent / "node"
@@ -38,14 +39,15 @@ pytestmark = [
 def node_packages() -> Path:
     """`npm ci` from the committed lock, once, unless node_modules is newer than the lock."""
     lock = NODE_DIR / "package-lock.json"
-    if not STAMP.exists() or STAMP.stat().st_mtime < lock.stat().st_mtime:
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=NODE_DIR,
-            check=True,
-            timeout=300,
-        )
-        STAMP.touch()
+    with exclusive(NODE_DIR):  # another xdist worker may be installing the same packages
+        if not STAMP.exists() or STAMP.stat().st_mtime < lock.stat().st_mtime:
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=NODE_DIR,
+                check=True,
+                timeout=300,
+            )
+            STAMP.touch()
     return NODE_DIR
 
 
