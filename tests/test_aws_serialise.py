@@ -12,9 +12,11 @@ import orjson
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.context import start_as_current_context
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
+from botocore.useragent import register_feature_ids
 
 from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients, _session, client_config, open_clients
@@ -307,3 +309,42 @@ async def test_the_processor_clients_receive_through_the_orjson_parser(
     assert received["Messages"][0]["Body"] == UNICODE[:20]
     assert after_ours.answers[-1][1]["body"] == b"{}"  # botocore's parser had nothing to walk
     assert received["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+async def test_the_cached_user_agent_is_the_one_botocore_builds(settings: Settings) -> None:
+    """One string per set of feature codes, each what botocore builds for that set."""
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(stack, settings, pool=2)
+        creator = clients.dynamodb._user_agent_creator
+        built: list[str] = []
+        original = type(creator).to_string
+
+        def fresh() -> str:
+            text = str(original(creator))
+            built.append(text)
+            return text
+
+        for features in ([], ["RETRY_MODE_ADAPTIVE"], ["WAITER", "PAGINATOR"], []):
+            with start_as_current_context():
+                register_feature_ids(features)
+                assert creator.to_string() == fresh()
+                assert creator.to_string() == built[-1]
+        # The calls of a context with the same codes share a string; other codes get theirs.
+        assert len(set(built)) == 3
+        assert "m/" in built[1] and built[1] != built[0]
+
+
+async def test_every_hot_call_sends_botocores_user_agent(
+    settings: Settings, clients: Clients, generic: Clients
+) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    fast, slow = Capture(clients.sqs), Capture(generic.sqs)
+    for client in (clients.sqs, generic.sqs):
+        for _ in range(2):  # the second call takes the cached string
+            await client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            await client.delete_message_batch(
+                QueueUrl=url, Entries=[{"Id": "0", "ReceiptHandle": "gone"}]
+            )
+    sent = [r.headers["User-Agent"] for r in fast.requests]
+    assert len(sent) == 4
+    assert sent == [r.headers["User-Agent"] for r in slow.requests]

@@ -862,3 +862,51 @@ def test_item_size_counts_utf8_bytes_of_names_and_values() -> None:
     assert item_size(item) == expected
     assert write_units(item) == 1
     assert write_units({"message": {"S": "\u20ac" * 400}}) == 2  # 1207 bytes
+
+
+def _reference_size(name: str, typed: dict[str, Any]) -> int:
+    """DynamoDB's sizing rules, written out part by part (the fast path must agree)."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    kind, value = next(iter(typed.items()))
+    if kind == "S":
+        return size + len(value.encode("utf-8", "surrogatepass"))
+    if kind == "N":
+        digits = Decimal(value).normalize().as_tuple().digits
+        return size + (len(digits) + 1) // 2 + 1 if Decimal(value) != 0 else size + 1
+    if kind == "M":
+        return size + 3 + sum(_reference_size(k, v) + 1 for k, v in value.items())
+    return size + 1
+
+
+SIZED_ITEMS = {
+    "ascii": {"pk": {"S": "svc#2026-01-01T00#1"}, "message": {"S": "hello world"}},
+    "empty strings": {"message": {"S": ""}, "id": {"S": "x"}},
+    "integers": {"a": {"N": "0"}, "b": {"N": "1000"}, "c": {"N": "-7"}, "d": {"N": "123456789"}},
+    "decimals": {"a": {"N": "-12.50"}, "b": {"N": "0.001"}, "c": {"N": "1E-130"}},
+    "map": {"attributes": {"M": {"k": {"S": "v"}, "n": {"N": "42"}, "b": {"BOOL": False}}}},
+    "nested map": {"attributes": {"M": {"outer": {"M": {"inner": {"S": "deep"}}}}}},
+    "empty map": {"attributes": {"M": {}}},
+    "unicode value": {"message": {"S": "gr\u00fc\u00dfe \u6771\u4eac \U0001f680"}},
+    "unicode key": {"attributes": {"M": {"\u00e9t\u00e9": {"S": "summer"}}}},
+    "bench event": to_item(
+        stored_event(attributes={"http.status_code": 200, "duration_ms": 0, "region": "eu-west-1"}),
+        shards=8,
+        retention_days=30,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SIZED_ITEMS))
+def test_item_size_agrees_with_the_rules_part_by_part(name: str) -> None:
+    item = SIZED_ITEMS[name]
+
+    assert item_size(item) == sum(_reference_size(k, v) for k, v in item.items())
+
+
+def test_to_item_with_the_planned_key_is_the_item_without_it() -> None:
+    event = stored_event(trace_id="ab", attributes={"a": "x", "n": 2**70, "f": 0.25, "b": True})
+
+    planned = to_item(event, shards=8, retention_days=30, key=item_key(event, 8))
+
+    assert planned == to_item(event, shards=8, retention_days=30)
+    assert planned["attributes"]["M"]["n"] == {"N": str(2**70)}

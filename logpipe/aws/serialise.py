@@ -23,6 +23,11 @@ The answer of ReceiveMessage (up to ten 256 KiB bodies, JSON inside JSON) is the
 the other way round: `before-parse` decodes its messages with orjson and leaves the
 generic parser an empty body, unless an answer is an error or holds binary attributes
 (base64 that the generic parser decodes).
+
+botocore also builds the User-Agent header from a dozen parts twice a call (once for the
+request, once again after it is created, with the call's feature codes). The parts are
+fixed for a client but for those codes, so `cache_user_agent` keeps one string per set of
+codes: the same header, built once.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from botocore.context import get_context
 
 # (service, operation) -> the member whose walk is skipped.
 FAST_MEMBERS = {
@@ -112,8 +118,38 @@ def parse_messages(
     response_dict["body"] = b"{}"
 
 
+# More distinct sets of feature codes than this is not a steady state: stop caching.
+MAX_USER_AGENTS = 64
+
+
+def cache_user_agent(client: Any) -> None:
+    """Build the client's User-Agent string once per set of feature codes.
+
+    The string depends on the client's configuration, fixed when it was made, and on the
+    feature codes of the client and of the call (botocore's context); those are the key.
+    """
+    creator = client._user_agent_creator
+    build = creator.to_string
+    cache: dict[tuple[frozenset[str], frozenset[str]], str] = {}
+
+    def to_string() -> str:
+        context = get_context()
+        key = (
+            frozenset(creator._client_features or ()),
+            frozenset(context.features) if context is not None else frozenset(),
+        )
+        text = cache.get(key)
+        if text is None:
+            text = build()
+            if len(cache) < MAX_USER_AGENTS:
+                cache[key] = text
+        return str(text)
+
+    creator.to_string = to_string
+
+
 def install(client: Any) -> None:
-    """Serialise the client's hot batch calls with orjson.
+    """Serialise the client's hot batch calls with orjson; build its User-Agent once.
 
     The client must not validate parameters (`parameter_validation=False`): validation
     runs after `before-parameter-build` and would see only the stand-in. Registered last,
@@ -122,3 +158,4 @@ def install(client: Any) -> None:
     client.meta.events.register_last("before-parameter-build", take_body)
     client.meta.events.register_last("before-call", put_body)
     client.meta.events.register_last("before-parse", parse_messages)
+    cache_user_agent(client)

@@ -413,9 +413,13 @@ def iso_ms(ms: int) -> str:
     return timefmt.iso_ms(ms)
 
 
-def to_item(event: Event, shards: int, retention_days: int) -> Item:
-    """The DynamoDB item (low-level attribute values) that stores one event."""
-    pk, sk = item_key(event, shards)
+def to_item(
+    event: Event, shards: int, retention_days: int, key: tuple[str, str] | None = None
+) -> Item:
+    """The DynamoDB item (low-level attribute values) that stores one event; `key`, when
+    given, is `item_key(event, shards)` computed already."""
+    pk, sk = item_key(event, shards) if key is None else key
+    timestamp = event["timestamp"]
     item: Item = {
         "pk": {"S": pk},
         "sk": {"S": sk},
@@ -423,30 +427,56 @@ def to_item(event: Event, shards: int, retention_days: int) -> Item:
         "service": {"S": event["service"]},
         "level": {"S": event["level"]},
         "message": {"S": event["message"]},
-        "timestamp": {"S": iso_ms(event["timestamp"])},
-        "expires_at": {"N": str(event["timestamp"] // 1000 + retention_days * 86400)},
+        "timestamp": {"S": timefmt.iso_ms(timestamp)},
+        "expires_at": {"N": str(timestamp // 1000 + retention_days * 86400)},
     }
     ingested_at = event.get("ingested_at")
     if isinstance(ingested_at, int):
-        item["ingested_at"] = {"S": iso_ms(ingested_at)}
-    for name in ("trace_id", "span_id"):
-        if name in event:
-            item[name] = {"S": event[name]}
+        item["ingested_at"] = {"S": timefmt.iso_ms(ingested_at)}
+    if "trace_id" in event:
+        item["trace_id"] = {"S": event["trace_id"]}
+    if "span_id" in event:
+        item["span_id"] = {"S": event["span_id"]}
     attributes = event.get("attributes")
     if attributes:
-        item["attributes"] = {"M": {k: _attribute_value(v) for k, v in attributes.items()}}
+        # Strings first, without a call: nearly every attribute value is one.
+        item["attributes"] = {
+            "M": {
+                k: {"S": v} if type(v) is str else _attribute_value(v)
+                for k, v in attributes.items()
+            }
+        }
     return item
 
 
 def item_size(item: Mapping[str, Any]) -> int:
     """Bytes DynamoDB counts for an item: attribute names plus values (its sizing rules)."""
+    # Nearly every item is ASCII: its names and strings are counted in one joined string,
+    # one byte a character; anything else is counted part by part.
+    texts: list[str] = []
+    size = _ascii_sizes(item, texts)
+    joined = "".join(texts)
+    if joined.isascii():
+        return size + len(joined)
     size = 0
     for name, typed in item.items():
+        size += _utf8_len(name, "strict") + _value_size(typed)
+    return size
+
+
+def _ascii_sizes(values: Mapping[str, Any], texts: list[str]) -> int:
+    """The size of `values` but for its names and strings, which go to `texts`."""
+    size = 0
+    for name, typed in values.items():
+        texts.append(name)
         text = typed.get("S")
-        if text is not None and text.isascii() and name.isascii():
-            size += len(name) + len(text)
+        if text is not None:
+            texts.append(text)
+        elif "M" in typed:
+            entries = typed["M"]
+            size += 3 + len(entries) + _ascii_sizes(entries, texts)
         else:
-            size += _utf8_len(name, "strict") + _value_size(typed)
+            size += _value_size(typed)
     return size
 
 
@@ -460,7 +490,10 @@ def _value_size(typed: Mapping[str, Any]) -> int:
     if text is not None:
         return _utf8_len(text)
     if "N" in typed:
-        digits = typed["N"].lstrip("-").replace(".", "").split("e")[0].split("E")[0].strip("0")
+        number = typed["N"]
+        if number.isdigit():  # no sign, point or exponent: only zeros to strip
+            return (len(number.strip("0")) + 1) // 2 + 1
+        digits = number.lstrip("-").replace(".", "").split("e")[0].split("E")[0].strip("0")
         return (len(digits) + 1) // 2 + 1
     if "M" in typed:
         return 3 + sum(_utf8_len(k, "strict") + _value_size(v) + 1 for k, v in typed["M"].items())

@@ -65,7 +65,7 @@ class NaiveProcessor(Processor):
                 continue
             writes = plan_writes([(Tracker(message, len(events)), events)], self._settings.shards)
             for write in writes:
-                item = self._item(write.event)
+                item = self._item(write)
                 await self._dynamodb.put_item(TableName=self._settings.table_name, Item=item)
                 self._record_stored([write], write_units(item))
             if delete:

@@ -516,7 +516,7 @@ class Processor:
         """Write up to 25 items. Unprocessed items, throttling, 5xx and network errors are
         retried with backoff until the round's deadline; an item DynamoDB refuses is isolated
         by halving and dead-lettered; what is left fails its messages (they are retried)."""
-        items = {w.key: self._item(w.event) for w in writes}
+        items = {w.key: self._item(w) for w in writes}
         outcome = await retry_entries(
             partial(self._batch_write, items),
             writes,
@@ -563,8 +563,9 @@ class Processor:
             self._write_chunk(writes[:middle], round_), self._write_chunk(writes[middle:], round_)
         )
 
-    def _item(self, event: Event) -> Item:
-        return to_item(event, self._settings.shards, self._settings.retention_days)
+    def _item(self, write: _Write) -> Item:
+        settings = self._settings
+        return to_item(write.event, settings.shards, settings.retention_days, write.key)
 
     def _record_stored(self, writes: list[_Write], units: int) -> None:
         now_ms = time.time() * 1000
