@@ -32,8 +32,12 @@ $(NODE_STAMP): tools/package.json tools/package-lock.json
 up: $(STAMP)
 	$(BIN)/logpipe up $(ARGS)
 
+# Most tests wait on servers and subprocesses, so more pytest-xdist workers than cores pays;
+# tests/conftest.py starts the longest first. PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= 3
+
 test: $(STAMP) deploy-tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check logpipe tests bench

@@ -98,15 +98,6 @@ class Outcome:
         }
 
 
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM of a process: the most resident memory it ever had, in MB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
-
-
 @contextlib.asynccontextmanager
 async def healthz_probe(url: str, interval: float = 0.05) -> AsyncIterator[list[float]]:
     """Time GET /healthz over and over on a connection of its own while the block runs."""

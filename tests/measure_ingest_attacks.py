@@ -14,24 +14,14 @@ import asyncio
 import os
 import sys
 import time
-import uuid
-from contextlib import AsyncExitStack
 
 import aiohttp
 import orjson
 
-from logpipe.aws.bootstrap import bootstrap
-from logpipe.aws.clients import open_clients
-from logpipe.config import Settings
-from logpipe.dev.processes import (
-    LOCAL_CREDENTIALS,
-    EmbeddedAws,
-    RoleProcess,
-    free_port,
-    role_env,
-    wait_http,
-)
+from logpipe.dev.processes import EmbeddedAws, RoleProcess, free_port, role_env, wait_http
 from tests import attacks
+from tests.support.aws import bootstrapped, fresh_settings, use_local_aws
+from tests.support.roles import peak_rss_mb
 
 ATTACKS: dict[str, tuple[attacks.Attack, dict[str, str]]] = {
     "otlp-bomb": (attacks.attack_otlp_bomb, {}),
@@ -46,17 +36,7 @@ ATTACKS: dict[str, tuple[attacks.Attack, dict[str, str]]] = {
 
 async def measure(aws_url: str, name: str) -> attacks.Outcome:
     attack, extra = ATTACKS[name]
-    run = f"m{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        endpoint_url=aws_url,
-        queue_name=f"{run}-events",
-        dlq_name=f"{run}-dlq",
-        table_name=f"{run}-logs",
-        port=free_port(),
-        metrics_port=free_port(),
-    )
-    async with AsyncExitStack() as stack:
-        await bootstrap(await open_clients(stack, settings, pool=4), settings)
+    settings = await bootstrapped(fresh_settings(aws_url, prefix="m"))
     env = role_env(
         settings,
         LOGPIPE_PORT=settings.port,
@@ -78,7 +58,7 @@ async def measure(aws_url: str, name: str) -> attacks.Outcome:
             outcome.statuses = await attack(base)
             outcome.seconds = time.perf_counter() - started
         outcome.worst_healthz_s = max(latencies, default=0.0)
-        outcome.peak_rss_mb = attacks.peak_rss_mb(role.process.pid)
+        outcome.peak_rss_mb = peak_rss_mb(role.process.pid)
         if attacks.slowest_answer:
             outcome.note = "slowest answer by status: " + ", ".join(
                 f"{status} {seconds:.2f} s" for status, seconds in attacks.slowest_answer.items()
@@ -112,7 +92,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("attacks", nargs="*", default=[*ATTACKS, "api-keys-blank"])
     names = parser.parse_args().attacks
-    os.environ.update(LOCAL_CREDENTIALS)
+    use_local_aws()
     aws = EmbeddedAws()
     url = aws.start()
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 from contextlib import AsyncExitStack
@@ -27,9 +26,10 @@ from logpipe.aws.clients import open_clients
 from logpipe.config import Settings
 from logpipe.core.models import from_item, normalise, to_item
 from logpipe.core.query import parse_query
-from logpipe.dev.processes import LOCAL_CREDENTIALS, EmbeddedAws
+from logpipe.dev.processes import EmbeddedAws
 from logpipe.read.console import READ_CONCURRENCY
 from logpipe.read.reader import Reader
+from tests.support.aws import use_local_aws
 
 HOUR_MS = 3_600_000
 SECRET = b"measure-query-latency"
@@ -83,7 +83,7 @@ async def timed(reader: Reader, params: dict[str, str], runs: int) -> dict[str, 
 
 
 async def main(runs: int, per_hour: int, endpoint: str | None) -> None:
-    os.environ.update(LOCAL_CREDENTIALS)
+    use_local_aws()
     aws = EmbeddedAws()
     endpoint = endpoint or aws.start()
     table = f"latency-{int(time.time())}"

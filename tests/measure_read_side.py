@@ -15,23 +15,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import os
 import time
 from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import orjson
-import uvicorn
 
 from logpipe.aws.bootstrap import bootstrap
 from logpipe.aws.clients import open_clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.models import normalise, to_item
-from logpipe.dev.processes import LOCAL_CREDENTIALS, EmbeddedAws, free_port
+from logpipe.dev.processes import EmbeddedAws, free_port
 from logpipe.read import console
-from tests.conftest import _QuietServer, _started, wait_until
+from tests.support.aws import use_local_aws
+from tests.support.servers import serving
 
 READ_KEY = "read-key-0123456789"
 INGEST_KEY = "ingest-key-0123456789"
@@ -91,87 +90,76 @@ async def measure() -> dict[str, Any]:
             await bootstrap(clients, settings)
             await _store(clients, settings, now_ms)
             app = console.create_app(settings)
-            server = _QuietServer(
-                uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None)
-            )
-            task = asyncio.create_task(server.serve())
-            await wait_until(lambda: _started(server, task), timeout=15)
-            url = f"http://127.0.0.1:{settings.port}"
+            url = await stack.enter_async_context(serving(app, settings.port))
             auth = {"Authorization": f"Bearer {READ_KEY}"}
             ingest_auth = {"Authorization": f"Bearer {INGEST_KEY}"}
             http = await stack.enter_async_context(aiohttp.ClientSession())
-            try:
-                victim = {"service": "victim", "since": "1h", "limit": "5"}
-                for name, headers in (("none", {}), ("ingest", ingest_auth), ("read", auth)):
-                    async with http.get(f"{url}/api/logs", params=victim, headers=headers) as r:
-                        found[f"logs_with_{name}_key"] = r.status
-                async with http.get(f"{url}/api/services") as r:
-                    found["services_with_no_key"] = r.status
+            victim = {"service": "victim", "since": "1h", "limit": "5"}
+            for name, headers in (("none", {}), ("ingest", ingest_auth), ("read", auth)):
+                async with http.get(f"{url}/api/logs", params=victim, headers=headers) as r:
+                    found[f"logs_with_{name}_key"] = r.status
+            async with http.get(f"{url}/api/services") as r:
+                found["services_with_no_key"] = r.status
 
-                reader = app.state.console.reader
-                calls = reader.query_calls
-                started = time.perf_counter()
-                nobody = {"service": "nobody", "since": "31d", "limit": "1"}
-                async with http.get(f"{url}/api/logs", params=nobody, headers=auth) as r:
-                    body = await r.json()
-                    found["empty_31d"] = {
-                        "status": r.status,
-                        "seconds": round(time.perf_counter() - started, 2),
-                        "queries": reader.query_calls - calls,
-                        "cursor": bool(body.get("cursor")),
-                        "complete": body.get("complete"),
-                    }
-
-                answers, cursor = 1, body.get("cursor")
-                while cursor:
-                    more = {**nobody, "cursor": cursor}
-                    async with http.get(f"{url}/api/logs", params=more, headers=auth) as r:
-                        cursor = (await r.json())["cursor"]
-                        answers += 1
-                found["empty_31d_followed_to_the_end"] = {
-                    "answers": answers,
+            reader = app.state.console.reader
+            calls = reader.query_calls
+            started = time.perf_counter()
+            nobody = {"service": "nobody", "since": "31d", "limit": "1"}
+            async with http.get(f"{url}/api/logs", params=nobody, headers=auth) as r:
+                body = await r.json()
+                found["empty_31d"] = {
+                    "status": r.status,
                     "seconds": round(time.perf_counter() - started, 2),
                     "queries": reader.query_calls - calls,
+                    "cursor": bool(body.get("cursor")),
+                    "complete": body.get("complete"),
                 }
 
-                async with http.get(f"{url}/api/logs", params=victim, headers=auth) as r:
-                    page = await r.json()
-                    found["logs_headers"] = {
-                        k: r.headers.get(k) for k in ("X-Content-Type-Options", "Referrer-Policy")
-                    }
-                forged = _forge(page["cursor"], 3 * HOUR_MS)
-                async with http.get(
-                    f"{url}/api/logs", params={**victim, "cursor": forged}, headers=auth
-                ) as r:
-                    found["forged_cursor_status"] = r.status
-                async with http.get(
-                    f"{url}/api/logs",
-                    params={**victim, "cursor": page["cursor"][:-3]},
-                    headers=auth,
-                ) as r:
-                    found["truncated_cursor_status"] = r.status
-                huge = {"service": "victim", "since": "9" * 5000 + "s"}
-                async with http.get(f"{url}/api/logs", params=huge, headers=auth) as r:
-                    found["since_5000_nines_status"] = r.status
+            answers, cursor = 1, body.get("cursor")
+            while cursor:
+                more = {**nobody, "cursor": cursor}
+                async with http.get(f"{url}/api/logs", params=more, headers=auth) as r:
+                    cursor = (await r.json())["cursor"]
+                    answers += 1
+            found["empty_31d_followed_to_the_end"] = {
+                "answers": answers,
+                "seconds": round(time.perf_counter() - started, 2),
+                "queries": reader.query_calls - calls,
+            }
 
-                junk = [f"junk-{n:05d}" for n in range(10_000)]
-                registry = ServiceRegistry(clients.dynamodb, settings.table_name, 30)
-                await registry.note(junk)
-                found["registry_cache_entries_after_10000_names"] = (
-                    registry.remembered
-                    if hasattr(registry, "remembered")
-                    else len(registry._written)
-                )
-                async with http.get(f"{url}/api/services", headers=auth) as r:
-                    payload = await r.read()
-                    found["services_answer"] = {
-                        "status": r.status,
-                        "bytes": len(payload),
-                        "services": len(orjson.loads(payload)["services"]),
-                    }
-            finally:
-                server.should_exit = True
-                await task
+            async with http.get(f"{url}/api/logs", params=victim, headers=auth) as r:
+                page = await r.json()
+                found["logs_headers"] = {
+                    k: r.headers.get(k) for k in ("X-Content-Type-Options", "Referrer-Policy")
+                }
+            forged = _forge(page["cursor"], 3 * HOUR_MS)
+            async with http.get(
+                f"{url}/api/logs", params={**victim, "cursor": forged}, headers=auth
+            ) as r:
+                found["forged_cursor_status"] = r.status
+            async with http.get(
+                f"{url}/api/logs",
+                params={**victim, "cursor": page["cursor"][:-3]},
+                headers=auth,
+            ) as r:
+                found["truncated_cursor_status"] = r.status
+            huge = {"service": "victim", "since": "9" * 5000 + "s"}
+            async with http.get(f"{url}/api/logs", params=huge, headers=auth) as r:
+                found["since_5000_nines_status"] = r.status
+
+            junk = [f"junk-{n:05d}" for n in range(10_000)]
+            registry = ServiceRegistry(clients.dynamodb, settings.table_name, 30)
+            await registry.note(junk)
+            found["registry_cache_entries_after_10000_names"] = (
+                registry.remembered if hasattr(registry, "remembered") else len(registry._written)
+            )
+            async with http.get(f"{url}/api/services", headers=auth) as r:
+                payload = await r.read()
+                found["services_answer"] = {
+                    "status": r.status,
+                    "bytes": len(payload),
+                    "services": len(orjson.loads(payload)["services"]),
+                }
     finally:
         aws.stop()
     event = {
@@ -188,8 +176,7 @@ async def measure() -> dict[str, Any]:
 
 
 def main() -> None:
-    os.environ.update(LOCAL_CREDENTIALS)
-    os.environ.setdefault("AWS_REGION", "us-east-1")
+    use_local_aws()
     print(orjson.dumps(asyncio.run(measure()), option=orjson.OPT_INDENT_2).decode())
 
 

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -24,18 +21,12 @@ import orjson
 
 from logpipe.aws.bootstrap import bootstrap, queue_url
 from logpipe.aws.clients import Clients, open_clients
-from logpipe.config import Settings
-from logpipe.dev.processes import (
-    LOCAL_CREDENTIALS,
-    EmbeddedAws,
-    RoleProcess,
-    free_port,
-    role_env,
-    wait_http,
-)
+from logpipe.dev.processes import EmbeddedAws, RoleProcess
+from tests.support.aws import fresh_settings, queue_counts, scan_items, use_local_aws
+from tests.support.roles import Roles
+from tests.support.wait import poll
 
-os.environ.update(LOCAL_CREDENTIALS)
-os.environ["AWS_REGION"] = "us-east-1"
+use_local_aws()
 
 
 def event(n: int, **fields: Any) -> dict[str, Any]:
@@ -58,19 +49,8 @@ class Run:
     """One measurement's resources and roles."""
 
     def __init__(self, endpoint: str, stack: AsyncExitStack, **overrides: Any) -> None:
-        name = f"m{uuid.uuid4().hex[:8]}"
-        self.settings = Settings(
-            endpoint_url=endpoint,
-            queue_name=f"{name}-events",
-            dlq_name=f"{name}-dlq",
-            table_name=f"{name}-logs",
-            host="127.0.0.1",
-            port=free_port(),
-            metrics_port=free_port(),
-            **overrides,
-        )
+        self.settings = fresh_settings(endpoint, prefix="m", receive_wait_s=1, **overrides)
         self.stack = stack
-        self.roles: list[RoleProcess] = []
 
     async def start(self) -> None:
         self.clients: Clients = await open_clients(self.stack, self.settings, pool=10)
@@ -78,48 +58,19 @@ class Run:
         self.url = await queue_url(self.clients.sqs, self.settings.queue_name)
         self.dlq = await queue_url(self.clients.sqs, self.settings.dlq_name)
         self.http = await self.stack.enter_async_context(aiohttp.ClientSession())
+        self.roles = Roles(self.settings, self.http, log_level="error")
 
     async def role(self, role: str, **env: str | int | float) -> RoleProcess:
-        variables: dict[str, str | int | float] = {
-            "LOGPIPE_PORT": self.settings.port,
-            "LOGPIPE_METRICS_PORT": self.settings.metrics_port,
-            "LOGPIPE_RECEIVE_WAIT_S": 1,
-            "LOGPIPE_LOG_LEVEL": "error",
-            **env,
-        }
-        process = await RoleProcess.start(role, role_env(self.settings, **variables))
-        self.roles.append(process)
-        port = self.settings.port if role == "ingestor" else self.settings.metrics_port
-        path = "/healthz" if role == "ingestor" else "/metrics"
-        await wait_http(self.http, f"http://127.0.0.1:{port}{path}", timeout=30)
-        return process
+        return await self.roles.start(role, **env)
 
     async def stop_all(self) -> None:
-        for process in self.roles:
-            await process.stop(timeout=40)
+        await self.roles.stop_all(timeout=40)
 
     async def depth(self, url: str) -> tuple[int, int]:
-        response = await self.clients.sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )
-        attrs = response["Attributes"]
-        return int(attrs["ApproximateNumberOfMessages"]), int(
-            attrs["ApproximateNumberOfMessagesNotVisible"]
-        )
+        return await queue_counts(self.clients, url)
 
     async def items(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.settings.table_name,
-            "FilterExpression": "attribute_exists(id)",
-        }
-        while True:
-            page = await self.clients.dynamodb.scan(**kwargs)
-            items.extend(page["Items"])
-            if "LastEvaluatedKey" not in page:
-                return items
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return await scan_items(self.clients, self.settings.table_name)
 
     async def dlq_bodies(self) -> list[dict[str, Any]]:
         response = await self.clients.sqs.receive_message(
@@ -140,15 +91,6 @@ class Run:
         return await self.depth(self.url) == (0, 0)
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.5)
-    return True
-
-
 async def bad_event(endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         run = Run(endpoint, stack, visibility_timeout_s=3)
@@ -158,7 +100,7 @@ async def bad_event(endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
         for m in range(5):
             await run.send(envelope([event(100 + m * 10 + n) for n in range(10)]))
         processor = await run.role("processor")
-        await wait_for(run.drained, 60)
+        await poll(run.drained, 60, interval=0.5)
         ids = {i["id"]["S"] for i in await run.items()}
         result = {
             "finding": "bad-event",
@@ -185,7 +127,7 @@ async def throttling(endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.throttle_s)
         code = await throttled.stop(timeout=40)
         await run.role("processor")
-        await wait_for(run.drained, 60)
+        await poll(run.drained, 60, interval=0.5)
         result = {
             "finding": "throttling",
             "throttle_window_s": args.throttle_s,
@@ -248,7 +190,7 @@ async def client_retry(endpoint: str, args: argparse.Namespace) -> dict[str, Any
             accepted = resp.status
         del number
         await asyncio.sleep(3)
-        await wait_for(run.drained, 30)
+        await poll(run.drained, 30, interval=0.5)
         items = await run.items()
         big = [i for i in items if i["id"]["S"] == "big"]
         result = {
@@ -271,12 +213,12 @@ async def shards_change(endpoint: str, args: argparse.Namespace) -> dict[str, An
         body = envelope([event(n) for n in range(40)])
         await run.send(body)
         first = await run.role("processor", LOGPIPE_SHARDS=8)
-        await wait_for(run.drained, 30)
+        await poll(run.drained, 30, interval=0.5)
         await first.stop()
         await asyncio.sleep(2)  # a long poll the stop abandoned must not take the next message
         await run.send(body)
         await run.role("processor", LOGPIPE_SHARDS=4)
-        await wait_for(run.drained, 30)
+        await poll(run.drained, 30, interval=0.5)
         items = await run.items()
         result = {
             "finding": "shards-change",
@@ -298,7 +240,7 @@ async def heartbeat(endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
                 envelope([event(1000 + m * 1500 + n, message="x" * 40) for n in range(1500)])
             )
         await run.role("processor", LOGPIPE_POLLERS=2, LOGPIPE_WRITE_CONCURRENCY=1)
-        await wait_for(run.drained, 60)
+        await poll(run.drained, 60, interval=0.5)
         async with run.http.get(f"http://127.0.0.1:{run.settings.metrics_port}/metrics") as resp:
             text = await resp.text()
         redelivered = [

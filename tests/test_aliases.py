@@ -10,6 +10,8 @@ from logpipe.core.aliases import MAX_ATTRIBUTES, alias_timestamp, flatten_all, f
 from logpipe.core.models import normalise
 from logpipe.errors import EventError
 
+pytestmark = pytest.mark.unit
+
 NOW = 1_790_000_000_000
 
 

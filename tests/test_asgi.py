@@ -18,6 +18,8 @@ from logpipe.config import Settings
 from logpipe.dev.processes import free_port, role_env, wait_http
 from tests.test_client import stored_events
 
+pytestmark = pytest.mark.e2e
+
 
 async def start_uvicorn(factory: str, port: int, env: dict[str, str]) -> asyncio.subprocess.Process:
     script = Path(sys.executable).parent / "uvicorn"

@@ -24,13 +24,15 @@ from logpipe.aws.serialise import encode_body, parse_messages
 from logpipe.config import Settings
 from logpipe.dev.processes import LOCAL_CREDENTIALS
 
+pytestmark = pytest.mark.aws
+
 # Headers that differ between any two calls, whatever their bodies.
 PER_CALL = {"x-amz-date", "authorization", "amz-sdk-invocation-id", "content-length"}
 
 UNICODE = 'Grüße, 東京 🚀 \u2028 \x01 tab\t quote" backslash\\ \ufffe end'
 BIG_N = "-12345678901234567890123456789012345678"
 
-ITEMS = {
+ITEMS: dict[str, dict[str, Any]] = {
     "strings": {"message": {"S": "plain ascii"}, "empty_map": {"M": {}}},
     "unicode": {"message": {"S": UNICODE}, UNICODE[:5]: {"S": "key with unicode"}},
     "numbers": {
@@ -236,7 +238,7 @@ def parse_both_ways(model: Any, answer: dict[str, Any]) -> tuple[Any, Any, bool]
     """botocore's parse of `answer`, ours, and whether ours took the orjson path."""
     parser = create_parser("json")
     generic = parser.parse(dict(answer), model.output_shape)
-    fast_answer, custom = dict(answer), {}
+    fast_answer, custom = dict(answer), dict[str, Any]()
     parse_messages(model, fast_answer, custom)
     fast = parser.parse(fast_answer, model.output_shape)
     fast.update(custom)

@@ -16,7 +16,9 @@ from logpipe.config import Settings
 from logpipe.core.models import ENVELOPE_OVERHEAD, Event, envelope_size, unpack_envelope
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
 from logpipe.ingest.batcher import Batcher, SendBatch, _Request, take_batch
-from tests.conftest import queue_counts
+from tests.support.aws import queue_counts
+
+pytestmark = pytest.mark.aws
 
 
 def _buffer(sizes: list[int]) -> deque[tuple[bytes, _Request]]:
@@ -76,7 +78,7 @@ def _batcher(send: SendBatch, **overrides: float) -> Batcher:
 
 async def _drain(clients: Clients, url: str) -> list[list[Event]]:
     """Every envelope in the queue, each as its list of events."""
-    envelopes = []
+    envelopes: list[list[Event]] = []
     while True:
         got = await clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
         if not got.get("Messages"):

@@ -10,7 +10,9 @@ import pytest
 from logpipe.aws.clients import sqs_billed_chunks
 from logpipe.dev.cpu import py_spy
 from logpipe.dev.report import cost_figures
-from tests.conftest import run_bench
+from tests.support.roles import run_bench
+
+pytestmark = pytest.mark.e2e
 
 FIELDS = {
     "events",

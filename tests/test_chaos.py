@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
-import time
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -25,14 +24,11 @@ from logpipe.dev.processes import RoleProcess, free_port, start_moto
 from logpipe.dev.switches import Switches
 from logpipe.errors import ConfigError
 from logpipe.process.processor import Processor
-from tests.conftest import (
-    Roles,
-    make_event,
-    queue_counts,
-    run_bench,
-    scan_items,
-    wait_until,
-)
+from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.roles import Roles, run_bench
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize(
@@ -177,7 +173,7 @@ async def test_ingestor_answers_503_while_sqs_is_down_and_recovers_without_resta
 
 
 async def test_emitter_sigterm_exits_zero_with_everything_it_sent_acknowledged(
-    ingestor_url: str, settings: Settings, roles: Roles
+    ingestor_url: str, settings: Settings, roles: Roles, clients: Clients
 ) -> None:
     emitter = await RoleProcess.start(
         "emitter",
@@ -185,9 +181,8 @@ async def test_emitter_sigterm_exits_zero_with_everything_it_sent_acknowledged(
             LOGPIPE_INGESTOR_URL=ingestor_url, LOGPIPE_EMITTER_RATE=500, LOGPIPE_METRICS_PORT=0
         ),
     )
-    await asyncio.sleep(0)
-    started = time.monotonic()
-    await wait_until(lambda: _running_for(started, 1.5), timeout=5)
+    url = await queue_url(clients.sqs, settings.queue_name)
+    await wait_until(lambda: _some_queued(clients, url), timeout=30)
     emitter.process.send_signal(signal.SIGTERM)
     output = await asyncio.wait_for(emitter.output(), 30)
     assert emitter.process.returncode == 0
@@ -196,5 +191,7 @@ async def test_emitter_sigterm_exits_zero_with_everything_it_sent_acknowledged(
     assert summary["accepted"] == summary["sent"]
 
 
-async def _running_for(started: float, seconds: float) -> bool:
-    return time.monotonic() - started >= seconds
+async def _some_queued(clients: Clients, url: str) -> bool:
+    """The emitter's events went through the ingestor into the queue."""
+    visible, in_flight = await queue_counts(clients, url)
+    return visible + in_flight > 0

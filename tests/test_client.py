@@ -35,7 +35,11 @@ from logpipe.client.shipping import Answer, Delivery, ShipStats, pack, retry_del
 from logpipe.config import Settings
 from logpipe.core.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, from_item, normalise
 from logpipe.process.processor import Processor
-from tests.conftest import Roles, scan_items, wait_until
+from tests.support.aws import scan_items
+from tests.support.roles import Roles
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
 
 # --- what an answer means --------------------------------------------------------------------
 
@@ -267,7 +271,7 @@ async def test_handler_stores_the_active_span_ids_unless_switched_off(
 
 
 def test_oversized_record_is_cut_to_the_schema_instead_of_refused() -> None:
-    record = make_record(**{f"field{n}": "v" * 1000 for n in range(40)})
+    record = make_record(**dict[str, Any]({f"field{n}": "v" * 1000 for n in range(40)}))
 
     data = encode_record(record, "s", "é" * MAX_MESSAGE_BYTES)
     event = orjson.loads(data)

@@ -15,6 +15,8 @@ from logpipe.dev.naive import NaiveProcessor, one_per_event
 from logpipe.dev.switches import Switches
 from logpipe.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("argv", "expected"),

@@ -14,6 +14,8 @@ import pytest
 from logpipe.config import NO_VARIABLE, Settings, variable
 from logpipe.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 

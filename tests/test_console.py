@@ -13,7 +13,6 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
@@ -22,8 +21,11 @@ from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.dev.processes import RoleProcess, role_env, wait_http
 from logpipe.read.console import create_app
-from tests.conftest import _QuietServer, _started, make_event, wait_until
+from tests.support.aws import make_event
+from tests.support.servers import serving
 from tests.test_reader import T0, newest_first, spread, store_events
+
+pytestmark = pytest.mark.e2e
 
 HOUR = 3_600_000
 # Five hour buckets: 40 Queries, within one answer's budget (48).
@@ -35,20 +37,10 @@ DEADLINE_S = 60.0
 @asynccontextmanager
 async def running_console(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
     """The console app under a real uvicorn on a free loopback port; its base URL."""
-    config = uvicorn.Config(
-        app or create_app(settings, read_deadline_s=DEADLINE_S),
-        host="127.0.0.1",
-        port=settings.port,
-        log_config=None,
-    )
-    server = _QuietServer(config)
-    task = asyncio.create_task(server.serve())
-    await wait_until(lambda: _started(server, task), timeout=15)
-    try:
-        yield f"http://127.0.0.1:{settings.port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(
+        app or create_app(settings, read_deadline_s=DEADLINE_S), settings.port
+    ) as url:
+        yield url
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ import pytest
 from logpipe.aws.clients import Clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from tests.conftest import make_event
+from tests.support.aws import make_event
 from tests.test_console import running_console
 from tests.test_reader import store_events
+
+pytestmark = pytest.mark.e2e
 
 playwright = pytest.importorskip("playwright.async_api")
 
@@ -116,18 +118,17 @@ def watch_for_failures(page: Any) -> list[str]:
     """Errors the page raises or logs, as they come."""
     failures: list[str] = []
     page.on("pageerror", lambda exc: failures.append(str(exc)))
+
     # Errors the page logs itself, or the browser logs for it (a CSP violation, say); the
     # 401s before the key is given and the 400 the page provokes on purpose at the end show
     # up as failed resource loads.
-    page.on(
-        "console",
-        lambda message: (
-            message.type == "error"
-            and "status of 400" not in message.text
-            and "status of 401" not in message.text
-            and failures.append(message.text)
-        ),
-    )
+    def console_error(message: Any) -> None:
+        if message.type == "error" and not any(
+            f"status of {status}" in message.text for status in (400, 401)
+        ):
+            failures.append(message.text)
+
+    page.on("console", console_error)
     return failures
 
 
@@ -239,7 +240,12 @@ async def test_a_user_gives_a_read_key_then_searches_pages_and_tails_in_a_real_b
         query_budget=settings.shards,
     )
     api_requests: list[Any] = []
-    page.on("request", lambda request: "/api/" in request.url and api_requests.append(request))
+
+    def api_request(request: Any) -> None:
+        if "/api/" in request.url:
+            api_requests.append(request)
+
+    page.on("request", api_request)
     now_ms = int(time.time() * 1000)
     await store_events(clients, settings, shop_events(now_ms))
     await ServiceRegistry(clients.dynamodb, settings.table_name, 30).note(["shop"])

@@ -23,9 +23,11 @@ from logpipe.dev.processes import RoleProcess, role_env, wait_http
 from logpipe.errors import ConfigError
 from logpipe.ingest.app import MAX_SERVICES_PER_REQUEST, validate
 from logpipe.read.console import _Progress, create_app, escape_controls, format_table
-from tests.conftest import make_event
+from tests.support.aws import make_event
 from tests.test_console import WINDOW, get, running_console
 from tests.test_reader import HOUR, T0, newest_first, spread, store_events
+
+pytestmark = pytest.mark.e2e
 
 READ_KEY = "read-key-of-the-tests"
 OTHER_READ_KEY = "another-read-key"

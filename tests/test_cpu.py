@@ -11,6 +11,8 @@ import pytest
 
 from logpipe.dev.cpu import CLOCK_TICKS, CpuMeter, cpu_seconds, parse_stat, summarise_folded
 
+pytestmark = pytest.mark.unit
+
 
 def test_parse_stat_reads_utime_plus_stime_after_a_command_name_with_spaces() -> None:
     fields = ["S"] + ["0"] * 10 + ["250", "50"] + ["0"] * 30

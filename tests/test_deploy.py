@@ -37,6 +37,8 @@ from logpipe.core.models import normalise, to_item
 from logpipe.dev.processes import free_port
 from logpipe.obs import emf
 
+pytestmark = pytest.mark.deploy
+
 ROOT = Path(__file__).resolve().parents[1]
 TERRAFORM = ROOT / "terraform"
 MODULE = TERRAFORM / "modules" / "service"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
 from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients
@@ -14,7 +15,10 @@ from logpipe.config import Settings
 from logpipe.core.models import encode_event, normalise, pack_envelope
 from logpipe.process import dlq
 from logpipe.process.processor import Processor
-from tests.conftest import make_event, queue_counts, scan_items, wait_until
+from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
 
 
 async def _fill_dlq(clients: Clients, settings: Settings) -> str:

@@ -11,8 +11,11 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+pytestmark = pytest.mark.aws
 
 EXAMPLES = int(os.environ.get("LOGPIPE_FUZZ_EXAMPLES", "150"))
 ALLOWED = {202, 400, 401, 413, 415, 429}

@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from logpipe.heap import YOUNG_THRESHOLD
+
+pytestmark = pytest.mark.unit
 
 
 def test_settle_freezes_the_heap_and_raises_the_young_threshold() -> None:

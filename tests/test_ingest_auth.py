@@ -12,7 +12,10 @@ import pytest
 
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from tests.conftest import make_event, wait_until
+from tests.support.aws import make_event
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.aws
 
 KEYS = ("secret-key-1", "secret-key-2")
 

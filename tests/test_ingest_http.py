@@ -17,7 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from tests.conftest import make_event, wait_until
+from tests.support.aws import make_event
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.aws
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_EVENTS = 50

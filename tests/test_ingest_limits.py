@@ -25,7 +25,9 @@ from logpipe.errors import BodyError
 from logpipe.ingest import app
 from logpipe.web import MAX_GZIP_MEMBERS, decode_content
 from tests import attacks
-from tests.conftest import make_event
+from tests.support.aws import make_event
+
+pytestmark = pytest.mark.aws
 
 
 def test_budget_refuses_503_when_full_and_gives_back_on_release() -> None:

@@ -22,6 +22,7 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -37,17 +38,17 @@ SERVER_SIDE = {"aioboto3", "aiobotocore", "botocore", "starlette", "uvicorn", "p
 SERVER_SIDE |= {"opentelemetry-proto", "protobuf"}
 TEST_TOOLING = {"moto", "flask", "flask-cors", "werkzeug", "responses", "docker", "pytest"}
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("install"), pytest.mark.timeout(300)]
 
 
-def _run(*args: str | Path, timeout: float = 180, **kwargs: object) -> str:
+def _run(*args: str | Path, timeout: float = 180, **kwargs: Any) -> str:
     done = subprocess.run(
         [str(a) for a in args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
     assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
     return done.stdout
@@ -72,7 +73,7 @@ def _installed(python: Path) -> set[str]:
 
 def _requires(metadata: email.message.Message, extra: str = "") -> set[str]:
     """The names the wheel requires, with `extra` (or none) selected."""
-    names = set()
+    names: set[str] = set()
     for line in metadata.get_all("Requires-Dist") or []:
         req = Requirement(line)
         if req.marker is None or req.marker.evaluate({"extra": extra}):
@@ -99,7 +100,7 @@ def _closure(names: set[str]) -> set[str]:
 
 
 def _locked(lock: Path) -> dict[str, str]:
-    pins = {}
+    pins: dict[str, str] = {}
     for line in lock.read_text().splitlines():
         if "==" in line and not line.startswith((" ", "#")):
             name, _, version = line.partition("==")

@@ -20,6 +20,8 @@ from logpipe.config import Settings
 from logpipe.dev.bench import start_keepalive_moto
 from logpipe.dev.processes import free_port, start_moto
 
+pytestmark = pytest.mark.aws
+
 CALLS = 30
 
 

@@ -8,14 +8,19 @@ import zlib
 from typing import Any
 
 import aiohttp
+import pytest
 
 from logpipe.aws.bootstrap import queue_url, read_table_shards, table_shards
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.models import from_item
 from logpipe.process.processor import Processor
-from tests.conftest import Roles, scan_items, wait_until
+from tests.support.aws import scan_items
+from tests.support.roles import Roles
+from tests.support.wait import wait_until
 from tests.test_processor import _envelope
+
+pytestmark = pytest.mark.e2e
 
 OTLP_WITHOUT_TIME = {
     "resourceLogs": [

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 PACKAGE = Path(__file__).resolve().parent.parent / "logpipe"
 
 # Lowest first. A part is a subpackage (`logpipe.core`) or a top-level module (`logpipe.cli`).

@@ -21,7 +21,9 @@ import pytest
 from logpipe.config import Settings
 from logpipe.dev.local import STATE_FILE, StackState, attach, aws_configured, ports_problem
 from logpipe.dev.processes import free_port
-from tests.conftest import wait_until
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
 
 
 def clean_env(home: Path) -> dict[str, str]:
@@ -57,7 +59,7 @@ class Up:
 
 async def read_banner(process: asyncio.subprocess.Process) -> str:
     assert process.stdout is not None
-    lines = []
+    lines: list[str] = []
     async with asyncio.timeout(60):
         while True:
             line = (await process.stdout.readline()).decode()

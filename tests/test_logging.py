@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import orjson
+import pytest
 
 from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients
@@ -13,7 +14,11 @@ from logpipe.cli import JsonFormatter
 from logpipe.config import Settings
 from logpipe.core.models import encode_event, normalise, pack_envelope
 from logpipe.dev.processes import RoleProcess, wait_http
-from tests.conftest import Roles, make_event, scan_items, wait_until
+from tests.support.aws import make_event, scan_items
+from tests.support.roles import Roles
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
 
 SECRET = "card 4111-1111-1111-1111"
 

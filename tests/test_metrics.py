@@ -19,7 +19,11 @@ from logpipe.dev.processes import RoleProcess
 from logpipe.obs import metrics
 from logpipe.obs.emf import EmfReporter, Snapshot, documents, take_snapshot
 from logpipe.process.processor import Processor
-from tests.conftest import Roles, make_event, queue_counts, wait_until
+from tests.support.aws import make_event, queue_counts
+from tests.support.roles import Roles
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
 
 INF = float("inf")
 

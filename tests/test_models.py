@@ -31,6 +31,8 @@ from logpipe.core.models import (
 )
 from logpipe.errors import EventError
 
+pytestmark = pytest.mark.unit
+
 NOW_MS = 1_714_564_800_000  # 2024-05-01T12:00:00.000Z
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 MISSING = object()
@@ -941,7 +943,7 @@ def _reference_size(name: str, typed: dict[str, Any]) -> int:
     return size + 1
 
 
-SIZED_ITEMS = {
+SIZED_ITEMS: dict[str, dict[str, Any]] = {
     "ascii": {"pk": {"S": "svc#2026-01-01T00#1"}, "message": {"S": "hello world"}},
     "empty strings": {"message": {"S": ""}, "id": {"S": "x"}},
     "integers": {"a": {"N": "0"}, "b": {"N": "1000"}, "c": {"N": "-7"}, "d": {"N": "123456789"}},

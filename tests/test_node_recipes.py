@@ -18,30 +18,36 @@ import pytest
 
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
+from tests.support.shared import exclusive
 from tests.test_client import stored_events
 
 NODE_DIR = Path(__file__).parent / "node"
 STAMP = NODE_DIR / "node_modules" / ".installed"
 COUNT = 500
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("npm") is None or shutil.which("node") is None,
-    reason="npm and node are not installed here",
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.xdist_group("node"),
+    pytest.mark.skipif(
+        shutil.which("npm") is None or shutil.which("node") is None,
+        reason="npm and node are not installed here",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
 def node_packages() -> Path:
     """`npm ci` from the committed lock, once, unless node_modules is newer than the lock."""
     lock = NODE_DIR / "package-lock.json"
-    if not STAMP.exists() or STAMP.stat().st_mtime < lock.stat().st_mtime:
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=NODE_DIR,
-            check=True,
-            timeout=300,
-        )
-        STAMP.touch()
+    with exclusive(NODE_DIR):  # another xdist worker may be installing the same packages
+        if not STAMP.exists() or STAMP.stat().st_mtime < lock.stat().st_mtime:
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=NODE_DIR,
+                check=True,
+                timeout=300,
+            )
+            STAMP.touch()
     return NODE_DIR
 
 

@@ -47,7 +47,9 @@ from logpipe.core.models import MAX_ATTRIBUTES, from_item, normalise
 from logpipe.errors import BodyError
 from logpipe.ingest.app import validate
 from logpipe.process.processor import Processor
-from tests.conftest import scan_items
+from tests.support.aws import scan_items
+
+pytestmark = pytest.mark.aws
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -356,7 +358,7 @@ def test_resource_service_name_becomes_a_schema_service(
     ],
 )
 def test_timestamp_comes_from_time_else_observed_time(
-    fields: dict[str, int], timestamp: int | None
+    fields: dict[str, Any], timestamp: int | None
 ) -> None:
     assert mapped(record(**fields)).get("timestamp") == timestamp
 

@@ -18,7 +18,9 @@ from logpipe.core.models import EnvelopeError, encode_event, normalise, pack_env
 from logpipe.dev.faults import Faults
 from logpipe.dev.switches import Switches
 from logpipe.process.processor import Processor, decode_message, redelivery_delay
-from tests.conftest import make_event, queue_counts, scan_items
+from tests.support.aws import make_event, queue_counts, scan_items
+
+pytestmark = pytest.mark.aws
 
 
 def _envelope(numbers: range, **fields: Any) -> str:

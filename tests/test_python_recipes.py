@@ -8,9 +8,13 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from tests.test_client import stored_events
+
+pytestmark = pytest.mark.e2e
 
 COUNT = 50
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +32,9 @@ from logpipe.core.query import (
     sort_key_range,
 )
 from logpipe.read.reader import Page, Reader
-from tests.conftest import make_event
+from tests.support.aws import make_event
+
+pytestmark = pytest.mark.aws
 
 SECRET = b"a secret of the tests, 32 bytes."
 NOW = 1_790_000_000_000  # 2026-09-21T14:13:20Z
@@ -665,14 +666,12 @@ async def test_a_month_of_an_empty_service_answers_within_the_budget_with_a_curs
     clients: Clients, settings: Settings
 ) -> None:
     reader = budget_reader(clients, settings, budget=48, deadline_s=60)
-    started = time.monotonic()
 
     page = await reader.read(parse_query({"service": "nobody", "since": "31d"}, NOW, SECRET))
 
     assert (page.items, page.complete) == ([], False)
     assert page.cursor is not None
     assert reader.query_calls <= 48
-    assert time.monotonic() - started < 5
     # The cursor goes on below the hours already searched, inside the same window.
     later = parse_query({"service": "nobody", "since": "31d", "cursor": page.cursor}, NOW, SECRET)
     assert later.until_ms < NOW - 4 * HOUR and later.since_ms == NOW - 31 * 24 * HOUR

@@ -20,6 +20,8 @@ from logpipe.core.retry import RetryPolicy, retry_call, retry_entries
 from logpipe.dev.faults import Faults, Injector
 from logpipe.errors import EntryFailure, QueueUnavailable
 
+pytestmark = pytest.mark.aws
+
 # Waits of at most a millisecond: the helper's logic, not its patience, is under test.
 QUICK = RetryPolicy(base=0.001, cap=0.001, attempts=4, rng=random.Random(7))
 THROTTLED = EntryFailure("ThrottlingException", retriable=True, throttled=True)

@@ -34,7 +34,11 @@ from logpipe.core.models import (
 from logpipe.dev import promtext
 from logpipe.errors import ConfigError
 from logpipe.process.processor import Processor, split_message
-from tests.conftest import Roles, make_event, queue_counts, scan_items, wait_until
+from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.roles import Roles
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
 
 GZIP = {"content-encoding": {"StringValue": "gzip", "DataType": "String"}}
 

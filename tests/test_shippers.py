@@ -17,12 +17,19 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import (
+    LogRecord,
+    ResourceLogs,
+    ScopeLogs,
+    SeverityNumber,
+)
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from tests.test_client import stored_events
+
+pytestmark = pytest.mark.aws
 
 T0_MS = 1_790_000_000_123  # 2026-09-21T14:13:20.123Z
 T0_ISO = "2026-09-21T14:13:20.123Z"
@@ -54,7 +61,7 @@ def _collector_body() -> bytes:
                         log_records=[
                             LogRecord(
                                 time_unix_nano=T0_MS * 1_000_000,
-                                severity_number=17,
+                                severity_number=SeverityNumber.SEVERITY_NUMBER_ERROR,
                                 severity_text="ERROR",
                                 body=AnyValue(string_value="invoice failed"),
                                 attributes=[kv("invoice", "A-1")],

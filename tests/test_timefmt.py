@@ -10,6 +10,8 @@ import pytest
 from logpipe.core import timefmt
 from logpipe.core.models import MAX_TIMESTAMP_MS
 
+pytestmark = pytest.mark.unit
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
