@@ -106,7 +106,8 @@ async def _drained(clients: Clients, url: str) -> bool:
     [
         ("kill-processor:2", "kill-processor"),
         ("kill-ingestor:2", "kill-ingestor"),
-        ("sqs-error:0.2", "sqs-error"),
+        # Seeded: the processor's first ReceiveMessage draws below 0.2, so the fault fires.
+        ("sqs-error:0.2,seed:1", "sqs-error"),
         ("sqs-delay:20", "sqs-delay"),
         ("ddb-throttle:0.3", "ddb-throttle"),
         ("poison:4", None),
