@@ -180,7 +180,9 @@ def test_json_values_bound_counts_commas_colons_brackets_and_newlines(body: byte
     assert json_values_bound(body) == expected
 
 
-def _decode_args(body: bytes, encoding: str | None) -> tuple[Any, ...]:
+def _decode_args(
+    body: bytes, encoding: str | None
+) -> tuple[app.Protocol, bytes, str, str | None, str | None, Settings]:
     return (app.NATIVE, body, "application/json", encoding, "from-url", Settings())
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 
 from logpipe.dev.processes import free_port
 from logpipe.web import _QuietServer
-from tests.conftest import wait_until
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
 
 
 async def test_the_main_loop_ticks_once_a_second_and_stops_at_once_when_told() -> None:
