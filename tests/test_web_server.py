@@ -13,7 +13,7 @@ from logpipe.dev.processes import free_port
 from logpipe.web import _QuietServer
 from tests.support.wait import wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.aws
 
 
 async def test_the_main_loop_ticks_once_a_second_and_stops_at_once_when_told() -> None:
