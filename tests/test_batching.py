@@ -15,15 +15,19 @@ from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.models import ENVELOPE_OVERHEAD, Event, envelope_size, unpack_envelope
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
-from logpipe.ingest.batcher import Batcher, SendBatch, _Request, take_batch
+from logpipe.ingest.batcher import Batcher, Pending, SendBatch, _Request, take_batch
 from tests.support.aws import queue_counts
 
 pytestmark = pytest.mark.aws
 
 
-def _buffer(sizes: list[int]) -> deque[tuple[bytes, _Request]]:
+def _buffer(sizes: list[int]) -> deque[Pending]:
     request = _Request(asyncio.get_running_loop().create_future(), remaining=len(sizes))
-    return deque((b"x" * size, request) for size in sizes)
+    return deque([Pending([b"x" * size for size in sizes], request)])
+
+
+def _left(buffer: deque[Pending]) -> int:
+    return sum(len(p.events) - p.start for p in buffer)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +48,7 @@ async def test_take_batch_fills_messages_up_to_the_byte_limit(
     messages = take_batch(buffer, max_bytes, max_bytes)
     assert [len(m.events) for m in messages] == expected
     assert all(m.size == envelope_size(m.events) <= max_bytes for m in messages)
-    assert len(buffer) == len(sizes) - sum(expected)
+    assert _left(buffer) == len(sizes) - sum(expected)
 
 
 async def test_take_batch_splits_into_at_most_ten_messages_within_the_total() -> None:
@@ -54,14 +58,44 @@ async def test_take_batch_splits_into_at_most_ten_messages_within_the_total() ->
     assert len(messages) == 10
     assert sum(m.size for m in messages) <= 10000
     assert all(len(m.events) == 1 for m in messages)
-    assert len(buffer) == 15
+    assert _left(buffer) == 15
 
 
 async def test_take_batch_keeps_the_order_of_events() -> None:
     request = _Request(asyncio.get_running_loop().create_future(), remaining=5)
-    buffer = deque((f'"{n}"'.encode(), request) for n in range(5))
+    buffer = deque([Pending([f'"{n}"'.encode() for n in range(5)], request)])
     messages = take_batch(buffer, ENVELOPE_OVERHEAD + 8, ENVELOPE_OVERHEAD + 8)
     assert [e for m in messages for e in m.events] == [b'"0"', b'"1"']
+
+
+async def test_take_batch_counts_each_requests_events_across_messages_and_batches() -> None:
+    loop = asyncio.get_running_loop()
+    sizes = [3, 1, 7, 2, 5]
+    requests = [_Request(loop.create_future(), remaining=n) for n in sizes]
+    buffer: deque[Pending] = deque()
+    expected: list[bytes] = []
+    for r, (request, n) in enumerate(zip(requests, sizes, strict=True)):
+        events = [f'"{r}-{i}"'.encode() for i in range(n)]
+        expected += events
+        buffer.append(Pending(events, request))
+    taken: list[bytes] = []
+    counts: dict[int, int] = {}
+    calls = 0
+    while buffer:
+        # Three 5-byte events per message, two messages per batch.
+        messages = take_batch(buffer, ENVELOPE_OVERHEAD + 17, 1000, max_entries=2)
+        calls += 1
+        assert 1 <= len(messages) <= 2
+        for message in messages:
+            assert sum(count for _, count in message.requests) == len(message.events) <= 3
+            taken += message.events
+            for owner, count in message.requests:
+                assert owner is not None
+                r = requests.index(owner)
+                counts[r] = counts.get(r, 0) + count
+    assert taken == expected
+    assert counts == dict(enumerate(sizes))
+    assert calls == 3
 
 
 def _batcher(send: SendBatch, **overrides: float) -> Batcher:

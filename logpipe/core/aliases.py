@@ -43,6 +43,7 @@ LEVELS = {
     "error": "error",
     "fatal": "fatal",
 }
+STORED_LEVELS = frozenset(LEVELS.values())
 LEVEL_NAMES = {
     **LEVELS,
     # winston's npm levels
@@ -103,8 +104,10 @@ def _fold_canonical(raw: Mapping[str, Any], default_service: str | None) -> dict
     event = dict(raw)
     if "service" not in event and default_service:
         event["service"] = default_service
-    if "level" in event:
-        event["level"] = level_of(event["level"]) or event["level"]
+    level = event.get("level")
+    # A level already in its stored form (the usual case) is kept without folding.
+    if level is not None and (type(level) is not str or level not in STORED_LEVELS):
+        event["level"] = level_of(level) or level
     attributes = event.get("attributes")
     if (
         attributes

@@ -10,12 +10,12 @@ import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final, Literal, Required, TypedDict
+from typing import Any, Final, Required, TypedDict
 
 import orjson
 
 from logpipe.core import timefmt
-from logpipe.core.aliases import LEVELS, fold
+from logpipe.core.aliases import LEVELS, STORED_LEVELS, fold
 from logpipe.errors import EventError, LogpipeError
 
 MAX_MESSAGE_BYTES = 16 * 1024
@@ -151,11 +151,12 @@ def normalise(raw: object, now_ms: int, default_service: str | None = None) -> E
     }
     if raw.get("timestamp") is None and raw.get("id") is not None:
         event[ASSIGNED_TIMESTAMP] = True
-    name: Literal["trace_id", "span_id"]
-    for name, max_chars in (("trace_id", 32), ("span_id", 16)):
-        value = raw.get(name)
-        if value is not None:
-            event[name] = _hex(name, value, max_chars)
+    trace_id = raw.get("trace_id")
+    if trace_id is not None:
+        event["trace_id"] = _hex("trace_id", trace_id, 32)
+    span_id = raw.get("span_id")
+    if span_id is not None:
+        event["span_id"] = _hex("span_id", span_id, 16)
     attributes = raw.get("attributes")
     if attributes is not None:
         event["attributes"] = _attributes(attributes)
@@ -216,6 +217,8 @@ def _service(value: object) -> str:
 def _level(value: object) -> str:
     if value is None:
         return "info"
+    if type(value) is str and value in STORED_LEVELS:  # folded already: the usual case
+        return value
     level = LEVELS.get(value.lower()) if isinstance(value, str) else None
     if level is None:
         raise EventError(

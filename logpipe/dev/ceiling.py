@@ -23,7 +23,7 @@ from logpipe.config import Settings
 from logpipe.core.models import Event, pack_envelope, to_item, unpack_envelope, write_units
 from logpipe.dev import promtext
 from logpipe.dev.report import summarise
-from logpipe.ingest.batcher import take_batch
+from logpipe.ingest.batcher import Pending, take_batch
 from logpipe.obs import metrics
 
 RECEIVE_WAIT_S = 1
@@ -92,10 +92,10 @@ async def _produce(
 ) -> None:
     slots = asyncio.Semaphore(settings.send_concurrency)
     now_ms = int(time.time() * 1000)
-    buffer = deque((orjson.dumps(_envelope_event(e, now_ms)), None) for e in events)
+    buffer = deque([Pending([orjson.dumps(_envelope_event(e, now_ms)) for e in events], None)])
     sends = []
     while buffer:
-        messages = take_batch(buffer, settings.sqs_max_bytes, settings.sqs_max_bytes)  # type: ignore[arg-type]
+        messages = take_batch(buffer, settings.sqs_max_bytes, settings.sqs_max_bytes)
         bodies = [pack_envelope(m.events) for m in messages]
         await slots.acquire()
         task = asyncio.create_task(send_message_batch(clients.sqs, url, bodies))

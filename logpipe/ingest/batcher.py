@@ -6,10 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Protocol
 
 from logpipe.aws.errors import classify
@@ -32,52 +31,86 @@ class _Request:
     remaining: int
 
 
+@dataclass(eq=False)
+class Pending:
+    """One request's events waiting in the buffer: those from `start` on are not yet taken."""
+
+    events: list[bytes]
+    request: _Request | None
+    start: int = 0
+
+
 @dataclass
 class _Message:
     events: list[bytes] = field(default_factory=list)
-    requests: list[_Request] = field(default_factory=list)
+    # Each request with events in this message, with how many of them.
+    requests: list[tuple[_Request | None, int]] = field(default_factory=list)
     size: int = ENVELOPE_OVERHEAD
 
 
 def take_batch(
-    buffer: deque[tuple[bytes, _Request]],
+    buffer: deque[Pending],
     message_bytes: int,
     batch_bytes: int,
     max_entries: int = MAX_BATCH_ENTRIES,
 ) -> list[_Message]:
-    """Pop the messages of one SendMessageBatch: each <= message_bytes, all <= batch_bytes.
+    """Take the messages of one SendMessageBatch: each <= message_bytes, all <= batch_bytes.
 
     SQS caps a whole batch like one message, so with both limits equal (the default) a
-    batch under load is one full message; smaller messages share a batch up to ten.
+    batch under load is one full message; smaller messages share a batch up to ten. The
+    buffer holds one entry per request; a request's events may span messages and batches.
     """
     messages: list[_Message] = []
     total = 0
     current = _Message()
-    # Runs once per event: the message's parts are kept in locals, not looked up each time.
-    events, requests, size = current.events, current.requests, current.size
-    popleft = buffer.popleft
     while buffer:
-        event, request = buffer[0]
-        extra = len(event) + 1 if events else len(event)
-        if events and size + extra > message_bytes:
-            current.size = size
+        pending = buffer[0]
+        taken, stop = _fill(current, pending, message_bytes, batch_bytes - total)
+        if taken:
+            current.requests.append((pending.request, taken))
+            pending.start += taken
+        if pending.start == len(pending.events):
+            buffer.popleft()
+        if stop == _BATCH_FULL:
+            break
+        if stop == _MESSAGE_FULL:
             messages.append(current)
-            total += size
+            total += current.size
             current = _Message()
-            events, requests, size = current.events, current.requests, current.size
             if len(messages) == max_entries:
                 break
-            continue
-        if total + size + extra > batch_bytes:
-            break
-        popleft()
-        events.append(event)
-        requests.append(request)
-        size += extra
-    current.size = size
-    if events:
+    if current.events:
         messages.append(current)
     return messages
+
+
+_MESSAGE_FULL = "message full"
+_BATCH_FULL = "batch full"
+
+
+def _fill(message: _Message, pending: Pending, message_bytes: int, room: int) -> tuple[int, str]:
+    """Move a request's waiting events into a message while they fit: how many, and why it
+    stopped (the message or the batch is full; "" when the request has none left)."""
+    # Runs once per event: the message's parts are kept in locals, not looked up each time.
+    events, size, waiting = message.events, message.size, pending.events
+    append = events.append
+    index = start = pending.start
+    stop = ""
+    for index in range(start, len(waiting)):
+        event = waiting[index]
+        extra = len(event) + 1 if events else len(event)
+        if events and size + extra > message_bytes:
+            stop = _MESSAGE_FULL
+            break
+        if size + extra > room:
+            stop = _BATCH_FULL
+            break
+        append(event)
+        size += extra
+    else:
+        index = len(waiting)
+    message.size = size
+    return index - start, stop
 
 
 class Sender(Protocol):
@@ -118,7 +151,7 @@ class Batcher:
         self._policy = RetryPolicy(base=0.1, cap=2.0, attempts=attempts)
         self._ack_timeout_s = ack_timeout_s
         self._slots = asyncio.Semaphore(concurrency)
-        self._buffer: deque[tuple[bytes, _Request]] = deque()
+        self._buffer: deque[Pending] = deque()
         self._buffered_bytes = 0
         self._inflight_bytes = 0
         self._oldest = 0.0
@@ -166,7 +199,7 @@ class Batcher:
         request.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         if not self._buffer:
             self._oldest = loop.time()
-        self._buffer.extend(zip(events, repeat(request)))
+        self._buffer.append(Pending(events, request))
         self._buffered_bytes += size
         self._inflight_bytes += size
         metrics.inflight_events.inc(len(events))
@@ -180,16 +213,17 @@ class Batcher:
 
     def _withdraw(self, request: _Request) -> None:
         """Take a request's unsent events out of the buffer; its sent ones settle as usual."""
-        kept: deque[tuple[bytes, _Request]] = deque()
+        kept: deque[Pending] = deque()
         withdrawn = 0
-        for event, owner in self._buffer:
-            if owner is request:
-                size = len(event) + 1
+        for pending in self._buffer:
+            if pending.request is request:
+                unsent = pending.events[pending.start :]
+                size = sum(map(len, unsent)) + len(unsent)
                 self._buffered_bytes -= size
                 self._inflight_bytes -= size
-                withdrawn += 1
+                withdrawn += len(unsent)
             else:
-                kept.append((event, owner))
+                kept.append(pending)
         self._buffer = kept
         metrics.inflight_events.dec(withdrawn)
         if not request.future.done():
@@ -259,7 +293,9 @@ class Batcher:
         if error is None:
             metrics.sqs_messages_sent.inc()
             metrics.sqs_events_per_message.observe(len(message.events))
-        for request, count in Counter(message.requests).items():
+        for request, count in message.requests:
+            if request is None:
+                continue
             request.remaining -= count
             if request.future.done():
                 continue
