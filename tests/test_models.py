@@ -752,6 +752,11 @@ def test_unpack_envelope_refuses_a_body_that_is_not_a_logpipe_envelope(
         ({"attributes": {"k": Decimal("1e126")}}, "attributes.k number is out of range"),
         ({ASSIGNED_TIMESTAMP: "yes"}, "assigned_timestamp must be a boolean"),
         ({"attributes": {"k": "x" * MAX_EVENT_BYTES}}, "bytes encoded; the limit is"),
+        ({"timestamp": None}, "timestamp must be epoch milliseconds"),
+        ({"ingested_at": 1.0}, "ingested_at must be epoch milliseconds"),
+        ({"span_id": "ABC"}, "span_id must be lower-case hex"),
+        ({"attributes": {"k": 10**38}}, "attributes.k integer has more than 38 digits"),
+        ({"attributes": {"k": 1e300}}, "attributes.k number is out of range"),
     ],
     ids=lambda v: str(v)[:40] if isinstance(v, dict) else None,
 )
