@@ -13,6 +13,7 @@ import aioboto3
 from aiobotocore.config import AioConfig
 
 from logpipe.aws import serialise as aws_serialise
+from logpipe.aws.endpoints import memoise_endpoints
 from logpipe.config import Settings
 from logpipe.obs import metrics
 
@@ -70,6 +71,7 @@ async def open_clients(
     for client in (sqs, dynamodb):
         client.meta.events.register("before-parameter-build", _count_call)
         aws_serialise.install(client)
+        memoise_endpoints(client)
     sqs.meta.events.register("after-call.sqs.ReceiveMessage", _count_received_chunks)
     if hook is not None:
         hook(sqs, dynamodb)
