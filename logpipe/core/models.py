@@ -557,8 +557,21 @@ def _value_size(typed: Mapping[str, Any]) -> int:
     return 1
 
 
+# An item's size is never more than the length of its JSON (orjson's, raw UTF-8): every
+# name and string is in it with its UTF-8 bytes, plus quotes; a number's size, at most
+# (digits + 1) // 2 + 1, is below its quoted text; a boolean or null (1) is below `true`;
+# a map's 3 and 1 per entry are below its `{"M":{` `}}` and each entry's quotes and colon.
+# So an item whose JSON fits in 1 KB is one unit, without walking it.
+_ONE_UNIT_JSON = 1024
+
+
 def write_units(item: Mapping[str, Any]) -> int:
     """Write request units to put `item`: one per started KB."""
+    try:
+        if len(orjson.dumps(item)) <= _ONE_UNIT_JSON:
+            return 1
+    except orjson.JSONEncodeError:  # bytes, lone surrogates: counted exactly below
+        pass
     return max(1, -(-item_size(item) // 1024))
 
 

@@ -1,0 +1,106 @@
+"""The processor's per-event item work, made cheaper, counts what the walk over the item
+counts: write units from the item's JSON length where that bounds its size."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from logpipe.core.models import Event, item_size, normalise, to_item, write_units
+
+pytestmark = pytest.mark.unit
+
+NOW_MS = 1_714_564_800_000
+UNICODE = "Gr\u00fc\u00dfe \u6771\u4eac \U0001f680 \u2028"
+
+
+def exact_units(item: dict[str, Any]) -> int:
+    """Write units by walking the item (the definition)."""
+    return max(1, -(-item_size(item) // 1024))
+
+
+def event(message: str, **attributes: Any) -> Event:
+    raw = {"service": "svc", "message": message, "timestamp": NOW_MS, "attributes": attributes}
+    return normalise(raw, NOW_MS)
+
+
+def items() -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {
+        "every type": {
+            "s": {"S": "x"},
+            "n": {"N": "-12.50"},
+            "big": {"N": "-12345678901234567890123456789012345678"},
+            "small": {"N": "1E-130"},
+            "zero": {"N": "0"},
+            "t": {"BOOL": True},
+            "null": {"NULL": True},
+            "ss": {"SS": ["a", UNICODE]},
+            "ns": {"NS": ["1", "2.5"]},
+            "l": {"L": [{"S": "a"}, {"N": "1"}, {"M": {"k": {"BOOL": False}}}]},
+            "m": {"M": {"a": {"S": UNICODE}, "e": {"M": {}}, UNICODE: {"N": "7"}}},
+        },
+        "control characters": {"message": {"S": "\x00\x01\x1f tab\t" * 60}},
+        "empty": {"pk": {"S": ""}},
+        "bench event": to_item(
+            event("m", **{"http.status_code": 200, "duration_ms": 0, "region": "eu-west-1"}), 8, 30
+        ),
+        "attribute kinds": to_item(
+            event(UNICODE, a="x", n=2**70, f=0.25, b=True, d=Decimal("1.5E+100"), u=UNICODE),
+            8,
+            30,
+        ),
+        "bytes (no JSON)": {"b": {"B": b"\x00\xff" * 600}, "s": {"S": "x"}},
+        "lone surrogate (no JSON)": {"message": {"S": "\ud800" * 500}},
+    }
+    # Exactly at and past one unit and two, and around them: ASCII, 2-, 3-, 4-byte characters.
+    base = item_size(to_item(event(""), 8, 30))
+    for char in ("a", "\u00e9", "\u20ac", "\U0001f680"):
+        width = len(char.encode())
+        for target in (900, 1000, 1023, 1024, 1025, 1100, 2047, 2048, 2049):
+            count, rest = divmod(target - base, width)
+            item = to_item(event(char * count + "a" * rest), 8, 30)
+            assert item_size(item) == target
+            table[f"{char!a} to {target} bytes"] = item
+    for digits in (1, 10, 38):
+        table[f"numbers of {digits} digits"] = {
+            f"n{i}": {"N": "9" * digits} for i in range(1200 // (digits + 6))
+        }
+    return table
+
+
+ITEMS = items()
+
+
+@pytest.mark.parametrize("name", list(ITEMS))
+def test_write_units_are_the_walked_ones(name: str) -> None:
+    item = ITEMS[name]
+    assert write_units(item) == exact_units(item)
+
+
+@pytest.mark.parametrize("name", list(ITEMS))
+def test_an_items_size_never_exceeds_its_json(name: str) -> None:
+    """The bound the one-unit shortcut stands on, for every item orjson can encode."""
+    item = ITEMS[name]
+    try:
+        encoded = orjson.dumps(item)
+    except orjson.JSONEncodeError:
+        assert "no JSON" in name
+        return
+    assert item_size(item) <= len(encoded)
+
+
+def test_the_table_reaches_both_sides_of_the_shortcut() -> None:
+    """Items of one unit by their JSON, of one unit with longer JSON, and of two or more."""
+    lengths = {}
+    for name, item in ITEMS.items():
+        try:
+            lengths[name] = len(orjson.dumps(item))
+        except orjson.JSONEncodeError:
+            continue
+    assert any(n <= 1024 for n in lengths.values())
+    assert any(n > 1024 and exact_units(ITEMS[k]) == 1 for k, n in lengths.items())
+    assert any(exact_units(ITEMS[k]) == 2 for k in lengths)
+    assert {1024, 1025, 2048, 2049} <= {item_size(ITEMS[k]) for k in lengths}
