@@ -9,7 +9,12 @@ from typing import Any
 import orjson
 import pytest
 
-from logpipe.core.models import Event, item_size, normalise, to_item, write_units
+from logpipe.aws.clients import Clients
+from logpipe.config import Settings
+from logpipe.core.models import Event, item_key, item_size, normalise, to_item, write_units
+from logpipe.obs import metrics
+from logpipe.process import processor as processor_module
+from logpipe.process.processor import MAX_STORED_COUNTERS, Processor, Tracker, _Write
 
 pytestmark = pytest.mark.unit
 
@@ -104,3 +109,57 @@ def test_the_table_reaches_both_sides_of_the_shortcut() -> None:
     assert any(n > 1024 and exact_units(ITEMS[k]) == 1 for k, n in lengths.items())
     assert any(exact_units(ITEMS[k]) == 2 for k in lengths)
     assert {1024, 1025, 2048, 2049} <= {item_size(ITEMS[k]) for k in lengths}
+
+
+def sample(metric: Any, **labels: str) -> float:
+    """A metric's current value from the registry (a counter's total or histogram's count)."""
+    for family in metric.collect():
+        for s in family.samples:
+            if s.name.endswith(("_total", "_count")) and s.labels == labels:
+                return float(s.value)
+    return 0.0
+
+
+def buckets(histogram: Any) -> list[float]:
+    return [s.value for f in histogram.collect() for s in f.samples if s.name.endswith("_bucket")]
+
+
+@pytest.mark.parametrize("limit", [MAX_STORED_COUNTERS, 1], ids=["counters-kept", "past-bound"])
+def test_recording_a_batch_counts_what_counting_event_by_event_counts(
+    limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processor_module, "MAX_STORED_COUNTERS", limit)
+    settings = Settings()
+    processor = Processor(settings, Clients(sqs=None, dynamodb=None), "queue-url")
+    shared, alone = Tracker({}, pending=3), Tracker({}, pending=3)
+    events = []
+    for n, (service, level) in enumerate(
+        [("svc-a", "info"), ("svc-a", "error"), ("svc-b", "info"), ("svc-a", "info")] * 3
+    ):
+        stored = event(f"m{n}")
+        stored["service"], stored["level"] = service, level
+        if n % 3 == 0:
+            stored["ingested_at"] = 0  # decades ago: the last bucket
+        elif n % 3 == 1:
+            stored["ingested_at"] = 10**13 - 1  # ahead of the clock: counted as 0 s
+        else:
+            stored.pop("ingested_at", None)  # not counted
+        events.append(stored)
+    writes = [
+        _Write(e, item_key(e, 8), [shared, alone] if n < 3 else [shared])
+        for n, e in enumerate(events)
+    ]
+    pairs = {("svc-a", "info"): 6, ("svc-a", "error"): 3, ("svc-b", "info"): 3}
+    before = {p: sample(metrics.events_stored, service=p[0], level=p[1]) for p in pairs}
+    units_before = sample(metrics.dynamodb_write_units)
+    latency_before = buckets(metrics.e2e_latency)
+    for half in (writes[:5], writes[5:]):  # two calls: the kept counters are used again
+        processor._record_stored(half, units=len(half))
+    for pair, count in pairs.items():
+        assert sample(metrics.events_stored, service=pair[0], level=pair[1]) == before[pair] + count
+    assert sample(metrics.dynamodb_write_units) == units_before + len(writes)
+    added = [b - a for a, b in zip(latency_before, buckets(metrics.e2e_latency), strict=True)]
+    assert added[0] == 4 and added[-1] == 8  # cumulative: 4 at 0 s, 4 more decades old
+    assert added[-2] == 4
+    assert shared.pending == 3 - len(writes) and alone.pending == 0
+    assert len(processor._stored_counters) == min(limit, len(pairs))

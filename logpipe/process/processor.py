@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
+from operator import itemgetter
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -65,6 +66,10 @@ WRITE_POLICY = RetryPolicy(base=0.05, cap=WRITE_BACKOFF_CAP_S, attempts=None)
 RECEIVE_POLICY = RetryPolicy(base=0.2, cap=10.0, attempts=None)
 # DynamoDB leaves items unprocessed when their partition is over its throughput.
 UNPROCESSED = EntryFailure("UnprocessedItems", retriable=True, throttled=True)
+# (service, level) pairs whose counters a processor keeps at hand; more are looked up.
+MAX_STORED_COUNTERS = 4096
+_SERVICE = itemgetter("service")
+_LEVEL = itemgetter("level")
 
 
 @dataclass(eq=False)
@@ -221,6 +226,9 @@ class Processor:
         self._room = asyncio.Event()
         # Messages received and not yet deleted or handed back.
         self._held: set[Tracker] = set()
+        # The events_stored child per (service, level) seen: labels() checks its arguments
+        # on every call, which cost as much as the rest of counting a batch.
+        self._stored_counters: dict[tuple[str, str], Any] = {}
 
     def stop(self) -> None:
         """Stop receiving; messages already received are still finished."""
@@ -516,7 +524,7 @@ class Processor:
         """Write up to 25 items. Unprocessed items, throttling, 5xx and network errors are
         retried with backoff until the round's deadline; an item DynamoDB refuses is isolated
         by halving and dead-lettered; what is left fails its messages (they are retried)."""
-        items = {w.key: self._item(w) for w in writes}
+        items: dict[tuple[str, str], Item] = {}  # built by the first call, kept for retries
         outcome = await retry_entries(
             partial(self._batch_write, items),
             writes,
@@ -541,8 +549,13 @@ class Processor:
     ) -> list[EntryFailure | None]:
         """One BatchWriteItem of `writes`; per write, None once stored or UNPROCESSED."""
         table = self._settings.table_name
-        request = [{"PutRequest": {"Item": items[w.key]}} for w in writes]
         async with self._writes:
+            # Built once a call may start: only the items of the calls in flight exist, and
+            # each is still in the CPU's cache when it is encoded and counted.
+            for write in writes:
+                if write.key not in items:
+                    items[write.key] = self._item(write)
+            request = [{"PutRequest": {"Item": items[w.key]}} for w in writes]
             started = time.perf_counter()
             response = await self._dynamodb.batch_write_item(RequestItems={table: request})
             metrics.write_seconds.observe(time.perf_counter() - started)
@@ -569,20 +582,26 @@ class Processor:
 
     def _record_stored(self, writes: list[_Write], units: int) -> None:
         now_ms = time.time() * 1000
-        labels: Counter[tuple[str, str]] = Counter()
-        latencies: list[float] = []
         for write in writes:
             for tracker in write.trackers:
                 tracker.pending -= 1
-            event = write.event
-            labels[(event["service"], event["level"])] += 1
-            ingested_at = event.get("ingested_at")
-            if isinstance(ingested_at, int):
-                latencies.append(max(now_ms - ingested_at, 0) / 1000)
+        events = [write.event for write in writes]
+        labels = Counter(zip(map(_SERVICE, events), map(_LEVEL, events), strict=True))
+        latencies = [
+            max(now_ms - ingested_at, 0) / 1000
+            for event in events
+            if isinstance(ingested_at := event.get("ingested_at"), int)
+        ]
         metrics.observe_many(metrics.e2e_latency, latencies)
         metrics.dynamodb_write_units.inc(units)
-        for (service, level), count in labels.items():
-            metrics.events_stored.labels(metrics.service_label(service), level).inc(count)
+        for key, count in labels.items():
+            counter = self._stored_counters.get(key)
+            if counter is None:
+                service, level = key
+                counter = metrics.events_stored.labels(metrics.service_label(service), level)
+                if len(self._stored_counters) < MAX_STORED_COUNTERS:
+                    self._stored_counters[key] = counter
+            counter.inc(count)
 
     async def _keep_invisible(self, trackers: list[Tracker]) -> None:
         """Extend the visibility of every message of a receive until it is deleted or handed
