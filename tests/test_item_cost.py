@@ -3,6 +3,8 @@ counts: write units from the item's JSON length where that bounds its size."""
 
 from __future__ import annotations
 
+import zlib
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +21,7 @@ from logpipe.process.processor import MAX_STORED_COUNTERS, Processor, Tracker, _
 pytestmark = pytest.mark.unit
 
 NOW_MS = 1_714_564_800_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UNICODE = "Gr\u00fc\u00dfe \u6771\u4eac \U0001f680 \u2028"
 
 
@@ -163,3 +166,19 @@ def test_recording_a_batch_counts_what_counting_event_by_event_counts(
     assert added[-2] == 4
     assert shared.pending == 3 - len(writes) and alone.pending == 0
     assert len(processor._stored_counters) == min(limit, len(pairs))
+
+
+def reference_key(event: dict[str, Any], shards: int) -> tuple[str, str]:
+    """The key as it was first written: datetime for the hour, zero-padded timestamp."""
+    ts = event["timestamp"]
+    hour = (EPOCH + timedelta(milliseconds=ts)).strftime("%Y-%m-%dT%H")
+    shard = zlib.crc32(event["id"].encode("utf-8", "surrogatepass")) % shards
+    return f"{event['service']}#{hour}#{shard}", f"{ts:013d}#{event['id']}"
+
+
+@pytest.mark.parametrize("shards", [1, 8, 16])
+@pytest.mark.parametrize("ts", [0, 999, 10**12 - 1, 10**12, 1_764_115_200_000, 10**13 - 1], ids=str)
+def test_item_keys_are_the_reference_ones(ts: int, shards: int) -> None:
+    for event_id in ("run1-00000001", UNICODE, "\ud800lone", "x" * 128):
+        stored = {"service": "svc", "id": event_id, "timestamp": ts}
+        assert item_key(stored, shards) == reference_key(stored, shards)

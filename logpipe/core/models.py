@@ -457,12 +457,16 @@ def shard_of(event_id: str, shards: int) -> int:
     return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % shards
 
 
+_THIRTEEN_DIGITS = 10**12  # from 2001-09-09 on, a timestamp needs no zero padding
+
+
 def item_key(event: Mapping[str, Any], shards: int) -> tuple[str, str]:
     """(pk, sk): a pure function of the event, so a redelivery overwrites the same item."""
     ts = event["timestamp"]
-    hour = timefmt.hour(ts)
-    pk = f"{event['service']}#{hour}#{shard_of(event['id'], shards)}"
-    return pk, f"{ts:013d}#{event['id']}"
+    event_id = event["id"]
+    shard = zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % shards  # shard_of, inline
+    pk = f"{event['service']}#{timefmt.hour(ts)}#{shard}"
+    return pk, f"{ts}#{event_id}" if ts >= _THIRTEEN_DIGITS else f"{ts:013d}#{event_id}"
 
 
 def iso_ms(ms: int) -> str:

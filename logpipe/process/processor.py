@@ -87,7 +87,7 @@ class Tracker:
         return int(self.message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
 
 
-@dataclass
+@dataclass(slots=True)
 class _Write:
     """One item to write, and the messages waiting for it. The item is built when written,
     so only the items of the calls in flight exist at once."""
@@ -177,10 +177,10 @@ def plan_writes(
             key = item_key(event, shards)
             write = writes.get(key)
             if write is None:
-                write = writes[key] = _Write(event, key)
+                writes[key] = _Write(event, key, [tracker])
             else:
                 write.event = event
-            write.trackers.append(tracker)
+                write.trackers.append(tracker)
     return list(writes.values())
 
 
