@@ -182,3 +182,60 @@ def test_item_keys_are_the_reference_ones(ts: int, shards: int) -> None:
     for event_id in ("run1-00000001", UNICODE, "\ud800lone", "x" * 128):
         stored = {"service": "svc", "id": event_id, "timestamp": ts}
         assert item_key(stored, shards) == reference_key(stored, shards)
+
+
+def reference_item(event: dict[str, Any], shards: int, retention_days: int) -> dict[str, Any]:
+    """The item as first written: every value typed on its own, times through datetime."""
+
+    def iso(ms: int) -> str:
+        return (EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+    def typed(value: Any) -> dict[str, Any]:
+        if isinstance(value, bool):
+            return {"BOOL": value}
+        if isinstance(value, int | float | Decimal):
+            return {"N": str(value)}
+        return {"S": value}
+
+    pk, sk = reference_key(event, shards)
+    item = {
+        "pk": {"S": pk},
+        "sk": {"S": sk},
+        **{name: {"S": event[name]} for name in ("id", "service", "level", "message")},
+        "timestamp": {"S": iso(event["timestamp"])},
+        "expires_at": {"N": str(event["timestamp"] // 1000 + retention_days * 86400)},
+    }
+    if isinstance(event.get("ingested_at"), int):
+        item["ingested_at"] = {"S": iso(event["ingested_at"])}
+    for name in ("trace_id", "span_id"):
+        if name in event:
+            item[name] = {"S": event[name]}
+    if event.get("attributes"):
+        item["attributes"] = {"M": {k: typed(v) for k, v in event["attributes"].items()}}
+    return item
+
+
+ATTRIBUTES: dict[str, dict[str, Any]] = {
+    "none": {},
+    "strings": {"region": "eu-west-1", UNICODE: UNICODE},
+    "integers": {"zero": 0, "negative": -5, "int64": 2**63 - 1, "beyond": 2**70},
+    "floats": {"f": 0.25, "tiny": 1e-100, "big": 1.5e100, "negative": -0.5},
+    "booleans": {"t": True, "f": False},
+    "decimals": {"d": Decimal("1.5E+100"), "p": Decimal("-3.14159265358979323846")},
+    "mixed": {"s": "x", "i": 1, "f": 2.5, "b": True, "d": Decimal("7E+50")},
+}
+
+
+@pytest.mark.parametrize("attributes", list(ATTRIBUTES))
+@pytest.mark.parametrize("ts", [0, 999, 10**12 - 1, 1_764_115_200_123, 10**13 - 1], ids=str)
+def test_items_are_the_reference_ones(attributes: str, ts: int) -> None:
+    stored = event(UNICODE, **ATTRIBUTES[attributes])
+    stored["timestamp"] = ts
+    stored["ingested_at"] = max(ts - 1, 0)
+    for extra in ({}, {"trace_id": "ab" * 16, "span_id": "cd" * 8}):
+        complete = {**stored, **extra}
+        expected = reference_item(complete, 8, 30)
+        assert to_item(complete, 8, 30) == expected  # type: ignore[arg-type]
+        assert to_item(complete, 8, 30, key=item_key(complete, 8)) == expected  # type: ignore[arg-type]
+    del stored["ingested_at"]
+    assert to_item(stored, 8, 30) == reference_item(dict(stored), 8, 30)

@@ -500,10 +500,14 @@ def to_item(
         item["span_id"] = {"S": event["span_id"]}
     attributes = event.get("attributes")
     if attributes:
-        # Strings first, without a call: nearly every attribute value is one.
+        # Strings and integers without a call: nearly every attribute value is one.
         item["attributes"] = {
             "M": {
-                k: {"S": v} if type(v) is str else _attribute_value(v)
+                k: {"S": v}
+                if (kind := type(v)) is str
+                else {"N": str(v)}
+                if kind is int
+                else _attribute_value(v)
                 for k, v in attributes.items()
             }
         }
