@@ -375,7 +375,13 @@ ENVELOPE_OVERHEAD = len(ENVELOPE_HEAD) + len(ENVELOPE_TAIL)
 
 def pack_envelope(encoded_events: list[bytes]) -> str:
     """One SQS message body holding many events encoded by `encode_event`."""
-    return (ENVELOPE_HEAD + b",".join(encoded_events) + ENVELOPE_TAIL).decode("utf-8")
+    if not encoded_events:
+        return (ENVELOPE_HEAD + ENVELOPE_TAIL).decode("utf-8")
+    # Head and tail joined to the end events (small copies): the body is copied once.
+    parts = list(encoded_events)
+    parts[0] = ENVELOPE_HEAD + parts[0]
+    parts[-1] = parts[-1] + ENVELOPE_TAIL
+    return b",".join(parts).decode("utf-8")
 
 
 def envelope_size(encoded_events: list[bytes]) -> int:
