@@ -15,7 +15,7 @@ from typing import Any, Final, Required, TypedDict
 import orjson
 
 from logpipe.core import timefmt
-from logpipe.core.aliases import LEVELS, STORED_LEVELS, fold
+from logpipe.core.aliases import CANONICAL, LEVELS, STORED_LEVELS, fold
 from logpipe.errors import EventError, LogpipeError
 
 MAX_MESSAGE_BYTES = 16 * 1024
@@ -140,7 +140,9 @@ def normalise(raw: object, now_ms: int, default_service: str | None = None) -> E
     """
     if not isinstance(raw, dict):
         raise EventError("", "event must be a JSON object")
-    raw = fold(raw, default_service)
+    plain = _folded_already(raw)
+    if not plain:
+        raw = fold(raw, default_service)
     event: Event = {
         "id": _id(raw.get("id"), now_ms),
         "service": _service(raw.get("service")),
@@ -159,8 +161,40 @@ def normalise(raw: object, now_ms: int, default_service: str | None = None) -> E
         event["span_id"] = _hex("span_id", span_id, 16)
     attributes = raw.get("attributes")
     if attributes is not None:
-        event["attributes"] = _attributes(attributes)
+        event["attributes"] = attributes if plain else _attributes(attributes)
     return event
+
+
+def _folded_already(raw: dict[str, Any]) -> bool:
+    """True for an event `fold` and `_attributes` would leave as it is (the usual case):
+    schema fields only, a service of its own, a stored level or none, and attributes of at
+    most MAX_ATTRIBUTES short keys whose values need no conversion and pass every check.
+    One walk of the attributes, where the general path takes two; anything else is False.
+    """
+    if not raw.keys() <= CANONICAL or "service" not in raw:
+        return False
+    level = raw.get("level")
+    if level is not None and (type(level) is not str or level not in STORED_LEVELS):
+        return False
+    attributes = raw.get("attributes")
+    return attributes is None or _plain_attributes(attributes)
+
+
+def _plain_attributes(attributes: object) -> bool:
+    if type(attributes) is not dict or len(attributes) > MAX_ATTRIBUTES:
+        return False
+    for key, item in attributes.items():
+        if type(key) is not str or not 1 <= len(key) <= MAX_ATTRIBUTE_KEY_CHARS:
+            return False
+        kind = type(item)
+        if kind is str or kind is bool:
+            continue
+        if kind is int:
+            if not -_INT64_MIN_ABS <= item < _INT64_END:
+                return False
+        elif kind is not float or not (item == 0 or _DDB_MIN <= abs(item) < _DDB_LIMIT):
+            return False
+    return True
 
 
 def encode_event(event: Event) -> bytes:
@@ -341,7 +375,13 @@ ENVELOPE_OVERHEAD = len(ENVELOPE_HEAD) + len(ENVELOPE_TAIL)
 
 def pack_envelope(encoded_events: list[bytes]) -> str:
     """One SQS message body holding many events encoded by `encode_event`."""
-    return (ENVELOPE_HEAD + b",".join(encoded_events) + ENVELOPE_TAIL).decode("utf-8")
+    if not encoded_events:
+        return (ENVELOPE_HEAD + ENVELOPE_TAIL).decode("utf-8")
+    # Head and tail joined to the end events (small copies): the body is copied once.
+    parts = list(encoded_events)
+    parts[0] = ENVELOPE_HEAD + parts[0]
+    parts[-1] = parts[-1] + ENVELOPE_TAIL
+    return b",".join(parts).decode("utf-8")
 
 
 def envelope_size(encoded_events: list[bytes]) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -38,6 +37,8 @@ class Pending:
     events: list[bytes]
     request: _Request | None
     start: int = 0
+    # Bytes of the events not yet taken, each with its separator (len + 1); -1: not known.
+    left: int = -1
 
 
 @dataclass
@@ -91,10 +92,18 @@ _BATCH_FULL = "batch full"
 def _fill(message: _Message, pending: Pending, message_bytes: int, room: int) -> tuple[int, str]:
     """Move a request's waiting events into a message while they fit: how many, and why it
     stopped (the message or the batch is full; "" when the request has none left)."""
-    # Runs once per event: the message's parts are kept in locals, not looked up each time.
     events, size, waiting = message.events, message.size, pending.events
-    append = events.append
     index = start = pending.start
+    if pending.left >= 0:
+        # The whole rest fits (the usual case): taken at once, as the loop below would.
+        whole = size + (pending.left if events else pending.left - 1)
+        if whole <= message_bytes and whole <= room:
+            events.extend(waiting[start:] if start else waiting)
+            message.size = whole
+            pending.left = 0
+            return len(waiting) - start, ""
+    # Runs once per event: the message's parts are kept in locals, not looked up each time.
+    append = events.append
     stop = ""
     for index in range(start, len(waiting)):
         event = waiting[index]
@@ -109,6 +118,8 @@ def _fill(message: _Message, pending: Pending, message_bytes: int, room: int) ->
         size += extra
     else:
         index = len(waiting)
+    if pending.left >= 0:
+        pending.left -= sum(map(len, waiting[start:index])) + index - start
     message.size = size
     return index - start, stop
 
@@ -199,17 +210,23 @@ class Batcher:
         request.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         if not self._buffer:
             self._oldest = loop.time()
-        self._buffer.append(Pending(events, request))
+        self._buffer.append(Pending(events, request, left=size))
         self._buffered_bytes += size
         self._inflight_bytes += size
         metrics.inflight_events.inc(len(events))
         self._wake.set()
+        # One timer, not wait_for's waiter and task: past the deadline the request's unsent
+        # events are withdrawn and its future fails with QueueUnavailable.
+        timer = loop.call_later(self._ack_timeout_s, self._expire, request)
         # Shielded: a client that hangs up does not take its events out of the batch.
         try:
-            await asyncio.wait_for(asyncio.shield(request.future), self._ack_timeout_s)
-        except TimeoutError:
+            await asyncio.shield(request.future)
+        finally:
+            timer.cancel()
+
+    def _expire(self, request: _Request) -> None:
+        if not request.future.done():
             self._withdraw(request)
-            raise QueueUnavailable("SQS did not take the events in time") from None
 
     def _withdraw(self, request: _Request) -> None:
         """Take a request's unsent events out of the buffer; its sent ones settle as usual."""
@@ -242,8 +259,12 @@ class Batcher:
             wait = self._oldest + self._linger_s - loop.time()
             if not (full or self._closing) and wait > 0:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                # A timer that wakes the loop, not wait_for's task per wait.
+                timer = loop.call_later(wait, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
                 continue
             await self._slots.acquire()
             messages = take_batch(self._buffer, self._max_bytes, self._max_bytes)

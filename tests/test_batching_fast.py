@@ -1,0 +1,167 @@
+"""The batcher's shortcuts: a request taken whole packs as the per-event walk packs; the
+deadline timer that replaces wait_for keeps its promises. No AWS: the sends are stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+
+import pytest
+
+from logpipe.core.models import ENVELOPE_OVERHEAD, envelope_size, pack_envelope, unpack_events
+from logpipe.errors import EntryFailure, QueueUnavailable
+from logpipe.ingest.batcher import Batcher, Pending, _Request, take_batch
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.unit
+
+
+def _requests(rng: random.Random) -> list[list[bytes]]:
+    requests = []
+    for r in range(rng.randint(1, 12)):
+        sizes = [rng.choice((1, 5, 40, 300, 900)) for _ in range(rng.randint(1, 30))]
+        requests.append([f'"{r}-{i}-{"x" * size}"'.encode() for i, size in enumerate(sizes)])
+    return requests
+
+
+def _drain(
+    requests: list[list[bytes]], known: bool, message_bytes: int, batch_bytes: int, entries: int
+) -> list[list[tuple[list[bytes], list[int]]]]:
+    """Every batch take_batch makes of the requests: per message, its events and counts."""
+    loop = asyncio.get_running_loop()
+    buffer: deque[Pending] = deque()
+    ids: dict[int, int] = {}
+    for n, events in enumerate(requests):
+        request = _Request(loop.create_future(), remaining=len(events))
+        ids[id(request)] = n
+        left = sum(map(len, events)) + len(events) if known else -1
+        buffer.append(Pending(list(events), request, left=left))
+    batches = []
+    while buffer:
+        messages = take_batch(buffer, message_bytes, batch_bytes, entries)
+        assert messages
+        for message in messages:
+            assert message.size == envelope_size(message.events)
+            assert message.size <= message_bytes or len(message.events) == 1
+        batches.append(
+            [
+                (m.events, [ids[id(r)] * 1000 + c for r, c in m.requests if r is not None])
+                for m in messages
+            ]
+        )
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_requests_taken_whole_pack_exactly_as_the_per_event_walk(seed: int) -> None:
+    rng = random.Random(seed)
+    requests = _requests(rng)
+    message_bytes = rng.choice((ENVELOPE_OVERHEAD + 950, 2000, 5000, 40000))
+    batch_bytes = rng.choice((message_bytes, message_bytes * 3))
+    entries = rng.choice((1, 3, 10))
+    whole = _drain(requests, True, message_bytes, batch_bytes, entries)
+    walked = _drain(requests, False, message_bytes, batch_bytes, entries)
+    assert whole == walked
+    assert [e for batch in whole for events, _ in batch for e in events] == [
+        e for events in requests for e in events
+    ]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7])
+def test_pack_envelope_is_head_events_and_tail(count: int) -> None:
+    events = [f'{{"id":"e{n}","m":"caf\u00e9"}}'.encode() for n in range(count)]
+    body = pack_envelope(events)
+    assert body.encode() == b'{"v":1,"events":[' + b",".join(events) + b"]}"
+    assert len(body.encode()) == envelope_size(events)
+    assert events == [f'{{"id":"e{n}","m":"caf\u00e9"}}'.encode() for n in range(count)]
+    if count:
+        assert [e["id"] for e in unpack_events(body)] == [f"e{n}" for n in range(count)]
+
+
+def _event(n: int) -> bytes:
+    return f'{{"id":"e{n}"}}'.encode()
+
+
+def _batcher(send: object, ack_timeout_s: float) -> Batcher:
+    return Batcher(
+        send,  # type: ignore[arg-type]
+        max_bytes=65536,
+        linger_s=0.01,
+        concurrency=2,
+        max_inflight_bytes=1 << 20,
+        attempts=2,
+        ack_timeout_s=ack_timeout_s,
+    )
+
+
+async def test_a_settled_request_leaves_no_deadline_timer_behind() -> None:
+    sent: list[str] = []
+
+    async def send(bodies: list[str]) -> list[EntryFailure | None]:
+        sent.extend(bodies)
+        return [None] * len(bodies)
+
+    async with _batcher(send, ack_timeout_s=0.2) as batcher:
+        await batcher.submit([_event(1), _event(2)])
+        assert batcher.inflight_bytes == 0
+        loop = asyncio.get_running_loop()
+        # No timer of a settled request is left to fire (asyncio's own loop lists its timers).
+        scheduled = loop._scheduled  # type: ignore[attr-defined]
+        assert not [h for h in scheduled if not h.cancelled() and "_expire" in repr(h)]
+        await batcher.submit([_event(3)])
+    assert [e["id"] for body in sent for e in unpack_events(body)] == ["e1", "e2", "e3"]
+
+
+async def test_a_client_that_hangs_up_leaves_its_events_in_the_batch() -> None:
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def send(bodies: list[str]) -> list[EntryFailure | None]:
+        await release.wait()
+        sent.extend(bodies)
+        return [None] * len(bodies)
+
+    async def on_the_wire() -> bool:
+        return batcher.inflight_bytes > 0 and not batcher._buffer
+
+    async with _batcher(send, ack_timeout_s=5.0) as batcher:
+        task = asyncio.create_task(batcher.submit([_event(1)]))
+        await wait_until(on_the_wire, 10, interval=0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+    assert [e["id"] for body in sent for e in unpack_events(body)] == ["e1"]
+    assert batcher.inflight_bytes == 0
+
+
+async def test_the_deadline_withdraws_unsent_events_with_queue_unavailable() -> None:
+    release = asyncio.Event()
+
+    async def stuck(bodies: list[str]) -> list[EntryFailure | None]:
+        await release.wait()
+        return [None] * len(bodies)
+
+    async def on_the_wire() -> bool:
+        return not batcher._buffer
+
+    batcher = Batcher(
+        stuck,
+        max_bytes=65536,
+        linger_s=0.01,
+        concurrency=1,
+        max_inflight_bytes=1 << 20,
+        attempts=2,
+        ack_timeout_s=0.2,
+    )
+    async with batcher:
+        first = asyncio.create_task(batcher.submit([_event(1)]))
+        await wait_until(on_the_wire, 10, interval=0.005)
+        with pytest.raises(QueueUnavailable, match="in time"):
+            await batcher.submit([_event(2)])
+        assert not batcher._buffer
+        release.set()
+        with pytest.raises(QueueUnavailable, match="in time"):
+            await first
+    assert batcher.inflight_bytes == 0
