@@ -243,14 +243,18 @@ async def at_latency(
         await endpoint.wait()
 
 
+def load_average() -> list[float]:
+    return [round(load, 2) for load in os.getloadavg()]
+
+
 async def measure_all(args: argparse.Namespace) -> dict[str, Any]:
     pids: list[int] = []
-    load_start = os.getloadavg()
+    load_start = load_average()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         runs = [await at_latency(ms, args, session, pids) for ms in args.latency_ms]
     return {
         "runs": runs,
-        "load_average": {"start": load_start, "end": os.getloadavg()},
+        "load_average": {"start": load_start, "end": load_average()},
         "endpoint_pids": pids,
     }
 

@@ -26,7 +26,7 @@ def _send_batch(*bodies: str) -> dict[str, Any]:
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    ("operation", "request", "expected"),
+    ("operation", "call", "expected"),
     [
         ("BatchWriteItem", {"RequestItems": {"t": []}}, {"UnprocessedItems": {}}),
         (
@@ -45,9 +45,9 @@ def _send_batch(*bodies: str) -> dict[str, Any]:
     ids=["batch-write", "delete-batch", "visibility-batch", "other-call", "empty-request"],
 )
 def test_endpoint_answers_each_call_with_its_minimal_valid_answer(
-    operation: str, request: dict[str, Any], expected: dict[str, Any]
+    operation: str, call: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    assert answer(operation, request) == expected
+    assert answer(operation, call) == expected
 
 
 @pytest.mark.unit
@@ -63,7 +63,9 @@ def test_endpoint_accepts_every_sent_message_with_its_md5() -> None:
 
 @pytest.mark.unit
 def test_endpoint_counts_the_entries_of_batch_calls() -> None:
-    items = {"RequestItems": {"a": [{"PutRequest": {}}] * 3, "b": [{"PutRequest": {}}] * 2}}
+    items: dict[str, Any] = {
+        "RequestItems": {"a": [{"PutRequest": {}}] * 3, "b": [{"PutRequest": {}}] * 2}
+    }
     assert entries_of("BatchWriteItem", items) == 5
     assert entries_of("SendMessageBatch", _send_batch("x", "y", "z")) == 3
     assert entries_of("GetQueueUrl", {"QueueName": "q"}) == 0
