@@ -192,7 +192,7 @@ def _plain_attributes(attributes: object) -> bool:
         if kind is int:
             if not -_INT64_MIN_ABS <= item < _INT64_END:
                 return False
-        elif kind is not float or not (item == 0 or _DDB_MIN <= abs(item) < _DDB_LIMIT):
+        elif kind is not float or not _storable_float(item):
             return False
     return True
 
@@ -334,6 +334,11 @@ def _attributes(value: object) -> dict[str, str | int | float | bool | Decimal]:
     return value
 
 
+def _storable_float(value: float) -> bool:
+    """Zero, or a finite float within DynamoDB's number range (NaN and infinities are not)."""
+    return value == 0 or _DDB_MIN <= abs(value) < _DDB_LIMIT
+
+
 def _is_wide(key: str, item: object) -> bool:
     """Check an attribute value the common cases did not cover; True for an integer beyond
     64 bits (to be kept as Decimal)."""
@@ -344,7 +349,7 @@ def _is_wide(key: str, item: object) -> bool:
             raise EventError(f"attributes.{key}", "integer has more than 38 digits")
         return item not in _INT64
     if isinstance(item, float):
-        if not math.isfinite(item) or (item != 0 and not _DDB_MIN <= abs(item) < _DDB_LIMIT):
+        if not _storable_float(item):
             raise EventError(f"attributes.{key}", "number is out of range")
     elif isinstance(item, Decimal):
         _check_decimal(key, item)
@@ -504,8 +509,7 @@ def item_key(event: Mapping[str, Any], shards: int) -> tuple[str, str]:
     """(pk, sk): a pure function of the event, so a redelivery overwrites the same item."""
     ts = event["timestamp"]
     event_id = event["id"]
-    shard = zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % shards  # shard_of, inline
-    pk = f"{event['service']}#{timefmt.hour(ts)}#{shard}"
+    pk = f"{event['service']}#{timefmt.hour(ts)}#{shard_of(event_id, shards)}"
     return pk, f"{ts}#{event_id}" if ts >= _THIRTEEN_DIGITS else f"{ts:013d}#{event_id}"
 
 
