@@ -155,6 +155,23 @@ def terraform(work: Path, *args: str, capture: bool = False) -> str:
     return stdout if capture else ""
 
 
+# moto now and then revokes a security-group rule twice when rules are deleted in parallel,
+# and answers the second revoke InvalidPermission.NotFound; a second destroy reads the rule
+# as gone and finishes. Any other failure, or this one twice, fails the rehearsal.
+LOST_RULE = "InvalidPermission.NotFound"
+
+
+def destroy(work: Path, variables: Mapping[str, str]) -> None:
+    args = ("destroy", "-auto-approve", "-no-color", "-parallelism=20", *var_args(variables))
+    try:
+        terraform(work, *args)
+    except RehearsalError as exc:
+        if LOST_RULE not in str(exc):
+            raise
+        step(f"terraform destroy: moto answered {LOST_RULE} for a rule; destroying again")
+        terraform(work, *args)
+
+
 def apply(work: Path, endpoint: str, variables: Mapping[str, str]) -> dict[str, Any]:
     """Apply terraform/ to moto; the state as `terraform show -json` prints it."""
     shutil.copytree(
@@ -876,9 +893,7 @@ async def rehearse(work: Path) -> None:
         await moto_api(endpoint, "recorder/reset-recording")
         await moto_api(endpoint, "recorder/start-recording")
         started = time.monotonic()
-        terraform(
-            work, "destroy", "-auto-approve", "-no-color", "-parallelism=20", *var_args(variables)
-        )
+        destroy(work, variables)
         await moto_api(endpoint, "recorder/stop-recording")
         made = check_deploy_actions(
             await moto_api(endpoint, "recorder/download-recording"), policy, "destroy"
