@@ -40,13 +40,16 @@ def bench(*args: str) -> dict[str, Any]:
 
 
 def test_batched_bench_packs_events_and_batches_calls() -> None:
-    doc = bench("--events", "500")
+    # Enough events that each role uses well over one clock tick (10 ms) of CPU, the unit
+    # /proc counts in: 500 events took the ingestor under one tick, read as 0.
+    events = 2000
+    doc = bench("--events", str(events))
     requests = doc["aws_requests"]
     assert doc["mode"] == "batched"
     assert "SendMessage" not in requests
     assert requests.get("PutItem", 0) <= 1  # the table's shard count, put once at start
-    assert requests["SendMessageBatch"] <= 10  # 500 events of ~450 bytes: a few messages
-    assert 500 / 25 <= requests["BatchWriteItem"] <= 500 / 25 + 8
+    assert requests["SendMessageBatch"] <= 10  # 2000 events of ~450 bytes: a few messages
+    assert events / 25 <= requests["BatchWriteItem"] <= events / 25 + 8
     assert doc["peak_rss_mb"]["ingestor"] > 0 and doc["peak_rss_mb"]["processor"] > 0
     # CPU time from /proc over the run: some, and far below a second per event.
     assert doc["cpu_us_per_event"].keys() == {"ingestor", "processor"}
