@@ -155,8 +155,8 @@ def terraform(work: Path, *args: str, capture: bool = False) -> str:
     return stdout if capture else ""
 
 
-# moto now and then revokes a security-group rule twice when rules are deleted in parallel,
-# and answers the second revoke InvalidPermission.NotFound; a second destroy reads the rule
+# Now and then moto answers InvalidPermission.NotFound when a parallel destroy revokes a
+# security-group rule (seen once in about ten rehearsals); a second destroy reads the rule
 # as gone and finishes. Any other failure, or this one twice, fails the rehearsal.
 LOST_RULE = "InvalidPermission.NotFound"
 
