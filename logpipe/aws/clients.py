@@ -12,6 +12,7 @@ from typing import Any
 import aioboto3
 from aiobotocore.config import AioConfig
 
+from logpipe.aws import lean
 from logpipe.aws import serialise as aws_serialise
 from logpipe.aws.endpoints import memoise_endpoints
 from logpipe.config import Settings
@@ -72,6 +73,7 @@ async def open_clients(
         client.meta.events.register("before-parameter-build", _count_call)
         aws_serialise.install(client)
         memoise_endpoints(client)
+        lean.install(client)
     sqs.meta.events.register("after-call.sqs.ReceiveMessage", _count_received_chunks)
     if hook is not None:
         hook(sqs, dynamodb)

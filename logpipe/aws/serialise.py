@@ -32,6 +32,8 @@ codes: the same header, built once.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -45,14 +47,80 @@ FAST_MEMBERS = {
 _BODY = "logpipe_body"
 
 
-def encode_body(params: dict[str, Any]) -> bytes | None:
-    """The JSON protocol body of `params`, or None when the generic path must make it."""
+_CONVERTED = frozenset({"blob", "timestamp", "float", "double"})
+
+
+def _converted(shape: Any, walk: Callable[[Any], None]) -> bool:
+    """Whether the serializer converts values of `shape` (or of its lists and map values);
+    the structures met are handed to `walk`."""
+    while shape.type_name == "list":
+        shape = shape.member
+    if shape.type_name == "map":
+        return _converted(shape.value, walk)
+    if shape.type_name == "structure" and not shape.is_document_type:
+        walk(shape)
+        return False
+    return shape.type_name in _CONVERTED or shape.type_name == "structure"
+
+
+def special_keys(shape: Any) -> frozenset[str]:
+    """Names of the members under `shape` that the JSON serializer does not copy as they are:
+    blobs, timestamps and floats (converted), renamed members, documents; a map whose values
+    hold such shapes is named itself (its keys are the caller's)."""
+    names: set[str] = set()
+    seen: set[str] = set()
+
+    def walk(structure: Any) -> None:
+        if structure.name not in seen:
+            seen.add(structure.name)
+            for name, member in structure.members.items():
+                if _converted(member, walk) or "name" in member.serialization:
+                    names.add(name)
+
+    if shape is not None:
+        walk(shape)
+    return frozenset(names)
+
+
+# (service, operation) -> a pattern of the special keys of its input in an orjson body.
+_SPECIAL: dict[tuple[str, str], re.Pattern[bytes] | None] = {}
+
+
+def _special_keys(model: Any) -> re.Pattern[bytes] | None:
+    key = (model.service_model.service_name, model.name)
+    if key not in _SPECIAL:
+        names = sorted(special_keys(model.input_shape))
+        alternatives = b"|".join(re.escape(name.encode()) for name in names)
+        _SPECIAL[key] = re.compile(b'"(?:' + alternatives + b')":') if names else None
+    return _SPECIAL[key]
+
+
+def encode_body(params: dict[str, Any], model: Any = None) -> bytes | None:
+    """The JSON protocol body of `params`, or None when the generic path must make it.
+
+    With the operation's `model`, also None when a member the serializer would convert
+    (a blob, a timestamp, a float) or rename is present: orjson writes keys without
+    spaces and escapes every quote inside strings, so `"B":` in the body is a key B.
+    """
     if any(value is None for value in params.values()):
         return None
     try:
-        return orjson.dumps(params)
+        body = orjson.dumps(params, option=_PASSTHROUGH)
     except orjson.JSONEncodeError:
         return None
+    special = None if model is None else _special_keys(model)
+    if special is not None and special.search(body):
+        return None
+    return body
+
+
+# Types orjson would write in its own way (datetimes, dataclasses, subclasses of str, int,
+# dict, list): refused, so that the generic serializer decides what they become.
+_PASSTHROUGH = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
 
 
 def _stand_in(value: Any) -> Any:
@@ -65,11 +133,16 @@ def take_body(params: dict[str, Any], model: Any, context: dict[str, Any], **kwa
     member = FAST_MEMBERS.get((model.service_model.service_name, model.name))
     if member is None or member not in params:
         return
-    body = encode_body(params)
+    body = encode_body(params, model)
     if body is None:
         return
     context[_BODY] = body
     params[member] = _stand_in(params[member])
+
+
+def has_body(context: dict[str, Any]) -> bool:
+    """Whether `take_body` encoded this call's body (`put_body` puts it into the request)."""
+    return _BODY in context
 
 
 def put_body(params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
