@@ -36,19 +36,42 @@ generic path unchanged, from wherever it is.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
+import socket
 from collections.abc import Awaitable, Callable
+from concurrent.futures import CancelledError as FutureCancelledError
 from typing import Any
 
+import aiohttp
 import orjson
+from aiobotocore._endpoint_helpers import _text
+from aiobotocore.awsrequest import AioAWSResponse
 from aiobotocore.context import start_as_current_context
 from aiobotocore.httpchecksum import apply_request_checksum
+from aiobotocore.httpsession import AIOHTTPSession
+from aiobotocore.retries.standard import AioRetryHandler, AioStandardRetryConditions
+from aiohttp.http_exceptions import BadStatusLine
 from botocore.awsrequest import prepare_request_dict
 from botocore.client import resolve_checksum_context
 from botocore.compat import HTTPHeaders
 from botocore.compress import maybe_compress_request
+from botocore.exceptions import (
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ProxyConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
 from botocore.history import get_global_history_recorder
 from botocore.hooks import first_non_none_response
+from botocore.httpsession import mask_proxy_url
+from botocore.utils import ensure_boolean
+from multidict import CIMultiDict
+from yarl import URL
 
 from logpipe.aws import serialise
 
@@ -93,6 +116,102 @@ class LeanRequest:
 
     def __repr__(self) -> str:
         return f"<LeanRequest method={self.method}, url={self.url}>"
+
+
+# Distinct URLs a client's transport remembers (a handful of queues and one endpoint).
+MAX_TARGETS = 64
+
+
+def _mapped_error(e: Exception, request: LeanRequest, proxy_url: str | None) -> Exception | None:
+    """The botocore exception aiobotocore's HTTP session raises for `e` (None: `e` itself)."""
+    url = request.url
+    if isinstance(e, aiohttp.ClientSSLError):
+        return SSLError(endpoint_url=url, error=e)
+    if isinstance(e, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        return ProxyConnectionError(proxy_url=mask_proxy_url(proxy_url), error=e)
+    if isinstance(e, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | BadStatusLine):
+        return ConnectionClosedError(error=e, request=request, endpoint_url=url)
+    if isinstance(e, aiohttp.ServerTimeoutError):
+        if str(e).lower().startswith("connect"):
+            return ConnectTimeoutError(endpoint_url=url, error=e)
+        return ReadTimeoutError(endpoint_url=url, error=e)
+    if isinstance(
+        e, aiohttp.ClientConnectorError | aiohttp.ClientConnectionError | socket.gaierror
+    ):
+        return EndpointConnectionError(endpoint_url=url, error=e)
+    if isinstance(e, asyncio.TimeoutError):
+        return ReadTimeoutError(endpoint_url=url, error=e)
+    if isinstance(e, FutureCancelledError):
+        return None
+    return HTTPClientError(error=e)
+
+
+class _Transport:
+    """The client's aiobotocore HTTP session, its aiohttp session used directly.
+
+    `AIOHTTPSession.send` parses the URL and the proxy settings on every request and
+    copies the headers twice; here the URL and its proxy are remembered, and the
+    request goes to the same aiohttp session (the pool, timeouts, keep-alive, TLS and
+    proxies aiobotocore set up) with the same headers, and its failures become the
+    same botocore exceptions (`_mapped_error`). Requests this does not cover (chunked
+    bodies, aiobotocore's experimental proxy Host header, another session class) are
+    sent by `AIOHTTPSession.send` itself.
+    """
+
+    def __init__(self, http_session: Any) -> None:
+        self.http_session = http_session
+        self.targets: dict[str, tuple[URL, str | None, dict[str, str]]] = {}
+
+    def covers(self, request: LeanRequest) -> bool:
+        return (
+            type(self.http_session) is AIOHTTPSession
+            and "Transfer-Encoding" not in request.headers
+            and not ensure_boolean(os.environ.get("BOTO_EXPERIMENTAL__ADD_PROXY_HOST_HEADER", ""))
+        )
+
+    def _target(self, url: str) -> tuple[URL, str | None, dict[str, str]]:
+        target = self.targets.get(url)
+        if target is None:
+            config = self.http_session._proxy_config
+            target = (
+                URL(url, encoded=True),
+                config.proxy_url_for(url),
+                config.proxy_headers_for(url),
+            )
+            if len(self.targets) < MAX_TARGETS:
+                self.targets[url] = target
+        return target
+
+    async def send(self, request: LeanRequest) -> Any:
+        if not self.covers(request):
+            return await self.http_session.send(request)
+        proxy_url = None
+        try:
+            url, proxy_url, proxy_headers = self._target(request.url)
+            headers = CIMultiDict((name, _text(value)) for name, value in request.headers.items())
+            headers["Accept-Encoding"] = "identity"
+            session = await self.http_session._get_session(proxy_url)
+            response = await session.request(
+                request.method,
+                url=url,
+                headers=headers,
+                data=request.body,
+                proxy=proxy_url,
+                proxy_headers=dict(proxy_headers),
+            )
+            http = AioAWSResponse(
+                str(response.url),
+                response.status,
+                {k.decode("utf-8").lower(): v.decode("utf-8") for k, v in response.raw_headers},
+                response,
+            )
+            await http.content
+            return http
+        except Exception as e:
+            mapped = _mapped_error(e, request, proxy_url)
+            if mapped is None:
+                raise
+            raise mapped  # noqa: B904 (raised in the handler, as aiobotocore does)
 
 
 class _Operation:
@@ -177,9 +296,12 @@ class LeanCalls:
 
         parser._parse_body_as_json = parse_body_as_json
         self.parser = parser
+        self.transport = _Transport(client._endpoint.http_session)
         self._emitter = client.meta.events._emitter
         self._checked: object = None
         self._usable = False
+        # The only `needs-retry` handler is botocore's standard one, allowing one attempt.
+        self._one_attempt = False
         self.lean_calls = 0
 
     def usable(self) -> bool:
@@ -187,6 +309,7 @@ class LeanCalls:
         cache = self._emitter._lookup_cache
         if cache is not self._checked:  # replaced whenever a handler is registered
             self._usable = self._check()
+            self._one_attempt = self._usable and self._standard_one_attempt()
             self._checked = cache
         return self._usable and not _history._enabled
 
@@ -207,6 +330,22 @@ class LeanCalls:
                 found = handlers.prefix_search(f"{event}.{service_id}.{op.name}")
                 if any(handler not in allowed for handler in found):
                     return False
+        return True
+
+    def _standard_one_attempt(self) -> bool:
+        service_id = self.client.meta.service_model.service_id.hyphenize()
+        for op in self.operations.values():
+            found = list(
+                self._emitter._handlers.prefix_search(f"needs-retry.{service_id}.{op.name}")
+            )
+            owner = getattr(found[0], "__self__", None) if len(found) == 1 else None
+            if type(owner) is not AioRetryHandler or found[0].__name__ != "needs_retry":
+                return False
+            conditions = owner._retry_policy._retry_checker
+            if type(conditions) is not AioStandardRetryConditions:
+                return False
+            if conditions._max_attempts_checker._max_attempts != 1:
+                return False
         return True
 
     async def call(self, name: str, params: dict[str, Any]) -> Any:
@@ -294,7 +433,7 @@ class LeanCalls:
         http: Any = None
         parsed: Any = None
         try:
-            http = await endpoint.http_session.send(request)
+            http = await self.transport.send(request)
         except Exception as e:
             caught = e
         if http is not None:
@@ -307,22 +446,42 @@ class LeanCalls:
             parsed = await self.parser.parse(response_dict, model.output_shape)
             if http.status_code >= 300:
                 await endpoint._add_modeled_error_fields(response_dict, parsed, model, self.parser)
-        responses = await emitter.emit(
-            op.needs_retry,
-            response=None if http is None else (http, parsed),
-            endpoint=endpoint,
-            operation=model,
-            attempts=1,
-            caught_exception=caught,
-            request_dict=request_dict,
-        )
-        if first_non_none_response(responses) is not None:
-            raise RuntimeError(f"{op.name}: a retry was asked of a client that makes one attempt")
+        await self._needs_retry(op, request_dict, http, parsed, caught)
         if caught is not None:
             raise caught
         if "ResponseMetadata" in parsed:
             parsed["ResponseMetadata"]["RetryAttempts"] = 0
         return http, parsed
+
+    async def _needs_retry(
+        self,
+        op: _Operation,
+        request_dict: dict[str, Any],
+        http: Any,
+        parsed: Any,
+        caught: Exception | None,
+    ) -> None:
+        """The `needs-retry` of the one attempt: no retry, the retry metadata added."""
+        context = request_dict["context"]
+        if self._one_attempt:
+            # What the standard retry handler of a one-attempt client does on `needs-retry`.
+            retries = context.get("retries")
+            if retries:
+                retries["max"] = max(retries.get("max", 0), 1)
+            if parsed is not None:
+                parsed.setdefault("ResponseMetadata", {})["MaxAttemptsReached"] = True
+        else:
+            responses = await self.client.meta.events.emit(
+                op.needs_retry,
+                response=None if http is None else (http, parsed),
+                endpoint=self.client._endpoint,
+                operation=op.model,
+                attempts=1,
+                caught_exception=caught,
+                request_dict=request_dict,
+            )
+            if first_non_none_response(responses) is not None:
+                raise RuntimeError(f"{op.name}: a retry was asked of a one-attempt client")
 
 
 def install(client: Any) -> LeanCalls:
