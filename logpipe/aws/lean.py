@@ -302,7 +302,8 @@ class LeanCalls:
         self._usable = False
         # The only `needs-retry` handler is botocore's standard one, allowing one attempt.
         self._one_attempt = False
-        self.lean_calls = 0
+        # Calls sent the lean way (the others took the generic path, or were short-circuited).
+        self.sent = 0
 
     def usable(self) -> bool:
         """True while nothing the lean path leaves out would have done anything."""
@@ -424,6 +425,7 @@ class LeanCalls:
         endpoint, model, emitter = self.client._endpoint, op.model, self.client.meta.events
         context = request_dict["context"]
         endpoint._update_retries_context(context, 1)
+        self.sent += 1
         body: bytes = request_dict["body"]
         request = LeanRequest(request_dict, body)
         await emitter.emit(op.request_created, request=request, operation_name=op.name)
@@ -484,12 +486,22 @@ class LeanCalls:
                 raise RuntimeError(f"{op.name}: a retry was asked of a one-attempt client")
 
 
+_ATTRIBUTE = "_logpipe_lean"
+
+
 def install(client: Any) -> LeanCalls:
     """Make the client's hot JSON calls through a `LeanCalls`; every other call is unchanged."""
     lean = LeanCalls(client)
     for name in lean.operations:
         method = LEAN_OPERATIONS[(client.meta.service_model.service_name, name)]
         setattr(client, method, _method(lean, name, method))
+    setattr(client, _ATTRIBUTE, lean)
+    return lean
+
+
+def installed(client: Any) -> LeanCalls | None:
+    """The client's `LeanCalls`, if `install` gave it one."""
+    lean: LeanCalls | None = getattr(client, _ATTRIBUTE, None)
     return lean
 
 
