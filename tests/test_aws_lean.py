@@ -21,6 +21,7 @@ import orjson
 import pytest
 from aiobotocore.config import AioConfig
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError
 
 from logpipe.aws import lean
 from logpipe.aws import serialise as aws_serialise
@@ -532,8 +533,8 @@ def assert_same_failure(generic: Any, fast: Any) -> None:
     assert type(fast) is type(generic)
     assert str(fast) == str(generic)
     assert classify(fast) == classify(generic)
-    if hasattr(generic, "response"):
-        assert fast.response == generic.response
+    if isinstance(generic, ClientError):
+        assert isinstance(fast, ClientError) and fast.response == generic.response
 
 
 @pytest.mark.parametrize("name", list(ERRORS))

@@ -123,27 +123,28 @@ MAX_TARGETS = 64
 
 
 def _mapped_error(e: Exception, request: LeanRequest, proxy_url: str | None) -> Exception | None:
-    """The botocore exception aiobotocore's HTTP session raises for `e` (None: `e` itself)."""
+    """The botocore exception aiobotocore's HTTP session raises for `e` (None: `e` itself),
+    tested in the order of its `except` clauses."""
     url = request.url
+    error: Exception | None = None
     if isinstance(e, aiohttp.ClientSSLError):
-        return SSLError(endpoint_url=url, error=e)
-    if isinstance(e, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
-        return ProxyConnectionError(proxy_url=mask_proxy_url(proxy_url), error=e)
-    if isinstance(e, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | BadStatusLine):
-        return ConnectionClosedError(error=e, request=request, endpoint_url=url)
-    if isinstance(e, aiohttp.ServerTimeoutError):
-        if str(e).lower().startswith("connect"):
-            return ConnectTimeoutError(endpoint_url=url, error=e)
-        return ReadTimeoutError(endpoint_url=url, error=e)
-    if isinstance(
-        e, aiohttp.ClientConnectorError | aiohttp.ClientConnectionError | socket.gaierror
+        error = SSLError(endpoint_url=url, error=e)
+    elif isinstance(e, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        error = ProxyConnectionError(proxy_url=mask_proxy_url(proxy_url), error=e)
+    elif isinstance(
+        e, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | BadStatusLine
     ):
-        return EndpointConnectionError(endpoint_url=url, error=e)
-    if isinstance(e, asyncio.TimeoutError):
-        return ReadTimeoutError(endpoint_url=url, error=e)
-    if isinstance(e, FutureCancelledError):
-        return None
-    return HTTPClientError(error=e)
+        error = ConnectionClosedError(error=e, request=request, endpoint_url=url)
+    elif isinstance(e, aiohttp.ServerTimeoutError):
+        connecting = str(e).lower().startswith("connect")
+        error = (ConnectTimeoutError if connecting else ReadTimeoutError)(endpoint_url=url, error=e)
+    elif isinstance(e, aiohttp.ClientConnectionError | socket.gaierror):  # connector errors too
+        error = EndpointConnectionError(endpoint_url=url, error=e)
+    elif isinstance(e, asyncio.TimeoutError):
+        error = ReadTimeoutError(endpoint_url=url, error=e)
+    elif not isinstance(e, FutureCancelledError):
+        error = HTTPClientError(error=e)
+    return error
 
 
 class _Transport:
@@ -340,7 +341,9 @@ class LeanCalls:
                 self._emitter._handlers.prefix_search(f"needs-retry.{service_id}.{op.name}")
             )
             owner = getattr(found[0], "__self__", None) if len(found) == 1 else None
-            if type(owner) is not AioRetryHandler or found[0].__name__ != "needs_retry":
+            if not isinstance(owner, AioRetryHandler) or type(owner) is not AioRetryHandler:
+                return False
+            if found[0].__name__ != "needs_retry":
                 return False
             conditions = owner._retry_policy._retry_checker
             if type(conditions) is not AioStandardRetryConditions:
