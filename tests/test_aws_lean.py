@@ -634,12 +634,21 @@ class Seen:
 
     def __init__(self, client: Any, service: str, operation: str) -> None:
         self.kwargs: dict[str, list[set[str]]] = {event: [] for event in EVENTS}
+        self.request_dicts: list[dict[str, Any]] = []
         for event in EVENTS:
             client.meta.events.register(f"{event}.{service}.{operation}", self._handler(event))
 
     def _handler(self, event: str) -> Callable[..., None]:
         def record(**kwargs: Any) -> None:
             self.kwargs[event].append(set(kwargs))
+            if event == "before-call":  # the request dict, as botocore builds it
+                self.request_dicts.append(
+                    {
+                        key: sorted(value) if key == "headers" else value
+                        for key, value in kwargs["params"].items()
+                        if key not in ("body", "context")
+                    }
+                )
 
         return record
 
@@ -655,6 +664,7 @@ async def test_handlers_see_the_same_events(index: int, endpoint: ScriptedEndpoi
         assert sent_lean(clients.lean) == 1
     generic, fast = seen
     assert fast.kwargs == generic.kwargs
+    assert fast.request_dicts == generic.request_dicts
     assert all(len(calls) == 1 for calls in fast.kwargs.values())
     assert fast.kwargs["after-call"] == [
         {"http_response", "parsed", "model", "context", "event_name"}

@@ -11,27 +11,29 @@ makes the same call in fewer steps and keeps botocore for everything that matter
 
 - the events our handlers and the fault injector use, emitted with the same keyword
   arguments and in the same order: `provide-client-params` and `before-parameter-build`
-  (the client's own `_emit_api_params`), `before-call` (its first answer short-circuits
-  the call), `request-created` (the client's signer, its User-Agent rebuild, the retry
-  headers), `needs-retry` (adds `MaxAttemptsReached` to the answer's metadata as
-  botocore does), `after-call`, and `after-call-error` when sending fails;
+  (the client's own `_emit_api_params`), `before-call` (with the same request dict; its
+  first answer short-circuits the call), `request-created` (the client's signer with its
+  credentials, its User-Agent rebuild, the retry headers), `after-call`, and
+  `after-call-error` when sending fails;
 - endpoint resolution: the client's `_resolve_endpoint_ruleset` (remembered by
   `aws/endpoints.py`), its auth type and signing context put into the request context;
-- signing and credentials: the client's `_request_signer`, through `request-created`;
-- transport: the client's aiobotocore HTTP session (its pool, timeouts, keep-alive,
-  proxies, TLS and its mapping of aiohttp errors to botocore's exceptions);
+- transport: the aiohttp session of the client's aiobotocore HTTP session (its pool,
+  timeouts, keep-alive, proxies and TLS), its failures mapped to the same botocore
+  exceptions as `AIOHTTPSession.send` maps them (`_Transport`);
 - answers: the client's JSON response parser (a copy that decodes with orjson where
-  orjson decodes exactly as the standard library would), its modeled error fields, and
-  the same exception classes with the same `response` as `_make_api_call` raises.
+  orjson decodes exactly as the standard library would, and with the standard library
+  where it does not), its modeled error fields, and the same exception classes with the
+  same `response` as `_make_api_call` raises.
 
-What is left out is what does nothing for these calls on our clients: the
-`before-send`, `response-received` and `before-parse` events (no handlers but ours),
-history recording (off), checksums and compression (these operations have none), and
-the intermediate request objects. Whenever that does not hold (someone registered a
-handler on a skipped event, history is on, the client retries by itself) or a call is
-unusual (parameters orjson cannot encode exactly as the JSON serializer would, a
-`before-call` handler that leaves a body that is not bytes), the call takes botocore's
-generic path unchanged, from wherever it is.
+What is left out does nothing for these calls on our clients: the `before-send`,
+`response-received` and `before-parse` events (no handlers but ours), `needs-retry` of a
+client that makes one attempt (replayed: the standard handler only notes
+`MaxAttemptsReached` in the answer's metadata), history recording (off), checksums and
+compression (these operations have none), and the intermediate request objects. Whenever
+that does not hold (a handler on a skipped event, history on, a client that retries by
+itself) or a call is unusual (parameters orjson cannot encode as the JSON serializer
+would, a `before-call` handler that leaves a body that is not bytes), the call takes
+botocore's generic path unchanged, from wherever it is.
 """
 
 from __future__ import annotations
