@@ -55,6 +55,7 @@ from aiobotocore.httpchecksum import apply_request_checksum
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.retries.standard import AioRetryHandler, AioStandardRetryConditions
 from aiohttp.http_exceptions import BadStatusLine
+from botocore.auth import _host_from_url
 from botocore.awsrequest import prepare_request_dict
 from botocore.client import resolve_checksum_context
 from botocore.compat import HTTPHeaders
@@ -165,11 +166,14 @@ class _Transport:
         self.http_session = http_session
         self.targets: dict[str, tuple[URL, str | None, dict[str, str]]] = {}
 
-    def covers(self, request: LeanRequest) -> bool:
+    def covers(self, request: LeanRequest, proxy_url: str | None) -> bool:
         return (
             type(self.http_session) is AIOHTTPSession
             and "Transfer-Encoding" not in request.headers
-            and not ensure_boolean(os.environ.get("BOTO_EXPERIMENTAL__ADD_PROXY_HOST_HEADER", ""))
+            and (
+                proxy_url is None  # the experimental header goes to a proxy only
+                or not ensure_boolean(os.environ.get("BOTO_EXPERIMENTAL__ADD_PROXY_HOST_HEADER"))
+            )
         )
 
     def _target(self, url: str) -> tuple[URL, str | None, dict[str, str]]:
@@ -186,11 +190,13 @@ class _Transport:
         return target
 
     async def send(self, request: LeanRequest) -> Any:
-        if not self.covers(request):
-            return await self.http_session.send(request)
-        proxy_url = None
         try:
             url, proxy_url, proxy_headers = self._target(request.url)
+        except Exception:  # whatever AIOHTTPSession.send makes of such a URL
+            return await self.http_session.send(request)
+        if not self.covers(request, proxy_url):
+            return await self.http_session.send(request)
+        try:
             headers = CIMultiDict((name, _text(value)) for name, value in request.headers.items())
             headers["Accept-Encoding"] = "identity"
             session = await self.http_session._get_session(proxy_url)
@@ -300,6 +306,7 @@ class LeanCalls:
         parser._parse_body_as_json = parse_body_as_json
         self.parser = parser
         self.transport = _Transport(client._endpoint.http_session)
+        self._hosts: dict[str, str] = {}
         self._emitter = client.meta.events._emitter
         self._checked: object = None
         self._usable = False
@@ -335,6 +342,14 @@ class LeanCalls:
                 if any(handler not in allowed for handler in found):
                     return False
         return True
+
+    def _host(self, url: str) -> str:
+        host = self._hosts.get(url)
+        if host is None:
+            host = _host_from_url(url)
+            if len(self._hosts) < MAX_TARGETS:
+                self._hosts[url] = host
+        return host
 
     def _standard_one_attempt(self) -> bool:
         service_id = self.client.meta.service_model.service_id.hyphenize()
@@ -433,6 +448,9 @@ class LeanCalls:
         self.sent += 1
         body: bytes = request_dict["body"]
         request = LeanRequest(request_dict, body)
+        # The Host header botocore signs and aiohttp sends, computed once per URL by
+        # botocore (the signer would parse the URL for it twice per call).
+        request.headers["Host"] = self._host(request.url)
         await emitter.emit(op.request_created, request=request, operation_name=op.name)
         if body and "Content-Length" not in request.headers:  # as AWSRequestPreparer adds it
             request.headers["Content-Length"] = str(len(body))
