@@ -273,7 +273,9 @@ class _Operation:
         url = self.urls.get(endpoint_url)
         if url is None:
             prepare_request_dict(request, endpoint_url=endpoint_url, context=context)
-            url = self.urls[endpoint_url] = request["url"]
+            url = request["url"]
+            if len(self.urls) < MAX_TARGETS:
+                self.urls[endpoint_url] = url
         request["url"] = url
         request["context"] = context
         return request
@@ -452,7 +454,8 @@ class LeanCalls:
         # botocore (the signer would parse the URL for it twice per call).
         request.headers["Host"] = self._host(request.url)
         await emitter.emit(op.request_created, request=request, operation_name=op.name)
-        if body and "Content-Length" not in request.headers:  # as AWSRequestPreparer adds it
+        headers = request.headers
+        if "Content-Length" not in headers and "Transfer-Encoding" not in headers:  # as prepared
             request.headers["Content-Length"] = str(len(body))
         caught: Exception | None = None
         http: Any = None
