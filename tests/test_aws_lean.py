@@ -160,7 +160,8 @@ class Pair:
 async def make_client(
     stack: AsyncExitStack, service: str, url: str, lean_path: bool, read_timeout: float = 10
 ) -> Any:
-    """A client set up as `open_clients` sets one up, with or without the lean path."""
+    """A client with our serialisation and endpoint memo, as `open_clients` makes one (its
+    metrics handlers aside), with or without the lean path; `read_timeout` as given."""
     config = client_config(4).merge(AioConfig(read_timeout=read_timeout, connect_timeout=5))
     client = await stack.enter_async_context(
         _session("us-east-1").client(service, endpoint_url=url, config=config)
