@@ -101,6 +101,21 @@ def _reaches(shape: Any, seen: frozenset[str] = frozenset()) -> bool:
     )
 
 
+def _gate(member: Any) -> frozenset[str] | None:
+    """For a list of plain structures, the members of its items that can lead to a converted
+    or renamed member; None for any other shape (or a renamed member itself)."""
+    item = member.member if member.type_name == "list" else None
+    if item is None or item.type_name != "structure" or item.is_document_type:
+        return None
+    if "name" in member.serialization:
+        return None
+    return frozenset(
+        key
+        for key, inner in item.members.items()
+        if "name" in inner.serialization or _reaches(inner)
+    )
+
+
 class _Special:
     """Whether an operation's parameters hold a member the serializer converts or renames.
 
@@ -119,17 +134,7 @@ class _Special:
         self.gates: dict[str, frozenset[str] | None] = {}
         for name, member in shape.members.items() if shape is not None else ():
             if "name" in member.serialization or _reaches(member):
-                item = member.member if member.type_name == "list" else None
-                plain = item is not None and item.type_name == "structure"
-                self.gates[name] = (
-                    frozenset(
-                        key
-                        for key, inner in item.members.items()
-                        if "name" in inner.serialization or _reaches(inner)
-                    )
-                    if plain and not item.is_document_type and "name" not in member.serialization
-                    else None
-                )
+                self.gates[name] = _gate(member)
 
     def found(self, params: dict[str, Any], body: bytes) -> bool:
         if self.pattern is None:
