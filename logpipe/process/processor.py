@@ -28,15 +28,15 @@ from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.models import (
     ASSIGNED_TIMESTAMP,
+    UNKNOWN_SIZE,
     EnvelopeError,
     Event,
     Item,
     dead_letter_body,
-    event_problem,
     item_key,
     to_item,
+    unpack_checked,
     unpack_envelope,
-    unpack_events,
     write_units,
 )
 from logpipe.core.retry import RetryPolicy, retry_call, retry_entries
@@ -95,6 +95,13 @@ class _Write:
     event: Event
     key: tuple[str, str]
     trackers: list[Tracker] = field(default_factory=list)
+    # At least the item's size (`item_size`): at most 1 KB, the item is one write unit.
+    size_bound: int = UNKNOWN_SIZE
+
+
+# A message, its storable events and a bound on each one's item size (see `unpack_checked`).
+_Decoded = tuple[Tracker, list[Event], list[int]]
+ONE_UNIT_BYTES = 1024
 
 
 @dataclass
@@ -147,15 +154,13 @@ def decode_message(message: dict[str, Any]) -> list[Event]:
 def split_message(message: dict[str, Any]) -> tuple[list[Event], list[tuple[object, str]]]:
     """The storable events of a message, and each other event with why it cannot be stored;
     EnvelopeError when the body is not an envelope at all."""
-    good: list[Event] = []
-    bad: list[tuple[object, str]] = []
-    for event in unpack_events(message_body(message)):
-        problem = event_problem(event)
-        if problem is None:
-            good.append(event)
-        else:
-            bad.append((event, problem))
+    good, _, bad = unpack_checked(message_body(message), 1, 1)
     return good, bad
+
+
+def _units(write: _Write, item: Item) -> int:
+    """Write units of `write`'s item: one when its size bound is at most 1 KB."""
+    return 1 if write.size_bound <= ONE_UNIT_BYTES else write_units(item)
 
 
 def _key(item: Item) -> tuple[str, str]:
@@ -168,18 +173,21 @@ def redelivery_delay(receive_count: int) -> int:
 
 
 def plan_writes(
-    trackers_events: Iterable[tuple[Tracker, list[Event]]], shards: int
+    trackers_events: Iterable[tuple[Tracker, list[Event], list[int] | None]], shards: int
 ) -> list[_Write]:
-    """One write per distinct key; an event repeated across messages is written once for all."""
+    """One write per distinct key; an event repeated across messages is written once for all.
+    Each message's events come with a bound on each one's item size, or None (unknown)."""
     writes: dict[tuple[str, str], _Write] = {}
-    for tracker, events in trackers_events:
-        for event in events:
+    for tracker, events, bounds in trackers_events:
+        sizes = bounds if bounds is not None else [UNKNOWN_SIZE] * len(events)
+        for event, size in zip(events, sizes, strict=True):
             key = item_key(event, shards)
             write = writes.get(key)
             if write is None:
-                writes[key] = _Write(event, key, [tracker])
+                writes[key] = _Write(event, key, [tracker], size)
             else:
                 write.event = event
+                write.size_bound = size
                 write.trackers.append(tracker)
     return list(writes.values())
 
@@ -348,7 +356,7 @@ class Processor:
         decoded, undecodable, dead = self._decode(trackers)
         await self._dead_letter(dead)
         await self._assign_first_timestamps(decoded, round_)
-        writes = plan_writes(((t, e) for t, e in decoded if not t.failed), self._settings.shards)
+        writes = plan_writes((d for d in decoded if not d[0].failed), self._settings.shards)
         del decoded  # the writes hold what is needed; let the events go
         await self._write(writes, round_)
         await self._dead_letter([_DeadLetter(w.event, r, w.trackers) for w, r in round_.refused])
@@ -383,14 +391,17 @@ class Processor:
 
     def _decode(
         self, trackers: list[Tracker]
-    ) -> tuple[list[tuple[Tracker, list[Event]]], list[Tracker], list[_DeadLetter]]:
-        """Each message's storable events; the undecodable messages; the events to dead-letter."""
-        decoded: list[tuple[Tracker, list[Event]]] = []
+    ) -> tuple[list[_Decoded], list[Tracker], list[_DeadLetter]]:
+        """Each message's storable events with a bound on each one's item size; the
+        undecodable messages; the events to dead-letter."""
+        decoded: list[_Decoded] = []
         undecodable: list[Tracker] = []
         dead: list[_DeadLetter] = []
+        shards, retention_days = self._settings.shards, self._settings.retention_days
         for tracker in trackers:
             try:
-                events, bad = split_message(tracker.message)
+                body = message_body(tracker.message)
+                events, bounds, bad = unpack_checked(body, shards, retention_days)
             except EnvelopeError as exc:
                 log.warning(
                     "message %s is undecodable (receive %d): %s",
@@ -403,7 +414,7 @@ class Processor:
                 continue
             tracker.pending = len(events) + len(bad)
             dead.extend(_DeadLetter(event, reason, [tracker]) for event, reason in bad)
-            decoded.append((tracker, events))
+            decoded.append((tracker, events, bounds))
         return decoded, undecodable, dead
 
     async def _dead_letter(self, dead: list[_DeadLetter]) -> None:
@@ -449,13 +460,11 @@ class Processor:
         if group:
             yield group
 
-    async def _assign_first_timestamps(
-        self, decoded: list[tuple[Tracker, list[Event]]], round_: _Round
-    ) -> None:
+    async def _assign_first_timestamps(self, decoded: list[_Decoded], round_: _Round) -> None:
         """Give each event whose client sent an id and no timestamp the first timestamp ever
         assigned to that id, so a client's retry lands on the item of its first attempt."""
         holders: dict[tuple[str, str], list[tuple[Tracker, Event]]] = {}
-        for tracker, events in decoded:
+        for tracker, events, _ in decoded:
             for event in events:
                 if event.get(ASSIGNED_TIMESTAMP):
                     key = (event["service"], event["id"])
@@ -562,7 +571,7 @@ class Processor:
         unprocessed = response.get("UnprocessedItems", {}).get(table, [])
         left = {_key(r["PutRequest"]["Item"]) for r in unprocessed}
         stored = [w for w in writes if w.key not in left]
-        self._record_stored(stored, sum(write_units(items[w.key]) for w in stored))
+        self._record_stored(stored, sum(_units(w, items[w.key]) for w in stored))
         return [UNPROCESSED if w.key in left else None for w in writes]
 
     async def _isolate(self, writes: list[_Write], round_: _Round, error: str) -> None:
