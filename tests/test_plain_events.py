@@ -336,6 +336,8 @@ def test_write_units_from_the_bound_are_the_items_own(name: str) -> None:
     body = dumps_exact({"v": 1, "events": [event, {**event, "id": "other"}]}).decode()
     good, bounds, _ = unpack_checked(body, 8, 30)
     tracker = Tracker({}, pending=len(good))
-    for write in plan_writes([(tracker, good, bounds)], 8):
-        item = to_item(write.event, 8, 30, write.key)
-        assert _units(write, item) == write_units(item)
+    writes = plan_writes([(tracker, good, bounds)], 8)
+    items = {w.key: to_item(w.event, 8, 30, w.key) for w in writes}
+    for write in writes:
+        assert _units([write], items) == write_units(items[write.key])
+    assert _units(writes, items) == sum(map(write_units, items.values()))

@@ -810,11 +810,12 @@ def unpack_checked(
     if _plain_envelope(doc):
         events = doc["events"]
         sizes = [plain_size(event, fixed) for event in events]
-    if not sizes or not all(size > 0 for size in sizes):
-        exact = _exact_document(body, doc)
-        if exact is not doc or not sizes:
-            events = _envelope_events(exact)
-            sizes = [plain_size(event, fixed) for event in events]
+    if sizes and min(sizes) > 0:  # the usual envelope: every event plain, no float read
+        return events, sizes, []
+    exact = _exact_document(body, doc)
+    if exact is not doc or not sizes:
+        events = _envelope_events(exact)
+        sizes = [plain_size(event, fixed) for event in events]
     good: list[Event] = []
     bounds: list[int] = []
     bad: list[tuple[object, str]] = []

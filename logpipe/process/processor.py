@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
-from operator import itemgetter
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -70,6 +71,10 @@ UNPROCESSED = EntryFailure("UnprocessedItems", retriable=True, throttled=True)
 MAX_STORED_COUNTERS = 4096
 _SERVICE = itemgetter("service")
 _LEVEL = itemgetter("level")
+_EVENT = attrgetter("event")
+_TRACKERS = attrgetter("trackers")
+_INGESTED_AT = repeat("ingested_at")
+_ASSIGNED = methodcaller("get", ASSIGNED_TIMESTAMP)
 
 
 @dataclass(eq=False)
@@ -158,9 +163,10 @@ def split_message(message: dict[str, Any]) -> tuple[list[Event], list[tuple[obje
     return good, bad
 
 
-def _units(write: _Write, item: Item) -> int:
-    """Write units of `write`'s item: one when its size bound is at most 1 KB."""
-    return 1 if write.size_bound <= ONE_UNIT_BYTES else write_units(item)
+def _units(writes: list[_Write], items: dict[tuple[str, str], Item]) -> int:
+    """Write units of the items of `writes`: one each whose size bound is at most 1 KB."""
+    large = [w for w in writes if w.size_bound > ONE_UNIT_BYTES]
+    return len(writes) - len(large) + sum(write_units(items[w.key]) for w in large)
 
 
 def _key(item: Item) -> tuple[str, str]:
@@ -360,7 +366,7 @@ class Processor:
         del decoded  # the writes hold what is needed; let the events go
         await self._write(writes, round_)
         await self._dead_letter([_DeadLetter(w.event, r, w.trackers) for w, r in round_.refused])
-        await self._registry.note({w.event["service"] for w in writes})
+        await self._registry.note(set(map(_SERVICE, map(_EVENT, writes))))
         await self._finish(trackers, undecodable, delete)
 
     async def _write(self, writes: list[_Write], round_: _Round) -> None:
@@ -465,10 +471,9 @@ class Processor:
         assigned to that id, so a client's retry lands on the item of its first attempt."""
         holders: dict[tuple[str, str], list[tuple[Tracker, Event]]] = {}
         for tracker, events, _ in decoded:
-            for event in events:
-                if event.get(ASSIGNED_TIMESTAMP):
-                    key = (event["service"], event["id"])
-                    holders.setdefault(key, []).append((tracker, event))
+            for event in filter(_ASSIGNED, events):
+                key = (event["service"], event["id"])
+                holders.setdefault(key, []).append((tracker, event))
 
         async def settle(key: tuple[str, str], held: list[tuple[Tracker, Event]]) -> None:
             proposed = min(event["timestamp"] for _, event in held)
@@ -557,21 +562,29 @@ class Processor:
         self, items: dict[tuple[str, str], Item], writes: list[_Write]
     ) -> list[EntryFailure | None]:
         """One BatchWriteItem of `writes`; per write, None once stored or UNPROCESSED."""
-        table = self._settings.table_name
+        settings = self._settings
+        table = settings.table_name
         async with self._writes:
             # Built once a call may start: only the items of the calls in flight exist, and
             # each is still in the CPU's cache when it is encoded and counted.
+            request = []
             for write in writes:
-                if write.key not in items:
-                    items[write.key] = self._item(write)
-            request = [{"PutRequest": {"Item": items[w.key]}} for w in writes]
+                item = items.get(write.key)
+                if item is None:
+                    item = items[write.key] = to_item(
+                        write.event, settings.shards, settings.retention_days, write.key
+                    )
+                request.append({"PutRequest": {"Item": item}})
             started = time.perf_counter()
             response = await self._dynamodb.batch_write_item(RequestItems={table: request})
             metrics.write_seconds.observe(time.perf_counter() - started)
         unprocessed = response.get("UnprocessedItems", {}).get(table, [])
+        if not unprocessed:
+            self._record_stored(writes, _units(writes, items))
+            return [None] * len(writes)
         left = {_key(r["PutRequest"]["Item"]) for r in unprocessed}
         stored = [w for w in writes if w.key not in left]
-        self._record_stored(stored, sum(_units(w, items[w.key]) for w in stored))
+        self._record_stored(stored, _units(stored, items))
         return [UNPROCESSED if w.key in left else None for w in writes]
 
     async def _isolate(self, writes: list[_Write], round_: _Round, error: str) -> None:
@@ -590,18 +603,20 @@ class Processor:
         return to_item(write.event, settings.shards, settings.retention_days, write.key)
 
     def _record_stored(self, writes: list[_Write], units: int) -> None:
-        now_ms = time.time() * 1000
-        for write in writes:
-            for tracker in write.trackers:
-                tracker.pending -= 1
-        events = [write.event for write in writes]
+        """Count stored writes: their messages' pending events, the events stored per
+        service and level, their end-to-end latency and the write units. Per batch: the
+        writes of a call share a few messages, labels and ingest times."""
+        for tracker, count in Counter(chain.from_iterable(map(_TRACKERS, writes))).items():
+            tracker.pending -= count
+        events = list(map(_EVENT, writes))
         labels = Counter(zip(map(_SERVICE, events), map(_LEVEL, events), strict=True))
+        now_ms = time.time() * 1000
         latencies = [
-            max(now_ms - ingested_at, 0) / 1000
-            for event in events
-            if isinstance(ingested_at := event.get("ingested_at"), int)
+            (max(now_ms - ingested_at, 0) / 1000, count)
+            for ingested_at, count in Counter(map(dict.get, events, _INGESTED_AT)).items()
+            if isinstance(ingested_at, int)
         ]
-        metrics.observe_many(metrics.e2e_latency, latencies)
+        metrics.observe_counted(metrics.e2e_latency, latencies)
         metrics.dynamodb_write_units.inc(units)
         for key, count in labels.items():
             counter = self._stored_counters.get(key)
