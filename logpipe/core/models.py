@@ -539,24 +539,25 @@ def to_item(
     }
     ingested_at = event.get("ingested_at")
     if isinstance(ingested_at, int):
-        item["ingested_at"] = {"S": timefmt.iso_ms(ingested_at)}
+        item["ingested_at"] = {"S": timefmt.iso_ms_shared(ingested_at)}
     if "trace_id" in event:
         item["trace_id"] = {"S": event["trace_id"]}
     if "span_id" in event:
         item["span_id"] = {"S": event["span_id"]}
     attributes = event.get("attributes")
     if attributes:
-        # Strings and integers without a call: nearly every attribute value is one.
-        item["attributes"] = {
-            "M": {
-                k: {"S": v}
-                if (kind := type(v)) is str
-                else {"N": str(v)}
-                if kind is int
-                else _attribute_value(v)
-                for k, v in attributes.items()
-            }
-        }
+        # Strings and integers without a call: nearly every attribute value is one. A loop,
+        # not a comprehension: Python 3.11 makes each comprehension a function call.
+        values: dict[str, Any] = {}
+        for name, value in attributes.items():
+            kind = type(value)
+            if kind is str:
+                values[name] = {"S": value}
+            elif kind is int:
+                values[name] = {"N": str(value)}
+            else:
+                values[name] = _attribute_value(value)
+        item["attributes"] = {"M": values}
     return item
 
 
