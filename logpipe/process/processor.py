@@ -73,7 +73,6 @@ _SERVICE = itemgetter("service")
 _LEVEL = itemgetter("level")
 _EVENT = attrgetter("event")
 _TRACKERS = attrgetter("trackers")
-_INGESTED_AT = repeat("ingested_at")
 _ASSIGNED = methodcaller("get", ASSIGNED_TIMESTAMP)
 
 
@@ -613,7 +612,7 @@ class Processor:
         now_ms = time.time() * 1000
         latencies = [
             (max(now_ms - ingested_at, 0) / 1000, count)
-            for ingested_at, count in Counter(map(dict.get, events, _INGESTED_AT)).items()
+            for ingested_at, count in Counter(map(dict.get, events, repeat("ingested_at"))).items()
             if isinstance(ingested_at, int)
         ]
         metrics.observe_counted(metrics.e2e_latency, latencies)
