@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import Histogram
 
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
@@ -239,3 +240,24 @@ def test_items_are_the_reference_ones(attributes: str, ts: int) -> None:
         assert to_item(complete, 8, 30, key=item_key(complete, 8)) == expected  # type: ignore[arg-type]
     del stored["ingested_at"]
     assert to_item(stored, 8, 30) == reference_item(dict(stored), 8, 30)
+
+
+def test_counted_observations_are_the_one_by_one_ones() -> None:
+    """`observe_counted` (per distinct value) adds what `observe_many` adds for the values."""
+    values = [0.0, 0.004, 0.004, 0.3, 0.3, 0.3, 7.0, 10**6, 2.5]
+    counted = [(0.0, 1), (0.004, 2), (0.3, 3), (7.0, 1), (10**6, 1), (2.5, 1)]
+    one_by_one = Histogram("by_one_seconds", "t", registry=None)
+    by_value = Histogram("by_value_seconds", "t", registry=None)
+    metrics.observe_many(one_by_one, values)
+    metrics.observe_counted(by_value, counted)
+    metrics.observe_counted(by_value, [])
+    assert buckets(by_value) == buckets(one_by_one)
+    assert sum(b > 0 for b in buckets(by_value)) >= 4  # the values fall into several buckets
+    total = [
+        s.value
+        for h in (one_by_one, by_value)
+        for f in h.collect()
+        for s in f.samples
+        if s.name.endswith("_sum")
+    ]
+    assert total[1] == pytest.approx(total[0]) and total[0] > 10**6

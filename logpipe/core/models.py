@@ -431,6 +431,8 @@ def event_problem(event: object) -> str | None:
     """Why an event of an envelope can never be stored, or None: every range, type and size
     `to_item` and DynamoDB rely on, checked before any item is built (bodies may come from
     anyone with access to the queue)."""
+    if plain_size(event, 0):  # the usual event: one walk, no encoding
+        return None
     if not isinstance(event, dict):
         return "event is not a JSON object"
     try:
@@ -537,24 +539,25 @@ def to_item(
     }
     ingested_at = event.get("ingested_at")
     if isinstance(ingested_at, int):
-        item["ingested_at"] = {"S": timefmt.iso_ms(ingested_at)}
+        item["ingested_at"] = {"S": timefmt.iso_ms_shared(ingested_at)}
     if "trace_id" in event:
         item["trace_id"] = {"S": event["trace_id"]}
     if "span_id" in event:
         item["span_id"] = {"S": event["span_id"]}
     attributes = event.get("attributes")
     if attributes:
-        # Strings and integers without a call: nearly every attribute value is one.
-        item["attributes"] = {
-            "M": {
-                k: {"S": v}
-                if (kind := type(v)) is str
-                else {"N": str(v)}
-                if kind is int
-                else _attribute_value(v)
-                for k, v in attributes.items()
-            }
-        }
+        # Strings and integers without a call: nearly every attribute value is one. A loop,
+        # not a comprehension: Python 3.11 makes each comprehension a function call.
+        values: dict[str, Any] = {}
+        for name, value in attributes.items():
+            kind = type(value)
+            if kind is str:
+                values[name] = {"S": value}
+            elif kind is int:
+                values[name] = {"N": str(value)}
+            else:
+                values[name] = _attribute_value(value)
+        item["attributes"] = {"M": values}
     return item
 
 
@@ -625,6 +628,245 @@ def write_units(item: Mapping[str, Any]) -> int:
     except orjson.JSONEncodeError:  # bytes, lone surrogates: counted exactly below
         pass
     return max(1, -(-item_size(item) // 1024))
+
+
+# --- The processor's shortcut: events in the form `normalise` writes --------------------------
+#
+# Nearly every event of an envelope is exactly what `normalise` wrote: the schema's fields
+# only, with their exact types, and flat attributes. For such an event one walk settles what
+# `event_problem` would answer (None) and bounds the size of its item, so the item needs no
+# encoding to count its write units. Anything else takes the general path unchanged.
+
+# Stored services found valid (lower case, the pattern); bounded, cleared when full.
+_STORED_SERVICES: set[str] = set()
+_STORED_SERVICES_MAX = 1024
+# An attribute number's size in an item, at most: 20 digits (64 bits) or a float's 17
+# significant digits, (digits + 1) // 2 + 1.
+_NUMBER_SIZE = 11
+# An event's JSON beyond 6 bytes a byte of its strings (the widest escape, \u001f, is 6 bytes
+# for one): its field names with quotes, colons and commas (under 130), the quotes of its
+# strings, its integers (20 characters at most), and per attribute the key's quotes, colon,
+# comma and a number of at most 24 characters (a float's repr in DynamoDB's range).
+_JSON_SLACK = 256 + 30 * MAX_ATTRIBUTES
+# A bound no event's item reaches: its write units are counted on the item.
+UNKNOWN_SIZE: Final = 1 << 40
+
+
+def item_fixed_bytes(shards: int, retention_days: int) -> int:
+    """The part of an item's size (`item_size`) that is the same for every event: the names
+    of its attributes, the key's hour, separators and shard, the timestamps, the expiry."""
+    shard_digits = len(str(shards - 1))
+    expires_digits = len(str((MAX_TIMESTAMP_MS - 1) // 1000 + retention_days * 86400))
+    return (
+        len("pk") + 1 + 13 + 1 + shard_digits  # service#YYYY-MM-DDTHH#shard, service apart
+        + len("sk") + 13 + 1  # 13-digit timestamp#id, id apart
+        + len("id") + len("service") + len("level") + len("message")
+        + len("timestamp") + len("2024-01-01T00:00:00.000Z")
+        + len("expires_at") + (expires_digits + 1) // 2 + 1
+    )  # fmt: skip
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes of `text` in UTF-8; past any event's limit when it holds a lone surrogate (which
+    JSON cannot encode), so the shortcut leaves such an event to the general checks."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return MAX_EVENT_BYTES
+
+
+def plain_size(event: object, fixed: int) -> int:
+    """For an event in the form `normalise` writes, whose every check passes: a bound on its
+    item's `item_size` (`fixed` from `item_fixed_bytes`), negative when a float was read
+    (its digits may have been rounded by the decoder). 0 for any other event: the general
+    path (`event_problem`) decides."""
+    if type(event) is not dict:
+        return 0
+    event_id = event.get("id")
+    service = event.get("service")
+    level = event.get("level")
+    message = event.get("message")
+    timestamp = event.get("timestamp")
+    if (
+        type(event_id) is not str
+        or type(service) is not str
+        or type(level) is not str
+        or type(message) is not str
+        or type(timestamp) is not int
+        or not 0 <= timestamp < MAX_TIMESTAMP_MS
+        or level not in _STORED_LEVELS
+        or not 1 <= len(event_id) <= MAX_ID_CHARS
+        or not event_id.isprintable()
+        or len(message) * 4 > MAX_MESSAGE_BYTES
+    ):
+        return 0
+    if service not in _STORED_SERVICES and not _stored_service(service):
+        return 0
+    id_size = len(event_id) if event_id.isascii() else _utf8_size(event_id)
+    # The bytes of the event's strings (its JSON is at most 6 a byte, and _JSON_SLACK), and
+    # of its item: each string once, the id and service again in the key.
+    text = id_size + len(service) + len(level)
+    text += len(message) if message.isascii() else _utf8_size(message)
+    size = fixed + text + id_size + len(service)
+    # Fields beyond the five: each one found is checked and counted; any left over is
+    # unknown or None, which the general path judges.
+    optional = len(event) - 5
+    ingested_at = event.get("ingested_at")
+    if ingested_at is not None:
+        if type(ingested_at) is not int or not 0 <= ingested_at < MAX_TIMESTAMP_MS:
+            return 0
+        size += len("ingested_at") + len("2024-01-01T00:00:00.000Z")
+        optional -= 1
+    attributes = _plain_attributes_size(event.get("attributes"))
+    if attributes:
+        text += abs(attributes)  # strings, and numbers too: more than the bound needs
+        size += abs(attributes)
+        optional -= 1
+    if optional:
+        traced = _plain_trace_size(event, optional)
+        if not traced:
+            return 0
+        text += traced
+        size += traced
+    if 6 * text + _JSON_SLACK > MAX_EVENT_BYTES:
+        return 0
+    return -size if attributes < 0 else size
+
+
+def _plain_attributes_size(attributes: object) -> int:
+    """The bytes plain attributes add to an item, negative when one is a float; 0 when
+    there are none or they are not plain (the general checks decide)."""
+    if type(attributes) is not dict or len(attributes) > MAX_ATTRIBUTES:
+        return 0
+    size = len("attributes") + 3  # the name, and the map's own 3 bytes
+    sign = 1
+    for key, value in attributes.items():
+        if type(key) is not str or not 0 < len(key) <= MAX_ATTRIBUTE_KEY_CHARS:
+            return 0
+        kind = type(value)
+        if kind is str:
+            size += len(value) if value.isascii() else _utf8_size(value)
+        elif (kind is int and -_INT64_MIN_ABS <= value < _INT64_END) or kind is bool:
+            size += _NUMBER_SIZE
+        elif kind is float and _storable_float(value):
+            size += _NUMBER_SIZE
+            sign = -1
+        else:
+            return 0
+        size += (len(key) if key.isascii() else _utf8_size(key)) + 1
+    return sign * size
+
+
+def _plain_trace_size(event: dict[str, Any], optional: int) -> int:
+    """The bytes trace_id and span_id add to the item (at least 1), when they and
+    assigned_timestamp are the `optional` fields left, and plain; else 0."""
+    added = 1
+    for name, max_chars in _HEX_FIELDS:
+        value = event.get(name)
+        if value is not None:
+            if type(value) is not str or len(value) > max_chars or not _HEX.fullmatch(value):
+                return 0
+            added += len(name) + len(value)
+            optional -= 1
+    if type(event.get(ASSIGNED_TIMESTAMP)) is bool:
+        optional -= 1
+    return 0 if optional else added
+
+
+_HEX_FIELDS = (("trace_id", 32), ("span_id", 16))
+
+
+def _stored_service(service: str) -> bool:
+    """A service as `normalise` writes it (lower case, 1-64 of a-z 0-9 . _ -), remembered."""
+    if not _SERVICE.fullmatch(service):
+        return False
+    if len(_STORED_SERVICES) >= _STORED_SERVICES_MAX:
+        _STORED_SERVICES.clear()
+    _STORED_SERVICES.add(service)
+    return True
+
+
+_ENVELOPE_KEYS = frozenset({"v", "events"})
+
+
+def unpack_checked(
+    body: str, shards: int, retention_days: int
+) -> tuple[list[Event], list[int], list[tuple[object, str]]]:
+    """An envelope's storable events, a bound on each one's `item_size` (UNKNOWN_SIZE where
+    none is known), and each other event with why it cannot be stored: what `unpack_events`
+    and `event_problem` answer, with one parse and one walk of each usual event.
+
+    The long-number scan of `loads_exact` is needed only where orjson may have rounded: it
+    reads every number it cannot hold exactly (a fraction, an exponent, an integer beyond 64
+    bits) as a float. When the envelope and each of its events are plain and hold no float,
+    orjson's document is the exact one.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"body is not JSON: {exc}") from None
+    fixed = item_fixed_bytes(shards, retention_days)
+    events: list[Any] = []
+    sizes: list[int] = []
+    if _plain_envelope(doc):
+        events = doc["events"]
+        sizes = [plain_size(event, fixed) for event in events]
+    if sizes and min(sizes) > 0:  # the usual envelope: every event plain, no float read
+        return events, sizes, []
+    exact = _exact_document(body, doc)
+    if exact is not doc or not sizes:
+        events = _envelope_events(exact)
+        sizes = [plain_size(event, fixed) for event in events]
+    good: list[Event] = []
+    bounds: list[int] = []
+    bad: list[tuple[object, str]] = []
+    for event, size in zip(events, sizes, strict=True):
+        if size:
+            good.append(event)
+            bounds.append(abs(size))
+            continue
+        problem = event_problem(event)
+        if problem is None:
+            good.append(event)
+            bounds.append(UNKNOWN_SIZE)
+        else:
+            bad.append((event, problem))
+    return good, bounds, bad
+
+
+def _plain_envelope(doc: object) -> bool:
+    """An envelope of version 1 and its events list only, as `pack_envelope` writes it."""
+    return (
+        type(doc) is dict
+        and doc.keys() == _ENVELOPE_KEYS
+        and type(doc["v"]) is int
+        and doc["v"] == ENVELOPE_VERSION
+        and type(doc["events"]) is list
+    )
+
+
+def _envelope_events(doc: object) -> list[Any]:
+    """The events list of a decoded envelope; EnvelopeError as `unpack_events` raises it."""
+    if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
+        raise EnvelopeError("body is not a version 1 logpipe envelope")
+    events = doc.get("events")
+    if not isinstance(events, list):
+        raise EnvelopeError("envelope has no events list")
+    return events
+
+
+def _exact_document(body: str, doc: Any) -> Any:
+    """`loads_exact(body)`, given `orjson.loads(body)` already: `doc` itself unless the body
+    holds a number orjson may have rounded (the same scan, the same exact parse)."""
+    raw = body.encode("utf-8", "surrogatepass")
+    if _SIXTEEN_DIGITS not in raw.translate(_DIGIT_RUNS) or _LONG_NUMBER.search(body) is None:
+        return doc
+    del doc
+    try:
+        return json.loads(body, parse_float=_exact_float, parse_int=_exact_int)
+    except RecursionError:
+        error = orjson.JSONDecodeError("nested too deeply", "", 0)
+        raise EnvelopeError(f"body is not JSON: {error}") from None
 
 
 def _attribute_value(value: str | int | float | bool | Decimal) -> dict[str, Any]:

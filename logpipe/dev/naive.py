@@ -63,7 +63,9 @@ class NaiveProcessor(Processor):
             except EnvelopeError:
                 metrics.messages_undecodable.inc()
                 continue
-            writes = plan_writes([(Tracker(message, len(events)), events)], self._settings.shards)
+            writes = plan_writes(
+                [(Tracker(message, len(events)), events, None)], self._settings.shards
+            )
             for write in writes:
                 item = self._item(write)
                 await self._dynamodb.put_item(TableName=self._settings.table_name, Item=item)

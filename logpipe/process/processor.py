@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
-from operator import itemgetter
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -28,15 +29,15 @@ from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.models import (
     ASSIGNED_TIMESTAMP,
+    UNKNOWN_SIZE,
     EnvelopeError,
     Event,
     Item,
     dead_letter_body,
-    event_problem,
     item_key,
     to_item,
+    unpack_checked,
     unpack_envelope,
-    unpack_events,
     write_units,
 )
 from logpipe.core.retry import RetryPolicy, retry_call, retry_entries
@@ -70,6 +71,9 @@ UNPROCESSED = EntryFailure("UnprocessedItems", retriable=True, throttled=True)
 MAX_STORED_COUNTERS = 4096
 _SERVICE = itemgetter("service")
 _LEVEL = itemgetter("level")
+_EVENT = attrgetter("event")
+_TRACKERS = attrgetter("trackers")
+_ASSIGNED = methodcaller("get", ASSIGNED_TIMESTAMP)
 
 
 @dataclass(eq=False)
@@ -95,6 +99,13 @@ class _Write:
     event: Event
     key: tuple[str, str]
     trackers: list[Tracker] = field(default_factory=list)
+    # At least the item's size (`item_size`): at most 1 KB, the item is one write unit.
+    size_bound: int = UNKNOWN_SIZE
+
+
+# A message, its storable events and a bound on each one's item size (see `unpack_checked`).
+_Decoded = tuple[Tracker, list[Event], list[int]]
+ONE_UNIT_BYTES = 1024
 
 
 @dataclass
@@ -147,15 +158,14 @@ def decode_message(message: dict[str, Any]) -> list[Event]:
 def split_message(message: dict[str, Any]) -> tuple[list[Event], list[tuple[object, str]]]:
     """The storable events of a message, and each other event with why it cannot be stored;
     EnvelopeError when the body is not an envelope at all."""
-    good: list[Event] = []
-    bad: list[tuple[object, str]] = []
-    for event in unpack_events(message_body(message)):
-        problem = event_problem(event)
-        if problem is None:
-            good.append(event)
-        else:
-            bad.append((event, problem))
+    good, _, bad = unpack_checked(message_body(message), 1, 1)
     return good, bad
+
+
+def _units(writes: list[_Write], items: dict[tuple[str, str], Item]) -> int:
+    """Write units of the items of `writes`: one each whose size bound is at most 1 KB."""
+    large = [w for w in writes if w.size_bound > ONE_UNIT_BYTES]
+    return len(writes) - len(large) + sum(write_units(items[w.key]) for w in large)
 
 
 def _key(item: Item) -> tuple[str, str]:
@@ -168,18 +178,21 @@ def redelivery_delay(receive_count: int) -> int:
 
 
 def plan_writes(
-    trackers_events: Iterable[tuple[Tracker, list[Event]]], shards: int
+    trackers_events: Iterable[tuple[Tracker, list[Event], list[int] | None]], shards: int
 ) -> list[_Write]:
-    """One write per distinct key; an event repeated across messages is written once for all."""
+    """One write per distinct key; an event repeated across messages is written once for all.
+    Each message's events come with a bound on each one's item size, or None (unknown)."""
     writes: dict[tuple[str, str], _Write] = {}
-    for tracker, events in trackers_events:
-        for event in events:
+    for tracker, events, bounds in trackers_events:
+        sizes = bounds if bounds is not None else [UNKNOWN_SIZE] * len(events)
+        for event, size in zip(events, sizes, strict=True):
             key = item_key(event, shards)
             write = writes.get(key)
             if write is None:
-                writes[key] = _Write(event, key, [tracker])
+                writes[key] = _Write(event, key, [tracker], size)
             else:
                 write.event = event
+                write.size_bound = size
                 write.trackers.append(tracker)
     return list(writes.values())
 
@@ -348,11 +361,11 @@ class Processor:
         decoded, undecodable, dead = self._decode(trackers)
         await self._dead_letter(dead)
         await self._assign_first_timestamps(decoded, round_)
-        writes = plan_writes(((t, e) for t, e in decoded if not t.failed), self._settings.shards)
+        writes = plan_writes((d for d in decoded if not d[0].failed), self._settings.shards)
         del decoded  # the writes hold what is needed; let the events go
         await self._write(writes, round_)
         await self._dead_letter([_DeadLetter(w.event, r, w.trackers) for w, r in round_.refused])
-        await self._registry.note({w.event["service"] for w in writes})
+        await self._registry.note(set(map(_SERVICE, map(_EVENT, writes))))
         await self._finish(trackers, undecodable, delete)
 
     async def _write(self, writes: list[_Write], round_: _Round) -> None:
@@ -383,14 +396,17 @@ class Processor:
 
     def _decode(
         self, trackers: list[Tracker]
-    ) -> tuple[list[tuple[Tracker, list[Event]]], list[Tracker], list[_DeadLetter]]:
-        """Each message's storable events; the undecodable messages; the events to dead-letter."""
-        decoded: list[tuple[Tracker, list[Event]]] = []
+    ) -> tuple[list[_Decoded], list[Tracker], list[_DeadLetter]]:
+        """Each message's storable events with a bound on each one's item size; the
+        undecodable messages; the events to dead-letter."""
+        decoded: list[_Decoded] = []
         undecodable: list[Tracker] = []
         dead: list[_DeadLetter] = []
+        shards, retention_days = self._settings.shards, self._settings.retention_days
         for tracker in trackers:
             try:
-                events, bad = split_message(tracker.message)
+                body = message_body(tracker.message)
+                events, bounds, bad = unpack_checked(body, shards, retention_days)
             except EnvelopeError as exc:
                 log.warning(
                     "message %s is undecodable (receive %d): %s",
@@ -403,7 +419,7 @@ class Processor:
                 continue
             tracker.pending = len(events) + len(bad)
             dead.extend(_DeadLetter(event, reason, [tracker]) for event, reason in bad)
-            decoded.append((tracker, events))
+            decoded.append((tracker, events, bounds))
         return decoded, undecodable, dead
 
     async def _dead_letter(self, dead: list[_DeadLetter]) -> None:
@@ -449,17 +465,14 @@ class Processor:
         if group:
             yield group
 
-    async def _assign_first_timestamps(
-        self, decoded: list[tuple[Tracker, list[Event]]], round_: _Round
-    ) -> None:
+    async def _assign_first_timestamps(self, decoded: list[_Decoded], round_: _Round) -> None:
         """Give each event whose client sent an id and no timestamp the first timestamp ever
         assigned to that id, so a client's retry lands on the item of its first attempt."""
         holders: dict[tuple[str, str], list[tuple[Tracker, Event]]] = {}
-        for tracker, events in decoded:
-            for event in events:
-                if event.get(ASSIGNED_TIMESTAMP):
-                    key = (event["service"], event["id"])
-                    holders.setdefault(key, []).append((tracker, event))
+        for tracker, events, _ in decoded:
+            for event in filter(_ASSIGNED, events):
+                key = (event["service"], event["id"])
+                holders.setdefault(key, []).append((tracker, event))
 
         async def settle(key: tuple[str, str], held: list[tuple[Tracker, Event]]) -> None:
             proposed = min(event["timestamp"] for _, event in held)
@@ -548,21 +561,29 @@ class Processor:
         self, items: dict[tuple[str, str], Item], writes: list[_Write]
     ) -> list[EntryFailure | None]:
         """One BatchWriteItem of `writes`; per write, None once stored or UNPROCESSED."""
-        table = self._settings.table_name
+        settings = self._settings
+        table = settings.table_name
         async with self._writes:
             # Built once a call may start: only the items of the calls in flight exist, and
             # each is still in the CPU's cache when it is encoded and counted.
+            request = []
             for write in writes:
-                if write.key not in items:
-                    items[write.key] = self._item(write)
-            request = [{"PutRequest": {"Item": items[w.key]}} for w in writes]
+                item = items.get(write.key)
+                if item is None:
+                    item = items[write.key] = to_item(
+                        write.event, settings.shards, settings.retention_days, write.key
+                    )
+                request.append({"PutRequest": {"Item": item}})
             started = time.perf_counter()
             response = await self._dynamodb.batch_write_item(RequestItems={table: request})
             metrics.write_seconds.observe(time.perf_counter() - started)
         unprocessed = response.get("UnprocessedItems", {}).get(table, [])
+        if not unprocessed:
+            self._record_stored(writes, _units(writes, items))
+            return [None] * len(writes)
         left = {_key(r["PutRequest"]["Item"]) for r in unprocessed}
         stored = [w for w in writes if w.key not in left]
-        self._record_stored(stored, sum(write_units(items[w.key]) for w in stored))
+        self._record_stored(stored, _units(stored, items))
         return [UNPROCESSED if w.key in left else None for w in writes]
 
     async def _isolate(self, writes: list[_Write], round_: _Round, error: str) -> None:
@@ -581,18 +602,20 @@ class Processor:
         return to_item(write.event, settings.shards, settings.retention_days, write.key)
 
     def _record_stored(self, writes: list[_Write], units: int) -> None:
-        now_ms = time.time() * 1000
-        for write in writes:
-            for tracker in write.trackers:
-                tracker.pending -= 1
-        events = [write.event for write in writes]
+        """Count stored writes: their messages' pending events, the events stored per
+        service and level, their end-to-end latency and the write units. Per batch: the
+        writes of a call share a few messages, labels and ingest times."""
+        for tracker, count in Counter(chain.from_iterable(map(_TRACKERS, writes))).items():
+            tracker.pending -= count
+        events = list(map(_EVENT, writes))
         labels = Counter(zip(map(_SERVICE, events), map(_LEVEL, events), strict=True))
+        now_ms = time.time() * 1000
         latencies = [
-            max(now_ms - ingested_at, 0) / 1000
-            for event in events
-            if isinstance(ingested_at := event.get("ingested_at"), int)
+            (max(now_ms - ingested_at, 0) / 1000, count)
+            for ingested_at, count in Counter(map(dict.get, events, repeat("ingested_at"))).items()
+            if isinstance(ingested_at, int)
         ]
-        metrics.observe_many(metrics.e2e_latency, latencies)
+        metrics.observe_counted(metrics.e2e_latency, latencies)
         metrics.dynamodb_write_units.inc(units)
         for key, count in labels.items():
             counter = self._stored_counters.get(key)
