@@ -48,6 +48,7 @@ from logpipe.ingest.batcher import Batcher, Sender
 from logpipe.obs import metrics
 from logpipe.obs.emf import EmfReporter
 from logpipe.web import (
+    HotRoutes,
     authorised,
     decode_content,
     error_response,
@@ -489,7 +490,7 @@ def create_app(
             log.info("ingestor ready on port %d, queue %s", settings.port, settings.queue_name)
             yield
 
-    return Starlette(
+    return HotRoutes(
         routes=[
             Route("/ingest", ingest, methods=["POST"]),
             Route("/v1/logs", otlp_logs, methods=["POST"]),
@@ -497,6 +498,7 @@ def create_app(
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
+        hot={"/ingest": ingest, "/v1/logs": otlp_logs},
     )
 
 
