@@ -78,17 +78,20 @@ class EnvelopeError(LogpipeError):
     """An SQS message body that is not a logpipe envelope."""
 
 
-def loads_exact(data: bytes | str) -> Any:
+def loads_exact(data: bytes | str, long_runs: bool | None = None) -> Any:
     """JSON like `orjson.loads`, except that numbers orjson would round keep their digits.
 
     orjson reads an integer beyond 64 bits as a float; when the text holds a run of 16 or
     more digits it is read again by the standard library: integers beyond 64 bits and
     decimals a double cannot hold exactly as Decimal. orjson checks the syntax first, so
-    both accept the same documents.
+    both accept the same documents. `long_runs`: whether the text holds a run of 16 digits
+    and dots, when the caller looked already (`limits.scan_json`).
     """
     doc = orjson.loads(data)
+    if long_runs is False:
+        return doc
     raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
-    if _SIXTEEN_DIGITS not in raw.translate(_DIGIT_RUNS):
+    if long_runs is None and _SIXTEEN_DIGITS not in raw.translate(_DIGIT_RUNS):
         return doc
     long = _LONG_BYTES.search(data) if isinstance(data, bytes) else _LONG_NUMBER.search(data)
     if long is None:
