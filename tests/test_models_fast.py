@@ -111,6 +111,26 @@ CASES: list[tuple[str, Any]] = [
     ("alias-severity", {**_with(level=_DROP), "severity": "error"}),
     ("extra-fields", {**BASE, "hostname": "h1", "pid": 7}),
     ("extra-clash", {**BASE, "region": "us-east-1"}),
+    ("trace-33", _with(trace_id="a" * 33)),
+    ("span-not-hex", _with(span_id="0123xyz")),
+    ("trace-empty", _with(trace_id="")),
+    ("span-number", _with(span_id=12)),
+    ("id-128", _with(id="i" * 128)),
+    ("id-129", _with(id="i" * 129)),
+    ("id-line-separator", _with(id="a\u2028b")),
+    ("id-unicode", _with(id="\u00e9v\u00e9nement-1")),
+    ("timestamp-zero", _with(timestamp=0)),
+    ("timestamp-last", _with(timestamp=10**13 - 1)),
+    ("timestamp-past-last", _with(timestamp=10**13)),
+    ("timestamp-big", _with(timestamp=2**70)),
+    ("timestamp-null-id-null", _with(timestamp=None, id=None)),
+    ("message-4096-wide", _with(message="\U0001f600" * 4096)),
+    ("message-4097-ascii", _with(message="x" * 4097)),
+    ("message-empty", _with(message="")),
+    ("level-fatal", _with(level="fatal")),
+    ("level-empty", _with(level="")),
+    ("service-new", _with(service="first-seen-here")),
+    ("service-dotted", _with(service="a.b_c-9")),
     ("event-list", [BASE]),
     ("event-text", "x"),
 ]
@@ -121,7 +141,7 @@ def _outcome(raw: Any, default_service: str | None) -> bytes | str:
         event = normalise(raw, NOW_MS, default_service)
     except EventError as exc:
         return f"{exc.field}: {exc}"
-    if "id" not in raw:
+    if raw.get("id") is None:
         event["id"] = "generated"  # a new random id each time
     try:
         return encode_event(event)
@@ -134,9 +154,42 @@ def _outcome(raw: Any, default_service: str | None) -> bytes | str:
 def test_normalise_shortcut_equals_the_general_path(
     name: str, raw: Any, default_service: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shortcut = _outcome(raw, default_service)
+    first = _outcome(raw, default_service)  # a valid service is known from here on
+    one_pass = _outcome(raw, default_service)
+    monkeypatch.setattr(models, "_plain_event", lambda raw, now_ms: None)
+    folded = _outcome(raw, default_service)
     monkeypatch.setattr(models, "_folded_already", lambda raw: False)
-    assert shortcut == _outcome(raw, default_service)
+    general = _outcome(raw, default_service)
+    assert first == one_pass == folded == general
+
+
+@pytest.mark.parametrize(("name", "raw"), CASES, ids=[name for name, _ in CASES])
+def test_the_one_pass_event_is_the_general_one_or_none(name: str, raw: Any) -> None:
+    """`_plain_event` gives the general path's event (same fields, same order) or declines."""
+    if not isinstance(raw, dict):
+        return
+    try:
+        general = normalise(raw, NOW_MS)
+    except EventError:
+        general = None
+    fast = models._plain_event(raw, NOW_MS)
+    if fast is None:
+        return
+    assert general is not None
+    if "id" not in raw or raw["id"] is None:
+        fast["id"] = general["id"] = "generated"
+    assert list(fast.items()) == list(general.items())
+
+
+def test_the_one_pass_path_takes_schema_events_of_known_services() -> None:
+    normalise(BASE, NOW_MS)
+    assert models._plain_event(dict(BASE), NOW_MS) is not None
+    traced = _with(trace_id="ABCDEF0123456789abcdef0123456789", span_id="0123ABCD")
+    assert models._plain_event(traced, NOW_MS) is not None
+    assert models._plain_event(_with(id=_DROP, timestamp=_DROP), NOW_MS) is not None
+    assert models._plain_event(_with(service="never-seen-before-x"), NOW_MS) is None
+    assert models._plain_event(_with(level="WARN"), NOW_MS) is None
+    assert models._plain_event({**BASE, "msg": "x"}, NOW_MS) is None
 
 
 def test_the_shortcut_is_taken_for_bench_like_events_only() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass
 
 from logpipe.errors import BodyError
 
@@ -96,15 +97,45 @@ class Reservation:
         self.shrink_to(0)
 
 
+# One translation sorts each byte of a JSON body for the counts below: a comma (1); the other
+# bytes a value may follow (2: colon, bracket, newline); digits and "." (0), whose runs of 16
+# mark a number a double may not hold (see `models.loads_exact`); anything else (3).
+_SCAN_TABLE = bytes(
+    1 if c == ord(",") else 2 if c in b":[\n" else 0 if c in b"0123456789." else 3
+    for c in range(256)
+)
+_LONG_RUN = bytes(16)
+
+
+@dataclass(frozen=True)
+class JsonScan:
+    """What one pass over a JSON body finds before it is parsed."""
+
+    commas: int
+    values: int  # at most this many values (`json_values_bound`)
+    long_runs: bool  # a run of 16 or more digits and dots somewhere
+
+
+def scan_json(body: bytes) -> JsonScan:
+    """Commas, the values bound and long digit runs of `body`: one translation, three looks
+    (the separate counts and the digit-run translation took twice as long)."""
+    sorted_bytes = body.translate(_SCAN_TABLE)
+    commas = sorted_bytes.count(1)
+    return JsonScan(commas, commas + sorted_bytes.count(2) + 1, _LONG_RUN in sorted_bytes)
+
+
 def json_values_bound(body: bytes) -> int:
     """At most how many JSON values (objects, arrays, strings, numbers) `body` can hold."""
     # The commas, colons, brackets and newlines, counted in one pass (four `count`s take two).
     return len(body) - len(body.translate(None, b",:[\n")) + 1
 
 
-def parsed_json_bytes(body: bytes) -> int:
-    """An upper estimate of the memory the parsed form of `body` takes."""
-    return PARSED_BYTES_PER_BYTE * len(body) + PARSED_BYTES_PER_VALUE * json_values_bound(body)
+def parsed_json_bytes(body: bytes, values: int | None = None) -> int:
+    """An upper estimate of the memory the parsed form of `body` takes (`values`: its
+    `json_values_bound`, when known already)."""
+    if values is None:
+        values = json_values_bound(body)
+    return PARSED_BYTES_PER_BYTE * len(body) + PARSED_BYTES_PER_VALUE * values
 
 
 def too_many(count: int | str, cap: int, what: str = "events") -> Refused:
@@ -113,13 +144,15 @@ def too_many(count: int | str, cap: int, what: str = "events") -> Refused:
     )
 
 
-def count_array_items(body: bytes, cap: int) -> int:
+def count_array_items(body: bytes, cap: int, commas: int | None = None) -> int:
     """The items of a top-level JSON array, counted without building them; Refused past `cap`.
 
-    A cheap bound first (commas); only when it passes the cap are the items walked, one at a
-    time with the stdlib scanner, stopping at cap + 1.
+    A cheap bound first (commas, counted here unless given); only when it passes the cap are
+    the items walked, one at a time with the stdlib scanner, stopping at cap + 1.
     """
-    if body.count(b",") < cap:
+    if commas is None:
+        commas = body.count(b",")
+    if commas < cap:
         return -1  # surely within the cap; orjson counts when it parses
     import json
 

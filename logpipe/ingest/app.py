@@ -34,12 +34,14 @@ from logpipe.core import otlp
 from logpipe.core.limits import (
     HELD_BYTES_PER_EVENT,
     MIB,
+    JsonScan,
     MemoryBudget,
     Refused,
     Reservation,
     count_array_items,
     count_ndjson_lines,
     parsed_json_bytes,
+    scan_json,
     too_many,
 )
 from logpipe.core.models import encode_event, loads_exact, normalise
@@ -48,6 +50,7 @@ from logpipe.ingest.batcher import Batcher, Sender
 from logpipe.obs import metrics
 from logpipe.obs.emf import EmfReporter
 from logpipe.web import (
+    HotRoutes,
     authorised,
     decode_content,
     error_response,
@@ -92,20 +95,25 @@ class Pipeline:
     decode_slots: asyncio.Semaphore
 
 
-def parse_events(body: bytes, ndjson: bool) -> list[Any]:
-    """The raw events of a body; an NDJSON line that is not JSON stands as an EventError."""
+def parse_events(body: bytes, ndjson: bool, long_runs: bool | None = None) -> list[Any]:
+    """The raw events of a body; an NDJSON line that is not JSON stands as an EventError.
+
+    `long_runs`: whether the body holds a run of 16 digits and dots (None: not looked yet).
+    """
     if ndjson:
         events: list[Any] = []
+        # A body without long runs has none in any line: no line needs the look.
+        line_runs = None if long_runs else long_runs
         for line in body.splitlines():
             if not line.strip():
                 continue
             try:
-                events.append(loads_exact(line))
+                events.append(loads_exact(line, line_runs))
             except orjson.JSONDecodeError:
                 events.append(EventError("", "line is not valid JSON"))
         return events
     try:
-        doc = loads_exact(body)
+        doc = loads_exact(body, long_runs)
     except orjson.JSONDecodeError as exc:
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
     if isinstance(doc, dict):
@@ -152,12 +160,14 @@ class Protocol:
 
     content_types: frozenset[str]
     wrong_type: str
-    # body, content type, event cap, hold -> raw events; counts and holds before building.
-    parse: Callable[[bytes, str, int, Hold], list[Any]]
+    # body, content type, event cap, hold, the inline check's scan -> raw events; counts and
+    # holds before building.
+    parse: Callable[[bytes, str, int, Hold, JsonScan | None], list[Any]]
     answer: Callable[[int, list[dict[str, Any]], int, str], Response]
     refuse: Callable[[int, str, str], Response]
-    # inflated body, content type -> whether it is cheap enough to decode on the event loop
-    inline: Callable[[bytes, str], bool] | None = None
+    # inflated body, content type -> its scan when it is cheap enough to decode on the event
+    # loop, else None
+    inline: Callable[[bytes, str], JsonScan | None] | None = None
 
 
 @dataclass
@@ -210,9 +220,15 @@ def decode(
 
 
 def _decode_body(
-    protocol: Protocol, body: bytes, kind: str, service: str | None, settings: Settings, hold: Hold
+    protocol: Protocol,
+    body: bytes,
+    kind: str,
+    service: str | None,
+    settings: Settings,
+    hold: Hold,
+    scan: JsonScan | None = None,
 ) -> tuple[list[bytes], list[dict[str, Any]], int]:
-    raw_events = protocol.parse(body, kind, settings.max_events_per_request, hold)
+    raw_events = protocol.parse(body, kind, settings.max_events_per_request, hold, scan)
     del body
     total = len(raw_events)
     if total > settings.max_events_per_request:
@@ -245,10 +261,11 @@ def decode_inline(
             raise
         reservation.shrink_to(held)  # inflated past INLINE_BYTES: the worker starts again
         return raw, encoding
-    if not protocol.inline(body, kind):
+    scan = protocol.inline(body, kind)
+    if scan is None:
         return body, None
     accepted, rejected, total = _decode_body(
-        protocol, body, kind, service, settings, reservation.add
+        protocol, body, kind, service, settings, reservation.add, scan
     )
     return Decoded(b"", array("I"), rejected, total, unpacked=accepted)
 
@@ -333,27 +350,32 @@ def default_service(request: Request) -> str | None:
 # --- POST /ingest: logpipe's own JSON --------------------------------------------------------
 
 
-def _small_json(body: bytes, kind: str) -> bool:
+def _small_json(body: bytes, kind: str) -> JsonScan | None:
     if len(body) > INLINE_BYTES:
-        return False
+        return None
+    scan = scan_json(body)  # the parse takes it over
     # Events and values are separated by commas in JSON, and lines too in NDJSON.
-    separators = body.count(b",")
+    separators = scan.commas
     if kind in NDJSON_TYPES:
         separators += body.count(b"\n")
-    return separators <= INLINE_SEPARATORS
+    return scan if separators <= INLINE_SEPARATORS else None
 
 
-def _parse_native(body: bytes, kind: str, cap: int, hold: Hold) -> list[Any]:
+def _parse_native(
+    body: bytes, kind: str, cap: int, hold: Hold, scan: JsonScan | None = None
+) -> list[Any]:
     if not body.strip():
         raise BodyError(400, "body is empty")
+    if scan is None:
+        scan = scan_json(body)
     # Parsed objects and the encoded events they become, held before either is built.
-    hold(parsed_json_bytes(body) + len(body), "the parsed body")
+    hold(parsed_json_bytes(body, scan.values) + len(body), "the parsed body")
     ndjson = kind in NDJSON_TYPES
     if ndjson:
         count_ndjson_lines(body, cap)
     elif _ARRAY.match(body):
-        count_array_items(body, cap)
-    raw_events = parse_events(body, ndjson=ndjson)
+        count_array_items(body, cap, scan.commas)
+    raw_events = parse_events(body, ndjson, scan.long_runs)
     if not raw_events:
         raise BodyError(400, "body holds no events")
     return raw_events
@@ -410,10 +432,14 @@ def _refuse_otlp(status: int, error: str, kind: str) -> Response:
     return response
 
 
+def _parse_otlp(body: bytes, kind: str, cap: int, hold: Hold, scan: JsonScan | None) -> list[Any]:
+    return otlp.parse(body, kind, cap, hold)
+
+
 OTLP = Protocol(
     content_types=otlp.CONTENT_TYPES,
     wrong_type="Content-Type must be application/x-protobuf or application/json (OTLP/HTTP)",
-    parse=otlp.parse,
+    parse=_parse_otlp,
     answer=_answer_otlp,
     refuse=_refuse_otlp,
 )
@@ -489,7 +515,7 @@ def create_app(
             log.info("ingestor ready on port %d, queue %s", settings.port, settings.queue_name)
             yield
 
-    return Starlette(
+    return HotRoutes(
         routes=[
             Route("/ingest", ingest, methods=["POST"]),
             Route("/v1/logs", otlp_logs, methods=["POST"]),
@@ -497,6 +523,7 @@ def create_app(
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
+        hot={"/ingest": ingest, "/v1/logs": otlp_logs},
     )
 
 
