@@ -305,7 +305,8 @@ async def test_the_lean_request_is_the_generic_one_on_the_wire(
 
 
 async def test_moto_takes_the_lean_calls(settings: Settings, clients: Clients) -> None:
-    """Our real clients make the hot calls the lean way, and moto's server takes them."""
+    """Our real clients make the hot calls the lean way, also in a process that embeds moto's
+    server (whose import adds an in-process mock handler), and moto's server takes them."""
     url = await queue_url(clients.sqs, settings.queue_name)
     before = sent_lean(clients.sqs), sent_lean(clients.dynamodb)
     sent = await clients.sqs.send_message_batch(

@@ -36,6 +36,7 @@ class EmbeddedAws:
     def __init__(self, port: int | None = None) -> None:
         from moto.server import ThreadedMotoServer
 
+        _without_moto_stubber()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(
             ip_address="127.0.0.1", port=port or free_port(), verbose=False
@@ -50,6 +51,17 @@ class EmbeddedAws:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+def _without_moto_stubber() -> None:
+    """Importing moto adds its in-process mock to every botocore client made afterwards (a
+    `before-send` handler). The embedded server answers over HTTP and nothing here mocks in
+    process, so the handler goes: clients in this process then make their calls as they
+    would against AWS (the lean path, `aws/lean.py`, stands aside for any such handler)."""
+    from botocore.handlers import BUILTIN_HANDLERS
+    from moto.core.models import botocore_stubber
+
+    BUILTIN_HANDLERS[:] = [entry for entry in BUILTIN_HANDLERS if entry[1] is not botocore_stubber]
 
 
 @dataclass
