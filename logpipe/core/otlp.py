@@ -394,10 +394,11 @@ def build_request(doc: object) -> Any:
     return request
 
 
-def _fields_of(js: object, table: dict[str, int]) -> Iterator[tuple[int, Any]]:
+def _fields_of(js: object, table: dict[str, int]) -> list[tuple[int, Any]]:
     """(field index, value) of each known, non-null field of a JSON object, each field once."""
     if type(js) is not dict:
         raise Unsure
+    fields = []
     seen = 0
     for key, value in js.items():
         index = table.get(key)
@@ -410,7 +411,8 @@ def _fields_of(js: object, table: dict[str, int]) -> Iterator[tuple[int, Any]]:
             raise Unsure
         seen |= bit
         if value is not None:
-            yield index, value
+            fields.append((index, value))
+    return fields
 
 
 def _items(value: object) -> list[Any]:
@@ -482,6 +484,14 @@ def _record(js: object, record: Any) -> None:
 def _key_values(js: object, target: Any, depth: int) -> None:
     for item in _items(js):
         pair = target.add()
+        if type(item) is dict and len(item) == 2 and "key" in item and "value" in item:
+            key = item["key"]  # the usual shape, taken without the generic walk
+            if key is not None:
+                pair.key = key
+            value = item["value"]
+            if value is not None:
+                _any_value(value, pair.value, depth)
+            continue
         for index, value in _fields_of(item, _KEY_VALUE):
             if index == 0:
                 pair.key = value
@@ -490,33 +500,40 @@ def _key_values(js: object, target: Any, depth: int) -> None:
 
 
 def _any_value(js: object, target: Any, depth: int) -> None:
-    if depth > MAX_BUILT_DEPTH:
+    if depth > MAX_BUILT_DEPTH or type(js) is not dict:
         raise Unsure
-    target.SetInParent()
-    for index, value in _one_of(js):
-        if index == 0:
-            target.string_value = value
-        elif index == 2:
-            target.int_value = _integer(value)
-        elif index == 3:
-            target.double_value = _double(value)
-        elif index == 1:
-            if type(value) is not bool:
-                raise Unsure
-            target.bool_value = value
-        elif index == 6:
-            target.bytes_value = _base64(value)
-        else:
-            _nested_value(index == 4, value, target, depth + 1)
-
-
-def _one_of(js: object) -> Iterator[tuple[int, Any]]:
-    """The one field of an AnyValue object; two (even with nulls) are left to ParseDict."""
-    if type(js) is dict and len(js) != 1:
+    if len(js) != 1:  # a oneof: two fields (even with a null) are left to ParseDict
         if any(key in _ANY or key[:1] == "[" for key in js):
             raise Unsure
-        return iter(())
-    return _fields_of(js, _ANY)
+        target.SetInParent()
+        return
+    [(key, value)] = js.items()
+    index = _ANY.get(key)
+    if index is None or value is None:
+        if key[:1] == "[":
+            raise Unsure
+        target.SetInParent()
+    elif index == 0:
+        target.string_value = value
+    elif index == 2:
+        target.int_value = _integer(value)
+    else:
+        _set_any_value(index, value, target, depth)
+
+
+def _set_any_value(index: int, value: object, target: Any, depth: int) -> None:
+    if index == 3:
+        target.double_value = _double(value)
+    elif index == 1:
+        if type(value) is not bool:
+            raise Unsure
+        target.bool_value = value
+    elif index == 6:
+        target.bytes_value = _base64(value)
+    elif index == 4 or index == 5:
+        _nested_value(index == 4, value, target, depth + 1)
+    else:
+        raise Unsure
 
 
 def _nested_value(is_array: bool, js: object, target: Any, depth: int) -> None:
