@@ -333,7 +333,6 @@ class Unsure(Exception):
 # AnyValue levels the builder follows (ParseDict allows about 47 before refusing).
 MAX_BUILT_DEPTH = 20
 _OTHER = -1  # a field of the message that the builder leaves to ParseDict
-_DIGITS = re.compile(r"-?[0-9]+")
 _SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _SEVERITY_NUMBERS = {
     value.name: value.number
@@ -552,8 +551,10 @@ def _integer(value: object) -> int:
     """An integer field's value: a JSON integer, or a string of decimal digits (int64 style)."""
     if type(value) is int:
         return value
-    if type(value) is str and _DIGITS.fullmatch(value):
-        return int(value)
+    if type(value) is str and value.isascii():
+        digits = value[1:] if value[:1] == "-" else value
+        if digits.isdigit():
+            return int(value)
     raise Unsure
 
 
@@ -700,14 +701,19 @@ def flatten(pairs: Iterable[Any], prefix: str = "") -> dict[str, Scalar]:
     """KeyValues as flat attributes: maps to dotted keys, arrays as JSON, empty values left out."""
     flat: dict[str, Scalar] = {}
     for pair in pairs:
-        if not pair.key:
+        key = pair.key
+        if not key:
             continue
-        key = f"{prefix}{pair.key}"
-        kind = pair.value.WhichOneof("value")
-        if kind == "kvlist_value":
-            flat.update(flatten(pair.value.kvlist_value.values, f"{key}."))
+        if prefix:
+            key = prefix + key
+        value = pair.value
+        kind = value.WhichOneof("value")
+        if kind == "string_value":  # the usual kind, read without _scalar
+            flat[key] = value.string_value
+        elif kind == "kvlist_value":
+            flat.update(flatten(value.kvlist_value.values, f"{key}."))
         elif kind is not None:
-            flat[key] = _scalar(pair.value, kind)
+            flat[key] = _scalar(value, kind)
     return flat
 
 
