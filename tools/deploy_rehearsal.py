@@ -830,6 +830,22 @@ def rollout(endpoint: str, state: Mapping[str, Any]) -> None:
     step(f"rollout check: {len(verdicts)} services run their applied task definitions")
 
 
+async def recorded_apply(work: Path, endpoint: str, variables: Mapping[str, str]) -> dict[str, Any]:
+    """`apply`, with moto recording every request of the apply that succeeds."""
+    await moto_api(endpoint, "recorder/start-recording")
+    try:
+        return apply(work, variables)
+    except RehearsalError as exc:
+        if DUPLICATE_RULE not in str(exc):
+            raise
+    step(f"terraform apply: moto answered {DUPLICATE_RULE}; destroying, applying again")
+    await moto_api(endpoint, "recorder/stop-recording")
+    destroy(work, variables)
+    await moto_api(endpoint, "recorder/reset-recording")
+    await moto_api(endpoint, "recorder/start-recording")
+    return apply(work, variables)
+
+
 async def rehearse(work: Path) -> None:
     port = free_port()
     os.environ.update(LOCAL_CREDENTIALS)  # the boto3 clients here; never a real account
@@ -854,18 +870,7 @@ async def rehearse(work: Path) -> None:
         # Terraform's own calls (its key is DEPLOY_KEY) are held to README's deploy role.
         policy = readme_deploy_policy()
         prepare(work, endpoint)
-        await moto_api(endpoint, "recorder/start-recording")
-        try:
-            state = apply(work, variables)
-        except RehearsalError as exc:
-            if DUPLICATE_RULE not in str(exc):
-                raise
-            step(f"terraform apply: moto answered {DUPLICATE_RULE}; destroying, applying again")
-            await moto_api(endpoint, "recorder/stop-recording")
-            destroy(work, variables)
-            await moto_api(endpoint, "recorder/reset-recording")
-            await moto_api(endpoint, "recorder/start-recording")
-            state = apply(work, variables)
+        state = await recorded_apply(work, endpoint, variables)
         await moto_api(endpoint, "recorder/stop-recording")
         made = check_deploy_actions(
             await moto_api(endpoint, "recorder/download-recording"), policy, "apply"
