@@ -501,12 +501,7 @@ def unpack_events(body: str) -> list[Any]:
         doc = loads_exact(body)
     except orjson.JSONDecodeError as exc:
         raise EnvelopeError(f"body is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
-        raise EnvelopeError("body is not a version 1 logpipe envelope")
-    events = doc.get("events")
-    if not isinstance(events, list):
-        raise EnvelopeError("envelope has no events list")
-    return events
+    return _envelope_events(doc)
 
 
 def dead_letter_body(event: object, reason: str) -> str:
@@ -937,7 +932,7 @@ def _plain_envelope(doc: object) -> bool:
 
 
 def _envelope_events(doc: object) -> list[Any]:
-    """The events list of a decoded envelope; EnvelopeError as `unpack_events` raises it."""
+    """The events list of a decoded envelope; EnvelopeError if it is not a version 1 one."""
     if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
         raise EnvelopeError("body is not a version 1 logpipe envelope")
     events = doc.get("events")
