@@ -314,7 +314,7 @@ class OneWrite:
     held.
     """
 
-    __slots__ = ("transport", "cycle", "head")
+    __slots__ = ("cycle", "head", "transport")
 
     def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
         self.transport = transport

@@ -247,9 +247,7 @@ class Batcher:
             deadline, request = deadlines[0]
             if not request.future.done():
                 if deadline > now:
-                    self._expiry = asyncio.get_running_loop().call_at(
-                        deadline, self._expire_due
-                    )
+                    self._expiry = asyncio.get_running_loop().call_at(deadline, self._expire_due)
                     return
                 self._withdraw(request)
             deadlines.popleft()
