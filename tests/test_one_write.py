@@ -154,7 +154,7 @@ async def _run(transport: Any, case: str, wrap: bool) -> None:
             await send(message)
 
     logging.getLogger("test").disabled = True
-    await cycle.run_asgi(app)  # type: ignore[arg-type]
+    await cycle.run_asgi(app)
 
 
 @pytest.mark.parametrize("case", list(CASES))
