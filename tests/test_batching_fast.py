@@ -165,3 +165,63 @@ async def test_the_deadline_withdraws_unsent_events_with_queue_unavailable() -> 
         with pytest.raises(QueueUnavailable, match="in time"):
             await first
     assert batcher.inflight_bytes == 0
+
+
+async def test_each_request_is_withdrawn_at_its_own_deadline_by_one_timer() -> None:
+    release = asyncio.Event()
+
+    async def stuck(bodies: list[str]) -> list[EntryFailure | None]:
+        await release.wait()
+        return [None] * len(bodies)
+
+    async def on_the_wire() -> bool:
+        return batcher.inflight_bytes > 0 and not batcher._buffer
+
+    batcher = Batcher(
+        stuck,
+        max_bytes=65536,
+        linger_s=0.01,
+        concurrency=1,
+        max_inflight_bytes=1 << 20,
+        attempts=2,
+        ack_timeout_s=0.3,
+    )
+    loop = asyncio.get_running_loop()
+    failed: dict[str, float] = {}
+
+    async def submit(name: str, n: int) -> float:
+        started = loop.time()
+        with pytest.raises(QueueUnavailable, match="in time"):
+            await batcher.submit([_event(n)])
+        failed[name] = loop.time()
+        return started
+
+    def timers() -> list[asyncio.TimerHandle]:
+        scheduled = loop._scheduled  # type: ignore[attr-defined]
+        return [h for h in scheduled if not h.cancelled() and "_expire" in repr(h)]
+
+    async with batcher:
+        first = asyncio.create_task(submit("first", 1))
+        await wait_until(on_the_wire, 10, interval=0.005)
+        second = asyncio.create_task(submit("second", 2))
+        gone = asyncio.create_task(batcher.submit([_event(3)]))
+        await wait_until(lambda: _waiting(batcher, 3), 10, interval=0.005)
+        gone.cancel()  # a client that hung up: never withdrawn, its events stay queued
+        third = asyncio.create_task(submit("third", 4))
+        await wait_until(lambda: _waiting(batcher, 4), 10, interval=0.005)
+        assert len(timers()) == 1  # one timer for every waiting request
+        started = {"second": await second, "third": await third}
+        # Each failed no earlier than its own deadline (a busy machine only makes it later).
+        for name in ("second", "third"):
+            assert failed[name] >= started[name] + 0.3 - 0.01
+        # Only the events of the client that hung up are left to send.
+        assert [p.events[p.start :] for p in batcher._buffer] == [[_event(3)]]
+        release.set()
+        assert await first >= 0
+    assert batcher.inflight_bytes == 0
+    assert set(failed) == {"first", "second", "third"}
+    assert not timers()
+
+
+async def _waiting(batcher: Batcher, count: int) -> bool:
+    return len(batcher._deadlines) >= count

@@ -344,7 +344,9 @@ async def _read_and_decode(
 
 def default_service(request: Request) -> str | None:
     """The service for events that name none: `?service=`, else the X-Logpipe-Service header."""
-    return request.query_params.get("service") or request.headers.get("x-logpipe-service")
+    # No query string (the usual case): no QueryParams to build.
+    service = request.query_params.get("service") if request.scope["query_string"] else None
+    return service or request.headers.get("x-logpipe-service")
 
 
 # --- POST /ingest: logpipe's own JSON --------------------------------------------------------

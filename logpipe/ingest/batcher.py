@@ -170,6 +170,9 @@ class Batcher:
         self._closing = False
         self._flusher: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        # (deadline, request) of the requests waiting for SQS, in deadline order.
+        self._deadlines: deque[tuple[float, _Request]] = deque()
+        self._expiry: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         if self._flusher is None:
@@ -206,27 +209,48 @@ class Batcher:
             raise Overloaded("too many events are waiting for SQS")
         loop = asyncio.get_running_loop()
         request = _Request(loop.create_future(), remaining=len(events))
-        # Marks the outcome as seen even when the client has gone and nobody awaits it.
-        request.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        now = loop.time()
         if not self._buffer:
-            self._oldest = loop.time()
+            self._oldest = now
         self._buffer.append(Pending(events, request, left=size))
         self._buffered_bytes += size
         self._inflight_bytes += size
         metrics.inflight_events.inc(len(events))
         self._wake.set()
-        # One timer, not wait_for's waiter and task: past the deadline the request's unsent
-        # events are withdrawn and its future fails with QueueUnavailable.
-        timer = loop.call_later(self._ack_timeout_s, self._expire, request)
-        # Shielded: a client that hangs up does not take its events out of the batch.
-        try:
-            await asyncio.shield(request.future)
-        finally:
-            timer.cancel()
+        # Past its deadline a request's unsent events are withdrawn and its future fails with
+        # QueueUnavailable. Every request waits as long, so deadlines come in order: one
+        # queue and one timer for all of them, not a timer per request.
+        deadlines = self._deadlines
+        self._prune()
+        deadlines.append((now + self._ack_timeout_s, request))
+        if self._expiry is None:
+            self._expiry = loop.call_at(now + self._ack_timeout_s, self._expire_due)
+        # Not shielded: a client that hangs up cancels only its own wait; its events stay in
+        # the batch and are sent and settled as any others (a done future is skipped).
+        await request.future
 
-    def _expire(self, request: _Request) -> None:
-        if not request.future.done():
-            self._withdraw(request)
+    def _prune(self) -> None:
+        """Drop the settled requests at the head of the deadlines; no timer when none wait."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1].future.done():
+            deadlines.popleft()
+        if not deadlines and self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _expire_due(self) -> None:
+        """Withdraw every request past its deadline; wait for the next one's."""
+        self._expiry = None
+        deadlines = self._deadlines
+        now = asyncio.get_running_loop().time()
+        while deadlines:
+            deadline, request = deadlines[0]
+            if not request.future.done():
+                if deadline > now:
+                    self._expiry = asyncio.get_running_loop().call_at(deadline, self._expire_due)
+                    return
+                self._withdraw(request)
+            deadlines.popleft()
 
     def _withdraw(self, request: _Request) -> None:
         """Take a request's unsent events out of the buffer; its sent ones settle as usual."""
@@ -324,6 +348,7 @@ class Batcher:
                 request.future.set_exception(error)
             elif request.remaining == 0:
                 request.future.set_result(None)
+        self._prune()
 
 
 def _refusal(outcome: EntryFailure | None) -> QueueUnavailable | None:
