@@ -263,9 +263,6 @@ class GuardedHttp(HttpToolsProtocol):
         if self._refusal is not None:
             raise ValueError(self._refusal[1])
         super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.transport is self.transport:
-            cycle.transport = OneWrite(self.transport, cycle)  # type: ignore[assignment]
 
     def send_400_response(self, msg: str) -> None:
         if self._refusal is not None:
@@ -303,56 +300,6 @@ class GuardedHttp(HttpToolsProtocol):
         )
         self._disarm_header_timer()
         self.transport.close()
-
-
-class OneWrite:
-    """The transport as one request's cycle sees it: a response head that a body must follow
-    (Content-Length above 0) goes out with the body's first write, in one send, not two.
-
-    A held head goes out before anything else the cycle does with the transport (a close,
-    a write); the 100 Continue interim answer, written before the response starts, is never
-    held.
-    """
-
-    __slots__ = ("cycle", "head", "transport")
-
-    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
-        self.transport = transport
-        self.cycle = cycle
-        self.head: bytes | None = None  # None until the response's head is written
-
-    def write(self, data: bytes) -> None:
-        head = self.head
-        if head:
-            self.head = b""
-            self.transport.write(head + data)
-            return
-        cycle = self.cycle
-        if head is None and cycle.response_started:
-            # The first write once the response started is its head (uvicorn's cycle).
-            self.head = b""
-            if (
-                cycle.chunked_encoding is False
-                and cycle.expected_content_length > 0
-                and cycle.scope["method"] != "HEAD"
-                and not cycle.response_complete
-            ):
-                self.head = data  # the body's write follows
-                return
-        self.transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def flush(self) -> None:
-        head = self.head
-        if head:
-            self.head = b""
-            self.transport.write(head)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
 
 
 def guarded_http(
