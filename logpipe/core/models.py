@@ -87,7 +87,12 @@ def loads_exact(data: bytes | str, long_runs: bool | None = None) -> Any:
     both accept the same documents. `long_runs`: whether the text holds a run of 16 digits
     and dots, when the caller looked already (`limits.scan_json`).
     """
-    doc = orjson.loads(data)
+    return exact_document(data, orjson.loads(data), long_runs)
+
+
+def exact_document(data: bytes | str, doc: Any, long_runs: bool | None = None) -> Any:
+    """`loads_exact(data)`, given `doc = orjson.loads(data)` already: `doc` itself unless the
+    text holds a number orjson may have rounded."""
     if long_runs is False:
         return doc
     raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
@@ -96,7 +101,7 @@ def loads_exact(data: bytes | str, long_runs: bool | None = None) -> Any:
     long = _LONG_BYTES.search(data) if isinstance(data, bytes) else _LONG_NUMBER.search(data)
     if long is None:
         return doc
-    del doc  # never two parsed copies of one body at once
+    del doc  # the caller's copy aside, never two parsed copies of one body at once
     try:
         return json.loads(data, parse_float=_exact_float, parse_int=_exact_int)
     except RecursionError:
@@ -723,9 +728,6 @@ def write_units(item: Mapping[str, Any]) -> int:
 # `event_problem` would answer (None) and bounds the size of its item, so the item needs no
 # encoding to count its write units. Anything else takes the general path unchanged.
 
-# Stored services found valid (lower case, the pattern); bounded, cleared when full.
-_STORED_SERVICES: set[str] = set()
-_STORED_SERVICES_MAX = 1024
 # An attribute number's size in an item, at most: 20 digits (64 bits) or a float's 17
 # significant digits, (digits + 1) // 2 + 1.
 _NUMBER_SIZE = 11
@@ -786,7 +788,7 @@ def plain_size(event: object, fixed: int) -> int:
         or len(message) * 4 > MAX_MESSAGE_BYTES
     ):
         return 0
-    if service not in _STORED_SERVICES and not _stored_service(service):
+    if _KNOWN_SERVICES.get(service) != service and not _stored_service(service):
         return 0
     id_size = len(event_id) if event_id.isascii() else _utf8_size(event_id)
     # The bytes of the event's strings (its JSON is at most 6 a byte, and _JSON_SLACK), and
@@ -863,13 +865,12 @@ _HEX_FIELDS = (("trace_id", 32), ("span_id", 16))
 
 
 def _stored_service(service: str) -> bool:
-    """A service as `normalise` writes it (lower case, 1-64 of a-z 0-9 . _ -), remembered."""
-    if not _SERVICE.fullmatch(service):
+    """A service as `normalise` writes it (lower case, 1-64 of a-z 0-9 . _ -), remembered
+    with the others (`_service`)."""
+    try:
+        return _service(service) == service
+    except EventError:
         return False
-    if len(_STORED_SERVICES) >= _STORED_SERVICES_MAX:
-        _STORED_SERVICES.clear()
-    _STORED_SERVICES.add(service)
-    return True
 
 
 _ENVELOPE_KEYS = frozenset({"v", "events"})
@@ -899,7 +900,10 @@ def unpack_checked(
         sizes = [plain_size(event, fixed) for event in events]
     if sizes and min(sizes) > 0:  # the usual envelope: every event plain, no float read
         return events, sizes, []
-    exact = _exact_document(body, doc)
+    try:
+        exact = exact_document(body, doc)
+    except orjson.JSONDecodeError as exc:  # nested too deeply for the exact parse
+        raise EnvelopeError(f"body is not JSON: {exc}") from None
     if exact is not doc or not sizes:
         events = _envelope_events(exact)
         sizes = [plain_size(event, fixed) for event in events]
@@ -939,20 +943,6 @@ def _envelope_events(doc: object) -> list[Any]:
     if not isinstance(events, list):
         raise EnvelopeError("envelope has no events list")
     return events
-
-
-def _exact_document(body: str, doc: Any) -> Any:
-    """`loads_exact(body)`, given `orjson.loads(body)` already: `doc` itself unless the body
-    holds a number orjson may have rounded (the same scan, the same exact parse)."""
-    raw = body.encode("utf-8", "surrogatepass")
-    if _SIXTEEN_DIGITS not in raw.translate(_DIGIT_RUNS) or _LONG_NUMBER.search(body) is None:
-        return doc
-    del doc
-    try:
-        return json.loads(body, parse_float=_exact_float, parse_int=_exact_int)
-    except RecursionError:
-        error = orjson.JSONDecodeError("nested too deeply", "", 0)
-        raise EnvelopeError(f"body is not JSON: {error}") from None
 
 
 def _attribute_value(value: str | int | float | bool | Decimal) -> dict[str, Any]:
