@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 from logpipe.aws.bootstrap import bootstrap
+from logpipe.aws.calls import with_retries
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.dev.processes import LOCAL_CREDENTIALS, free_port
@@ -44,7 +46,8 @@ async def bootstrapped(settings: Settings) -> Settings:
 
 
 async def scan_items(clients: Clients, table: str) -> list[dict[str, Any]]:
-    """Every stored event of the table (consistent read), across pages."""
+    """Every stored event of the table (consistent read), across pages; a failed page is
+    asked again, as the roles retry their calls."""
     items: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {
         "TableName": table,
@@ -52,7 +55,8 @@ async def scan_items(clients: Clients, table: str) -> list[dict[str, Any]]:
         "FilterExpression": "attribute_exists(id)",  # events only, not the services registry
     }
     while True:
-        page = await clients.dynamodb.scan(**kwargs)
+        # moto's server now and then answers a scan that runs beside writes with a 500.
+        page = await with_retries(partial(clients.dynamodb.scan, **kwargs), 5, "Scan")
         items.extend(page["Items"])
         if "LastEvaluatedKey" not in page:
             return items
