@@ -33,7 +33,6 @@ codes: the same header, built once.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -47,58 +46,32 @@ FAST_MEMBERS = {
 _BODY = "logpipe_body"
 
 
+# Types the JSON serializer converts (documents too: structures with `is_document_type`).
 _CONVERTED = frozenset({"blob", "timestamp", "float", "double"})
 
 
-def _converted(shape: Any, walk: Callable[[Any], None]) -> bool:
-    """Whether the serializer converts values of `shape` (or of its lists and map values);
-    the structures met are handed to `walk`."""
-    while shape.type_name == "list":
-        shape = shape.member
-    if shape.type_name == "map":
-        return _converted(shape.value, walk)
-    if shape.type_name == "structure" and not shape.is_document_type:
-        walk(shape)
-        return False
-    return shape.type_name in _CONVERTED or shape.type_name == "structure"
+def _special_names(name: str, shape: Any, seen: set[str]) -> set[str]:
+    """The members in values of `shape` (a member called `name`) that the JSON serializer
+    converts or renames: `name` itself when it is one (a list or map of converted values
+    too), and those of the structures it leads to, each walked once for one `seen`."""
+    names = {name} if "name" in shape.serialization else set()
+    while shape.type_name in ("list", "map"):
+        shape = shape.member if shape.type_name == "list" else shape.value
+    if shape.type_name in _CONVERTED or (shape.type_name == "structure" and shape.is_document_type):
+        names.add(name)
+    elif shape.type_name == "structure" and shape.name not in seen:
+        seen.add(shape.name)
+        for key, member in shape.members.items():
+            names |= _special_names(key, member, seen)
+    return names
 
 
 def special_keys(shape: Any) -> frozenset[str]:
     """Names of the members under `shape` that the JSON serializer does not copy as they are:
     blobs, timestamps and floats (converted), renamed members, documents; a map whose values
     hold such shapes is named itself (its keys are the caller's)."""
-    names: set[str] = set()
-    seen: set[str] = set()
-
-    def walk(structure: Any) -> None:
-        if structure.name not in seen:
-            seen.add(structure.name)
-            for name, member in structure.members.items():
-                if _converted(member, walk) or "name" in member.serialization:
-                    names.add(name)
-
-    if shape is not None:
-        walk(shape)
-    return frozenset(names)
-
-
-def _reaches(shape: Any, seen: frozenset[str] = frozenset()) -> bool:
-    """Whether values of `shape` can hold a member the serializer converts or renames."""
-    while shape.type_name == "list":
-        shape = shape.member
-    if shape.type_name == "map":
-        return _reaches(shape.value, seen)
-    if shape.type_name != "structure":
-        return shape.type_name in _CONVERTED
-    if shape.is_document_type:
-        return True
-    if shape.name in seen:
-        return False
-    seen = seen | {shape.name}
-    return any(
-        "name" in member.serialization or _reaches(member, seen)
-        for member in shape.members.values()
-    )
+    members = shape.members.items() if shape is not None else ()
+    return frozenset().union(*(_special_names(key, member, set()) for key, member in members))
 
 
 def _gate(member: Any) -> frozenset[str] | None:
@@ -110,9 +83,7 @@ def _gate(member: Any) -> frozenset[str] | None:
     if "name" in member.serialization:
         return None
     return frozenset(
-        key
-        for key, inner in item.members.items()
-        if "name" in inner.serialization or _reaches(inner)
+        key for key, inner in item.members.items() if _special_names(key, inner, set())
     )
 
 
@@ -131,10 +102,10 @@ class _Special:
         names = sorted(special_keys(shape))
         alternatives = b"|".join(re.escape(name.encode()) for name in names)
         self.pattern = re.compile(b'"(?:' + alternatives + b')":') if names else None
-        self.gates: dict[str, frozenset[str] | None] = {}
-        for name, member in shape.members.items() if shape is not None else ():
-            if "name" in member.serialization or _reaches(member):
-                self.gates[name] = _gate(member)
+        members = shape.members.items() if shape is not None else ()
+        self.gates = {
+            key: _gate(member) for key, member in members if _special_names(key, member, set())
+        }
 
     def found(self, params: dict[str, Any], body: bytes) -> bool:
         if self.pattern is None:
