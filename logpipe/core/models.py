@@ -264,18 +264,13 @@ def _plain_when(given: object, timestamp: object, now_ms: int) -> tuple[str, int
 
 def _plain_extras(get: Callable[[str], Any], event: Event) -> bool:
     """Trace id, span id and attributes into `event` when they need no conversion."""
-    trace_id = get("trace_id")
-    if trace_id is not None:
-        trace_id = _plain_hex(trace_id, 32)
-        if trace_id is None:
-            return False
-        event["trace_id"] = trace_id
-    span_id = get("span_id")
-    if span_id is not None:
-        span_id = _plain_hex(span_id, 16)
-        if span_id is None:
-            return False
-        event["span_id"] = span_id
+    for name, max_chars in _HEX_FIELDS:
+        value = get(name)
+        if value is not None:
+            value = _plain_hex(value, max_chars)
+            if value is None:
+                return False
+            event[name] = value  # type: ignore[literal-required]
     attributes = get("attributes")
     if attributes is not None:
         if not _plain_attributes(attributes):

@@ -192,13 +192,7 @@ def bucket_deltas(
 def observe_many(histogram: Histogram, values: list[float]) -> None:
     """`histogram.observe(v)` for every value, with one update per bucket touched rather than
     per value: the same bucket counts, one lock taken per bucket for a whole batch."""
-    if not values:
-        return
-    bounds = histogram._upper_bounds
-    per_bucket = collections.Counter(bisect.bisect_left(bounds, v) for v in values)
-    histogram._sum.inc(sum(values))
-    for index, count in per_bucket.items():
-        histogram._buckets[index].inc(count)
+    observe_counted(histogram, [(value, 1) for value in values])
 
 
 def observe_counted(histogram: Histogram, counted: list[tuple[float, int]]) -> None:

@@ -561,8 +561,7 @@ class Processor:
         self, items: dict[tuple[str, str], Item], writes: list[_Write]
     ) -> list[EntryFailure | None]:
         """One BatchWriteItem of `writes`; per write, None once stored or UNPROCESSED."""
-        settings = self._settings
-        table = settings.table_name
+        table = self._settings.table_name
         async with self._writes:
             # Built once a call may start: only the items of the calls in flight exist, and
             # each is still in the CPU's cache when it is encoded and counted.
@@ -570,9 +569,7 @@ class Processor:
             for write in writes:
                 item = items.get(write.key)
                 if item is None:
-                    item = items[write.key] = to_item(
-                        write.event, settings.shards, settings.retention_days, write.key
-                    )
+                    item = items[write.key] = self._item(write)
                 request.append({"PutRequest": {"Item": item}})
             started = time.perf_counter()
             response = await self._dynamodb.batch_write_item(RequestItems={table: request})
