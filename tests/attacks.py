@@ -60,6 +60,22 @@ def empty_objects_array(total_bytes: int = 5 * 1024 * 1024) -> bytes:
     return gzip.compress(b"[" + b"{}," * (count - 1) + b"{}]", 9)
 
 
+def otlp_json_empty_records(total_bytes: int = 5 * 1024 * 1024 - 4096) -> bytes:
+    """OTLP JSON with one scope of about `total_bytes` of empty log records (just under the
+    default body limit once inflated), gzipped."""
+    count = total_bytes // 3
+    records = b"{}," * (count - 1) + b"{}"
+    return gzip.compress(b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[' + records + b"]}]}]}", 9)
+
+
+def otlp_json_deep_body(depth: int = 100_000) -> bytes:
+    """OTLP JSON whose one record's body nests `depth` key-value lists, gzipped."""
+    opening = b'{"kvlistValue":{"values":[{"key":"k","value":' * depth
+    closing = b"}]}}" * depth
+    record = b'{"body":' + opening + b'{"stringValue":"x"}' + closing + b"}"
+    return gzip.compress(b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[' + record + b"]}]}]}", 9)
+
+
 def events_body(count: int, tag: str) -> bytes:
     events = [
         {
@@ -159,6 +175,15 @@ async def concurrent_posts(url: str, bodies: list[bytes], headers: dict[str, str
 
 async def attack_otlp_bomb(base: str) -> list[Any]:
     return await concurrent_posts(f"{base}/v1/logs", [gzip_bomb_otlp()], GZIP_PROTOBUF)
+
+
+async def attack_otlp_json_bomb(base: str) -> list[Any]:
+    body = otlp_json_empty_records()
+    return await concurrent_posts(f"{base}/v1/logs", [body] * 6, GZIP_JSON)
+
+
+async def attack_otlp_json_deep(base: str) -> list[Any]:
+    return await concurrent_posts(f"{base}/v1/logs", [otlp_json_deep_body()], GZIP_JSON)
 
 
 async def attack_gzip_members(base: str) -> list[Any]:

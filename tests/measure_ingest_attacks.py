@@ -25,6 +25,8 @@ from tests.support.roles import peak_rss_mb
 
 ATTACKS: dict[str, tuple[attacks.Attack, dict[str, str]]] = {
     "otlp-bomb": (attacks.attack_otlp_bomb, {}),
+    "otlp-json-bomb-x6": (attacks.attack_otlp_json_bomb, {}),
+    "otlp-json-deep": (attacks.attack_otlp_json_deep, {}),
     "gzip-members": (attacks.attack_gzip_members, {}),
     "empty-objects-x6": (attacks.attack_empty_objects, {}),
     "slow-sqs-x40": (attacks.attack_slow_queue, {"LOGPIPE_FAULTS": "sqs-delay:30000"}),

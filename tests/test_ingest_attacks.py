@@ -58,6 +58,26 @@ async def test_otlp_bomb_of_empty_records_is_refused_before_they_are_built(roles
 
 
 @pytest.mark.timeout(120)
+async def test_six_otlp_json_bodies_of_empty_records_are_refused_before_they_are_parsed(
+    roles: Roles,
+) -> None:
+    statuses, seconds, rss, healthz = await run_attack(roles, attacks.attack_otlp_json_bomb)
+    assert statuses == [413] * 6
+    assert seconds < MAX_ANSWER_S
+    assert rss <= MAX_RSS_MB
+    assert healthz <= MAX_HEALTHZ_S
+
+
+@pytest.mark.timeout(120)
+async def test_otlp_json_nested_past_any_depth_is_refused_with_400(roles: Roles) -> None:
+    statuses, seconds, rss, healthz = await run_attack(roles, attacks.attack_otlp_json_deep)
+    assert statuses == [400]
+    assert seconds < MAX_ANSWER_S
+    assert rss <= MAX_RSS_MB
+    assert healthz <= MAX_HEALTHZ_S
+
+
+@pytest.mark.timeout(120)
 async def test_body_of_empty_gzip_members_is_refused_in_linear_time(roles: Roles) -> None:
     statuses, seconds, rss, healthz = await run_attack(roles, attacks.attack_gzip_members)
     assert statuses == [400]
