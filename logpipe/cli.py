@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_console(commands)
     _add_query(commands)
+    _add_export(commands)
     return parser
 
 
@@ -172,6 +173,15 @@ def _add_query(commands: Commands) -> None:
     query.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
+def _add_export(commands: Commands) -> None:
+    export = commands.add_parser("export", help="every stored event of a range once, as NDJSON")
+    export.add_argument(
+        "--service", action="append", help="a service to export (repeatable; default: all seen)"
+    )
+    export.add_argument("--since", default="30d", help="start: 30d back from now or RFC 3339")
+    export.add_argument("--until", default="now", help="end: a duration back or RFC 3339 (now)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -186,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(os.environ, args)
         parts = collaborators(command, os.environ)
         setup_logging(command, settings.python_log_level)
-        if command in ("query", "dlq", "bench"):
+        if command in ("query", "export", "dlq", "bench"):
             settings = _local_stack(settings, args)
         return run_async(_dispatch(command, settings, args, parts))
     except ConfigError as exc:
@@ -282,6 +292,12 @@ async def _query(settings: Settings, args: argparse.Namespace, parts: dict[str, 
     return await console.query_command(settings, console.query_params(args), args.json)
 
 
+async def _export(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
+    from logpipe.read import export
+
+    return await export.export_command(settings, args.service or [], args.since, args.until)
+
+
 async def _bench(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
     from logpipe.dev import bench
     from logpipe.dev.faults import Faults
@@ -339,6 +355,7 @@ HANDLERS: dict[str, Handler] = {
     "emitter": _emitter,
     "console": _console,
     "query": _query,
+    "export": _export,
     "bench": _bench,
     "dlq": _dlq,
     "bootstrap": _bootstrap,

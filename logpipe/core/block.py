@@ -38,6 +38,7 @@ ZSTD_LEVEL: Final = 1
 BODY_PREFIX: Final = "b#"
 SUMMARY_PREFIX: Final = "s#"
 HASH_BYTES: Final = 12
+ONE_UNIT_BYTES: Final = 1024
 # A Bloom filter of 12 bits an element with 4 probes answers "maybe" for about 0.6 % of
 # the values it does not hold.
 BLOOM_BITS_PER_ELEMENT: Final = 12
@@ -142,6 +143,22 @@ def split(block: Block) -> tuple[Block, Block]:
     )
 
 
+def item_bytes(item: Mapping[str, Any]) -> int:
+    """DynamoDB's size of a block's item: names and values; every value is ASCII or binary."""
+    size = 0
+    for name, typed in item.items():
+        size += len(name)
+        if "M" in typed:
+            size += 3 + sum(len(k) + 1 + len(v["N"]) for k, v in typed["M"].items())
+        else:
+            size += len(next(iter(typed.values())))
+    return size
+
+
+def write_units(size: int) -> int:
+    return max(1, -(-size // ONE_UNIT_BYTES))
+
+
 def level_counts(events: Iterable[Event]) -> Counter[str]:
     return Counter(event["level"] for event in events)
 
@@ -226,15 +243,30 @@ def decode_body(item: Mapping[str, Any]) -> list[Event]:
 
 def stored_event(event: Event) -> StoredEvent:
     """A stored event in the read API's shape (DESIGN.md's stored event fields)."""
-    shown: StoredEvent = {
-        key: value for key, value in event.items() if key not in _INTERNAL
-    }
+    shown: StoredEvent = {key: value for key, value in event.items() if key not in _INTERNAL}
     shown["timestamp"] = timefmt.iso_ms(event["timestamp"])
     ingested_at = event.get("ingested_at")
     if isinstance(ingested_at, int):
         shown["ingested_at"] = timefmt.iso_ms(ingested_at)
     shown.setdefault("attributes", {})
     return shown
+
+
+def first_copies(events: Iterable[Event]) -> list[Event]:
+    """Each event once: of the copies of one service, timestamp and id (a client's retry
+    stored in another block), the one ingested first; ties go to the smaller content."""
+    chosen: dict[tuple[str, int, str], Event] = {}
+    for event in events:
+        key = (event["service"], event["timestamp"], event["id"])
+        kept = chosen.get(key)
+        if kept is None or _first_key(event) < _first_key(kept):
+            chosen[key] = event
+    return list(chosen.values())
+
+
+def _first_key(event: Event) -> tuple[int, bytes]:
+    ingested = event.get("ingested_at")
+    return (ingested if isinstance(ingested, int) else 0), dumps_exact(event)
 
 
 def position(event: Event) -> str:

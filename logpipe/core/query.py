@@ -69,7 +69,7 @@ def parse_query(params: Mapping[str, str], now_ms: int, secret: bytes) -> LogQue
     `secret` signs cursors: only a cursor this process (or one sharing its
     LOGPIPE_CURSOR_SECRET) made for the same parameters is followed.
     """
-    service = _service(params.get("service"))
+    service = parse_service(params.get("service"))
     since_raw = _bounded("since", params.get("since") or DEFAULT_SINCE, MAX_TIME_CHARS)
     until_raw = _bounded("until", params.get("until") or "now", MAX_TIME_CHARS)
     level = _level(params.get("level"))
@@ -239,7 +239,7 @@ def _bounded(name: str, value: str, most: int) -> str:
     return value
 
 
-def _service(value: str | None) -> str:
+def parse_service(value: str | None) -> str:
     if not value:
         raise QueryError("service is required")
     service = value.strip().lower()

@@ -26,7 +26,15 @@ from logpipe.aws.errors import AWS_ERRORS, classify, error_code, is_retriable
 from logpipe.aws.monitor import QueueMonitor, oldest_age_s
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.block import Block, body_item, make_blocks, split, summary_item
+from logpipe.core.block import (
+    Block,
+    body_item,
+    item_bytes,
+    make_blocks,
+    split,
+    summary_item,
+    write_units,
+)
 from logpipe.core.models import (
     ASSIGNED_TIMESTAMP,
     EnvelopeError,
@@ -99,7 +107,6 @@ class _Write:
 
 # A message and its storable events.
 _Decoded = tuple[Tracker, list[Event]]
-ONE_UNIT_BYTES = 1024
 
 
 @dataclass
@@ -158,22 +165,6 @@ def split_message(message: dict[str, Any]) -> tuple[list[Event], list[tuple[obje
 
 def _key(item: Item) -> tuple[str, str]:
     return item["pk"]["S"], item["sk"]["S"]
-
-
-def item_bytes(item: Item) -> int:
-    """DynamoDB's size of a block's item: names and values; every value is ASCII or binary."""
-    size = 0
-    for name, typed in item.items():
-        size += len(name)
-        if "M" in typed:
-            size += 3 + sum(len(k) + 1 + len(v["N"]) for k, v in typed["M"].items())
-        else:
-            size += len(next(iter(typed.values())))
-    return size
-
-
-def write_units(size: int) -> int:
-    return max(1, -(-size // ONE_UNIT_BYTES))
 
 
 def redelivery_delay(receive_count: int) -> int:
