@@ -24,7 +24,7 @@ from logpipe.dev.processes import RoleProcess, free_port, start_moto
 from logpipe.dev.switches import Switches
 from logpipe.errors import ConfigError
 from logpipe.process.processor import Processor
-from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.aws import make_event, queue_counts, scan_events
 from tests.support.roles import Roles, run_bench
 from tests.support.wait import wait_until
 
@@ -93,7 +93,7 @@ async def test_processor_stores_everything_through_throttling_and_unprocessed_it
         await wait_until(lambda: _drained(clients, url), timeout=60, interval=0.5)
         processor.stop()
         await running
-    ids = sorted(i["id"]["S"] for i in await scan_items(clients, settings.table_name))
+    ids = sorted(i["id"] for i in await scan_events(clients, settings.table_name))
     assert ids == [f"ev-{n:08d}" for n in range(400)]
 
 

@@ -15,7 +15,7 @@ from logpipe.config import Settings
 from logpipe.core.models import encode_event, normalise, pack_envelope
 from logpipe.process import dlq
 from logpipe.process.processor import Processor
-from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.aws import make_event, queue_counts, scan_events
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +58,7 @@ async def test_redrive_moves_what_can_be_stored_and_is_safe_to_run_twice(
     assert await queue_counts(clients, main_url) == (1, 0)
     assert sum(await queue_counts(clients, dlq_url)) == 1  # the undecodable one stays
     await Processor(settings, clients, main_url).run_until_empty()
-    assert len(await scan_items(clients, settings.table_name)) == 5
+    assert len(await scan_events(clients, settings.table_name)) == 5
 
 
 def test_dlq_inspect_command_prints_json(aws_endpoint: str, settings: Settings) -> None:
@@ -90,7 +90,7 @@ async def test_an_event_refused_alone_is_inspected_with_its_reason_and_can_be_re
         QueueUrl=main_url, MessageBody=pack_envelope([good[0], orjson.dumps(bad), good[1]])
     )
     await Processor(settings, clients, main_url).run_until_empty()
-    assert sorted(i["id"]["S"] for i in await scan_items(clients, settings.table_name)) == [
+    assert sorted(i["id"] for i in await scan_events(clients, settings.table_name)) == [
         "ev-00000000",
         "ev-00000002",
     ]
@@ -112,7 +112,7 @@ async def test_an_event_refused_alone_is_inspected_with_its_reason_and_can_be_re
     # Still unstorable: the processor sends it back alone, and stores nothing of it.
     await Processor(settings, clients, main_url).run_until_empty()
     assert await queue_counts(clients, main_url) == (0, 0)
-    assert len(await scan_items(clients, settings.table_name)) == 2
+    assert len(await scan_events(clients, settings.table_name)) == 2
     assert (await dlq.inspect(clients, settings, sample=1))["messages"] == 1
 
 

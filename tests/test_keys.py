@@ -15,7 +15,7 @@ from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.models import from_item
 from logpipe.process.processor import Processor
-from tests.support.aws import scan_items
+from tests.support.aws import scan_events
 from tests.support.roles import Roles
 from tests.support.wait import wait_until
 from tests.test_processor import _envelope
@@ -44,7 +44,7 @@ async def _post(http: aiohttp.ClientSession, url: str, body: Any) -> dict[str, A
 async def _drain(clients: Clients, settings: Settings) -> list[dict[str, Any]]:
     url = await queue_url(clients.sqs, settings.queue_name)
     await Processor(settings, clients, url).run_until_empty()
-    return await scan_items(clients, settings.table_name)
+    return await scan_events(clients, settings.table_name)
 
 
 async def _later() -> None:
@@ -112,7 +112,7 @@ async def test_a_processor_with_another_shard_count_writes_the_same_keys(
     await roles.start("processor", LOGPIPE_SHARDS=5)
     await wait_until(lambda: _queue_empty(clients, url), timeout=30)
 
-    items = await scan_items(clients, settings.table_name)
+    items = await scan_events(clients, settings.table_name)
     assert len(items) == 40
     for item in items:
         shard = zlib.crc32(item["id"]["S"].encode()) % settings.shards
@@ -120,7 +120,7 @@ async def test_a_processor_with_another_shard_count_writes_the_same_keys(
 
 
 async def _stored(clients: Clients, settings: Settings, count: int) -> bool:
-    return len(await scan_items(clients, settings.table_name)) == count
+    return len(await scan_events(clients, settings.table_name)) == count
 
 
 async def _queue_empty(clients: Clients, url: str) -> bool:

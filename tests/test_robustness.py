@@ -34,7 +34,7 @@ from logpipe.core.models import (
 from logpipe.dev import promtext
 from logpipe.errors import ConfigError
 from logpipe.process.processor import Processor, split_message
-from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.aws import make_event, queue_counts, scan_events
 from tests.support.roles import Roles
 from tests.support.wait import wait_until
 
@@ -48,7 +48,7 @@ def _envelope(numbers: range) -> str:
 
 
 async def _ids(clients: Clients, settings: Settings) -> list[str]:
-    return sorted(i["id"]["S"] for i in await scan_items(clients, settings.table_name))
+    return sorted(i["id"] for i in await scan_events(clients, settings.table_name))
 
 
 async def _metric(http: aiohttp.ClientSession, settings: Settings, name: str) -> float:

@@ -88,11 +88,13 @@ async def stored_events(clients: Clients, table: str) -> list[Event]:
     events: list[Event] = []
     kwargs: dict[str, Any] = {
         "TableName": table,
+        "ConsistentRead": True,
         "FilterExpression": "begins_with(sk, :body)",
         "ExpressionAttributeValues": {":body": {"S": BODY_PREFIX}},
     }
     while True:
-        page = await with_retries(partial(clients.dynamodb.scan, **kwargs), 4, "Scan")
+        # moto's server now and then answers a scan that runs beside writes with a 500.
+        page = await with_retries(partial(clients.dynamodb.scan, **kwargs), 5, "Scan")
         for item in page["Items"]:
             events.extend(decode_body(item))
         if "LastEvaluatedKey" not in page:

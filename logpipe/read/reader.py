@@ -14,8 +14,9 @@ the copy ingested first is the one returned, and the other is skipped.
 Each read has a budget: at most `query_budget` DynamoDB reads (Query pages and
 BatchGetItem calls) and about `deadline_s` seconds. When it runs out before the page is
 full, the page ends where everything newer has been searched and its cursor continues from
-there (`complete` is False). The first hour's first summary page of every shard and its
-first bodies are always read, so every answer moves the search on.
+there (`complete` is False). The first hour's summaries, its first bodies and the bodies of
+every block that reaches the page's upper end are always read, so every answer moves the
+search on, however much blocks overlap.
 """
 
 from __future__ import annotations
@@ -123,18 +124,18 @@ class _Hour:
         self._heap: list[_Entry] = []
         self._pushed = 0
 
-    async def read_summaries(self, first: bool) -> None:
+    async def read_summaries(self, forced: bool) -> None:
         shards = partition_keys(self._query.service, self._hour, self._reader.shards)
-        found = await _all([self._shard_summaries(pk, first) for pk in shards])
+        found = await _all([self._shard_summaries(pk, forced) for pk in shards])
         blocks = [s for part in found for s in part if self._may_match(s)]
         blocks.sort(key=lambda s: (s.newest, s.digest), reverse=True)
         self.blocks = blocks
 
-    async def _shard_summaries(self, pk: str, first: bool) -> list[Summary]:
+    async def _shard_summaries(self, pk: str, forced: bool) -> list[Summary]:
         summaries: list[Summary] = []
         start: dict[str, Any] | None = None
         while True:
-            if not self._budget.take(first=first and start is None):
+            if not self._budget.take(first=forced):
                 newest = summaries[-1].newest if summaries else self._top_ms
                 self.floor = max(self.floor or 0, newest)
                 return summaries
@@ -175,21 +176,29 @@ class _Hour:
     def more_blocks(self) -> bool:
         return self._next < len(self.blocks)
 
-    async def fetch(self, need: int, first: bool) -> bool:
-        """Fetch the next blocks' bodies (enough for `need` events); False when the budget
-        has no read left for them."""
-        if not self._budget.take(first=first):
+    def straddles(self) -> bool:
+        """Whether the next block holds events at or above the page's upper end: until it
+        and its like are read, nothing below that end can be returned."""
+        return self._next < len(self.blocks) and self.blocks[self._next].newest >= self._upper_ms
+
+    async def fetch(self, need: int, forced: bool) -> bool:
+        """Fetch the next blocks' bodies: enough for `need` events, and the blocks that
+        overlap those in time. False when the budget has no read left for them."""
+        if not self._budget.take(first=forced):
             return False
         group: list[Summary] = []
         count = 0
+        oldest = self._upper_ms
+        level = self._query.level
         while self._next < len(self.blocks) and len(group) < BODIES_PER_CALL:
             summary = self.blocks[self._next]
+            if count >= need and summary.newest < oldest:
+                break
             group.append(summary)
             self._next += 1
-            level = self._query.level
             count += summary.levels.get(level, 0) if level else summary.count
-            if count >= need and not self._query.q:
-                break
+            if not self._query.q:
+                oldest = min(oldest, summary.oldest)
         for events in await self._reader.bodies(group):
             self._push(events)
         return True
@@ -222,8 +231,8 @@ class _Hour:
 class Reader:
     """Searches one table; at most `concurrency` DynamoDB reads in flight across searches.
 
-    One `read` makes at most `query_budget` reads (never fewer than the first hour's first
-    summary page of each shard and one BatchGetItem) and stops asking for more after
+    One `read` makes at most `query_budget` reads (beyond what the first hour must read to
+    move the search on: see the module's note) and stops asking for more after
     `deadline_s`; `cursor_secret` signs the cursors it hands out.
     """
 
@@ -269,14 +278,17 @@ class Reader:
         last = [_Desc("")]
         hours = hour_starts(query.since_ms, query.until_ms)
         for n, start in enumerate(hours):
-            first = n == 0
+            first_hour = first_fetch = n == 0
             hour = _Hour(self, query, start, budget)
-            await hour.read_summaries(first)
+            await hour.read_summaries(forced=first_hour)
             hour.take_ready(found, want, last)
             while len(found) < want and hour.more_blocks():
-                if not await hour.fetch(want - len(found), first):
+                # The first hour always reads as far as the page's upper end moves: every
+                # answer moves the search on, however much blocks overlap.
+                forced = first_fetch or (first_hour and hour.straddles())
+                if not await hour.fetch(want - len(found), forced):
                     break
-                first = False
+                first_fetch = False
                 hour.take_ready(found, want, last)
             if len(found) >= want:
                 return found, None

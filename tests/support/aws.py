@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import uuid
 from contextlib import AsyncExitStack
-from functools import partial
 from typing import Any
 
 from logpipe.aws.bootstrap import bootstrap
-from logpipe.aws.calls import with_retries
+from logpipe.aws.calls import stored_events
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
+from logpipe.core.block import stored_event
 from logpipe.dev.processes import LOCAL_CREDENTIALS, free_port
 
 
@@ -45,22 +45,10 @@ async def bootstrapped(settings: Settings) -> Settings:
     return settings
 
 
-async def scan_items(clients: Clients, table: str) -> list[dict[str, Any]]:
-    """Every stored event of the table (consistent read), across pages; a failed page is
-    asked again, as the roles retry their calls."""
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {
-        "TableName": table,
-        "ConsistentRead": True,
-        "FilterExpression": "attribute_exists(id)",  # events only, not the services registry
-    }
-    while True:
-        # moto's server now and then answers a scan that runs beside writes with a 500.
-        page = await with_retries(partial(clients.dynamodb.scan, **kwargs), 5, "Scan")
-        items.extend(page["Items"])
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+async def scan_events(clients: Clients, table: str) -> list[dict[str, Any]]:
+    """Every stored event of the table once, as the read API shows it (a consistent scan of
+    the block bodies)."""
+    return [stored_event(e) for e in await stored_events(clients, table)]
 
 
 async def queue_counts(clients: Clients, url: str) -> tuple[int, int]:
