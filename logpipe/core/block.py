@@ -29,6 +29,7 @@ import zstandard
 
 from logpipe.core import timefmt
 from logpipe.core.models import Event, StoredEvent, dumps_exact, loads_exact
+from logpipe.errors import LogpipeError
 
 FORMAT: Final = "blocks-1"
 # Far below DynamoDB's 400 KB item: zstd never grows data by more than a fraction of a
@@ -234,10 +235,24 @@ def summary_from_item(item: Mapping[str, Any]) -> Summary:
     )
 
 
+class BlockError(LogpipeError):
+    """A stored body that is not a block this format writes (damaged, or written by hand)."""
+
+
 def decode_body(item: Mapping[str, Any]) -> list[Event]:
-    """The events of a body item, newest first, exactly as they were stored."""
-    raw = _decompressor.decompress(bytes(item["z"]["B"]), max_output_size=MAX_BLOCK_RAW_BYTES)
-    events: list[Event] = loads_exact(raw)
+    """The events of a body item, newest first, exactly as they were stored; BlockError for
+    a body that is damaged or would inflate past MAX_BLOCK_RAW_BYTES."""
+    data = bytes(item["z"]["B"])
+    try:
+        # A frame that states its size is inflated to that size at once: check it first.
+        if zstandard.frame_content_size(data) > MAX_BLOCK_RAW_BYTES:
+            raise BlockError(f"block {item.get('sk', {}).get('S')} inflates past its bound")
+        raw = _decompressor.decompress(data, max_output_size=MAX_BLOCK_RAW_BYTES)
+        events = loads_exact(raw)
+    except (zstandard.ZstdError, orjson.JSONDecodeError) as exc:
+        raise BlockError(f"block {item.get('sk', {}).get('S')} does not decode: {exc}") from None
+    if not isinstance(events, list):
+        raise BlockError(f"block {item.get('sk', {}).get('S')} holds no list of events")
     return events
 
 

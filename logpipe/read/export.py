@@ -37,7 +37,7 @@ async def export_events(
 ) -> AsyncIterator[Event]:
     """Each stored event of `services` in [since_ms, until_ms] once, by service, oldest first."""
     for service in services:
-        for start in hour_starts(since_ms, until_ms):
+        for start in reversed(hour_starts(since_ms, until_ms)):
             events = await _hour(reader, service, hour_bucket(start), since_ms, until_ms)
             for event in sorted(events, key=lambda e: (e["timestamp"], e["id"])):
                 yield event
