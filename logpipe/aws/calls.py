@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from logpipe.aws.clients import Clients
 from logpipe.aws.errors import classify
-from logpipe.core.block import BODY_PREFIX, decode_body, first_copies
+from logpipe.core.block import BODY_PREFIX, SUMMARY_PREFIX, decode_body, first_copies
 from logpipe.core.models import Event
 from logpipe.core.retry import RetryPolicy, retry_call, retry_entries
 from logpipe.errors import EntryFailure
@@ -83,23 +83,33 @@ async def send_message_batch(sqs: Any, url: str, bodies: list[str]) -> list[Entr
 
 
 async def stored_events(clients: Clients, table: str) -> list[Event]:
-    """Every stored event once (`first_copies`), from a paginated scan of the block bodies:
-    for tests, `logpipe up` and the bench, which count what a table holds."""
-    events: list[Event] = []
+    """Every stored event once (`first_copies`), from a paginated scan of the blocks whose
+    body and summary are both written (what reads find): for tests, `logpipe up` and the
+    bench, which count what a table holds."""
+    bodies: dict[tuple[str, str], list[Event]] = {}
+    summarised: set[tuple[str, str]] = set()
     kwargs: dict[str, Any] = {
         "TableName": table,
         "ConsistentRead": True,
-        "FilterExpression": "begins_with(sk, :body)",
-        "ExpressionAttributeValues": {":body": {"S": BODY_PREFIX}},
+        "FilterExpression": "begins_with(sk, :body) OR begins_with(sk, :summary)",
+        "ExpressionAttributeValues": {
+            ":body": {"S": BODY_PREFIX},
+            ":summary": {"S": SUMMARY_PREFIX},
+        },
     }
     while True:
         # moto's server now and then answers a scan that runs beside writes with a 500.
         page = await with_retries(partial(clients.dynamodb.scan, **kwargs), 5, "Scan")
         for item in page["Items"]:
-            events.extend(decode_body(item))
+            pk, sk = item["pk"]["S"], item["sk"]["S"]
+            if sk.startswith(BODY_PREFIX):
+                bodies[pk, sk.removeprefix(BODY_PREFIX)] = decode_body(item)
+            else:
+                summarised.add((pk, sk.rsplit("#", 1)[1]))
         if "LastEvaluatedKey" not in page:
-            return first_copies(events)
+            break
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return first_copies(e for key, events in bodies.items() if key in summarised for e in events)
 
 
 async def stored_ids(clients: Clients, table: str) -> list[str]:
