@@ -35,7 +35,6 @@ from logpipe.core.models import (
     unpack_events,
     write_units,
 )
-from logpipe.process.processor import Tracker, _units, plan_writes
 
 pytestmark = pytest.mark.unit
 
@@ -333,16 +332,3 @@ def test_long_numbers_keep_their_digits() -> None:
     assert good[1]["attributes"]["duration_ms"] == Decimal("12345678901234567890123456789")
     good, _, _ = unpack_checked(BODIES["long number 0.1000"], 8, 30)
     assert good[1]["attributes"]["duration_ms"] == Decimal("0.1000000000000000055511151231257827")
-
-
-@pytest.mark.parametrize("name", [n for n, e in EVENTS.items() if type(e) is dict and encodable(e)])
-def test_write_units_from_the_bound_are_the_items_own(name: str) -> None:
-    event = EVENTS[name]
-    body = dumps_exact({"v": 1, "events": [event, {**event, "id": "other"}]}).decode()
-    good, bounds, _ = unpack_checked(body, 8, 30)
-    tracker = Tracker({}, pending=len(good))
-    writes = plan_writes([(tracker, good, bounds)], 8)
-    items = {w.key: to_item(w.event, 8, 30, w.key) for w in writes}
-    for write in writes:
-        assert _units([write], items) == write_units(items[write.key])
-    assert _units(writes, items) == sum(map(write_units, items.values()))

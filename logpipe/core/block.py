@@ -22,6 +22,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final
 
 import orjson
@@ -257,14 +258,30 @@ def decode_body(item: Mapping[str, Any]) -> list[Event]:
 
 
 def stored_event(event: Event) -> StoredEvent:
-    """A stored event in the read API's shape (DESIGN.md's stored event fields)."""
+    """A stored event in the read API's shape (DESIGN.md's stored event fields): times in
+    ISO 8601 UTC, and each number that JSON readers would round as its digits in a string."""
     shown: StoredEvent = {key: value for key, value in event.items() if key not in _INTERNAL}
     shown["timestamp"] = timefmt.iso_ms(event["timestamp"])
     ingested_at = event.get("ingested_at")
     if isinstance(ingested_at, int):
         shown["ingested_at"] = timefmt.iso_ms(ingested_at)
-    shown.setdefault("attributes", {})
+    attributes = event.get("attributes") or {}
+    shown["attributes"] = {
+        name: _shown_number(value) if type(value) is Decimal else value
+        for name, value in attributes.items()
+    }
     return shown
+
+
+def _shown_number(value: Decimal) -> int | float | str:
+    """A number JSON readers would round (beyond 64-bit integers and doubles) as its digits;
+    any other as int or float."""
+    text = str(value)
+    if not any(c in text for c in ".eE"):
+        integer = int(text)
+        return integer if -(2**63) <= integer < 2**64 else text
+    number = float(value)
+    return number if Decimal(repr(number)) == value else text
 
 
 def first_copies(events: Iterable[Event]) -> list[Event]:
