@@ -33,7 +33,8 @@ import yaml
 from hcl2 import SerializationOptions
 
 from logpipe.config import Settings
-from logpipe.core.models import normalise, to_item
+from logpipe.core.block import body_item, make_blocks, summary_item
+from logpipe.core.models import normalise
 from logpipe.dev.processes import free_port
 from logpipe.obs import emf
 
@@ -514,9 +515,10 @@ def test_table_has_the_stored_items_keys_ttl_recovery_and_encryption() -> None:
     event = normalise(
         {"service": "checkout", "level": "info", "message": "paid"}, 1_700_000_000_000
     )
-    item = to_item(event, shards=8, retention_days=30)
-    assert set(item["pk"]) == {"S"} and set(item["sk"]) == {"S"}
-    assert int(item["expires_at"]["N"]) == 1_700_000_000 + 30 * 86400
+    [block], _ = make_blocks([event])
+    for item in (body_item(block, 8, 30), summary_item(block, 8, 30)):
+        assert set(item["pk"]) == {"S"} and set(item["sk"]) == {"S"}
+        assert int(item["expires_at"]["N"]) == 1_700_000_000 + 30 * 86400
 
 
 # --- Terraform: tasks, services, load balancer, autoscaling, alarms ---

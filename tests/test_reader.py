@@ -16,7 +16,7 @@ import pytest
 from logpipe.aws.clients import Clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.block import body_item, make_blocks, summary_item
+from logpipe.core.block import block_items, make_blocks
 from logpipe.core.models import normalise
 from logpipe.core.query import (
     MAX_HOURS,
@@ -59,9 +59,8 @@ async def store_events(
         random.Random(7).shuffle(shuffled)
     items = []
     for start in range(0, len(shuffled), per_message):
-        for block in make_blocks(shuffled[start : start + per_message])[0]:
-            items.append(body_item(block, settings.shards, settings.retention_days))
-            items.append(summary_item(block, settings.shards, settings.retention_days))
+        message = shuffled[start : start + per_message]
+        items.extend(block_items(message, settings.shards, settings.retention_days))
     for start in range(0, len(items), 25):
         requests = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
         response = await clients.dynamodb.batch_write_item(

@@ -22,14 +22,13 @@ from hypothesis import strategies as st
 from logpipe.aws.bootstrap import bootstrap, queue_url
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
+from logpipe.core.block import body_item, item_bytes, make_blocks
 from logpipe.core.models import (
     EnvelopeError,
     dead_letter_body,
     encode_event,
-    item_size,
     normalise,
     pack_envelope,
-    to_item,
 )
 from logpipe.dev import promtext
 from logpipe.errors import ConfigError
@@ -141,8 +140,10 @@ def test_decoding_any_body_gives_storable_events_reasons_or_an_envelope_error(
         good, bad = split_message(message)
     except EnvelopeError:
         return
-    for storable in good:
-        assert item_size(to_item(storable, shards=8, retention_days=30)) < 400 * 1024
+    blocks, refused = make_blocks(good)
+    assert refused == []
+    for block in blocks:
+        assert item_bytes(body_item(block, shards=8, retention_days=30)) < 400 * 1024
     for event, reason in bad:
         assert reason
         assert orjson.loads(dead_letter_body(event, reason))["reason"] == reason

@@ -198,6 +198,21 @@ def summary_item(block: Block, shards: int, retention_days: int) -> dict[str, An
     }
 
 
+def block_items(events: Iterable[Event], shards: int, retention_days: int) -> list[dict[str, Any]]:
+    """The items that store `events` arrived together: each block's body and summary."""
+    blocks, refused = make_blocks(events)
+    if refused:
+        raise ValueError(f"event cannot be encoded: {refused[0][1]}")
+    return [
+        item
+        for block in blocks
+        for item in (
+            body_item(block, shards, retention_days),
+            summary_item(block, shards, retention_days),
+        )
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """A block's summary as read back: enough to decide whether its body is needed."""

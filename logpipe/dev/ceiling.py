@@ -20,7 +20,7 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from logpipe.core.block import body_item, item_bytes, make_blocks, summary_item, write_units
+from logpipe.core.block import block_items, item_bytes, write_units
 from logpipe.core.models import Event, pack_envelope, unpack_envelope
 from logpipe.dev import promtext
 from logpipe.dev.report import summarise
@@ -129,9 +129,7 @@ async def _consume(
         for message in messages:
             events = unpack_envelope(message["Body"])
             ingested.extend(event["ingested_at"] for event in events)
-            for block in make_blocks(events)[0]:
-                items.append(body_item(block, settings.shards, settings.retention_days))
-                items.append(summary_item(block, settings.shards, settings.retention_days))
+            items.extend(block_items(events, settings.shards, settings.retention_days))
         sizes = [item_bytes(item) for item in items]
         metrics.dynamodb_write_units.inc(sum(map(write_units, sizes)))
         metrics.dynamodb_stored_bytes.inc(sum(sizes))
