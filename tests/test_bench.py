@@ -49,7 +49,8 @@ def test_batched_bench_packs_events_and_batches_calls() -> None:
     assert "SendMessage" not in requests
     assert requests.get("PutItem", 0) <= 1  # the table's shard count, put once at start
     assert requests["SendMessageBatch"] <= 10  # 2000 events of ~450 bytes: a few messages
-    assert events / 25 <= requests["BatchWriteItem"] <= events / 25 + 8
+    # A block per service and hour of a message, 12 blocks a call: far fewer than 25 events.
+    assert 1 <= requests["BatchWriteItem"] <= requests["SendMessageBatch"] * 10
     assert doc["peak_rss_mb"]["ingestor"] > 0 and doc["peak_rss_mb"]["processor"] > 0
     # CPU time from /proc over the run: some, and far below a second per event.
     assert doc["cpu_us_per_event"].keys() == {"ingestor", "processor"}
@@ -71,7 +72,8 @@ def test_naive_bench_makes_one_call_per_event() -> None:
     requests = doc["aws_requests"]
     assert doc["mode"] == "naive"
     assert requests["SendMessage"] == 300
-    assert requests["PutItem"] == 300 + 1  # one per event, and the table's shard count
+    # A block of one per event (its body and summary), and the table's shard count.
+    assert requests["PutItem"] == 2 * 300 + 1
     assert requests["DeleteMessage"] == 300
     assert "SendMessageBatch" not in requests and "BatchWriteItem" not in requests
 
@@ -79,7 +81,7 @@ def test_naive_bench_makes_one_call_per_event() -> None:
 def test_ceiling_bench_moves_the_same_events_with_batch_calls() -> None:
     doc = bench("--events", "500", "--ceiling")
     assert doc["mode"] == "ceiling"
-    assert doc["aws_requests"]["BatchWriteItem"] >= 500 / 25
+    assert doc["aws_requests"]["BatchWriteItem"] >= 1
 
 
 @pytest.mark.parametrize(
