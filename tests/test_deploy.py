@@ -399,7 +399,9 @@ def test_task_roles_allow_exactly_what_each_role_calls() -> None:
             (frozenset({"sqs:ReceiveMessage", "sqs:SendMessage", *queue_metadata}), (dlq,)),
             (frozenset({"dynamodb:BatchWriteItem", "dynamodb:PutItem"}), (table,)),
         },
-        "console": {(frozenset({"dynamodb:Query", "dynamodb:GetItem"}), (table,))},
+        "console": {
+            (frozenset({"dynamodb:Query", "dynamodb:GetItem", "dynamodb:BatchGetItem"}), (table,))
+        },
     }
     for role, allowed in expected.items():
         assert grants(role) == allowed, role
