@@ -15,9 +15,16 @@ from logpipe.core.block import stored_event
 from logpipe.dev.processes import LOCAL_CREDENTIALS, free_port
 
 
+# The tests' events carry fixed dates (make_event: 2026-09-21); the ingestor refuses events
+# older than the retention, so the tests' roles keep ten years.
+TEST_RETENTION_DAYS = 3650
+
+
 def use_local_aws() -> None:
-    """This process (and the roles it starts) talks to a local endpoint with test credentials."""
+    """This process (and the roles it starts) talks to a local endpoint with test credentials,
+    and keeps events for TEST_RETENTION_DAYS."""
     os.environ.update(LOCAL_CREDENTIALS)
+    os.environ.setdefault("LOGPIPE_RETENTION_DAYS", str(TEST_RETENTION_DAYS))
     os.environ["AWS_REGION"] = "us-east-1"
     os.environ.pop("AWS_ENDPOINT_URL", None)
 
@@ -33,6 +40,7 @@ def fresh_settings(endpoint: str, prefix: str = "t", **overrides: Any) -> Settin
         "host": "127.0.0.1",
         "port": free_port(),
         "metrics_port": free_port(),
+        "retention_days": TEST_RETENTION_DAYS,
         **overrides,
     }
     return Settings(**fields)
