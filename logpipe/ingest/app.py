@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -160,10 +160,11 @@ class Protocol:
 
     content_types: frozenset[str]
     wrong_type: str
-    # body, content type, event cap, hold, the inline check's scan -> raw events; counts and
-    # holds before building.
-    parse: Callable[[bytes, str, int, Hold, JsonScan | None], list[Any]]
-    answer: Callable[[int, list[dict[str, Any]], int, str], Response]
+    # body, content type, event cap, hold, the inline check's scan, the attributes dropped by
+    # event index (filled in) -> raw events; counts and holds before building.
+    parse: Callable[[bytes, str, int, Hold, JsonScan | None, dict[int, int]], list[Any]]
+    # accepted, rejected, total, content type, attributes dropped by event index
+    answer: Callable[[int, list[dict[str, Any]], int, str, dict[int, int]], Response]
     refuse: Callable[[int, str, str], Response]
     # inflated body, content type -> its scan when it is cheap enough to decode on the event
     # loop, else None
@@ -185,6 +186,8 @@ class Decoded:
     total: int
     # Decoded on the loop thread: the events as they are, nothing to cut.
     unpacked: list[bytes] | None = None
+    # Attributes left out of stored events, by event index (OTLP).
+    dropped: dict[int, int] = field(default_factory=dict)
 
     def events(self) -> list[bytes]:
         if self.unpacked is not None:
@@ -215,8 +218,10 @@ def decode(
     """Inflate, count, parse and validate one body (in a worker thread); Refused past a limit."""
     body = decode_content(raw, encoding, settings.max_body_bytes, hold)
     del raw
-    accepted, rejected, total = _decode_body(protocol, body, kind, service, settings, hold)
-    return Decoded(b"".join(accepted), array("I", map(len, accepted)), rejected, total)
+    accepted, rejected, total, dropped = _decode_body(protocol, body, kind, service, settings, hold)
+    return Decoded(
+        b"".join(accepted), array("I", map(len, accepted)), rejected, total, None, dropped
+    )
 
 
 def _decode_body(
@@ -227,15 +232,17 @@ def _decode_body(
     settings: Settings,
     hold: Hold,
     scan: JsonScan | None = None,
-) -> tuple[list[bytes], list[dict[str, Any]], int]:
-    raw_events = protocol.parse(body, kind, settings.max_events_per_request, hold, scan)
+) -> tuple[list[bytes], list[dict[str, Any]], int, dict[int, int]]:
+    dropped: dict[int, int] = {}
+    raw_events = protocol.parse(body, kind, settings.max_events_per_request, hold, scan, dropped)
     del body
     total = len(raw_events)
     if total > settings.max_events_per_request:
         raise too_many(total, settings.max_events_per_request)
     metrics.events_received.inc(total)
     accepted, rejected = validate(raw_events, int(time.time() * 1000), service)
-    return accepted, rejected, total
+    refused = {r["index"] for r in rejected}
+    return accepted, rejected, total, {i: n for i, n in dropped.items() if i not in refused}
 
 
 def decode_inline(
@@ -264,10 +271,10 @@ def decode_inline(
     scan = protocol.inline(body, kind)
     if scan is None:
         return body, None
-    accepted, rejected, total = _decode_body(
+    accepted, rejected, total, dropped = _decode_body(
         protocol, body, kind, service, settings, reservation.add, scan
     )
-    return Decoded(b"", array("I"), rejected, total, unpacked=accepted)
+    return Decoded(b"", array("I"), rejected, total, accepted, dropped)
 
 
 async def receive(request: Request, protocol: Protocol) -> Response:
@@ -310,7 +317,7 @@ async def receive(request: Request, protocol: Protocol) -> Response:
     finally:
         reservation.release()
         metrics.memory_held_bytes.set(pipeline.budget.used)
-    return protocol.answer(len(accepted), decoded.rejected, decoded.total, kind)
+    return protocol.answer(len(accepted), decoded.rejected, decoded.total, kind, decoded.dropped)
 
 
 async def _read_and_decode(
@@ -364,7 +371,12 @@ def _small_json(body: bytes, kind: str) -> JsonScan | None:
 
 
 def _parse_native(
-    body: bytes, kind: str, cap: int, hold: Hold, scan: JsonScan | None = None
+    body: bytes,
+    kind: str,
+    cap: int,
+    hold: Hold,
+    scan: JsonScan | None = None,
+    dropped: dict[int, int] | None = None,
 ) -> list[Any]:
     if not body.strip():
         raise BodyError(400, "body is empty")
@@ -384,7 +396,7 @@ def _parse_native(
 
 
 def _answer_native(
-    accepted: int, rejected: list[dict[str, Any]], total: int, kind: str
+    accepted: int, rejected: list[dict[str, Any]], total: int, kind: str, dropped: dict[int, int]
 ) -> Response:
     if not accepted:
         first = f": {rejected[0]['error']}" if len(rejected) == 1 else ""
@@ -414,9 +426,15 @@ def _otlp_media(kind: str) -> str:
     return kind if kind in otlp.PROTOBUF_TYPES else otlp.JSON_TYPE
 
 
-def _answer_otlp(accepted: int, rejected: list[dict[str, Any]], total: int, kind: str) -> Response:
-    # Records that fail validation are a partial success, not a failure: a retry cannot mend them.
-    error = otlp.rejection_summary(rejected, total) if rejected else ""
+def _answer_otlp(
+    accepted: int, rejected: list[dict[str, Any]], total: int, kind: str, dropped: dict[int, int]
+) -> Response:
+    # Records that fail validation are a partial success, not a failure: a retry cannot mend
+    # them. Records stored without some attributes are told of in the same message.
+    notes = [otlp.rejection_summary(rejected, total)] if rejected else []
+    if dropped:
+        notes.append(otlp.dropped_summary(dropped, total))
+    error = "; ".join(notes)
     media = _otlp_media(kind)
     body = otlp.encode_response(len(rejected), error, as_json=media == otlp.JSON_TYPE)
     return Response(body, 200, media_type=media)
@@ -434,8 +452,10 @@ def _refuse_otlp(status: int, error: str, kind: str) -> Response:
     return response
 
 
-def _parse_otlp(body: bytes, kind: str, cap: int, hold: Hold, scan: JsonScan | None) -> list[Any]:
-    return otlp.parse(body, kind, cap, hold)
+def _parse_otlp(
+    body: bytes, kind: str, cap: int, hold: Hold, scan: JsonScan | None, dropped: dict[int, int]
+) -> list[Any]:
+    return otlp.parse(body, kind, cap, hold, dropped)
 
 
 OTLP = Protocol(
