@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import signal
+import socket
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,8 +24,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from logpipe.config import Settings
+from logpipe.config import Settings, port_error
 from logpipe.core.limits import Refused
+from logpipe.errors import ConfigError
 from logpipe.obs import metrics
 
 
@@ -447,10 +449,19 @@ async def serve_app(app: Starlette, settings: Settings, admin: Starlette | None 
         # Above the load balancer's 60 s idle timeout, so it never reuses a closed connection.
         timeout_keep_alive=settings.keep_alive_s,
     )
+    # Both ports are taken before anything starts: a port in use stops the role with one line.
+    public = listen(settings.host, settings.port, "LOGPIPE_PORT")
+    admin_socket = None
+    if admin is not None:
+        try:
+            admin_socket = listen(settings.host, settings.metrics_port, "LOGPIPE_METRICS_PORT")
+        except ConfigError:
+            public.close()
+            raise
     server = _Server(config)
     side: _CalmServer | None = None
     side_task: asyncio.Task[None] | None = None
-    if admin is not None:
+    if admin is not None and admin_socket is not None:
         side = _QuietServer(
             uvicorn.Config(
                 admin,
@@ -463,14 +474,29 @@ async def serve_app(app: Starlette, settings: Settings, admin: Starlette | None 
                 http=guarded_http(MAX_HEADER_BYTES, settings.read_timeout_s, 64),
             )
         )
-        side_task = asyncio.create_task(side.serve(), name="admin-server")
+        side_task = asyncio.create_task(side.serve([admin_socket]), name="admin-server")
     try:
-        await server.serve()
+        await server.serve([public])
     finally:
         if side is not None and side_task is not None:
             side.stop()
             await side_task
     return 0 if server.started else 1
+
+
+def listen(host: str, port: int, variable: str) -> socket.socket:
+    """A socket bound to host:port for uvicorn to serve (`Server.serve(sockets=...)`), as
+    uvicorn binds its own; ConfigError naming `variable` when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise port_error(variable, host, port, exc) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 class _QuietServer(_CalmServer):
