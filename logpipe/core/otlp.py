@@ -53,6 +53,8 @@ PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})
 JSON_TYPE = "application/json"
 CONTENT_TYPES = PROTOBUF_TYPES | {JSON_TYPE}
 
+# What a refusal of a body that is not OTLP says: logpipe's own events have their route.
+TO_INGEST = "send logpipe's own JSON events (an object, an array or NDJSON) to POST /ingest"
 UNKNOWN_SERVICE = "unknown_service"
 DEFAULT_LEVEL = "info"
 DROPPED_KEY = "otel.dropped_attributes_count"
@@ -367,7 +369,9 @@ def _json_document(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise BodyError(400, "body must be an OTLP JSON object with resourceLogs")
+        raise BodyError(400, f"body must be an OTLP JSON object with resourceLogs; {TO_INGEST}")
+    if doc and not doc.keys() & {"resourceLogs", "resource_logs"}:
+        raise BodyError(400, f"body is not an OTLP logs request (no resourceLogs); {TO_INGEST}")
     return doc
 
 

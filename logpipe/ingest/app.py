@@ -156,12 +156,33 @@ def parse_events(body: bytes, ndjson: bool, long_runs: bool | None = None) -> li
     try:
         doc = loads_exact(body, long_runs)
     except orjson.JSONDecodeError as exc:
-        raise BodyError(400, f"body is not valid JSON: {exc}") from None
+        raise BodyError(400, f"body is not valid JSON: {exc}{_ndjson_hint(body)}") from None
     if isinstance(doc, dict):
+        if doc.keys() & OTLP_KEYS:
+            raise BodyError(400, "body is an OTLP logs request: send it to POST /v1/logs")
         return [doc]
     if isinstance(doc, list):
         return doc
     raise BodyError(400, "body must be a JSON object or an array of objects")
+
+
+# The top-level fields of an OTLP JSON logs request, either spelling.
+OTLP_KEYS = frozenset({"resourceLogs", "resource_logs"})
+
+
+def _ndjson_hint(body: bytes) -> str:
+    """What to add to a JSON parse error when the body is JSON lines sent as one document."""
+    first, newline, rest = body.strip().partition(b"\n")
+    if not newline or not rest.strip():
+        return ""
+    try:
+        orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return ""
+    return (
+        "; the body holds one JSON value per line (NDJSON): send it with "
+        "Content-Type: application/x-ndjson"
+    )
 
 
 def validate(
