@@ -310,8 +310,7 @@ def otlp_wide_resource(attributes: int = 40_000, records: int = 3_200) -> bytes:
 def otlp_json_wide_resource(attributes: int = 40_000, records: int = 10_000) -> bytes:
     """The OTLP JSON of `otlp_wide_resource`, gzipped."""
     pairs = [
-        {"key": f"resource.attribute.{n}", "value": {"stringValue": "v"}}
-        for n in range(attributes)
+        {"key": f"resource.attribute.{n}", "value": {"stringValue": "v"}} for n in range(attributes)
     ]
     doc = {
         "resourceLogs": [
