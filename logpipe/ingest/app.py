@@ -172,11 +172,12 @@ OTLP_KEYS = frozenset({"resourceLogs", "resource_logs"})
 
 def _ndjson_hint(body: bytes) -> str:
     """What to add to a JSON parse error when the body is JSON lines sent as one document."""
-    first, newline, rest = body.strip().partition(b"\n")
-    if not newline or not rest.strip():
+    lines = [line for line in body.strip().split(b"\n", 2)[:2] if line.strip()]
+    if len(lines) < 2:
         return ""
     try:
-        orjson.loads(first)
+        for line in lines:  # the first two lines each a JSON value
+            orjson.loads(line)
     except orjson.JSONDecodeError:
         return ""
     return (
