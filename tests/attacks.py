@@ -392,17 +392,20 @@ async def attack_inline_flood(base: str) -> list[Any]:
     return outcome.statuses
 
 
-async def idle_connections(base: str, count: int) -> list[asyncio.StreamWriter]:
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def idle_connections(base: str, count: int) -> list[Stream]:
     """`count` keep-alive connections that each made one request and then sit idle."""
     host, port = base.removeprefix("http://").split(":")
-    writers = []
+    streams = []
     for _ in range(count):
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        with contextlib.suppress(TimeoutError, ConnectionError):
-            await asyncio.wait_for(reader.read(65536), 5)
-        writers.append(writer)
-    return writers
+        with contextlib.suppress(TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), 5)  # the whole answer
+        streams.append((reader, writer))
+    return streams
 
 
 async def served_while_idle_connections_open(
@@ -410,7 +413,7 @@ async def served_while_idle_connections_open(
 ) -> list[int | str]:
     """The statuses of `requests` legitimate POSTs (each on a new connection) made while `idle`
     keep-alive connections sit open."""
-    writers = await idle_connections(base, idle)
+    streams = await idle_connections(base, idle)
     headers = {**AUTH, "Content-Type": "application/json"}
     event = orjson.dumps({"service": "legit", "message": "a real event"})
     statuses: list[int | str] = []
@@ -421,7 +424,7 @@ async def served_while_idle_connections_open(
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                 statuses.append(await post(session, f"{base}/ingest", event, headers))
     finally:
-        for writer in writers:
+        for _, writer in streams:
             writer.close()
     return statuses
 
