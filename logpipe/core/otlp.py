@@ -6,7 +6,9 @@ The mapping (OpenTelemetry log data model -> logpipe event):
   body                          -> message (a string as is, bytes as base64, the rest as JSON)
   time_unix_nano                -> timestamp (observed_time_unix_nano when unset)
   trace_id / span_id            -> hex
-  record > scope > resource attributes -> attributes, nested maps flattened to dotted keys
+  record > scope > resource attributes -> attributes, nested maps flattened to dotted keys;
+                                   at most 64 keys of at most 128 characters, the rest counted
+                                   (never built), and only the first 128 of a resource or scope
 The id is a digest of the record with its resource and scope, so an exporter that sends a
 batch again (after a timeout, a 429, a 503) overwrites the same items instead of doubling.
 """
