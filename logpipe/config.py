@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -161,6 +162,16 @@ class Settings:
 # no variable sets (tests/test_config.py checks both against what `from_env` reads).
 _AWS_VARIABLES = {"endpoint_url": "AWS_ENDPOINT_URL", "region": "AWS_REGION"}
 NO_VARIABLE = frozenset({"keep_alive_s"})
+
+
+def port_error(variable: str, host: str, port: int, exc: OSError) -> ConfigError:
+    """The one line a role stops with when it cannot listen on a port (taken, or not allowed)."""
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"{variable}: port {port} is already in use on {host} (another process listens "
+            f"there); stop it or set {variable} to a free port"
+        )
+    return ConfigError(f"{variable}: cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def variable(field: str) -> str:
