@@ -21,6 +21,9 @@ INSPECT_HOLD_S = 5
 # and waits this long for letters on a receive (a short poll may miss some).
 REDRIVE_HOLD_S = 300
 REDRIVE_WAIT_S = 1
+# What a redrive reports: the letters of its snapshot, those it moved and those it left (by
+# why), and those sent to the DLQ after it began (not its to move).
+REDRIVE_REPORT = ("snapshot", "moved", "kept", "refused", "undecodable", "failed", "arrived")
 
 
 def diagnose(message: dict[str, Any]) -> str:
@@ -153,10 +156,6 @@ async def redrive(
     finally:
         await _release(clients, source, left)
     return report
-
-
-# What `redrive` reports, in this order.
-REDRIVE_REPORT = ("snapshot", "moved", "kept", "refused", "undecodable", "failed", "arrived")
 
 
 def letter_kind(message: dict[str, Any]) -> str:
