@@ -74,6 +74,10 @@ class Settings:
     read_keys: tuple[str, ...] = ()
     query_budget: int = 48
     cursor_secret: str = ""
+    # Bytes of events one /api/logs answer carries before it stops with a cursor, and the
+    # reads a console serves at once before answering 429: together they bound its memory.
+    max_answer_bytes: int = 4 * 1024 * 1024
+    max_concurrent_reads: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -139,6 +143,12 @@ class Settings:
             read_keys=_set_keys(env, "LOGPIPE_READ_KEYS"),
             query_budget=_int(env, "LOGPIPE_QUERY_BUDGET", d.query_budget, 1, 100_000),
             cursor_secret=_secret(env, "LOGPIPE_CURSOR_SECRET"),
+            max_answer_bytes=_int(
+                env, "LOGPIPE_MAX_ANSWER_BYTES", d.max_answer_bytes, 64 * 1024, 1 << 30
+            ),
+            max_concurrent_reads=_int(
+                env, "LOGPIPE_MAX_CONCURRENT_READS", d.max_concurrent_reads, 1, 10_000
+            ),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:

@@ -13,6 +13,12 @@ it runs out before the page is full, the page ends where everything newer has be
 cursor continues from there (`complete` is False). The first page of every shard of the first
 hour is always read, so every answer moves the search on.
 
+The budget also holds the bytes one answer may carry (`answer_bytes`, LOGPIPE_MAX_ANSWER_BYTES):
+once the events taken hold that many, the page stops after its last event, with a cursor
+that continues just below it (`complete` is False), as when the Queries run out. Hours are
+fetched ahead concurrently but merged into the page one after the other, newest first, so
+the check sees the page in its order.
+
 Level and text are filtered by DynamoDB (FilterExpression), not here: the read capacity is
 the same either way, but items that do not match never cross the wire nor go through
 botocore's parser, which is where a Python reader spends its time.
@@ -32,7 +38,7 @@ from typing import Any
 
 from logpipe.aws.calls import with_retries
 from logpipe.aws.registry import QUERY_ATTEMPTS
-from logpipe.core.models import Item
+from logpipe.core.models import Item, item_size
 from logpipe.core.query import (
     LogQuery,
     encode_cursor,
@@ -50,6 +56,7 @@ log = logging.getLogger(__name__)
 FILTERED_PAGE_ITEMS = 1000
 QUERY_BUDGET = 48
 READ_DEADLINE_S = 2.0
+ANSWER_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,11 +73,12 @@ class Page:
 
 
 class _Budget:
-    """The Queries and the time one read may still spend."""
+    """The Queries, the time and the bytes of events one read may still spend."""
 
-    def __init__(self, queries: int, seconds: float) -> None:
+    def __init__(self, queries: int, seconds: float, answer_bytes: int) -> None:
         self.left = queries
         self._deadline = time.monotonic() + seconds
+        self.bytes_left = answer_bytes
 
     def take(self, queries: int = 1, *, first: bool = False) -> bool:
         """Spend `queries` if they are left (and time is, unless this is the first hour)."""
@@ -132,8 +140,9 @@ class _Partition:
 class Reader:
     """Searches one table; at most `concurrency` Queries in flight across all searches.
 
-    One `read` makes at most `query_budget` Queries (never fewer than one per shard) and
-    stops asking for more after `deadline_s`; `cursor_secret` signs the cursors it hands out.
+    One `read` makes at most `query_budget` Queries (never fewer than one per shard), stops
+    asking for more after `deadline_s` and answers at most `answer_bytes` of events (plus
+    the one that passes it); `cursor_secret` signs the cursors it hands out.
     """
 
     def __init__(
@@ -146,6 +155,7 @@ class Reader:
         cursor_secret: bytes,
         query_budget: int = QUERY_BUDGET,
         deadline_s: float = READ_DEADLINE_S,
+        answer_bytes: int = ANSWER_BYTES,
     ) -> None:
         self._dynamodb = dynamodb
         self._table = table
@@ -156,12 +166,14 @@ class Reader:
         self._secret = cursor_secret
         self._budget = max(query_budget, shards)
         self._deadline_s = deadline_s
+        self._answer_bytes = answer_bytes
         self.query_calls = 0
 
     async def read(self, query: LogQuery) -> Page:
         """One page of `query`: its items newest first, with a cursor when older ones exist."""
         want = query.limit + 1  # one more than the page: then a cursor means "there is more"
-        found, stopped_at = await self._walk(query, want, _Budget(self._budget, self._deadline_s))
+        budget = _Budget(self._budget, self._deadline_s, self._answer_bytes)
+        found, stopped_at = await self._walk(query, want, budget)
         items = found[: query.limit]
         if len(found) > query.limit:
             return Page(items, self._cursor(query, items[-1]["sk"]["S"]))
@@ -180,7 +192,7 @@ class Reader:
         found: list[Item] = []
         hours = hour_starts(query.since_ms, query.until_ms)
         scheduled = 0
-        ahead: deque[tuple[int, asyncio.Task[tuple[list[Item], str | None]]]] = deque()
+        ahead: deque[tuple[int, asyncio.Task[list[_Partition]]]] = deque()
         covered_from = query.until_ms + 1
         try:
             while len(found) < want:
@@ -192,8 +204,7 @@ class Reader:
                 if not ahead:
                     break
                 start, task = ahead.popleft()
-                items, stopped_at = await task
-                found.extend(items)
+                stopped_at = await self._merge(await task, found, want, budget)
                 if stopped_at is not None:
                     return found, stopped_at
                 covered_from = max(start, query.since_ms)
@@ -208,7 +219,7 @@ class Reader:
         query: LogQuery,
         hours: list[int],
         scheduled: int,
-        ahead: deque[tuple[int, asyncio.Task[tuple[list[Item], str | None]]]],
+        ahead: deque[tuple[int, asyncio.Task[list[_Partition]]]],
         target: int,
         want: int,
         budget: _Budget,
@@ -222,21 +233,18 @@ class Reader:
         ):
             start = hours[scheduled]
             scheduled += 1
-            hour = self._hour(query, hour_bucket(start), want, budget)
+            hour = self._fetch(query, hour_bucket(start), want, budget)
             ahead.append((start, asyncio.create_task(hour)))
         return scheduled
 
     def _cursor(self, query: LogQuery, position: str) -> str:
         return encode_cursor(query.fingerprint, query.since_ms, position, self._secret)
 
-    async def _hour(
+    async def _fetch(
         self, query: LogQuery, hour: str, need: int, budget: _Budget
-    ) -> tuple[list[Item], str | None]:
-        """The newest `need` items of one hour bucket, merged across its shards.
-
-        When the budget stops a shard part-way, also where the hour was searched down to:
-        only items at or above every stalled shard's floor are certain to be the newest.
-        """
+    ) -> list[_Partition]:
+        """The partitions of one hour bucket, each with its first page read (for up to `need`
+        items, and more when the search filters)."""
         page_items = min(need, FILTERED_PAGE_ITEMS)
         if query.level or query.q:
             page_items = FILTERED_PAGE_ITEMS
@@ -245,22 +253,37 @@ class Reader:
             for pk in partition_keys(query.service, hour, self._shards)
         ]
         await _all([p.fill() for p in partitions])
+        return partitions
+
+    async def _merge(
+        self, partitions: list[_Partition], found: list[Item], want: int, budget: _Budget
+    ) -> str | None:
+        """Move one hour's items into `found`, newest first across its shards, until it holds
+        `want`; None when the hour is done, else the position the page stops at.
+
+        The page stops when the budget does: when a shard is stalled, only items at or above
+        its floor are certain to be the newest; when the page holds `answer_bytes`, it ends
+        with the item that passed them. Everything at or above the position is in `found`.
+        """
         heap = [(p.head(), n) for n, p in enumerate(partitions) if p.buffer]
         heapq.heapify(heap)
-        merged: list[Item] = []
         floor = _floor(partitions)
-        while heap and len(merged) < need:
+        while heap and len(found) < want:
             if floor is not None and str(heap[0][0]) < floor:
                 break
+            if budget.bytes_left <= 0:  # the answer holds LOGPIPE_MAX_ANSWER_BYTES
+                return str(found[-1]["sk"]["S"])
             _, n = heapq.heappop(heap)
             partition = partitions[n]
-            merged.append(partition.buffer.popleft())
+            item = partition.buffer.popleft()
+            budget.bytes_left -= item_size(item)
+            found.append(item)
             await partition.fill()
             if partition.buffer:
                 heapq.heappush(heap, (partition.head(), n))
             elif partition.stalled:
                 floor = _floor(partitions)
-        return merged, floor
+        return floor
 
     async def query_page(
         self, query: LogQuery, pk: str, page_items: int, start: dict[str, Any] | None
