@@ -131,8 +131,12 @@ def _add_dlq(commands: Commands) -> None:
     dlq = commands.add_parser("dlq", help="inspect or redrive dead-lettered messages")
     dlq.add_argument("action", choices=("inspect", "redrive"))
     dlq.add_argument("--sample", type=int, default=10, help="inspect: messages to show")
-    dlq.add_argument("--all", action="store_true", help="redrive undecodable messages too")
-    dlq.add_argument("--json", action="store_true", help="inspect: print JSON")
+    dlq.add_argument(
+        "--all",
+        action="store_true",
+        help="redrive: move refused events and undecodable messages too",
+    )
+    dlq.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _add_bench(commands: Commands) -> None:
@@ -323,10 +327,12 @@ async def _dlq(settings: Settings, args: argparse.Namespace, parts: dict[str, An
     from logpipe.process import dlq
 
     report = await dlq.run(settings, args.action, sample=args.sample, everything=args.all)
-    if args.action == "inspect" and not args.json:
+    if args.json:
+        print(orjson.dumps(report).decode())
+    elif args.action == "inspect":
         print(dlq.render_inspection(report))
     else:
-        print(orjson.dumps(report).decode())
+        print(dlq.render_redrive(report, settings))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -75,6 +76,10 @@ class Settings:
     read_keys: tuple[str, ...] = ()
     query_budget: int = 48
     cursor_secret: str = ""
+    # Bytes of events one /api/logs answer carries before it stops with a cursor, and the
+    # reads a console serves at once before answering 429: together they bound its memory.
+    max_answer_bytes: int = 4 * 1024 * 1024
+    max_concurrent_reads: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -140,6 +145,12 @@ class Settings:
             read_keys=_set_keys(env, "LOGPIPE_READ_KEYS"),
             query_budget=_int(env, "LOGPIPE_QUERY_BUDGET", d.query_budget, 1, 100_000),
             cursor_secret=_secret(env, "LOGPIPE_CURSOR_SECRET"),
+            max_answer_bytes=_int(
+                env, "LOGPIPE_MAX_ANSWER_BYTES", d.max_answer_bytes, 64 * 1024, 1 << 30
+            ),
+            max_concurrent_reads=_int(
+                env, "LOGPIPE_MAX_CONCURRENT_READS", d.max_concurrent_reads, 1, 10_000
+            ),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -163,6 +174,16 @@ class Settings:
 # no variable sets (tests/test_config.py checks both against what `from_env` reads).
 _AWS_VARIABLES = {"endpoint_url": "AWS_ENDPOINT_URL", "region": "AWS_REGION"}
 NO_VARIABLE = frozenset({"keep_alive_s"})
+
+
+def port_error(variable: str, host: str, port: int, exc: OSError) -> ConfigError:
+    """The one line a role stops with when it cannot listen on a port (taken, or not allowed)."""
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"{variable}: port {port} is already in use on {host} (another process listens "
+            f"there); stop it or set {variable} to a free port"
+        )
+    return ConfigError(f"{variable}: cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def variable(field: str) -> str:

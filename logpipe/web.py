@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import hmac
 import signal
+import socket
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from http import HTTPStatus
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import uvicorn
@@ -23,8 +24,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from logpipe.config import Settings
+from logpipe.config import Settings, port_error
 from logpipe.core.limits import Refused
+from logpipe.errors import ConfigError
 from logpipe.obs import metrics
 
 
@@ -65,28 +67,26 @@ async def read_body(
     request: Request,
     limit: int,
     hold: Callable[[int, str], None] | None = None,
-    idle_timeout: float | None = None,
+    timeout: float | None = None,
 ) -> bytes:
     """The raw body, refused with 413 as soon as it passes `limit` bytes.
 
-    `hold(n, what)` accounts each chunk before it is kept (it raises to refuse); a body whose
-    next chunk does not arrive within `idle_timeout` seconds is refused with 408.
+    `hold(n, what)` accounts each chunk before it is kept (it raises to refuse); a body that
+    has not arrived whole within `timeout` seconds is refused with 408 (one deadline for the
+    whole body: a body trickled a byte at a time is cut off as one that stops).
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise Refused(413, f"body is {declared} bytes; the limit is {limit}", "too_large")
     chunks = []
     size = 0
-    # The ASGI messages themselves, as Request.stream() reads them, under one deadline moved
-    # on at each message (not a generator and a timeout block per chunk).
+    # The ASGI messages themselves, as Request.stream() reads them, under one deadline (not a
+    # generator and a timeout block per chunk).
     receive = request.receive
-    loop = asyncio.get_running_loop()
     more = True
     try:
-        async with asyncio.timeout(None) as deadline:
+        async with asyncio.timeout(timeout):
             while more:
-                if idle_timeout is not None:
-                    deadline.reschedule(loop.time() + idle_timeout)
                 message = await receive()
                 if message["type"] != "http.request":
                     raise ClientDisconnect()
@@ -103,7 +103,7 @@ async def read_body(
                     hold(len(chunk), "the body")
                 chunks.append(chunk)
     except TimeoutError:
-        raise Refused(408, f"body stopped arriving for {idle_timeout:g} s", "timeout") from None
+        raise Refused(408, f"body did not arrive whole within {timeout:g} s", "timeout") from None
     return b"".join(chunks)
 
 
@@ -209,18 +209,30 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 class GuardedHttp(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the limits it lacks: header block size, header time.
+    """uvicorn's httptools protocol with the limits it lacks: header block size, header time,
+    connection slots that idle connections give back.
 
     A header block that passes `max_header_bytes` is answered 431 and the connection closed;
-    headers that take longer than `read_timeout_s` to arrive get 408 and a closed connection;
-    a request on a connection past `max_connections` (or past as many requests in progress)
-    gets 503 with Retry-After (uvicorn's own limit_concurrency answers without one).
-    (The body's own timeout is the app's: see `read_body`.)
+    headers that take longer than `read_timeout_s` to arrive get 408 and a closed connection.
+    A connection past `max_connections` closes idle ones (no request in progress: keep-alive
+    between requests, or never used), the longest idle first; only when none is idle does
+    its request get 503 with Retry-After (as one past as many requests in progress does;
+    uvicorn's own limit_concurrency answers without one). (The body's own timeout is the
+    app's: see `read_body`.)
+
+    Besides uvicorn's public hooks (the asyncio.Protocol methods, `on_headers_complete`,
+    `send_400_response`), this reads `connections`, `tasks`, `cycle`, `pipeline` and
+    `on_response_complete` of HttpToolsProtocol; tests/test_web_uvicorn.py fails when
+    uvicorn changes them.
     """
 
     max_header_bytes = 64 * 1024
     read_timeout_s = 15.0
     max_connections = 1000
+    # Idle connections of one server, longest idle first; and those closed to make room that
+    # have not gone yet (still in `connections`). Each server gets its own (`guarded_http`).
+    idle: ClassVar[dict[GuardedHttp, None]] = {}
+    reclaimed: ClassVar[set[GuardedHttp]] = set()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -229,12 +241,35 @@ class GuardedHttp(HttpToolsProtocol):
         self._awaiting_headers = True
         self._header_timer: asyncio.TimerHandle | None = None
         self._arm_header_timer()
+        self._reclaim_slots()
+        self.idle[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        self.idle.pop(self, None)
+        self.reclaimed.discard(self)
         super().connection_lost(exc)
 
+    def _open_connections(self) -> int:
+        return len(self.connections) - len(self.reclaimed)
+
+    def _reclaim_slots(self) -> None:
+        """Close idle connections, longest idle first, until this one fits under the cap."""
+        while self._open_connections() > self.max_connections and self.idle:
+            oldest = next(iter(self.idle))
+            del self.idle[oldest]
+            self.reclaimed.add(oldest)
+            metrics.requests_rejected.labels("idle_reclaimed").inc()
+            oldest.transport.close()
+
+    def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)  # the next request starts now: not idle
+        super().on_response_complete()
+        if not (pipelined or self.transport.is_closing() or self._header_bytes):
+            self.idle[self] = None  # at the end: the longest idle come first
+
     def data_received(self, data: bytes) -> None:
+        self.idle.pop(self, None)
         if self._awaiting_headers:
             self._header_bytes += len(data)
             if self._header_timer is None:
@@ -257,7 +292,8 @@ class GuardedHttp(HttpToolsProtocol):
                 "header_size",
             )
         elif (
-            len(self.connections) > self.max_connections or len(self.tasks) >= self.max_connections
+            self._open_connections() > self.max_connections
+            or len(self.tasks) >= self.max_connections
         ):
             self._refusal = (503, "the ingestor has too many connections; retry", "connections")
         if self._refusal is not None:
@@ -310,6 +346,8 @@ def guarded_http(
         "max_header_bytes": max_header_bytes,
         "read_timeout_s": read_timeout_s,
         "max_connections": max_connections,
+        "idle": {},
+        "reclaimed": set(),
     }
     return type("GuardedHttp", (GuardedHttp,), limits)
 
@@ -411,10 +449,19 @@ async def serve_app(app: Starlette, settings: Settings, admin: Starlette | None 
         # Above the load balancer's 60 s idle timeout, so it never reuses a closed connection.
         timeout_keep_alive=settings.keep_alive_s,
     )
+    # Both ports are taken before anything starts: a port in use stops the role with one line.
+    public = listen(settings.host, settings.port, "LOGPIPE_PORT")
+    admin_socket = None
+    if admin is not None:
+        try:
+            admin_socket = listen(settings.host, settings.metrics_port, "LOGPIPE_METRICS_PORT")
+        except ConfigError:
+            public.close()
+            raise
     server = _Server(config)
     side: _CalmServer | None = None
     side_task: asyncio.Task[None] | None = None
-    if admin is not None:
+    if admin is not None and admin_socket is not None:
         side = _QuietServer(
             uvicorn.Config(
                 admin,
@@ -427,14 +474,29 @@ async def serve_app(app: Starlette, settings: Settings, admin: Starlette | None 
                 http=guarded_http(MAX_HEADER_BYTES, settings.read_timeout_s, 64),
             )
         )
-        side_task = asyncio.create_task(side.serve(), name="admin-server")
+        side_task = asyncio.create_task(side.serve([admin_socket]), name="admin-server")
     try:
-        await server.serve()
+        await server.serve([public])
     finally:
         if side is not None and side_task is not None:
             side.stop()
             await side_task
     return 0 if server.started else 1
+
+
+def listen(host: str, port: int, variable: str) -> socket.socket:
+    """A socket bound to host:port for uvicorn to serve (`Server.serve(sockets=...)`), as
+    uvicorn binds its own; ConfigError naming `variable` when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise port_error(variable, host, port, exc) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 class _QuietServer(_CalmServer):

@@ -260,3 +260,204 @@ async def attack_public_admin_routes(base: str) -> list[Any]:
                 await response.read()
                 statuses.append(response.status)
         return statuses
+
+
+# --- round 2 (issue 25): OTLP attribute bombs, a flood of inline bodies, idle connections ---
+
+
+def _key_value(key: bytes, value: bytes) -> bytes:
+    """A KeyValue: its key, and an AnyValue already encoded."""
+    return _field(1, key) + _field(2, value)
+
+
+def _string_value(text: bytes) -> bytes:
+    return _field(1, text)  # AnyValue.string_value
+
+
+def _kvlist_value(pairs: list[bytes]) -> bytes:
+    return _field(6, b"".join(_field(1, pair) for pair in pairs))  # AnyValue.kvlist_value
+
+
+def otlp_long_key_kvlist(key_bytes: int = 1024 * 1024, children: int = 1500) -> bytes:
+    """One log record whose one attribute is a map of `children` under a key of `key_bytes`:
+    mapped naively, every child's dotted key copies the long one."""
+    pairs = [_key_value(b"c%d" % n, _string_value(b"v")) for n in range(children)]
+    attribute = _key_value(b"k" * key_bytes, _kvlist_value(pairs))
+    record = _field(6, attribute) + _field(5, _string_value(b"hello"))
+    return gzip.compress(_field(1, _field(2, _field(2, record))), 9)
+
+
+def otlp_json_long_key_kvlist(key_bytes: int = 1024 * 1024, children: int = 1500) -> bytes:
+    """The OTLP JSON of `otlp_long_key_kvlist`, gzipped."""
+    values = [{"key": f"c{n}", "value": {"stringValue": "v"}} for n in range(children)]
+    attribute = {"key": "k" * key_bytes, "value": {"kvlistValue": {"values": values}}}
+    record = {"body": {"stringValue": "hello"}, "attributes": [attribute]}
+    doc = {"resourceLogs": [{"scopeLogs": [{"logRecords": [record]}]}]}
+    return gzip.compress(orjson.dumps(doc), 9)
+
+
+def otlp_wide_resource(attributes: int = 40_000, records: int = 3_200) -> bytes:
+    """One resource of `attributes` attributes over `records` empty records, gzipped:
+    merged per record, the resource is walked `records` times."""
+    pairs = b"".join(
+        _field(1, _key_value(b"resource.attribute.%d" % n, _string_value(b"v")))
+        for n in range(attributes)
+    )
+    resource_logs = _field(1, pairs) + _field(2, b"\x12\x00" * records)
+    return gzip.compress(_field(1, resource_logs), 9)
+
+
+def otlp_json_wide_resource(attributes: int = 40_000, records: int = 10_000) -> bytes:
+    """The OTLP JSON of `otlp_wide_resource`, gzipped."""
+    pairs = [
+        {"key": f"resource.attribute.{n}", "value": {"stringValue": "v"}} for n in range(attributes)
+    ]
+    doc = {
+        "resourceLogs": [
+            {"resource": {"attributes": pairs}, "scopeLogs": [{"logRecords": [{}] * records}]}
+        ]
+    }
+    return gzip.compress(orjson.dumps(doc), 9)
+
+
+async def attack_otlp_long_key(base: str) -> list[Any]:
+    return await concurrent_posts(f"{base}/v1/logs", [otlp_long_key_kvlist()], GZIP_PROTOBUF)
+
+
+async def attack_otlp_json_long_key(base: str) -> list[Any]:
+    return await concurrent_posts(f"{base}/v1/logs", [otlp_json_long_key_kvlist()], GZIP_JSON)
+
+
+async def attack_otlp_wide_resource(base: str) -> list[Any]:
+    body = otlp_wide_resource()
+    return await concurrent_posts(f"{base}/v1/logs", [body] * 2, GZIP_PROTOBUF)
+
+
+async def attack_otlp_json_wide_resource(base: str) -> list[Any]:
+    return await concurrent_posts(f"{base}/v1/logs", [otlp_json_wide_resource()], GZIP_JSON)
+
+
+def refused_events_body(events: int = 1025) -> bytes:
+    """`[{},{},...]`: the most work a body still decoded on the event loop can ask for (every
+    event refused, 1,024 commas)."""
+    return b"[" + b",".join([b"{}"] * events) + b"]"
+
+
+@dataclass
+class Flood:
+    """What a flood of keep-alive connections did, and what a legitimate client saw meanwhile."""
+
+    statuses: list[int | str] = field(default_factory=list)
+    legitimate: list[tuple[int | str, float]] = field(default_factory=list)
+
+    def legitimate_median_s(self) -> float:
+        times = sorted(seconds for _, seconds in self.legitimate)
+        return times[len(times) // 2] if times else 0.0
+
+
+async def flood(
+    base: str, connections: int = 200, seconds: float = 8.0, body: bytes | None = None
+) -> Flood:
+    """`connections` keep-alive connections POSTing `body` (inline-sized) back to back for
+    `seconds`, while one legitimate client sends one event at a time on its own connection."""
+    body = body if body is not None else refused_events_body()
+    headers = {**AUTH, "Content-Type": "application/json"}
+    outcome = Flood()
+    deadline = time.perf_counter() + seconds
+    timeout = aiohttp.ClientTimeout(total=60)
+
+    async def attacker(session: aiohttp.ClientSession) -> None:
+        while time.perf_counter() < deadline:
+            outcome.statuses.append(await post(session, f"{base}/ingest", body, headers))
+
+    async def legitimate() -> None:
+        event = orjson.dumps({"service": "legit", "message": "a real event"})
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                status = await post(session, f"{base}/ingest", event, headers)
+                outcome.legitimate.append((status, time.perf_counter() - started))
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(legitimate(), *(attacker(session) for _ in range(connections)))
+    return outcome
+
+
+async def attack_inline_flood(base: str) -> list[Any]:
+    outcome = await flood(base)
+    served = sum(1 for status, _ in outcome.legitimate if status == 202)
+    slowest_answer["legitimate median"] = outcome.legitimate_median_s()
+    slowest_answer[f"legitimate served {served}/{len(outcome.legitimate)}"] = 0.0
+    return outcome.statuses
+
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def idle_connections(base: str, count: int) -> list[Stream]:
+    """`count` keep-alive connections that each made one request and then sit idle."""
+    host, port = base.removeprefix("http://").split(":")
+    streams = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        with contextlib.suppress(TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), 5)  # the whole answer
+        streams.append((reader, writer))
+    return streams
+
+
+async def served_while_idle_connections_open(
+    base: str, idle: int = 1001, requests: int = 50
+) -> list[int | str]:
+    """The statuses of `requests` legitimate POSTs (each on a new connection) made while `idle`
+    keep-alive connections sit open."""
+    streams = await idle_connections(base, idle)
+    headers = {**AUTH, "Content-Type": "application/json"}
+    event = orjson.dumps({"service": "legit", "message": "a real event"})
+    statuses: list[int | str] = []
+    try:
+        for _ in range(requests):
+            connector = aiohttp.TCPConnector(force_close=True)
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                statuses.append(await post(session, f"{base}/ingest", event, headers))
+    finally:
+        for _, writer in streams:
+            writer.close()
+    return statuses
+
+
+async def attack_idle_connections(base: str) -> list[Any]:
+    return await served_while_idle_connections_open(base)
+
+
+async def trickled_body(base: str, interval: float = 0.5, wait: float = 60) -> tuple[bytes, float]:
+    """A POST whose body arrives one byte every `interval` seconds; the answer and when it came."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = time.perf_counter()
+    answer = b""
+    try:
+        writer.write(
+            b"POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 100000\r\n\r\n"
+        )
+        while not answer and time.perf_counter() - started < wait:
+            writer.write(b" ")
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                # Pacing the drip: the answer ends it early.
+                answer = await asyncio.wait_for(reader.read(65536), interval)
+            if reader.at_eof():
+                break
+    finally:
+        writer.close()
+    return answer, time.perf_counter() - started
+
+
+async def attack_trickled_body(base: str) -> list[Any]:
+    answer, seconds = await trickled_body(base)
+    slowest_answer["answered after"] = seconds
+    status = answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/") else "closed"
+    return [int(status) if status.isdigit() else status]

@@ -33,6 +33,13 @@ ATTACKS: dict[str, tuple[attacks.Attack, dict[str, str]]] = {
     "header-1MiB": (attacks.attack_huge_header, {}),
     "half-requests-x300": (attacks.attack_half_requests, {}),
     "public-admin-routes": (attacks.attack_public_admin_routes, {}),
+    "otlp-long-key": (attacks.attack_otlp_long_key, {}),
+    "otlp-json-long-key": (attacks.attack_otlp_json_long_key, {}),
+    "otlp-wide-resource-x2": (attacks.attack_otlp_wide_resource, {}),
+    "otlp-json-wide-resource": (attacks.attack_otlp_json_wide_resource, {}),
+    "inline-flood-x200": (attacks.attack_inline_flood, {}),
+    "idle-connections-x1001": (attacks.attack_idle_connections, {}),
+    "trickled-body": (attacks.attack_trickled_body, {}),
 }
 
 

@@ -20,7 +20,7 @@ from logpipe.aws.clients import Clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.dev.processes import RoleProcess, role_env, wait_http
-from logpipe.read.console import create_app
+from logpipe.read.console import create_admin_app, create_app
 from tests.support.aws import make_event
 from tests.support.servers import serving
 from tests.test_reader import T0, newest_first, spread, store_events
@@ -36,11 +36,19 @@ DEADLINE_S = 60.0
 
 @asynccontextmanager
 async def running_console(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
-    """The console app under a real uvicorn on a free loopback port; its base URL."""
-    async with serving(
-        app or create_app(settings, read_deadline_s=DEADLINE_S), settings.port
-    ) as url:
+    """The console app under a real uvicorn on a free loopback port, and its /metrics and
+    /readyz on `settings.metrics_port` (see `admin_url`); its base URL."""
+    app = app or create_app(settings, read_deadline_s=DEADLINE_S)
+    async with (
+        serving(app, settings.port) as url,
+        serving(create_admin_app(app), settings.metrics_port),
+    ):
         yield url
+
+
+def admin_url(settings: Settings) -> str:
+    """Where a console of `settings` serves /metrics and /readyz (LOGPIPE_METRICS_PORT)."""
+    return f"http://127.0.0.1:{settings.metrics_port}"
 
 
 @pytest.fixture
@@ -199,14 +207,19 @@ async def test_the_page_and_its_assets_are_served_with_no_outside_sources(
 
 
 async def test_health_readiness_and_metrics_answer(
-    http: aiohttp.ClientSession, console_url: str
+    settings: Settings, http: aiohttp.ClientSession, console_url: str
 ) -> None:
+    admin = admin_url(settings)
     assert await get(http, f"{console_url}/healthz") == (200, {"status": "ok"})
-    assert await get(http, f"{console_url}/readyz") == (200, {"status": "ready"})
+    assert await get(http, f"{admin}/readyz") == (200, {"status": "ready"})
     await get(http, f"{console_url}/api/logs", {"service": "svc"})
-    async with http.get(f"{console_url}/metrics") as response:
+    async with http.get(f"{admin}/metrics") as response:
         names = {f.name for f in text_string_to_metric_families(await response.text())}
     assert {"logpipe_console_searches", "logpipe_console_search_seconds"} <= names
+    # Neither is served on the public port (LOGPIPE_METRICS_PORT, as on the ingestor).
+    for path in ("/readyz", "/metrics"):
+        async with http.get(f"{console_url}{path}") as response:
+            assert response.status == 404, path
 
 
 async def test_unknown_path_answers_404_as_json(
@@ -221,7 +234,7 @@ async def test_a_missing_table_answers_503_with_a_reason_not_a_crash(
 ) -> None:
     async with running_console(dataclasses.replace(settings, table_name="no-such-table")) as url:
         status, body = await get(http, f"{url}/api/logs", {"service": "svc"})
-        assert (status, await get(http, f"{url}/readyz")) == (
+        assert (status, await get(http, f"{admin_url(settings)}/readyz")) == (
             503,
             (503, {"status": "unavailable", "error": "ResourceNotFoundException"}),
         )

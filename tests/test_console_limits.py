@@ -6,24 +6,31 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import random
 import sys
 import time
 import unicodedata
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
-from logpipe.aws.clients import Clients
+from logpipe.aws.clients import Clients, open_clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
+from logpipe.core.models import MAX_EVENT_BYTES
 from logpipe.core.query import encode_cursor, parse_query
-from logpipe.dev.processes import RoleProcess, role_env, wait_http
+from logpipe.dev import promtext
+from logpipe.dev.processes import RoleProcess, free_port, role_env, wait_http
 from logpipe.errors import ConfigError
 from logpipe.ingest.app import MAX_SERVICES_PER_REQUEST, validate
 from logpipe.read.console import _Progress, create_app, escape_controls, format_table
-from tests.support.aws import make_event
+from tests.support.aws import bootstrapped, fresh_settings, make_event
+from tests.support.roles import peak_rss_mb
+from tests.support.wait import wait_until
 from tests.test_console import WINDOW, get, running_console
 from tests.test_reader import HOUR, T0, newest_first, spread, store_events
 
@@ -111,14 +118,59 @@ async def test_every_answer_carries_nosniff_and_no_referrer_and_the_page_its_csp
                 assert response.status == status, path
                 assert response.headers["X-Content-Type-Options"] == "nosniff", path
                 assert response.headers["Referrer-Policy"] == "no-referrer", path
+                # Stored logs stay out of every browser and proxy cache.
+                no_store = response.headers.get("Cache-Control") == "no-store"
+                assert no_store == path.startswith("/api/"), path
         async with http.get(f"{url}/") as response:
             policy = response.headers["Content-Security-Policy"]
     assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
 
 
+async def test_with_read_keys_metrics_and_readyz_are_only_on_the_metrics_port_and_cached(
+    locked: Settings, http: aiohttp.ClientSession
+) -> None:
+    metrics_port = free_port()
+    env = role_env(
+        locked,
+        LOGPIPE_PORT=locked.port,
+        LOGPIPE_METRICS_PORT=metrics_port,
+        LOGPIPE_LOG_LEVEL="warning",
+        LOGPIPE_READ_KEYS=READ_KEY,
+    )
+    role = await RoleProcess.start("console", env)
+    public, admin = f"http://127.0.0.1:{locked.port}", f"http://127.0.0.1:{metrics_port}"
+    try:
+        await wait_http(http, f"{public}/healthz", timeout=30)
+        # Where the API is, neither answers, with a read key or without one.
+        for path in ("/metrics", "/readyz"):
+            for headers in ({}, AUTH):
+                async with http.get(public + path, headers=headers) as response:
+                    assert response.status == 404, (path, headers)
+        # On LOGPIPE_METRICS_PORT (inside the VPC, as the ingestor's), /readyz asks
+        # DynamoDB at most once every few seconds, however many ask.
+        assert await get(http, f"{admin}/readyz") == (200, {"status": "ready"})
+        queries = await _queries(http, admin)
+        answers = await asyncio.gather(*(get(http, f"{admin}/readyz") for _ in range(20)))
+        made = await _queries(http, admin) - queries
+    finally:
+        assert await role.stop(timeout=30) == 0
+    assert answers == [(200, {"status": "ready"})] * 20
+    assert made <= 1, made  # before: one Query per /readyz, on the public port
+
+
+async def _queries(http: aiohttp.ClientSession, admin: str) -> float:
+    samples = await promtext.scrape(http, f"{admin}/metrics")
+    return promtext.total(samples, "logpipe_aws_requests_total", operation="Query")
+
+
 def test_read_keys_fail_closed_and_the_budget_and_secret_are_checked() -> None:
     assert Settings.from_env({}).read_keys == ()
     assert Settings.from_env({}).query_budget == 48
+    assert Settings.from_env({}).max_answer_bytes == 4 * 1024 * 1024
+    assert Settings.from_env({}).max_concurrent_reads == 8
+    bounds = {"LOGPIPE_MAX_ANSWER_BYTES": "65536", "LOGPIPE_MAX_CONCURRENT_READS": "2"}
+    bounded = Settings.from_env(bounds)
+    assert (bounded.max_answer_bytes, bounded.max_concurrent_reads) == (65536, 2)
     keys = Settings.from_env({"LOGPIPE_READ_KEYS": " first-key-1, second-key-2 ,"}).read_keys
     assert keys == ("first-key-1", "second-key-2")
     for env in (
@@ -128,6 +180,9 @@ def test_read_keys_fail_closed_and_the_budget_and_secret_are_checked() -> None:
         {"LOGPIPE_QUERY_BUDGET": "0"},
         {"LOGPIPE_QUERY_BUDGET": "9" * 5000},
         {"LOGPIPE_CURSOR_SECRET": "too short"},
+        {"LOGPIPE_MAX_ANSWER_BYTES": "1000"},  # less than one event
+        {"LOGPIPE_MAX_ANSWER_BYTES": "4MiB"},
+        {"LOGPIPE_MAX_CONCURRENT_READS": "0"},
     ):
         name = next(iter(env))
         with pytest.raises(ConfigError, match=name):
@@ -420,3 +475,146 @@ async def test_the_console_warns_when_open_and_refuses_to_start_with_blank_read_
     _, err = await blank.communicate()
     assert blank.returncode == 2
     assert "LOGPIPE_READ_KEYS is set but holds no key" in err.decode()
+
+
+# --- memory: answers bounded in bytes, reads bounded in number ---------------------------------
+
+LARGE_EVENTS = 1100
+
+
+def large_events(count: int) -> list[dict[str, Any]]:
+    """Events of about 30 KB (a 16 KB message, 4 attributes of 3,300 characters), 3 s apart
+    from T0: one dense hour. Random text, so nothing is shared or compressible."""
+    events = []
+    for n in range(count):
+        rng = random.Random(n)
+        attributes = {f"field_{k}": rng.randbytes(1650).hex() for k in range(4)}
+        message = rng.randbytes(8000).hex()
+        events.append(
+            make_event(n, timestamp=T0 + n * 3000, message=message, attributes=attributes)
+        )
+    return events
+
+
+async def _peak_under_concurrent_pages(
+    http: aiohttp.ClientSession, url: str, pid: int, readers: int
+) -> tuple[float, list[tuple[int, dict[str, str], Any]]]:
+    """`readers` concurrent `limit=1000` searches by clients that read an answer only once
+    every search has been answered (a slow link): the console's peak RSS, and each answer."""
+    params = {**ONE_HOUR, "limit": "1000"}
+    answered = asyncio.Barrier(readers)
+
+    async def one() -> tuple[int, dict[str, str], Any]:
+        async with http.get(f"{url}/api/logs", params=params, headers=AUTH) as response:
+            await answered.wait()
+            return response.status, dict(response.headers), await response.json()
+
+    answers = await asyncio.gather(*(one() for _ in range(readers)))
+    return peak_rss_mb(pid), answers
+
+
+async def test_ten_concurrent_pages_of_large_events_stay_within_the_console_memory(
+    aws_endpoint: str, http: aiohttp.ClientSession
+) -> None:
+    # 40 shards: the first Query of every shard of the hour (never cut by the deadline)
+    # brings the whole page, so every answer would hold 1,000 events, however busy the host.
+    locked = await bootstrapped(fresh_settings(aws_endpoint, shards=40))
+    started = time.monotonic()
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(stack, locked, pool=8)
+        await store_events(clients, locked, large_events(LARGE_EVENTS))
+    seeded = time.monotonic() - started
+    env = role_env(
+        locked,
+        LOGPIPE_PORT=locked.port,
+        LOGPIPE_METRICS_PORT=free_port(),
+        LOGPIPE_LOG_LEVEL="warning",
+        LOGPIPE_READ_KEYS=READ_KEY,
+    )
+    role = await RoleProcess.start("console", env)
+    url = f"http://127.0.0.1:{locked.port}"
+    try:
+        await wait_http(http, f"{url}/healthz", timeout=30)
+        idle = peak_rss_mb(role.process.pid)
+        peak, answers = await _peak_under_concurrent_pages(http, url, role.process.pid, 10)
+    finally:
+        assert await role.stop(timeout=30) == 0
+    statuses = sorted(status for status, _, _ in answers)
+    served = [body for status, _, body in answers if status == 200]
+    sizes = [len(orjson.dumps(body)) / 1e6 for body in served]
+    print(
+        f"seeded {LARGE_EVENTS} events in {seeded:.1f} s; console RSS {idle:.0f} MB idle, "
+        f"peak {peak:.0f} MB under 10 concurrent limit=1000; statuses {statuses}; "
+        f"answers {min(sizes, default=0):.1f}-{max(sizes, default=0):.1f} MB, "
+        f"{[len(body['events']) for body in served]} events"
+    )
+    assert peak <= 400, peak  # before: 360-373 MB here, answers of 27 MB (~900 events)
+    # Each answer stops at LOGPIPE_MAX_ANSWER_BYTES (with the event that passed it), and says
+    # so: not complete, a cursor to go on.
+    bound = Settings().max_answer_bytes + 2 * MAX_EVENT_BYTES
+    assert served and all(len(orjson.dumps(body["events"])) <= bound for body in served)
+    assert all(body["cursor"] and body["complete"] is False for body in served)
+    for status, headers, _ in answers:
+        assert status in (200, 429)
+        if status == 429:
+            assert int(headers["Retry-After"]) >= 1
+
+
+async def test_an_answer_stopped_by_its_byte_bound_continues_exactly_where_it_stopped(
+    clients: Clients, locked: Settings, http: aiohttp.ClientSession
+) -> None:
+    bounded = dataclasses.replace(locked, max_answer_bytes=64 * 1024)
+    # Events of 1-7 KB over five hours: answers end inside hours and at their edges.
+    events = spread(90, step_ms=200_000)
+    for n, event in enumerate(events):
+        event["message"] = f"{n:04d} " + "x" * (1000 + n * 397 % 6000)
+    await store_events(clients, bounded, events)
+    seen: list[str] = []
+    answers: list[tuple[int, bool]] = []
+    async with running_console(bounded) as url:
+        cursor = None
+        while True:
+            query = {**WINDOW, "limit": "1000", **({"cursor": cursor} if cursor else {})}
+            status, body = await get(http, f"{url}/api/logs", query, AUTH)
+            assert status == 200
+            seen += [e["id"] for e in body["events"]]
+            answers.append((len(orjson.dumps(body["events"])), body["complete"]))
+            cursor = body["cursor"]
+            if cursor is None:
+                break
+    assert seen == newest_first(events)  # none lost, none twice, in order
+    assert len(answers) >= 5
+    assert all(size <= 64 * 1024 + 8 * 1024 for size, _ in answers)
+    assert [complete for _, complete in answers] == [False] * (len(answers) - 1) + [True]
+
+
+async def test_reads_past_the_concurrent_cap_get_429_with_retry_after_and_no_store(
+    locked: Settings, http: aiohttp.ClientSession
+) -> None:
+    # One read at a time; a 31-day search of an empty service holds it about 3 s (its
+    # deadline), a budget it never reaches.
+    capped = dataclasses.replace(locked, max_concurrent_reads=1, query_budget=100_000)
+    slow = {"service": "nobody", "since": "31d", "limit": "1"}
+    async with running_console(capped, create_app(capped, read_deadline_s=3.0)) as url:
+        long_reads: list[asyncio.Task[tuple[int, Any]]] = []
+        refused: list[tuple[dict[str, str], Any]] = []
+
+        async def a_read_is_refused_while_the_long_one_runs() -> bool:
+            if not long_reads or long_reads[-1].done():
+                # Start the long read (again, when a poll came first and took the slot, or
+                # it ended first), and let it begin before the next poll.
+                long_reads.append(asyncio.create_task(get(http, f"{url}/api/logs", slow, AUTH)))
+                return False
+            async with http.get(f"{url}/api/services", headers=AUTH) as response:
+                if response.status == 429:
+                    refused.append((dict(response.headers), await response.json()))
+            return bool(refused)
+
+        await wait_until(a_read_is_refused_while_the_long_one_runs, timeout=30, interval=0.02)
+        headers, body = refused[0]
+        assert int(headers["Retry-After"]) >= 1
+        assert headers["Cache-Control"] == "no-store"
+        assert body == {"error": "the console serves 1 reads at once; retry"}
+        assert (await long_reads[-1])[0] == 200
+        # The slot is free again once it ends.
+        assert (await get(http, f"{url}/api/services", None, AUTH))[0] == 200

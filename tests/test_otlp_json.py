@@ -462,7 +462,7 @@ REFUSED = [
     pytest.param(b'{"resourceLogs": [5]}', id="resource-logs-item-not-an-object"),
     pytest.param(b'{"resourceLogs": [null]}', id="null-in-a-list"),
     pytest.param(b'{"resourceLogs": [{"scopeLogs": {}}]}', id="scope-logs-an-object"),
-    pytest.param(b'{"[ext.field]": 1}', id="extension-syntax"),
+    pytest.param(b'{"resourceLogs": [], "[ext.field]": 1}', id="extension-syntax"),
     pytest.param(record_doc(timeUnixNano="soon"), id="time-not-a-number"),
     pytest.param(record_doc(timeUnixNano="-1"), id="time-negative"),
     pytest.param(record_doc(timeUnixNano="18446744073709551616"), id="time-past-64-bits"),

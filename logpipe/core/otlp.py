@@ -6,7 +6,9 @@ The mapping (OpenTelemetry log data model -> logpipe event):
   body                          -> message (a string as is, bytes as base64, the rest as JSON)
   time_unix_nano                -> timestamp (observed_time_unix_nano when unset)
   trace_id / span_id            -> hex
-  record > scope > resource attributes -> attributes, nested maps flattened to dotted keys
+  record > scope > resource attributes -> attributes, nested maps flattened to dotted keys;
+                                   at most 64 keys of at most 128 characters, the rest counted
+                                   (never built), and only the first 128 of a resource or scope
 The id is a digest of the record with its resource and scope, so an exporter that sends a
 batch again (after a timeout, a 429, a 503) overwrites the same items instead of doubling.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import math
 import re
 import unicodedata
@@ -44,7 +47,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from logpipe.core.limits import parsed_json_bytes, too_many
+from logpipe.core.limits import Refused, parsed_json_bytes, too_many
 from logpipe.core.models import MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTES, MAX_EVENT_BYTES
 from logpipe.errors import BodyError, EventError
 
@@ -52,12 +55,16 @@ PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})
 JSON_TYPE = "application/json"
 CONTENT_TYPES = PROTOBUF_TYPES | {JSON_TYPE}
 
+# What a refusal of a body that is not OTLP says: logpipe's own events have their route.
+TO_INGEST = "send logpipe's own JSON events (an object, an array or NDJSON) to POST /ingest"
 UNKNOWN_SERVICE = "unknown_service"
 DEFAULT_LEVEL = "info"
 DROPPED_KEY = "otel.dropped_attributes_count"
 SCOPE_NAME_KEY = "otel.scope.name"
 SCOPE_VERSION_KEY = "otel.scope.version"
 MAX_SERVICE_CHARS = 64
+# Attributes of one resource or scope that are looked at (the OTel SDKs' default count limit).
+MAX_CONTAINER_ATTRIBUTES = 128
 
 _LEVELS_BY_NUMBER = ("trace", "debug", "info", "warn", "error", "fatal")
 # Severity texts seen in the wild (OTel short names, syslog, log4j, JUL, .NET, zap).
@@ -105,22 +112,24 @@ def parse(
     content_type: str,
     cap: int = 1_000_000,
     hold: Callable[[int, str], None] | None = None,
+    dropped: dict[int, int] | None = None,
 ) -> list[RawEvent | EventError]:
     """The raw events of an OTLP logs request; BodyError(400) when it does not decode.
 
-    Records are counted (Refused(413) past `cap`) and their cost passed to `hold` before
-    they are built; `hold` raises to refuse the request.
+    Records and attribute work are counted (Refused(413) past `cap` or MAX_ATTRIBUTE_WORK)
+    and their cost passed to `hold` before they are built; `hold` raises to refuse the
+    request. `dropped`: as `to_events` fills it.
     """
     hold = hold or _no_hold
     if content_type in PROTOBUF_TYPES:
         shape = scan_protobuf(body, cap)
         hold(shape.memory_bytes(len(body)), "the decoded request")
-        return to_events(decode_request(body, content_type))
+        return to_events(decode_request(body, content_type), dropped)
     hold(parsed_json_bytes(body) + PARSED_BYTES_PER_BYTE * len(body), "the decoded request")
     doc = _json_document(body)
     records = count_json_records(doc, cap)
     hold(BYTES_PER_RECORD * records, "the decoded request")
-    return to_events(_from_json(doc))
+    return to_events(_from_json(doc), dropped)
 
 
 def _no_hold(nbytes: int, what: str) -> None:
@@ -136,13 +145,21 @@ BYTES_PER_RECORD = 5 * 1024
 PARSED_BYTES_PER_BYTE = 3
 
 
+# Attribute pairs one request may make the mapping visit: each record's own, and what it
+# inherits from its scope and resource (at most MAX_ATTRIBUTES once merged). 10,000 records
+# of 100 attributes each fit; a few seconds of mapping at most.
+MAX_ATTRIBUTE_WORK = 2_000_000
+
+
 @dataclass(frozen=True)
 class Shape:
     """What an OTLP protobuf request holds, read from the wire without decoding it."""
 
     records: int
     containers: int  # ResourceLogs and ScopeLogs
-    expanded_bytes: int  # each record with its resource and scope, as mapping copies them
+    # each record with the resource and scope attributes it inherits, as mapping copies them
+    expanded_bytes: int
+    attribute_work: int = 0  # attribute pairs the mapping will visit (`MAX_ATTRIBUTE_WORK`)
 
     def memory_bytes(self, body_bytes: int) -> int:
         """An upper estimate of the memory decoding and mapping this request takes."""
@@ -151,51 +168,121 @@ class Shape:
         return PARSED_BYTES_PER_BYTE * body_bytes + per_record + encoded
 
 
+def inherited_work(records: int, resource_pairs: int, scope_pairs: int) -> int:
+    """The attribute pairs merging a scope's and its resource's attributes costs its records."""
+    capped = min(resource_pairs, MAX_CONTAINER_ATTRIBUTES)
+    capped += min(scope_pairs, MAX_CONTAINER_ATTRIBUTES)
+    return capped + records * min(capped, MAX_ATTRIBUTES)
+
+
+def too_much_work(work: int) -> Refused:
+    return Refused(
+        413,
+        f"body asks for more than {MAX_ATTRIBUTE_WORK} attribute merges "
+        f"(each record's attributes and those it inherits from its scope and resource)",
+        "too_many_attributes",
+    )
+
+
 def scan_protobuf(body: bytes, cap: int) -> Shape:
     """Count the log records of an ExportLogsServiceRequest from its wire format.
 
-    Refused(413) once the records (or the resource/scope containers) pass `cap`, before any
-    of them is built; BodyError(400) when the framing is broken.
+    Refused(413) once the records (or the resource/scope containers) pass `cap`, or the
+    attribute work passes MAX_ATTRIBUTE_WORK, before any of them is built; BodyError(400)
+    when the framing is broken.
     """
-    records = containers = expanded = 0
+    scan = _Scan(cap)
     for number, start, end in _fields(body, 0, len(body)):
         if number != 1:  # resource_logs
             continue
-        records, containers, added = _scan_resource(body, start, end, cap, records, containers)
-        expanded += added
-        containers += 1
-        if containers > cap:
-            raise too_many(f"more than {cap}", cap, "resource and scope entries")
-    return Shape(records, containers, expanded)
+        scan.resource(body, start, end)
+        scan.add_container()
+    # Each attribute of a record takes at least two bytes: a cheap bound of the records' own
+    # attributes, counted one by one only when the bound passes the limit.
+    if scan.work + scan.record_bytes // 2 > MAX_ATTRIBUTE_WORK:
+        scan.add_work(_record_pairs(body))
+    return Shape(scan.records, scan.containers, scan.expanded, scan.work)
 
 
-def _scan_resource(
-    body: bytes, start: int, end: int, cap: int, records: int, containers: int
-) -> tuple[int, int, int]:
-    """The records and containers counted so far with those of the ResourceLogs in
-    body[start:end], and its expanded bytes; Refused(413) once either passes `cap`."""
-    expanded = resource = 0
-    for r_number, r_start, r_end in _fields(body, start, end):
-        if r_number == 1:
-            resource += r_end - r_start
-        elif r_number == 2:  # scope_logs
-            containers += 1
-            if containers > cap:
-                raise too_many(f"more than {cap}", cap, "resource and scope entries")
-            scope = 0
-            record_bytes = 0
-            scope_records = 0
-            for s_number, s_start, s_end in _fields(body, r_start, r_end):
-                if s_number == 1:
-                    scope += s_end - s_start
-                elif s_number == 2:  # log_records
-                    scope_records += 1
-                    record_bytes += s_end - s_start
-                    if records + scope_records > cap:
-                        raise too_many(f"more than {cap}", cap, "log records")
-            records += scope_records
-            expanded += record_bytes + scope_records * (scope + resource)
-    return records, containers, expanded
+class _Scan:
+    """The running counts of `scan_protobuf`, each refused as soon as it passes its bound."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.records = self.containers = self.expanded = self.work = self.record_bytes = 0
+
+    def add_container(self) -> None:
+        self.containers += 1
+        if self.containers > self.cap:
+            raise too_many(f"more than {self.cap}", self.cap, "resource and scope entries")
+
+    def add_work(self, pairs: int) -> None:
+        self.work += pairs
+        if self.work > MAX_ATTRIBUTE_WORK:
+            raise too_much_work(self.work)
+
+    def resource(self, body: bytes, start: int, end: int) -> None:
+        """Count the ResourceLogs in body[start:end]."""
+        resource = resource_pairs = 0
+        for r_number, r_start, r_end in _fields(body, start, end):
+            if r_number == 1:
+                pairs, skipped = _attribute_pairs(body, r_start, r_end, 1)  # .attributes
+                resource += r_end - r_start - skipped
+                resource_pairs += pairs
+            elif r_number == 2:  # scope_logs
+                self.add_container()
+                self.scope(body, r_start, r_end, resource, resource_pairs)
+
+    def scope(self, body: bytes, start: int, end: int, resource: int, resource_pairs: int) -> None:
+        """Count the ScopeLogs in body[start:end], under a resource of these bytes and pairs."""
+        scope = scope_pairs = record_bytes = records = 0
+        for s_number, s_start, s_end in _fields(body, start, end):
+            if s_number == 1:
+                pairs, skipped = _attribute_pairs(body, s_start, s_end, 3)  # .attributes
+                scope += s_end - s_start - skipped
+                scope_pairs += pairs
+            elif s_number == 2:  # log_records
+                records += 1
+                record_bytes += s_end - s_start
+                if self.records + records > self.cap:
+                    raise too_many(f"more than {self.cap}", self.cap, "log records")
+        self.records += records
+        self.record_bytes += record_bytes
+        self.expanded += record_bytes + records * (scope + resource)
+        self.add_work(inherited_work(records, resource_pairs, scope_pairs))
+
+
+def _record_pairs(body: bytes) -> int:
+    """The attributes (top level) of every log record of a request whose framing is sound."""
+    pairs = 0
+    for resource_logs in _nested(body, 0, len(body), 1):
+        for scope_logs in _nested(body, *resource_logs, 2):
+            for record_start, record_end in _nested(body, *scope_logs, 2):
+                pairs += _count(body, record_start, record_end, 6)  # LogRecord.attributes
+    return pairs
+
+
+def _nested(data: bytes, start: int, end: int, number: int) -> Iterator[tuple[int, int]]:
+    return ((s, e) for field, s, e in _fields(data, start, end) if field == number)
+
+
+def _attribute_pairs(data: bytes, start: int, end: int, number: int) -> tuple[int, int]:
+    """How many attributes (field `number`) a resource or scope holds, and the bytes of those
+    past the first MAX_CONTAINER_ATTRIBUTES (which the mapping never looks at)."""
+    pairs = skipped = 0
+    previous_end = start
+    for field, _, field_end in _fields(data, start, end):
+        if field == number:
+            pairs += 1
+            if pairs > MAX_CONTAINER_ATTRIBUTES:
+                skipped += field_end - previous_end  # with its tag and length
+        previous_end = field_end
+    return pairs, skipped
+
+
+def _count(data: bytes, start: int, end: int, number: int) -> int:
+    """How many length-delimited fields `number` data[start:end] holds."""
+    return sum(1 for field, _, _ in _fields(data, start, end) if field == number)
 
 
 def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
@@ -234,13 +321,36 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
 
 
 def count_json_records(doc: dict[str, Any], cap: int) -> int:
-    """The log records of a parsed OTLP JSON document; Refused(413) past `cap`."""
-    count = 0
-    for _ in _json_records(doc):
-        count += 1
-        if count > cap:
-            raise too_many(f"more than {cap}", cap, "log records")
+    """The log records of a parsed OTLP JSON document; Refused(413) past `cap`, or once the
+    attribute work passes MAX_ATTRIBUTE_WORK."""
+    count = work = 0
+    for resource_logs in _children(doc, "resourceLogs", "resource_logs"):
+        resource_pairs = _json_pairs(_child(resource_logs, "resource"))
+        for scope_logs in _children(resource_logs, "scopeLogs", "scope_logs"):
+            scope_pairs = _json_pairs(_child(scope_logs, "scope"))
+            records = 0
+            for record in _children(scope_logs, "logRecords", "log_records"):
+                records += 1
+                if count + records > cap:
+                    raise too_many(f"more than {cap}", cap, "log records")
+                work += _json_pairs(record)
+            count += records
+            work += inherited_work(records, resource_pairs, scope_pairs)
+            if work > MAX_ATTRIBUTE_WORK:
+                raise too_much_work(work)
     return count
+
+
+def _child(parent: dict[str, Any], name: str) -> object:
+    return parent.get(name)
+
+
+def _json_pairs(holder: object) -> int:
+    """How many attributes a JSON resource, scope or record lists."""
+    if not isinstance(holder, dict):
+        return 0
+    pairs = holder.get("attributes")
+    return len(pairs) if isinstance(pairs, list) else 0
 
 
 def decode_request(body: bytes, content_type: str) -> Any:
@@ -261,7 +371,9 @@ def _json_document(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise BodyError(400, "body must be an OTLP JSON object with resourceLogs")
+        raise BodyError(400, f"body must be an OTLP JSON object with resourceLogs; {TO_INGEST}")
+    if doc and not doc.keys() & {"resourceLogs", "resource_logs"}:
+        raise BodyError(400, f"body is not an OTLP logs request (no resourceLogs); {TO_INGEST}")
     return doc
 
 
@@ -582,30 +694,39 @@ def _base64(value: object) -> bytes:
     return base64.urlsafe_b64decode(encoded + b"=" * (4 - len(encoded) % 4))
 
 
-def to_events(request: Any) -> list[RawEvent | EventError]:
-    """One raw event (or the EventError that keeps it out) per log record, in request order."""
+def to_events(request: Any, dropped: dict[int, int] | None = None) -> list[RawEvent | EventError]:
+    """One raw event (or the EventError that keeps it out) per log record, in request order.
+
+    `dropped` receives, by record index, how many attributes the mapping left out of that
+    record (keys over MAX_ATTRIBUTE_KEY_CHARS, or past MAX_ATTRIBUTES), for the answer.
+    The resource's and each scope's attributes are flattened and merged once, not per record.
+    """
     events: list[RawEvent | EventError] = []
     seen: Counter[str] = Counter()
     for resource_logs in request.resource_logs:
         resource = resource_logs.resource
-        resource_attrs = flatten(resource.attributes)
-        service = service_name(resource_attrs.pop("service.name", None))
+        service, resource_attrs = _resource_attributes(resource.attributes)
         resource_digest = hashlib.blake2b(resource.SerializeToString(), digest_size=16).digest()
         for scope_logs in resource_logs.scope_logs:
             scope = scope_logs.scope
-            scope_attrs = flatten(scope.attributes)
-            if scope.name:
-                scope_attrs[SCOPE_NAME_KEY] = scope.name
-            if scope.version:
-                scope_attrs[SCOPE_VERSION_KEY] = scope.version
+            scope_attrs = _container_attributes(scope.attributes)
+            for name, key in ((scope.name, SCOPE_NAME_KEY), (scope.version, SCOPE_VERSION_KEY)):
+                if name:
+                    scope_attrs.values[key] = name
+            inherited = Attributes()
+            inherited.merge(scope_attrs)
+            inherited.merge(resource_attrs)
             digest = hashlib.blake2b(resource_digest, digest_size=16)
             digest.update(scope.SerializeToString())
             for record in scope_logs.log_records:
+                index = len(events)
                 try:
-                    event = to_event(record, service, scope_attrs, resource_attrs)
+                    event, lost = to_event(record, service, inherited)
                 except EventError as exc:
                     events.append(exc)
                     continue
+                if lost and dropped is not None:
+                    dropped[index] = lost
                 record_digest = digest.copy()
                 record_digest.update(record.SerializeToString())
                 event["id"] = _unique(record_digest.hexdigest(), seen)
@@ -619,10 +740,9 @@ def _unique(digest: str, seen: Counter[str]) -> str:
     return digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
 
 
-def to_event(
-    record: Any, service: str, scope_attrs: dict[str, Scalar], resource_attrs: dict[str, Scalar]
-) -> RawEvent:
-    """One log record as a raw event of the /ingest schema (without its id)."""
+def to_event(record: Any, service: str, inherited: Attributes) -> tuple[RawEvent, int]:
+    """One log record as a raw event of the /ingest schema (without its id), and how many of
+    its attributes were left out; `inherited`: its scope's and resource's, merged."""
     event: RawEvent = {
         "service": service,
         "level": level(int(record.severity_number), str(record.severity_text)),
@@ -631,18 +751,39 @@ def to_event(
     nanos = int(record.time_unix_nano) or int(record.observed_time_unix_nano)
     if nanos:
         event["timestamp"] = nanos // 1_000_000
-    for name, value in (("trace_id", record.trace_id), ("span_id", record.span_id)):
+    for name, value, size in (("trace_id", record.trace_id, 16), ("span_id", record.span_id, 8)):
         if any(value):  # all zero bytes is the data model's "no id"
+            if len(value) != size:
+                raise EventError(
+                    name, f"must be {size} bytes ({2 * size} hex digits), got {len(value)}"
+                )
             event[name] = bytes(value).hex()
-    record_attrs = flatten(record.attributes)
+    attributes = Attributes()
+    attributes.add_pairs(record.attributes)
     if record.event_name:
-        record_attrs["event.name"] = str(record.event_name)
-    attributes = merge_attributes(
-        (record_attrs, scope_attrs, resource_attrs), int(record.dropped_attributes_count)
-    )
-    if attributes:
-        event["attributes"] = attributes
-    return event
+        attributes.put("event.name", str(record.event_name))
+    attributes.merge(inherited)
+    values = attributes.finish(int(record.dropped_attributes_count))
+    if values:
+        event["attributes"] = values
+    return event, attributes.dropped
+
+
+def _resource_attributes(pairs: Any) -> tuple[str, Attributes]:
+    """The service a resource names, and the rest of its attributes."""
+    attributes = _container_attributes(pairs)
+    return service_name(attributes.values.pop("service.name", None)), attributes
+
+
+def _container_attributes(pairs: Any) -> Attributes:
+    """A resource's or scope's attributes: the first MAX_CONTAINER_ATTRIBUTES, flattened."""
+    attributes = Attributes(room=MAX_CONTAINER_ATTRIBUTES)
+    if len(pairs) > MAX_CONTAINER_ATTRIBUTES:
+        attributes.add_pairs(itertools.islice(pairs, MAX_CONTAINER_ATTRIBUTES))
+        attributes.dropped += len(pairs) - MAX_CONTAINER_ATTRIBUTES
+    else:
+        attributes.add_pairs(pairs)
+    return attributes
 
 
 # --- the mapping rules ---------------------------------------------------------------------
@@ -697,24 +838,88 @@ def plain(value: Any) -> Any:
     return getattr(value, kind)
 
 
-def flatten(pairs: Iterable[Any], prefix: str = "") -> dict[str, Scalar]:
-    """KeyValues as flat attributes: maps to dotted keys, arrays as JSON, empty values left out."""
-    flat: dict[str, Scalar] = {}
-    for pair in pairs:
-        key = pair.key
-        if not key:
-            continue
-        if prefix:
-            key = prefix + key
-        value = pair.value
-        kind = value.WhichOneof("value")
-        if kind == "string_value":  # the usual kind, read without _scalar
-            flat[key] = value.string_value
-        elif kind == "kvlist_value":
-            flat.update(flatten(value.kvlist_value.values, f"{key}."))
-        elif kind is not None:
-            flat[key] = _scalar(value, kind)
-    return flat
+class Attributes:
+    """Flat attributes as the mapping keeps them: at most `room` keys, each at most
+    MAX_ATTRIBUTE_KEY_CHARS characters. What does not fit is counted in `dropped` as the
+    walk goes, and never built: a dotted key is only made once its length is known to fit.
+    """
+
+    def __init__(self, room: int = MAX_ATTRIBUTES) -> None:
+        self.values: dict[str, Scalar] = {}
+        self.dropped = 0
+        self.room = room
+
+    def add_pairs(self, pairs: Iterable[Any], prefix: str = "") -> None:
+        """KeyValues: maps to dotted keys, arrays as JSON, empty keys and values left out."""
+        values = self.values
+        for pair in pairs:
+            key = pair.key
+            if not key:
+                continue
+            value = pair.value
+            kind = value.WhichOneof("value")
+            if kind is None:
+                continue
+            if len(prefix) + len(key) > MAX_ATTRIBUTE_KEY_CHARS or len(values) >= self.room:
+                self.dropped += _leaves(value, kind)
+                continue
+            if prefix:
+                key = prefix + key
+            if kind == "string_value":  # the usual kind, read without _scalar
+                values[key] = value.string_value
+            elif kind == "kvlist_value":
+                self.add_pairs(value.kvlist_value.values, f"{key}.")
+            else:
+                values[key] = _scalar(value, kind)
+
+    def put(self, key: str, value: Scalar) -> None:
+        if key in self.values or len(self.values) < self.room:
+            self.values[key] = value
+        else:
+            self.dropped += 1
+
+    def merge(self, other: Attributes) -> None:
+        """`other`'s keys that are not here yet, while there is room; its drops count here."""
+        self.dropped += other.dropped
+        values = self.values
+        for key, value in other.values.items():
+            if key in values:
+                continue
+            if len(values) >= self.room:
+                self.dropped += 1
+            else:
+                values[key] = value
+
+    def finish(self, dropped_upstream: int = 0) -> dict[str, Scalar]:
+        """The values, with `otel.dropped_attributes_count` (in the last of MAX_ATTRIBUTES
+        slots) saying how many were lost here and upstream, when any were."""
+        values = self.values
+        if (self.dropped or dropped_upstream) and len(values) >= MAX_ATTRIBUTES:
+            while len(values) >= MAX_ATTRIBUTES:
+                values.popitem()
+                self.dropped += 1
+        if self.dropped or dropped_upstream:
+            values[DROPPED_KEY] = self.dropped + dropped_upstream
+        return values
+
+
+def _leaves(value: Any, kind: str) -> int:
+    """How many attributes a value left out would have become (a map: its non-empty leaves)."""
+    if kind != "kvlist_value":
+        return 1
+    count = 0
+    lists = [value.kvlist_value.values]
+    while lists:
+        for pair in lists.pop():
+            child = pair.value
+            child_kind = child.WhichOneof("value")
+            if child_kind is None or not pair.key:
+                continue
+            if child_kind == "kvlist_value":
+                lists.append(child.kvlist_value.values)
+            else:
+                count += 1
+    return count
 
 
 def _scalar(value: Any, kind: str) -> Scalar:
@@ -736,40 +941,14 @@ def _scalar(value: Any, kind: str) -> Scalar:
         return "[nested too deeply]"
 
 
-def merge_attributes(
-    sources: Iterable[dict[str, Scalar]], dropped_upstream: int = 0
-) -> dict[str, Scalar]:
-    """Attributes of several sources, the first winning a key, within the schema's limits.
-
-    Keys too long for the schema are left out; past MAX_ATTRIBUTES keys the rest is left
-    out too, and `otel.dropped_attributes_count` (in the last slot) says how many were lost.
-    """
-    merged: dict[str, Scalar] = {}
-    dropped = dropped_upstream
-    for source in sources:
-        for key, value in source.items():
-            if key in merged:
-                continue
-            if len(key) > MAX_ATTRIBUTE_KEY_CHARS:
-                dropped += 1
-                continue
-            merged[key] = value
-    if len(merged) > MAX_ATTRIBUTES or (dropped and len(merged) == MAX_ATTRIBUTES):
-        kept = list(merged.items())[: MAX_ATTRIBUTES - 1]
-        dropped += len(merged) - len(kept)
-        merged = dict(kept)
-    if dropped:
-        merged[DROPPED_KEY] = dropped
-    return merged
-
-
 # --- answers -------------------------------------------------------------------------------
 
 
 def encode_response(rejected: int, error: str, as_json: bool) -> bytes:
-    """An ExportLogsServiceResponse; `partial_success` set when records were rejected."""
+    """An ExportLogsServiceResponse; `partial_success` set when records were rejected, or
+    (with `rejected` 0) when `error` warns of something else (OTLP allows both)."""
     response = ExportLogsServiceResponse()
-    if rejected:
+    if rejected or error:
         response.partial_success.rejected_log_records = rejected
         response.partial_success.error_message = error
     if as_json:
@@ -782,6 +961,18 @@ def rejection_summary(rejected: list[dict[str, Any]], total: int, shown: int = 5
     reasons = "; ".join(f"record {r['index']}: {r['error']}" for r in rejected[:shown])
     more = f"; and {len(rejected) - shown} more" if len(rejected) > shown else ""
     return f"{len(rejected)} of {total} log records rejected: {reasons}{more}"
+
+
+def dropped_summary(dropped: dict[int, int], total: int, shown: int = 5) -> str:
+    """The partial_success warning for records stored without some of their attributes."""
+    first = sorted(dropped.items())[:shown]
+    counts = "; ".join(f"record {index}: {count} dropped" for index, count in first)
+    more = f"; and {len(dropped) - shown} more records" if len(dropped) > shown else ""
+    return (
+        f"{len(dropped)} of {total} log records stored without some attributes (keys over "
+        f"{MAX_ATTRIBUTE_KEY_CHARS} characters, or past {MAX_ATTRIBUTES} per record; "
+        f"otel.dropped_attributes_count says how many): {counts}{more}"
+    )
 
 
 def encode_status(http_status: int, error: str, as_json: bool) -> bytes:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from logpipe.config import port_error
+
 # Labels stay bounded: past this many distinct services, the rest count as "other".
 MAX_SERVICE_LABELS = 100
 _LATENCY_BUCKETS = (
@@ -153,8 +155,14 @@ def service_label(service: str) -> str:
 
 
 def serve_metrics(host: str, port: int) -> tuple[int, Callable[[], None]]:
-    """Serve /metrics on a background thread; return the bound port and a stop function."""
-    server, thread = start_http_server(port, addr=host)
+    """Serve /metrics on a background thread; return the bound port and a stop function.
+
+    ConfigError naming LOGPIPE_METRICS_PORT when the port is taken.
+    """
+    try:
+        server, thread = start_http_server(port, addr=host)
+    except OSError as exc:
+        raise port_error("LOGPIPE_METRICS_PORT", host, port, exc) from None
     bound = int(server.server_port)
 
     def stop() -> None:

@@ -58,6 +58,10 @@ PAGE_HEADERS = {
 }
 # On every answer of the console, the API's included.
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+# On every /api/* answer: stored logs are kept by no browser or proxy cache.
+API_HEADERS = {"Cache-Control": "no-store"}
+# How long /readyz gives its last answer again before asking DynamoDB anew.
+READY_CACHE_S = 5.0
 
 
 @dataclass
@@ -80,38 +84,58 @@ def cursor_secret(settings: Settings) -> bytes:
 
 
 class ReadGuard:
-    """Every answer gets the security headers; every /api/* request needs a read key.
+    """Every answer gets the security headers; every /api/* request needs a read key, and
+    at most `max_reads` of them are served at once.
 
     Only LOGPIPE_READ_KEYS open the API (ingest keys never do); with none set it is open.
+    A read past LOGPIPE_MAX_CONCURRENT_READS is answered 429 with Retry-After at once, not
+    queued (a queue would hold what the bound is there to save); the slot is held until the
+    answer is sent, so a client that reads slowly holds one too.
     """
 
-    def __init__(self, app: ASGIApp, read_keys: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, read_keys: tuple[str, ...], max_reads: int) -> None:
         self._app = app
         self._keys = read_keys
+        self._max_reads = max_reads
+        self.reads = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        path: str = scope["path"]
+        api = path.startswith("/api/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers[name] = value
+                if api:
+                    for name, value in API_HEADERS.items():
+                        headers[name] = value
             await send(message)
 
-        path: str = scope["path"]
-        if path.startswith("/api/") and self._keys:
-            header = Request(scope).headers.get("authorization")
-            if not authorised(header, self._keys):
-                metrics.console_searches.labels("unauthorised").inc()
-                response = error_response(
-                    401, "a read key is required: Authorization: Bearer <key>"
-                )
-                await response(scope, receive, send_with_headers)
-                return
-        await self._app(scope, receive, send_with_headers)
+        if not api:
+            await self._app(scope, receive, send_with_headers)
+            return
+        if self._keys and not authorised(Request(scope).headers.get("authorization"), self._keys):
+            metrics.console_searches.labels("unauthorised").inc()
+            response = error_response(401, "a read key is required: Authorization: Bearer <key>")
+            await response(scope, receive, send_with_headers)
+            return
+        if self.reads >= self._max_reads:
+            metrics.console_searches.labels("busy").inc()
+            response = error_response(
+                429, f"the console serves {self._max_reads} reads at once; retry"
+            )
+            await response(scope, receive, send_with_headers)
+            return
+        self.reads += 1
+        try:
+            await self._app(scope, receive, send_with_headers)
+        finally:
+            self.reads -= 1
 
 
 async def logs(request: Request) -> Response:
@@ -165,20 +189,48 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+class Readiness:
+    """/readyz of the console: whether the table answers a Query, asked at most once every
+    `ttl_s` however many ask (concurrent callers share the one Query in flight)."""
+
+    def __init__(self, ttl_s: float = READY_CACHE_S) -> None:
+        self._ttl_s = ttl_s
+        self._lock = asyncio.Lock()
+        self._answer: tuple[int, dict[str, str]] | None = None
+        self._until = 0.0
+        self.checks = 0
+
+    async def answer(self, console: Console, dynamodb: Any) -> tuple[int, dict[str, str]]:
+        async with self._lock:
+            if self._answer is None or time.monotonic() >= self._until:
+                self._answer = await self._check(console, dynamodb)
+                self._until = time.monotonic() + self._ttl_s
+            return self._answer
+
+    async def _check(self, console: Console, dynamodb: Any) -> tuple[int, dict[str, str]]:
+        self.checks += 1
+        try:
+            async with asyncio.timeout(3):
+                # A Query, not DescribeTable: the console's role may only Query and GetItem.
+                await dynamodb.query(
+                    TableName=console.settings.table_name,
+                    KeyConditionExpression="pk = :pk",
+                    ExpressionAttributeValues={":pk": {"S": "_services"}},
+                    Limit=1,
+                )
+        except AWS_ERRORS as exc:
+            return 503, {"status": "unavailable", "error": error_code(exc)}
+        return 200, {"status": "ready"}
+
+
 async def readyz(request: Request) -> Response:
-    console: Console = request.app.state.console
-    try:
-        async with asyncio.timeout(3):
-            # A Query, not DescribeTable: the console's role may only Query and GetItem.
-            await request.app.state.dynamodb.query(
-                TableName=console.settings.table_name,
-                KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues={":pk": {"S": "_services"}},
-                Limit=1,
-            )
-    except AWS_ERRORS as exc:
-        return json_response({"status": "unavailable", "error": error_code(exc)}, 503)
-    return json_response({"status": "ready"})
+    public = request.app.state.public
+    console: Console | None = getattr(public.state, "console", None)
+    if console is None:
+        return json_response({"status": "starting"}, 503)
+    readiness: Readiness = request.app.state.readiness
+    status, body = await readiness.answer(console, public.state.dynamodb)
+    return json_response(body, status)
 
 
 def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> Starlette:
@@ -210,14 +262,30 @@ def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> 
             Route("/api/logs", logs),
             Route("/api/services", services),
             Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", prometheus),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={HTTPException: http_error},
-        middleware=[Middleware(ReadGuard, read_keys=settings.read_keys)],
+        middleware=[
+            Middleware(
+                ReadGuard,
+                read_keys=settings.read_keys,
+                max_reads=settings.max_concurrent_reads,
+            )
+        ],
         lifespan=lifespan,
     )
+
+
+def create_admin_app(public: Starlette, ready_cache_s: float = READY_CACHE_S) -> Starlette:
+    """GET /metrics and /readyz for LOGPIPE_METRICS_PORT, off the public port, as on the
+    ingestor: neither is reachable where the API is, with or without a read key."""
+    app = Starlette(
+        routes=[Route("/metrics", prometheus), Route("/readyz", readyz)],
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.public = public
+    app.state.readiness = Readiness(ready_cache_s)
+    return app
 
 
 async def _shards_or_configured(clients: Clients, settings: Settings) -> int:
@@ -245,6 +313,7 @@ def _reader(
         cursor_secret=secret,
         query_budget=settings.query_budget,
         deadline_s=deadline_s,
+        answer_bytes=settings.max_answer_bytes,
     )
 
 
@@ -260,7 +329,8 @@ async def serve(settings: Settings) -> int:
             "LOGPIPE_CURSOR_SECRET is unset: cursors work only on this console process; "
             "give every console task the same secret"
         )
-    return await serve_app(create_app(settings), settings)
+    app = create_app(settings)
+    return await serve_app(app, settings, admin=create_admin_app(app))
 
 
 # --- logpipe query ---------------------------------------------------------------------------

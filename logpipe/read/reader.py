@@ -17,6 +17,10 @@ full, the page ends where everything newer has been searched and its cursor cont
 there (`complete` is False). The first hour's summaries, its first bodies and the bodies of
 every block that reaches the page's upper end are always read, so every answer moves the
 search on, however much blocks overlap.
+
+The budget also holds the bytes one answer may carry (`answer_bytes`, LOGPIPE_MAX_ANSWER_BYTES):
+once the events taken hold that many, the page stops after its last event, with a cursor
+that continues just below it (`complete` is False), as when the reads run out.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from logpipe.core.block import (
     stored_event,
     summary_from_item,
 )
-from logpipe.core.models import Event, StoredEvent
+from logpipe.core.models import Event, StoredEvent, dumps_exact
 from logpipe.core.query import (
     HOUR_MS,
     LogQuery,
@@ -55,6 +59,7 @@ log = logging.getLogger(__name__)
 
 QUERY_BUDGET = 48
 READ_DEADLINE_S = 2.0
+ANSWER_BYTES = 4 * 1024 * 1024
 # Bodies asked for in one BatchGetItem (DynamoDB takes 100 keys and answers 16 MB at most;
 # a body is at most ~130 KB).
 BODIES_PER_CALL = 16
@@ -76,9 +81,10 @@ class Page:
 class _Budget:
     """The reads and the time one search may still spend."""
 
-    def __init__(self, reads: int, seconds: float) -> None:
+    def __init__(self, reads: int, seconds: float, answer_bytes: int) -> None:
         self.left = reads
         self._deadline = time.monotonic() + seconds
+        self.bytes_left = answer_bytes
 
     def take(self, *, first: bool = False) -> bool:
         """Spend one read if one is left (and time is, unless it is one the search must make)."""
@@ -158,20 +164,26 @@ class _Hour:
             return pending
         return self.floor if pending is None else max(pending, self.floor)
 
-    def take_ready(self, out: list[Event], want: int, last: list[_Desc]) -> None:
-        """Move the events no unread block can outrank to `out`, each position once."""
+    def take_ready(self, out: list[Event], want: int, last: list[_Desc]) -> bool:
+        """Move the events no unread block can outrank to `out`, each position once; True
+        when the answer holds its bytes (the page ends with the last event taken)."""
         frontier = self.frontier()
         heap = self._heap
+        budget = self._budget
         while heap and len(out) < want:
             entry = heap[0]
             event = entry[3]
             if frontier is not None and event["timestamp"] <= frontier:
-                return
+                return False
+            if budget.bytes_left <= 0:  # the answer holds LOGPIPE_MAX_ANSWER_BYTES
+                return True
             heapq.heappop(heap)
             if entry[0] == last[0]:
                 continue  # a later copy of an event already taken
             last[0] = entry[0]
             out.append(event)
+            budget.bytes_left -= len(dumps_exact(event))
+        return False
 
     def more_blocks(self) -> bool:
         return self._next < len(self.blocks)
@@ -246,6 +258,7 @@ class Reader:
         cursor_secret: bytes,
         query_budget: int = QUERY_BUDGET,
         deadline_s: float = READ_DEADLINE_S,
+        answer_bytes: int = ANSWER_BYTES,
     ) -> None:
         self._dynamodb = dynamodb
         self._table = table
@@ -254,12 +267,14 @@ class Reader:
         self._secret = cursor_secret
         self._budget = max(query_budget, shards + 1)
         self._deadline_s = deadline_s
+        self._answer_bytes = answer_bytes
         self.query_calls = 0
 
     async def read(self, query: LogQuery) -> Page:
         """One page of `query`: its events newest first, with a cursor when older ones exist."""
         want = query.limit + 1  # one more than the page: then a cursor means "there is more"
-        found, stopped_at = await self._walk(query, want, _Budget(self._budget, self._deadline_s))
+        budget = _Budget(self._budget, self._deadline_s, self._answer_bytes)
+        found, stopped_at = await self._walk(query, want, budget)
         events = found[: query.limit]
         shown = [stored_event(e) for e in events]
         if len(found) > query.limit:
@@ -281,15 +296,17 @@ class Reader:
             first_hour = first_fetch = n == 0
             hour = _Hour(self, query, start, budget)
             await hour.read_summaries(forced=first_hour)
-            hour.take_ready(found, want, last)
-            while len(found) < want and hour.more_blocks():
+            full = hour.take_ready(found, want, last)
+            while not full and len(found) < want and hour.more_blocks():
                 # The first hour always reads as far as the page's upper end moves: every
                 # answer moves the search on, however much blocks overlap.
                 forced = first_fetch or (first_hour and hour.straddles())
                 if not await hour.fetch(want - len(found), forced):
                     break
                 first_fetch = False
-                hour.take_ready(found, want, last)
+                full = hour.take_ready(found, want, last)
+            if full:
+                return found, position(found[-1])
             if len(found) >= want:
                 return found, None
             frontier = hour.frontier()

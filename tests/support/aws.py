@@ -14,7 +14,6 @@ from logpipe.config import Settings
 from logpipe.core.block import stored_event
 from logpipe.dev.processes import LOCAL_CREDENTIALS, free_port
 
-
 # The tests' events carry fixed dates (make_event: 2026-09-21); the ingestor refuses events
 # older than the retention, so the tests' roles keep ten years.
 TEST_RETENTION_DAYS = 3650

@@ -11,6 +11,7 @@ const TAIL_OVERLAP_MS = 60000; // late arrivals within a minute still show up in
 const MAX_ROWS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
 const KEY_STORE = "logpipe.readKey";
+const BUSY_RETRIES = 5; // a read answered 429 is asked again after its Retry-After, so often
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -30,6 +31,7 @@ const state = {
 // --- talking to the API -------------------------------------------------------------------
 
 async function getJson(url) {
+  let busy = 0; // answers 429: the console serves as many reads as it may at once
   for (;;) {
     const key = sessionStorage.getItem(KEY_STORE);
     const headers = { Accept: "application/json" };
@@ -43,6 +45,12 @@ async function getJson(url) {
     if (response.status === 401) {
       if (key && sessionStorage.getItem(KEY_STORE) === key) sessionStorage.removeItem(KEY_STORE);
       await askKey(Boolean(key));
+      continue;
+    }
+    if (response.status === 429 && busy < BUSY_RETRIES) {
+      busy += 1;
+      const seconds = Number(response.headers.get("Retry-After")) || 1;
+      await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
       continue;
     }
     const body = await response.json().catch(() => null);
