@@ -9,10 +9,8 @@ import pytest
 
 from logpipe.aws.clients import sqs_billed_chunks
 from logpipe.dev.cpu import py_spy
-from logpipe.dev.report import cost_figures
+from logpipe.dev.report import GB, cloudwatch_usd_per_million_events, cost_figures
 from tests.support.roles import run_bench
-
-pytestmark = pytest.mark.e2e
 
 FIELDS = {
     "events",
@@ -28,7 +26,19 @@ FIELDS = {
     "usd_per_million_events",
     "mode",
     "chaos",
+    "cpu_us_per_event",
+    "event_bytes",
+    "wru_per_event",
+    "stored_bytes_per_event",
+    "usd_per_million_events_all_in",
 }
+COST_FIELDS = (
+    "event_bytes",
+    "wru_per_event",
+    "stored_bytes_per_event",
+    "usd_per_million_events",
+    "usd_per_million_events_all_in",
+)
 
 
 def bench(*args: str) -> dict[str, Any]:
@@ -36,9 +46,16 @@ def bench(*args: str) -> dict[str, Any]:
     assert doc.keys() >= FIELDS
     assert (doc["lost"], doc["duplicates"]) == (0, 0)
     assert doc["stored"] == doc["events"]
+    # True of any storage: something is written and kept for every event, and keeping it
+    # for the retention costs more than writing it alone.
+    assert all(type(doc[name]) is float for name in COST_FIELDS)
+    assert doc["event_bytes"] > 0 and doc["wru_per_event"] > 0
+    assert doc["stored_bytes_per_event"] > 0
+    assert doc["usd_per_million_events_all_in"] > doc["usd_per_million_events"] > 0
     return doc
 
 
+@pytest.mark.e2e
 def test_batched_bench_packs_events_and_batches_calls() -> None:
     # Enough events that each role uses well over one clock tick (10 ms) of CPU, the unit
     # /proc counts in: 500 events took the ingestor under one tick, read as 0.
@@ -56,6 +73,7 @@ def test_batched_bench_packs_events_and_batches_calls() -> None:
     assert all(0 < us < 1_000_000 for us in doc["cpu_us_per_event"].values())
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(py_spy() is None, reason="py-spy is not installed")
 def test_profile_writes_a_report_per_role(tmp_path: Path) -> None:
     doc = bench("--events", "1000", "--profile", str(tmp_path))
@@ -66,6 +84,7 @@ def test_profile_writes_a_report_per_role(tmp_path: Path) -> None:
     assert doc["cpu_us_per_event"]["processor"] > 0
 
 
+@pytest.mark.e2e
 def test_naive_bench_makes_one_call_per_event() -> None:
     doc = bench("--events", "300", "--naive")
     requests = doc["aws_requests"]
@@ -76,12 +95,14 @@ def test_naive_bench_makes_one_call_per_event() -> None:
     assert "SendMessageBatch" not in requests and "BatchWriteItem" not in requests
 
 
+@pytest.mark.e2e
 def test_ceiling_bench_moves_the_same_events_with_batch_calls() -> None:
     doc = bench("--events", "500", "--ceiling")
     assert doc["mode"] == "ceiling"
     assert doc["aws_requests"]["BatchWriteItem"] >= 500 / 25
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("payload", "chunks"), [(0, 1), (1, 1), (65536, 1), (65537, 2), (262144, 4)]
 )
@@ -89,9 +110,44 @@ def test_sqs_bills_each_started_64_kib(payload: int, chunks: int) -> None:
     assert sqs_billed_chunks(payload) == chunks
 
 
+@pytest.mark.unit
 def test_cost_is_priced_per_billed_request_and_write_unit() -> None:
     figures = cost_figures(events=1_000_000, billed_sqs=10_000, write_units=1_000_000)
     assert figures["billed_sqs_requests_per_event"] == 0.01
     assert figures["write_units_per_event"] == 1.0
     # 10,000 SQS requests at $0.40/M plus 1M write units at $0.625/M.
     assert figures["usd_per_million_events"] == pytest.approx(0.004 + 0.625)
+
+
+@pytest.mark.unit
+def test_all_in_cost_adds_storage_for_the_retention() -> None:
+    # A million events of 1 GB in all, one write unit each, kept 30 days (720 of a billing
+    # month's 730 hours).
+    figures = cost_figures(
+        events=1_000_000, billed_sqs=0, write_units=1_000_000, stored_bytes=GB, retention_days=30
+    )
+    assert figures["wru_per_event"] == 1.0
+    assert figures["stored_bytes_per_event"] == round(GB / 1e6, 1)
+    assert figures["usd_per_million_events"] == 0.625
+    assert figures["usd_per_million_events_all_in"] == pytest.approx(
+        0.625 + 0.25 * 720 / 730, abs=1e-4
+    )
+
+
+@pytest.mark.unit
+def test_all_in_cost_adds_point_in_time_recovery_when_enabled() -> None:
+    plain, pitr = (
+        cost_figures(1_000_000, 0, 0, stored_bytes=GB, retention_days=30, pitr=pitr)
+        for pitr in (False, True)
+    )
+    assert plain["usd_per_million_events_all_in"] == pytest.approx(0.25 * 720 / 730, abs=1e-4)
+    assert pitr["usd_per_million_events_all_in"] == pytest.approx(0.45 * 720 / 730, abs=1e-4)
+
+
+@pytest.mark.unit
+def test_cloudwatch_price_is_ingestion_plus_storage_for_the_retention() -> None:
+    # A GB of events in all: ingested, then kept 30 days (720 of a month's 730 hours).
+    prices = cloudwatch_usd_per_million_events(event_bytes=GB / 1e6, retention_days=30)
+    storage = 0.03 * 720 / 730
+    assert prices["standard"] == pytest.approx(0.50 + storage, abs=1e-4)
+    assert prices["infrequent_access"] == pytest.approx(0.25 + storage, abs=1e-4)

@@ -37,9 +37,11 @@ from logpipe.dev.processes import (
     start_moto,
     wait_http,
 )
-from logpipe.dev.report import fired, summarise, verify
+from logpipe.dev.report import fired, mean_event_bytes, summarise, verify
 
 MESSAGE_CHARS = 300
+MIN_EVENT_BYTES = 200
+MAX_EVENT_BYTES = 16384
 PROGRESS_INTERVAL_S = 1.0
 SERVICES = ("checkout", "payments", "search", "inventory")
 LEVELS = ("debug", "info", "info", "info", "info", "warn", "error")
@@ -58,6 +60,9 @@ class BenchOptions:
     chaos: Faults = field(default_factory=Faults)
     profile: str | None = None
     keepalive: bool = True
+    event_bytes: int = 1024
+    seed: int | None = None
+    pitr: bool = False
 
 
 def make_events(run: str, count: int, now_ms: int) -> list[dict[str, Any]]:
@@ -187,7 +192,7 @@ async def run(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             if options.ceiling:
                 from logpipe.dev.ceiling import run_ceiling
 
-                return await run_ceiling(settings, clients, events)
+                return await run_ceiling(settings, clients, events, pitr=options.pitr)
             return await PipelineBench(settings, clients, options, log).run(events)
 
 
@@ -296,6 +301,9 @@ class PipelineBench:
             samples=samples,
             peak_rss_mb=self.peak_rss,
             cpu_us_per_event=self.cpu.per_event_us(len(events)),
+            event_bytes=mean_event_bytes(events),
+            retention_days=self.settings.retention_days,
+            pitr=self.options.pitr,
         )
         if self.options.chaos != Faults():
             result.update(await self._chaos_result(samples))

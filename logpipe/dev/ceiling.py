@@ -20,9 +20,16 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from logpipe.core.models import Event, pack_envelope, to_item, unpack_envelope, write_units
+from logpipe.core.models import (
+    Event,
+    item_size,
+    pack_envelope,
+    to_item,
+    unpack_envelope,
+    write_units,
+)
 from logpipe.dev import promtext
-from logpipe.dev.report import summarise
+from logpipe.dev.report import mean_event_bytes, summarise
 from logpipe.ingest.batcher import Pending, take_batch
 from logpipe.obs import metrics
 
@@ -44,10 +51,17 @@ def counter_deltas(
 
 
 async def run_ceiling(
-    settings: Settings, clients: Clients, events: list[dict[str, Any]]
+    settings: Settings, clients: Clients, events: list[dict[str, Any]], pitr: bool = False
 ) -> dict[str, Any]:
     url = await queue_url(clients.sqs, settings.queue_name)
-    units = sum(write_units(to_item(_envelope_event(e, 0), settings.shards, 1)) for e in events)
+    now_ms = int(time.time() * 1000)
+    items = [
+        to_item(_envelope_event(e, now_ms), settings.shards, settings.retention_days)
+        for e in events
+    ]
+    units = sum(map(write_units, items))
+    stored_bytes = sum(map(item_size, items))
+    del items
     before = registry_samples()
     latencies: list[float] = []
     started = time.monotonic()
@@ -63,6 +77,7 @@ async def run_ceiling(
         task.cancel()
     await asyncio.gather(*consumers, return_exceptions=True)
     metrics.dynamodb_write_units.inc(units)
+    metrics.dynamodb_stored_bytes.inc(stored_bytes)
     samples = counter_deltas(registry_samples(), before)
     latencies.sort()
     return summarise(
@@ -73,6 +88,9 @@ async def run_ceiling(
         seconds=seconds,
         samples=samples,
         latency_ms=(_percentile(latencies, 0.5), _percentile(latencies, 0.99)),
+        event_bytes=mean_event_bytes(events),
+        retention_days=settings.retention_days,
+        pitr=pitr,
     )
 
 

@@ -69,7 +69,7 @@ class NaiveProcessor(Processor):
             for write in writes:
                 item = self._item(write)
                 await self._dynamodb.put_item(TableName=self._settings.table_name, Item=item)
-                self._record_stored([write], write_units(item))
+                self._record_stored([write], write_units(item), [item])
             if delete:
                 await self._sqs.delete_message(
                     QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"]

@@ -35,6 +35,7 @@ from logpipe.core.models import (
     Item,
     dead_letter_body,
     item_key,
+    item_size,
     to_item,
     unpack_checked,
     unpack_envelope,
@@ -576,11 +577,11 @@ class Processor:
             metrics.write_seconds.observe(time.perf_counter() - started)
         unprocessed = response.get("UnprocessedItems", {}).get(table, [])
         if not unprocessed:
-            self._record_stored(writes, _units(writes, items))
+            self._record_stored(writes, _units(writes, items), [items[w.key] for w in writes])
             return [None] * len(writes)
         left = {_key(r["PutRequest"]["Item"]) for r in unprocessed}
         stored = [w for w in writes if w.key not in left]
-        self._record_stored(stored, _units(stored, items))
+        self._record_stored(stored, _units(stored, items), [items[w.key] for w in stored])
         return [UNPROCESSED if w.key in left else None for w in writes]
 
     async def _isolate(self, writes: list[_Write], round_: _Round, error: str) -> None:
@@ -598,9 +599,9 @@ class Processor:
         settings = self._settings
         return to_item(write.event, settings.shards, settings.retention_days, write.key)
 
-    def _record_stored(self, writes: list[_Write], units: int) -> None:
+    def _record_stored(self, writes: list[_Write], units: int, items: Iterable[Item] = ()) -> None:
         """Count stored writes: their messages' pending events, the events stored per
-        service and level, their end-to-end latency and the write units. Per batch: the
+        service and level, their end-to-end latency, write units and item bytes. Per batch: the
         writes of a call share a few messages, labels and ingest times."""
         for tracker, count in Counter(chain.from_iterable(map(_TRACKERS, writes))).items():
             tracker.pending -= count
@@ -614,6 +615,7 @@ class Processor:
         ]
         metrics.observe_counted(metrics.e2e_latency, latencies)
         metrics.dynamodb_write_units.inc(units)
+        metrics.dynamodb_stored_bytes.inc(sum(map(item_size, items)))
         for key, count in labels.items():
             counter = self._stored_counters.get(key)
             if counter is None:
