@@ -1,13 +1,22 @@
-"""`logpipe bench` at small scale: it runs end to end, counts exactly, and its requests fit."""
+"""`logpipe bench` at small scale: it runs end to end, counts exactly, and its requests fit;
+the events it drives look like real ones, and its prices add up."""
 
 from __future__ import annotations
 
+import re
+import statistics
+import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from logpipe.aws.clients import sqs_billed_chunks
+from logpipe.cli import build_parser
+from logpipe.core.models import MAX_EVENT_BYTES, encode_event, normalise
+from logpipe.dev.bench import make_events
 from logpipe.dev.cpu import py_spy
 from logpipe.dev.report import GB, cloudwatch_usd_per_million_events, cost_figures
 from tests.support.roles import run_bench
@@ -41,6 +50,105 @@ COST_FIELDS = (
 )
 
 
+NOW_MS = 1_796_000_000_000
+SIZES = [pytest.param(200, id="200B"), pytest.param(1024, id="1KB"), pytest.param(4096, id="4KB")]
+
+
+def sizes(events: list[dict[str, Any]]) -> list[int]:
+    return [len(orjson.dumps(event)) for event in events]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("target", SIZES)
+def test_bench_events_are_within_a_tenth_of_the_size_asked_for(target: int) -> None:
+    lengths = sizes(make_events("r1", 2000, NOW_MS, target))
+    assert all(0.9 * target <= n <= 1.1 * target for n in lengths)
+    assert statistics.mean(lengths) == pytest.approx(target, rel=0.02)
+    assert len(set(lengths)) > 20  # sizes vary as real ones do
+
+
+@pytest.mark.unit
+def test_bench_events_have_distinct_random_ids_that_name_the_run() -> None:
+    events = make_events("r1", 20_000, NOW_MS, 200)
+    ids = [event["id"] for event in events]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"r1-[0-9a-f]{24}", event_id) for event_id in ids)
+    assert ids != sorted(ids)  # random, not a counter
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("target", SIZES)
+def test_bench_events_compress_like_real_logs_not_like_a_repeated_filler(target: int) -> None:
+    # One SQS message's worth: a block of 250 events, zlib level 1 (as fast as zstd's).
+    # Repeated filler compressed 20-68x; random bytes would not compress at all.
+    events = make_events("r1", 250, NOW_MS, target)
+    data = b"\n".join(orjson.dumps(event) for event in events)
+    assert 2 < len(data) / len(zlib.compress(data, 1)) < 8
+
+
+@pytest.mark.unit
+def test_bench_event_attributes_have_the_cardinality_of_real_ones() -> None:
+    events = make_events("r1", 5000, NOW_MS, 1024)
+    attributes = [event.get("attributes", {}) for event in events]
+    assert statistics.median(map(len, attributes)) >= 12
+
+    def distinct(name: str) -> int:
+        return len({a[name] for a in attributes if name in a})
+
+    assert distinct("http.method") <= 5
+    assert 15 <= distinct("http.route") <= 25
+    assert distinct("cloud.region") <= 5
+    assert 2000 < distinct("user.id") <= 10_000
+    assert distinct("request_id") == sum("request_id" in a for a in attributes) > 4000
+    statuses = Counter(a["http.status_code"] for a in attributes if "http.status_code" in a)
+    assert statuses.most_common(1)[0][0] == 200 and len(statuses) > 5
+    assert all(isinstance(a["duration_ms"], float) for a in attributes if "duration_ms" in a)
+
+
+@pytest.mark.unit
+def test_bench_event_messages_vary_and_some_carry_a_stack_trace() -> None:
+    events = make_events("r1", 5000, NOW_MS, 1024)
+    messages = [event["message"] for event in events]
+    assert len(set(messages)) > 0.95 * len(messages)
+    assert any("\nTraceback (most recent call last):\n" in message for message in messages)
+    traced = [event for event in events if "trace_id" in event]
+    assert len(traced) > 0.8 * len(events)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", event["trace_id"]) for event in traced)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", event["span_id"]) for event in traced)
+    assert len({event["trace_id"] for event in traced}) == len(traced)
+
+
+@pytest.mark.unit
+def test_bench_events_are_the_same_for_the_same_seed() -> None:
+    assert make_events("r1", 100, NOW_MS, 1024) == make_events("r1", 100, NOW_MS, 1024)
+    seeded = make_events("r1", 100, NOW_MS, 1024, seed=7)
+    assert make_events("r1", 100, NOW_MS, 1024, seed=7) == seeded
+    assert make_events("r1", 100, NOW_MS, 1024, seed=8) != seeded
+    # Another run with the same seed: the same events under that run's ids.
+    again = make_events("r2", 100, NOW_MS, 1024, seed=7)
+    assert [e["id"].split("-")[1] for e in again] == [e["id"].split("-")[1] for e in seeded]
+    assert [{**e, "id": ""} for e in again] == [{**e, "id": ""} for e in seeded]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("target", [*SIZES, pytest.param(16384, id="16KB")])
+def test_bench_events_are_valid_events_as_they_are(target: int) -> None:
+    for event in make_events("r1", 300, NOW_MS, target):
+        normalised = normalise(event, NOW_MS)
+        assert {k: normalised[k] for k in event} == event  # type: ignore[literal-required]
+        assert len(encode_event(normalised)) < MAX_EVENT_BYTES
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("given", ["199", "16385", "1k"])
+def test_bench_refuses_an_event_size_it_cannot_make(given: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["bench", "--event-bytes", given])
+    assert exit_.value.code == 2
+    with pytest.raises(ValueError, match="event_bytes"):
+        make_events("r1", 1, NOW_MS, int(given) if given.isdigit() else 0)
+
+
 def bench(*args: str) -> dict[str, Any]:
     doc = run_bench(*args)
     assert doc.keys() >= FIELDS
@@ -60,9 +168,10 @@ def test_batched_bench_packs_events_and_batches_calls() -> None:
     # Enough events that each role uses well over one clock tick (10 ms) of CPU, the unit
     # /proc counts in: 500 events took the ingestor under one tick, read as 0.
     events = 2000
-    doc = bench("--events", str(events))
+    doc = bench("--events", str(events), "--event-bytes", "450")
     requests = doc["aws_requests"]
     assert doc["mode"] == "batched"
+    assert doc["event_bytes"] == pytest.approx(450, rel=0.02)
     assert "SendMessage" not in requests
     assert requests.get("PutItem", 0) <= 1  # the table's shard count, put once at start
     assert requests["SendMessageBatch"] <= 10  # 2000 events of ~450 bytes: a few messages
