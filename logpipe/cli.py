@@ -142,6 +142,21 @@ def _add_dlq(commands: Commands) -> None:
 def _add_bench(commands: Commands) -> None:
     bench = commands.add_parser("bench", help="load-test end to end; prints one JSON object")
     bench.add_argument("--events", type=int, help="events to drive (20000; naive 500)")
+    bench.add_argument(
+        "--event-bytes",
+        type=_event_bytes,
+        default=1024,
+        metavar="N",
+        help="about how long each event's JSON is as sent (1024; 200-16384)",
+    )
+    bench.add_argument(
+        "--seed", type=int, help="seed of the events' random content (default: one per run)"
+    )
+    bench.add_argument(
+        "--pitr",
+        action="store_true",
+        help="price point-in-time recovery in usd_per_million_events_all_in (as deployed)",
+    )
     bench.add_argument("--naive", action="store_true", help="the one-call-per-event pipeline")
     bench.add_argument("--ceiling", action="store_true", help="the endpoint alone, no pipeline")
     bench.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
@@ -159,6 +174,20 @@ def _add_bench(commands: Commands) -> None:
         action="store_true",
         help="moto's own server, which closes every connection (default: keep-alive, as AWS)",
     )
+
+
+def _event_bytes(text: str) -> int:
+    from logpipe.dev.bench import MAX_EVENT_BYTES, MIN_EVENT_BYTES
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not MIN_EVENT_BYTES <= value <= MAX_EVENT_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer {MIN_EVENT_BYTES}-{MAX_EVENT_BYTES}, got {text!r}"
+        )
+    return value
 
 
 def _add_console(commands: Commands) -> None:
@@ -316,6 +345,9 @@ async def _bench(settings: Settings, args: argparse.Namespace, parts: dict[str, 
         chaos=Faults.parse(args.chaos),
         profile=args.profile,
         keepalive=not args.closing_endpoint,
+        event_bytes=args.event_bytes,
+        seed=args.seed,
+        pitr=args.pitr,
     )
     result = await bench.run(settings, options)
     print(orjson.dumps(result).decode(), flush=True)

@@ -23,7 +23,7 @@ from logpipe.config import Settings
 from logpipe.core.block import block_items, item_bytes, write_units
 from logpipe.core.models import Event, pack_envelope, unpack_envelope
 from logpipe.dev import promtext
-from logpipe.dev.report import summarise
+from logpipe.dev.report import mean_event_bytes, summarise
 from logpipe.ingest.batcher import Pending, take_batch
 from logpipe.obs import metrics
 
@@ -45,7 +45,7 @@ def counter_deltas(
 
 
 async def run_ceiling(
-    settings: Settings, clients: Clients, events: list[dict[str, Any]]
+    settings: Settings, clients: Clients, events: list[dict[str, Any]], pitr: bool = False
 ) -> dict[str, Any]:
     url = await queue_url(clients.sqs, settings.queue_name)
     before = registry_samples()
@@ -72,6 +72,9 @@ async def run_ceiling(
         seconds=seconds,
         samples=samples,
         latency_ms=(_percentile(latencies, 0.5), _percentile(latencies, 0.99)),
+        event_bytes=mean_event_bytes(events),
+        retention_days=settings.retention_days,
+        pitr=pitr,
     )
 
 
