@@ -53,7 +53,10 @@ def program(text: str, before: bool) -> str:
 async def first_record_delay(before: bool) -> dict[str, Any]:
     async with Hostile("ok") as server:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", program(ONE_RECORD, before), server.url,
+            sys.executable,
+            "-c",
+            program(ONE_RECORD, before),
+            server.url,
             stdout=asyncio.subprocess.PIPE,
         )
         assert process.stdout is not None
@@ -95,16 +98,22 @@ async def flood(before: bool) -> dict[str, Any]:
     result, err, rc = await run_program(
         program(HANDLER_FLOOD, before), dead_url(), 20_000, 31_000, timeout=300
     )
-    return {"wall_s": round(time.monotonic() - started, 1), "rc": rc, "program": result,
-            "stderr": err[-300:]}
+    return {
+        "wall_s": round(time.monotonic() - started, 1),
+        "rc": rc,
+        "program": result,
+        "stderr": err[-300:],
+    }
 
 
 CASES = {
     "first-record": lambda b: first_record_delay(b),
     "retry-after-unicode-client": lambda b: client_case(
-        "retry-after", CLIENT_FLUSH, b, retry_after=UNICODE_DIGITS),
+        "retry-after", CLIENT_FLUSH, b, retry_after=UNICODE_DIGITS
+    ),
     "retry-after-unicode-async": lambda b: client_case(
-        "retry-after", ASYNC_CLIENT, b, retry_after=UNICODE_DIGITS),
+        "retry-after", ASYNC_CLIENT, b, retry_after=UNICODE_DIGITS
+    ),
     "huge-body-client": lambda b: client_case("huge", CLIENT_FLUSH, b),
     "huge-body-async": lambda b: client_case("huge", ASYNC_CLIENT, b),
     "drip-client": lambda b: client_case("drip", CLIENT_FLUSH, b),

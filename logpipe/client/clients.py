@@ -174,6 +174,9 @@ class AsyncClient:
         self._closing = False
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._ended = False
+        self._ended_by: BaseException | None = None
+        self._waking: asyncio.Future[None] | None = None
         self.stats = ShipStats()
 
     async def start(self) -> None:
@@ -190,6 +193,7 @@ class AsyncClient:
             timeout_s=self._timeout_s,
         )
         self._task = asyncio.create_task(self._run(shipper), name="logpipe-client")
+        self._task.add_done_callback(self._task_ended)
 
     async def stop(self) -> None:
         """Ship what is buffered (within `drain_timeout_s`), then close. Idempotent; what
@@ -209,14 +213,19 @@ class AsyncClient:
         except asyncio.CancelledError:
             if not self._task.cancelled():
                 raise  # stop itself was cancelled
+            self._report_ended()
         except Exception:
-            # Already told: _run logged it, and `send` raises it to the next caller.
-            log.warning(
-                "the background task had ended: %d bytes of events undelivered",
-                self._unsettled_bytes,
-            )
+            # `send` has raised it already, or will to the next caller: here it is told.
+            self._report_ended()
         if self._owns_session and self._session is not None:
             await self._session.close()
+
+    def _report_ended(self) -> None:
+        log.warning(
+            "the background task had ended (%r): %d bytes of events undelivered",
+            self._ended_by,
+            self._unsettled_bytes,
+        )
 
     async def __aenter__(self) -> AsyncClient:
         await self.start()
@@ -227,8 +236,7 @@ class AsyncClient:
 
     async def send(self, event: Mapping[str, Any]) -> None:
         """Buffer one event (id and timestamp fixed now), waiting while the buffer is full."""
-        task = self._task
-        if task is None:
+        if self._task is None:
             raise RuntimeError("AsyncClient is not started; use `async with` or start()")
         data = exact(orjson.dumps(stamped(event)))
         size = len(data) + 1
@@ -236,15 +244,18 @@ class AsyncClient:
             await self._changed.wait_for(
                 lambda: (
                     self._closing
-                    or task.done()
+                    or self._ended
                     or self._unsettled_bytes == 0
                     or self._unsettled_bytes + size <= self._max_buffered_bytes
                 )
             )
             if self._closing:
                 raise RuntimeError("AsyncClient is stopped")
-            if task.done():
-                raise _ended(task)
+            if self._ended:
+                error = RuntimeError(
+                    f"AsyncClient's background task has ended ({self._ended_by!r})"
+                )
+                raise error from self._ended_by
             self._buffer.append(data)
             self._buffered_at.append(time.monotonic())
             self._buffered_bytes += size
@@ -259,7 +270,7 @@ class AsyncClient:
             self._changed.notify_all()
             try:
                 await self._changed.wait_for(
-                    lambda: self._unsettled_bytes == 0 or self._task is None or self._task.done()
+                    lambda: self._unsettled_bytes == 0 or self._task is None or self._ended
                 )
             finally:
                 self._flushing -= 1
@@ -273,22 +284,28 @@ class AsyncClient:
         )
 
     async def _run(self, shipper: Shipper) -> None:
-        try:
-            while (taken := await self._next_batch()) is not None:
-                batch, since = taken
-                try:
-                    await shipper.ship_encoded(batch, since)
-                except Exception:
-                    # A bug here must not stop every later send: count the batch, go on.
-                    log.exception("could not ship %d events", len(batch))
-                    self.stats.failed += len(batch)
-                async with self._changed:
-                    self._unsettled_bytes -= sum(len(data) + 1 for data in batch)
-                    self._changed.notify_all()
-        finally:
-            # Whoever waits in send or flush learns that this task has ended.
+        while (taken := await self._next_batch()) is not None:
+            batch, since = taken
+            try:
+                await shipper.ship_encoded(batch, since)
+            except Exception:
+                # A bug here must not stop every later send: count the batch, go on.
+                log.exception("could not ship %d events", len(batch))
+                self.stats.failed += len(batch)
             async with self._changed:
+                self._unsettled_bytes -= sum(len(data) + 1 for data in batch)
                 self._changed.notify_all()
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """Whoever waits in send or flush learns that the task has ended, however it did
+        (cancelled before it ever ran, too)."""
+        self._ended_by = asyncio.CancelledError() if task.cancelled() else task.exception()
+        self._ended = True
+        self._waking = asyncio.ensure_future(self._wake_all())
+
+    async def _wake_all(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _next_batch(self) -> tuple[list[bytes], float] | None:
         """The next batch, once due, and when its oldest event was sent; None once stopped
@@ -307,11 +324,3 @@ class AsyncClient:
                 self._buffered_at.popleft()
             self._buffered_bytes -= sum(len(data) + 1 for data in batch)
             return batch, since
-
-
-def _ended(task: asyncio.Task[None]) -> RuntimeError:
-    """The error `send` raises once the background task has ended, with its cause."""
-    cause = None if task.cancelled() else task.exception()
-    error = RuntimeError(f"AsyncClient's background task has ended ({cause!r})")
-    error.__cause__ = cause
-    return error

@@ -163,6 +163,8 @@ class LogpipeHandler(logging.Handler):
             ):
                 self._dropped += 1
                 self._unreported += 1
+                if self._unreported == 1:
+                    self._ready.notify_all()  # the shipping thread sets its report clock
                 return
             self._buffer.append(data)
             self._buffered_at.append(time.monotonic())
@@ -319,6 +321,40 @@ _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {
     "otelTraceSampled",
     "otelServiceName",
 }
+
+
+def loguru_sink(handler: logging.Handler) -> Callable[[Any], None]:
+    """A loguru sink that hands each message to `handler` (a LogpipeHandler) as a stdlib
+    record: loguru's own message, without the prefix of a sink's format; its `extra`
+    (bound fields and keyword arguments) as attributes; its level, time, place and
+    exception. Duck-typed on loguru's record: logpipe does not import loguru.
+
+        logger.add(loguru_sink(LogpipeHandler(url, service="checkout")))
+    """
+
+    def sink(message: Any) -> None:
+        entry = message.record
+        exc = entry["exception"]
+        record = logging.LogRecord(
+            entry["name"] or "",
+            entry["level"].no,
+            entry["file"].path,
+            entry["line"],
+            entry["message"],
+            None,
+            (exc.type, exc.value, exc.traceback) if exc else None,
+            entry["function"],
+        )
+        record.levelname = entry["level"].name
+        record.created = entry["time"].timestamp()
+        record.threadName, record.process = entry["thread"].name, entry["process"].id
+        for key, value in entry["extra"].items():
+            # A field named like a LogRecord's own (`name`, `msg`) must not replace it.
+            setattr(record, f"extra.{key}" if key in _RECORD_FIELDS else key, value)
+        if record.levelno >= handler.level:
+            handler.handle(record)
+
+    return sink
 
 
 def level_of(levelno: int) -> str:

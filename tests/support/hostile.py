@@ -126,7 +126,9 @@ class Hostile:
             await asyncio.sleep(1)  # the behaviour under test: one byte a second
 
 
-async def _write(writer: asyncio.StreamWriter, status: int, body: bytes, extra: bytes = b"") -> None:
+async def _write(
+    writer: asyncio.StreamWriter, status: int, body: bytes, extra: bytes = b""
+) -> None:
     writer.write(
         f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n".encode()
         + extra
@@ -171,7 +173,8 @@ ASYNC_CLIENT = f"""
 import asyncio, json, resource, sys, time
 from logpipe.client import AsyncClient
 async def main():
-    url, count, give_up, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    url, count = sys.argv[1], int(sys.argv[2])
+    give_up, timeout = float(sys.argv[3]), float(sys.argv[4])
     errors = []
     client = AsyncClient(url, give_up_after_s=give_up, timeout_s=timeout)
     await client.start()
@@ -191,6 +194,23 @@ async def main():
     print(json.dumps({{"seconds": time.monotonic() - started, "errors": errors, "sent": s.sent,
         "accepted": s.accepted, "failed": s.failed, "peak_rss_mb": {PEAK}}}), flush=True)
 asyncio.run(main())
+"""
+
+HANDLER_FLUSH = f"""
+import json, logging, resource, sys, time
+from logpipe.client import LogpipeHandler
+url, count, give_up, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+handler = LogpipeHandler(url, "app", give_up_after_s=give_up, timeout_s=timeout, close_timeout_s=60)
+log = logging.getLogger("app")
+log.propagate = False
+log.addHandler(handler)
+for n in range(count):
+    log.warning("event %d", n)
+started = time.monotonic()
+handler.flush()
+s = handler.stats
+print(json.dumps({{"seconds": time.monotonic() - started, "error": None, "sent": s.sent,
+    "accepted": s.accepted, "failed": s.failed, "peak_rss_mb": {PEAK}}}), flush=True)
 """
 
 # 20k records of about 31 KB each (a 15 KB message and a 15 KB extra field) to an endpoint
