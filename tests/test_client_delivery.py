@@ -149,6 +149,23 @@ async def test_flush_returns_within_give_up_after_s_against_a_server_dripping_a_
     assert "gave up on 10 events" in err
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("program", PROGRAMS)
+async def test_flush_returns_within_give_up_after_s_against_a_tls_handshake_dripped(
+    program: str,
+) -> None:
+    # The handshake is inside the attempt's deadline too.
+    give_up, timeout = 5, 2
+    async with Hostile("tls-drip") as server:
+        url = server.url.replace("http://", "https://")
+        result, err, code = await run_program(program, url, COUNT, give_up, timeout, timeout=120)
+
+    assert code == 0, err
+    assert result is not None
+    assert result["seconds"] <= give_up + 4
+    assert (result["accepted"], result["failed"]) == (0, COUNT)
+
+
 # --- buffers bounded in bytes, exact sizes, drops reported ----------------------------------
 
 
@@ -217,6 +234,7 @@ async def test_dropped_records_are_reported_once_per_interval_with_their_count(
     handler = LogpipeHandler(
         dead_url(),
         "app",
+        give_up_after_s=1,
         capacity=5,
         flush_interval_s=60,
         report_interval_s=0.5,

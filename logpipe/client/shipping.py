@@ -305,7 +305,7 @@ class _Connection:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self.url = url
-        self._https = parts.scheme == "https"
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
         self._host = parts.netloc
         self._path = parts.path or "/"
         self._conn: http.client.HTTPConnection | None = None
@@ -346,18 +346,17 @@ class _Connection:
         return Answer(response.status, data, response.getheader("Retry-After") or "")
 
     def _connect(self, deadline: float) -> http.client.HTTPConnection:
-        if self._conn is None:
-            timeout = _left(deadline)
-            self._conn = (
-                http.client.HTTPSConnection(
-                    self._host, timeout=timeout, context=ssl.create_default_context()
-                )
-                if self._https
-                else http.client.HTTPConnection(self._host, timeout=timeout)
-            )
-        if self._conn.sock is None:
-            self._conn.timeout = _left(deadline)
-            self._conn.connect()
+        if self._conn is not None and self._conn.sock is not None:
+            return self._conn
+        # The socket's timeout bounds connecting, and the TLS handshake as a whole (CPython
+        # gives the handshake one deadline); the cutoff takes over from there.
+        timeout = _left(deadline)
+        self._conn = (
+            http.client.HTTPConnection(self._host, timeout=timeout)
+            if self._tls is None
+            else http.client.HTTPSConnection(self._host, timeout=timeout, context=self._tls)
+        )
+        self._conn.connect()
         return self._conn
 
     def close(self) -> None:

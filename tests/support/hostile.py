@@ -8,7 +8,9 @@ answers as its `mode` says:
 - `retry-after`: 503 with a `Retry-After` header to the first requests, one for each of the
   raw header values in `retry_after`, then as `ok`;
 - `huge`: 202 with a body of `huge_bytes` (1.5 GB), streamed;
-- `drip`: an answer sent one byte a second, which never ends.
+- `drip`: an answer sent one byte a second, which never ends;
+- `tls-drip`: for an https:// URL, the start of a TLS handshake record, then one byte a
+  second of it (no request is ever read).
 
 `dead_url()` is a loopback address where nothing listens (connections are refused).
 """
@@ -74,6 +76,9 @@ class Hostile:
         self._tasks.add(task)
         self._writers.add(writer)
         try:
+            if self.mode == "tls-drip":
+                # A handshake record of 16 KiB announced, then sent a byte a second.
+                await self._drip(writer, b"\x16\x03\x03\x40\x00" + b"\x02" * 16_384)
             while not self._closing and await self._answer_one(reader, writer):
                 pass
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
@@ -102,7 +107,7 @@ class Hostile:
             await self._stream_huge(writer, answer)
             return False
         if self.mode == "drip":
-            await self._drip(writer)
+            await self._drip(writer, b"HTTP/1.1 202 Accepted\r\nX-Drip: " + b"." * 100_000)
             return False
         await _write(writer, 202, answer)
         return True
@@ -117,8 +122,8 @@ class Hostile:
             await writer.drain()
             self.streamed += len(chunk)
 
-    async def _drip(self, writer: asyncio.StreamWriter) -> None:
-        for byte in b"HTTP/1.1 202 Accepted\r\nX-Drip: " + b"." * 100_000:
+    async def _drip(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        for byte in data:
             if self._closing:
                 return
             writer.write(bytes([byte]))
