@@ -280,7 +280,7 @@ class _Cutoff:
         self._armed = True
         self.fired = False
         self._timer = threading.Timer(max(deadline - time.monotonic(), 0.0), self._cut)
-        self._timer.daemon = True
+        self._timer.name, self._timer.daemon = "logpipe-cutoff", True
         self._timer.start()
 
     def _cut(self) -> None:
