@@ -4,7 +4,8 @@
 
 Prints one JSON object per case: how long the program took, what it reported (its stats,
 any error, its peak RSS from getrusage) and what the server received. `--before` leaves out
-the arguments the clients gained with issue 26, to measure the code as it was.
+the arguments the clients gained with issue 26, to measure the code as it was, e.g. with
+`git archive main logpipe | tar -x -C /tmp/old && PYTHONPATH=/tmp/old ... --before`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.support.hostile import (
     ASYNC_CLIENT,
     CLIENT_FLUSH,
     HANDLER_FLOOD,
+    HANDLER_FLUSH,
     Hostile,
     dead_url,
     run_program,
@@ -114,7 +116,12 @@ CASES = {
     "retry-after-unicode-async": lambda b: client_case(
         "retry-after", ASYNC_CLIENT, b, retry_after=UNICODE_DIGITS
     ),
+    "retry-after-unicode-handler": lambda b: client_case(
+        "retry-after", HANDLER_FLUSH, b, retry_after=UNICODE_DIGITS
+    ),
     "huge-body-client": lambda b: client_case("huge", CLIENT_FLUSH, b),
+    "huge-body-handler": lambda b: client_case("huge", HANDLER_FLUSH, b),
+    "drip-handler": lambda b: client_case("drip", HANDLER_FLUSH, b),
     "huge-body-async": lambda b: client_case("huge", ASYNC_CLIENT, b),
     "drip-client": lambda b: client_case("drip", CLIENT_FLUSH, b),
     "drip-async": lambda b: client_case("drip", ASYNC_CLIENT, b),
