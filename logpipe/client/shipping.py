@@ -151,9 +151,12 @@ class Delivery:
         self._attempt = 0
         stats.sent += count
 
-    def attempt_deadline(self, timeout_s: float) -> float:
-        """When the next attempt must be over: `timeout_s` from now, or the give-up time."""
+    def attempt_deadline(self, timeout_s: float | None) -> float:
+        """When the next attempt must be over: `timeout_s` from now (None: no limit of its
+        own), or the give-up time if that comes first."""
         assert self._policy.deadline is not None
+        if timeout_s is None:
+            return self._policy.deadline
         return min(time.monotonic() + timeout_s, self._policy.deadline)
 
     def next_try(self, answer: Answer) -> float | None:
@@ -205,7 +208,8 @@ class Shipper:
     """Posts batches to /ingest on an aiohttp session; retries 429/5xx/connection errors.
 
     Because the ids travel with the events, a retry of a batch SQS did accept overwrites
-    the same items downstream instead of doubling them.
+    the same items downstream instead of doubling them. Each attempt ends within
+    `timeout_s` (None: as the session's own timeout says) and by the give-up time.
     """
 
     def __init__(
@@ -215,7 +219,7 @@ class Shipper:
         api_key: str | None = None,
         give_up_after_s: float = 300.0,
         stats: ShipStats | None = None,
-        timeout_s: float = TIMEOUT_S,
+        timeout_s: float | None = None,
     ) -> None:
         self._session = session
         self._url = _ingest_url(url)

@@ -153,11 +153,16 @@ def dead_url() -> str:
 
 # --- the client programs ---------------------------------------------------------------------
 
-# Each prints one JSON line at the end; `peak_rss_mb` is the program's own getrusage.
-PEAK = "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024"
+# Each prints one JSON line at the end; `peak_rss_mb` is the program's own VmHWM. (Not
+# getrusage's ru_maxrss: Linux carries that across exec, so a child of a big pytest worker
+# would report the worker's size.)
+PEAK = (
+    "next(int(line.split()[1]) for line in open('/proc/self/status')"
+    " if line.startswith('VmHWM')) / 1024"
+)
 
 CLIENT_FLUSH = f"""
-import json, resource, sys, time
+import json, sys, time
 from logpipe.client import Client
 url, count, give_up, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 client = Client(url, give_up_after_s=give_up, timeout_s=timeout)
@@ -175,7 +180,7 @@ print(json.dumps({{"seconds": time.monotonic() - started, "error": error, "sent"
 """
 
 ASYNC_CLIENT = f"""
-import asyncio, json, resource, sys, time
+import asyncio, json, sys, time
 from logpipe.client import AsyncClient
 async def main():
     url, count = sys.argv[1], int(sys.argv[2])
@@ -202,7 +207,7 @@ asyncio.run(main())
 """
 
 HANDLER_FLUSH = f"""
-import json, logging, resource, sys, time
+import json, logging, sys, time
 from logpipe.client import LogpipeHandler
 url, count, give_up, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 handler = LogpipeHandler(url, "app", give_up_after_s=give_up, timeout_s=timeout, close_timeout_s=60)
@@ -221,7 +226,7 @@ print(json.dumps({{"seconds": time.monotonic() - started, "error": None, "sent":
 # 20k records of about 31 KB each (a 15 KB message and a 15 KB extra field) to an endpoint
 # that refuses every connection.
 HANDLER_FLOOD = f"""
-import json, logging, resource, sys, time
+import json, logging, sys, time
 from logpipe.client import LogpipeHandler
 url, count, half = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) // 2
 handler = LogpipeHandler(url, "flood", close_timeout_s=1, report_interval_s=1)
