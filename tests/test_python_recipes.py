@@ -1,5 +1,6 @@
-"""The README's Python OpenTelemetry recipes, each run as its own program against the ingestor:
-the SDK with the logging bridge, and zero-code `opentelemetry-instrument`."""
+"""The README's Python recipes, each run as its own program against the ingestor: the
+OpenTelemetry SDK with the logging bridge, zero-code `opentelemetry-instrument`, and
+`LogpipeHandler` under structlog and under loguru."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +48,50 @@ PLAIN_APP = """
 import logging
 for n in range(COUNT):
     logging.getLogger("checkout").error("card declined %d", n)
+"""
+
+# As in the README ("Python: structlog"); the URL is the test's ingestor.
+STRUCTLOG_APP = """
+import logging
+import structlog
+from logpipe.client import LogpipeHandler
+
+logging.getLogger().addHandler(LogpipeHandler("http://logpipe-ingestor:8080", service="checkout"))
+logging.getLogger().setLevel(logging.INFO)
+structlog.configure(
+    processors=[
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.filter_by_level,
+        structlog.stdlib.render_to_log_kwargs,  # "event" -> message, other keys -> extra=
+    ],
+    logger_factory=structlog.stdlib.LoggerFactory(),
+    wrapper_class=structlog.stdlib.BoundLogger,
+    cache_logger_on_first_use=True,
+)
+
+log = structlog.get_logger("checkout").bind(user="u-7")
+for n in range(COUNT):
+    log.warning("card declined", order=n, amount=n / 4)
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("payment failed", order=-1)
+"""
+
+# As in the README ("Python: loguru").
+LOGURU_APP = """
+from loguru import logger
+from logpipe.client import LogpipeHandler, loguru_sink
+
+logger.add(loguru_sink(LogpipeHandler("http://logpipe-ingestor:8080", service="checkout")))
+
+log = logger.bind(user="u-7")
+for n in range(COUNT):
+    log.warning("card declined for order {order}", order=n, amount=n / 4)
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("payment failed")
 """
 
 OTEL_ENV = {
@@ -106,6 +152,56 @@ async def test_python_zero_code_instrumentation(
     assert {(e["service"], e["level"]) for e in events} == {("checkout", "error")}
 
 
+async def run_recipe(app: str, tmp_path: Path, ingestor_url: str) -> None:
+    program = tmp_path / "app.py"
+    program.write_text(
+        app.replace("COUNT", str(COUNT)).replace("http://logpipe-ingestor:8080", ingestor_url)
+    )
+    await run_python([sys.executable, str(program)], {})
+
+
+def assert_structured_records(events: list[dict[str, Any]], message: str) -> None:
+    """COUNT warnings with their fields as attributes, then one error with its traceback."""
+    warnings = sorted(
+        (e for e in events if e["level"] == "warn"), key=lambda e: e["attributes"]["order"]
+    )
+    assert [e["message"] for e in warnings] == [message.format(n=n) for n in range(COUNT)]
+    for n, event in enumerate(warnings):
+        assert event["service"] == "checkout"
+        assert event["attributes"]["order"] == n
+        assert event["attributes"]["amount"] == n / 4
+        assert event["attributes"]["user"] == "u-7"
+    [error] = [e for e in events if e["level"] == "error"]
+    assert error["message"].startswith("payment failed\nTraceback (most recent call last):")
+    assert error["message"].rstrip().endswith("ZeroDivisionError: division by zero")
+    assert error["attributes"]["exception.type"] == "ZeroDivisionError"
+    assert len(events) == COUNT + 1
+
+
+async def test_structlog_renders_to_the_handler_with_its_fields_as_attributes(
+    tmp_path: Path, ingestor_url: str, clients: Clients, settings: Settings
+) -> None:
+    await run_recipe(STRUCTLOG_APP, tmp_path, ingestor_url)
+
+    events = await stored_events(clients, settings)
+    assert_structured_records(events, "card declined")
+    assert {e["attributes"]["logger.name"] for e in events} == {"checkout"}
+    # The place of the call in the app, not in structlog.
+    assert {e["attributes"]["code.file.path"] for e in events} == {str(tmp_path / "app.py")}
+
+
+async def test_loguru_sink_keeps_the_message_clean_and_extra_as_attributes(
+    tmp_path: Path, ingestor_url: str, clients: Clients, settings: Settings
+) -> None:
+    await run_recipe(LOGURU_APP, tmp_path, ingestor_url)
+
+    events = await stored_events(clients, settings)
+    # loguru's message alone: no "2026-… | WARNING | __main__:<module>:9 - " before it.
+    assert_structured_records(events, "card declined for order {n}")
+    assert {e["attributes"]["code.file.path"] for e in events} == {str(tmp_path / "app.py")}
+    assert {e["attributes"]["code.function.name"] for e in events} == {"<module>"}
+
+
 def test_readme_shows_the_recipes_these_tests_run() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     node = (Path(__file__).parent / "node" / "otel.js").read_text()
@@ -120,5 +216,9 @@ def test_readme_shows_the_recipes_these_tests_run() -> None:
         'encoding.codec = "json"',
     ):
         assert line in readme, line
+    for app in (STRUCTLOG_APP, LOGURU_APP):
+        for line in app.strip().splitlines():
+            if line and "COUNT" not in line and "order=" not in line:
+                assert line in readme, line
     assert "detectResources({ detectors: [envDetector] })" in node
     assert "LoggingInstrumentor().instrument()" in SDK_APP

@@ -12,6 +12,7 @@ from logpipe.client.clients import (
     new_event,
     stamped,
 )
+from logpipe.client.handler import loguru_sink
 
 __all__ = [
     "AsyncClient",
@@ -19,6 +20,7 @@ __all__ = [
     "LogpipeHandler",
     "ShipStats",
     "Shipper",
+    "loguru_sink",
     "new_event",
     "stamped",
 ]

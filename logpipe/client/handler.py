@@ -1,7 +1,8 @@
 """A stdlib logging handler that ships records to logpipe from a background thread.
 
 `LogpipeHandler.emit` encodes a record (cut to the schema's limits rather than refused)
-into a bounded buffer and never waits for the network; a daemon thread ships batches
+into a buffer bounded in records and in bytes and never waits for the network; a daemon
+thread ships a batch once it is full or its oldest record has waited `flush_interval_s`,
 with the blocking shipper from `logpipe.client.shipping`.
 
     handler = LogpipeHandler("http://logpipe:8080", service="checkout", api_key=KEY)
@@ -16,6 +17,7 @@ import logging
 import os
 import re
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -27,8 +29,10 @@ import orjson
 from logpipe.client.shipping import (
     BATCH_BYTES,
     BATCH_EVENTS,
+    TIMEOUT_S,
     ShipStats,
     _BlockingShipper,
+    exact,
     take_batch,
 )
 from logpipe.core.models import (
@@ -42,6 +46,9 @@ from logpipe.core.models import (
 log = logging.getLogger(__name__)
 
 TRUNCATED = "… [truncated]"
+MAX_BUFFERED_BYTES = 32 * 1024 * 1024
+# The attribute that marks the handler's own report of dropped records (and their count).
+DROPPED = "logpipe.dropped"
 
 Scalar = str | int | float | bool
 _HEX = re.compile(r"[0-9a-fA-F]{1,32}")
@@ -73,11 +80,14 @@ def current_span_ids() -> tuple[str, str] | None:
 class LogpipeHandler(logging.Handler):
     """A logging handler that ships records to logpipe from a background thread.
 
-    `emit` never waits for the network: a record is encoded and put in a bounded buffer,
-    or dropped and counted in `dropped` when the buffer is full (the ingestor is down or
-    slow). A daemon thread ships batches, retrying with the same ids. `flush` and `close`
-    (logging.shutdown calls both at interpreter exit) ship what is left, each waiting at
-    most `close_timeout_s`.
+    `emit` never waits for the network: a record is encoded and put in a buffer bounded in
+    records (`capacity`) and bytes (`max_buffered_bytes`), or dropped and counted in
+    `dropped` when the buffer is full (the ingestor is down or slow); every
+    `report_interval_s` with drops, one warning says how many. A daemon thread ships a
+    batch when it is full or its oldest record has waited `flush_interval_s`, retrying
+    with the same ids; a record is given up `give_up_after_s` after it was logged. `flush`
+    and `close` (logging.shutdown calls both at interpreter exit) ship what is left, each
+    waiting at most `close_timeout_s`.
     """
 
     def __init__(
@@ -88,12 +98,14 @@ class LogpipeHandler(logging.Handler):
         api_key: str | None = None,
         level: int = logging.NOTSET,
         capacity: int = 10_000,
+        max_buffered_bytes: int = MAX_BUFFERED_BYTES,
         batch_events: int = BATCH_EVENTS,
         batch_bytes: int = BATCH_BYTES,
         flush_interval_s: float = 1.0,
         close_timeout_s: float = 5.0,
         give_up_after_s: float = 300.0,
-        timeout_s: float = 10.0,
+        timeout_s: float = TIMEOUT_S,
+        report_interval_s: float = 60.0,
         trace_context: bool = True,
     ) -> None:
         super().__init__(level)
@@ -101,16 +113,22 @@ class LogpipeHandler(logging.Handler):
         self.trace_context = trace_context
         self._shipper = _BlockingShipper(url, api_key, give_up_after_s, timeout_s)
         self._capacity = capacity
+        self._max_buffered_bytes = max_buffered_bytes
         self._batch_events = batch_events
         self._batch_bytes = batch_bytes
         self._flush_interval_s = flush_interval_s
         self._close_timeout_s = close_timeout_s
+        self._report_interval_s = report_interval_s
         self._ready = threading.Condition(threading.Lock())
         self._buffer: deque[bytes] = deque()
+        self._buffered_at: deque[float] = deque()  # when each buffered record came
+        self._buffered_bytes = 0
         self._unsettled = 0
         self._flushing = 0
         self._closing = False
         self._dropped = 0
+        self._unreported = 0
+        self._reported_at = time.monotonic()
         self._thread = self._start_thread()
         if hasattr(os, "register_at_fork"):
             after_fork = weakref.WeakMethod(self._after_fork_in_child)
@@ -126,7 +144,7 @@ class LogpipeHandler(logging.Handler):
         return self._shipper.stats
 
     def emit(self, record: logging.LogRecord) -> None:
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() is self._thread and not hasattr(record, DROPPED):
             return  # the shipper's own warnings would feed the buffer they are about
         try:
             # The span is the emitting thread's: read it here, not in the shipping thread.
@@ -138,12 +156,22 @@ class LogpipeHandler(logging.Handler):
             self.handleError(record)
             return
         with self._ready:
-            if self._closing or len(self._buffer) >= self._capacity:
+            if (
+                self._closing
+                or len(self._buffer) >= self._capacity
+                or self._buffered_bytes + len(data) > self._max_buffered_bytes
+            ):
                 self._dropped += 1
+                self._unreported += 1
+                if self._unreported == 1:
+                    self._ready.notify_all()  # the shipping thread sets its report clock
                 return
             self._buffer.append(data)
+            self._buffered_at.append(time.monotonic())
+            self._buffered_bytes += len(data)
             self._unsettled += 1
-            if len(self._buffer) >= self._batch_events:
+            # The first record starts the flush interval's clock in the shipping thread.
+            if len(self._buffer) == 1 or self._full():
                 self._ready.notify_all()
 
     def flush(self) -> None:
@@ -182,15 +210,22 @@ class LogpipeHandler(logging.Handler):
         # a lock the parent's thread had taken: start afresh; the parent ships its buffer.
         self._ready = threading.Condition(threading.Lock())
         self._buffer.clear()
+        self._buffered_at.clear()
+        self._buffered_bytes = 0
         self._unsettled = 0
+        self._unreported = 0
         self._shipper.forget_connection()
         if not self._closing:
             self._thread = self._start_thread()
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
+        while (taken := self._next_batch()) is not None:
+            self._report_drops()
+            batch, since = taken
+            if not batch:
+                continue  # woken to report drops
             try:
-                self._shipper.ship_encoded(batch)
+                self._shipper.ship_encoded(batch, since, self._pause)
             except Exception:
                 # A bug here must not silence every later record: count the batch, go on.
                 log.exception("could not ship %d log records", len(batch))
@@ -198,17 +233,78 @@ class LogpipeHandler(logging.Handler):
             with self._ready:
                 self._unsettled -= len(batch)
                 self._ready.notify_all()
+        self._report_drops(final=True)
 
-    def _next_batch(self) -> list[bytes] | None:
+    def _next_batch(self) -> tuple[list[bytes], float] | None:
+        """The next batch and when its oldest record came, once one is due; an empty batch
+        when a report of drops is due first; None once closed with nothing left."""
         with self._ready:
-            self._ready.wait_for(lambda: bool(self._buffer) or self._closing)
-            if not self._buffer:
-                return None
-            self._ready.wait_for(self._due, self._flush_interval_s)
-            return take_batch(self._buffer, self._batch_events, self._batch_bytes)
+            while not self._due():
+                if self._closing and not self._buffer:
+                    return None
+                if self._report_due():
+                    return [], 0.0
+                self._ready.wait(self._until_due())
+            since = self._buffered_at[0]
+            batch = take_batch(self._buffer, self._batch_events, self._batch_bytes)
+            for _ in batch:
+                self._buffered_at.popleft()
+            self._buffered_bytes -= sum(map(len, batch))
+            return batch, since
+
+    def _full(self) -> bool:
+        return len(self._buffer) >= self._batch_events or self._buffered_bytes >= self._batch_bytes
 
     def _due(self) -> bool:
-        return len(self._buffer) >= self._batch_events or self._closing or bool(self._flushing)
+        if not self._buffer:
+            return False
+        waited = time.monotonic() - self._buffered_at[0]
+        return (
+            self._full()
+            or self._closing
+            or bool(self._flushing)
+            or waited >= self._flush_interval_s
+        )
+
+    def _until_due(self) -> float | None:
+        """Seconds until the oldest record's interval or the next report ends; None: none."""
+        now = time.monotonic()
+        ends = [self._reported_at + self._report_interval_s] if self._unreported else []
+        if self._buffer:
+            ends.append(self._buffered_at[0] + self._flush_interval_s)
+        return max(min(ends) - now, 0.0) if ends else None
+
+    def _report_due(self) -> bool:
+        return bool(
+            self._unreported and time.monotonic() >= self._reported_at + self._report_interval_s
+        )
+
+    def _pause(self, seconds: float) -> None:
+        """The wait between two tries of a batch, in steps that let drops be reported."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, self._report_interval_s))
+            self._report_drops()
+
+    def _report_drops(self, final: bool = False) -> None:
+        """One warning with the records dropped since the last one, once an interval ends."""
+        with self._ready:
+            if not (self._report_due() or (final and self._unreported)):
+                return
+            now = time.monotonic()
+            count, self._unreported = self._unreported, 0
+            seconds, self._reported_at = now - self._reported_at, now
+        # Outside the lock: this handler may be among the ones that hear it (and keeps it,
+        # the one record of its own thread that it does, if there is room).
+        log.warning(
+            "dropped %d log records in the last %.0f s: the buffer was full "
+            "(%d records or %d bytes); the ingestor is down or slow",
+            count,
+            seconds,
+            self._capacity,
+            self._max_buffered_bytes,
+            extra={DROPPED: count},
+        )
 
 
 def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
@@ -225,6 +321,40 @@ _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {
     "otelTraceSampled",
     "otelServiceName",
 }
+
+
+def loguru_sink(handler: logging.Handler) -> Callable[[Any], None]:
+    """A loguru sink that hands each message to `handler` (a LogpipeHandler) as a stdlib
+    record: loguru's own message, without the prefix of a sink's format; its `extra`
+    (bound fields and keyword arguments) as attributes; its level, time, place and
+    exception. Duck-typed on loguru's record: logpipe does not import loguru.
+
+        logger.add(loguru_sink(LogpipeHandler(url, service="checkout")))
+    """
+
+    def sink(message: Any) -> None:
+        entry = message.record
+        exc = entry["exception"]
+        record = logging.LogRecord(
+            entry["name"] or "",
+            entry["level"].no,
+            entry["file"].path,
+            entry["line"],
+            entry["message"],
+            None,
+            (exc.type, exc.value, exc.traceback) if exc else None,
+            entry["function"],
+        )
+        record.levelname = entry["level"].name
+        record.created = entry["time"].timestamp()
+        record.threadName, record.process = entry["thread"].name, entry["process"].id
+        for key, value in entry["extra"].items():
+            # A field named like a LogRecord's own (`name`, `msg`) must not replace it.
+            setattr(record, f"extra.{key}" if key in _RECORD_FIELDS else key, value)
+        if record.levelno >= handler.level:
+            handler.handle(record)
+
+    return sink
 
 
 def level_of(levelno: int) -> str:
@@ -275,7 +405,7 @@ def encode_record(
     if len(data) > MAX_EVENT_BYTES:
         event["attributes"] = {"logger.name": record.name, "logpipe.attributes_dropped": True}
         data = orjson.dumps(event)
-    return data
+    return exact(data)
 
 
 def record_attributes(record: logging.LogRecord) -> dict[str, Scalar]:
