@@ -608,6 +608,7 @@ def test_event_problem_of_something_that_is_not_an_object() -> None:
             {"s": "\u00e9t\u00e9 \u20ac \U0001f600", "n": Decimal("-1.2345678901234567891e300")},
         ),
         ('{"d": "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668" }', None),
+        ('{"n": 1.2345678901234567891e5}', {"n": Decimal("123456.78901234567891")}),
     ],
     ids=[
         "small-int",
@@ -618,6 +619,7 @@ def test_event_problem_of_something_that_is_not_an_object() -> None:
         "digits-in-a-string",
         "non-ascii-text-then-a-long-decimal",
         "non-ascii-digits",
+        "long-decimal-with-exponent",
     ],
 )
 def test_loads_exact_keeps_every_digit(text: str, expected: dict[str, Any] | None) -> None:
@@ -626,6 +628,27 @@ def test_loads_exact_keeps_every_digit(text: str, expected: dict[str, Any] | Non
     assert loads_exact(text.encode()) == expected
     parsed = loads_exact(text)
     assert {k: type(v) for k, v in parsed.items()} == {k: type(v) for k, v in expected.items()}
+
+
+@pytest.mark.parametrize(
+    ("text", "slow"),
+    [
+        ('{"id": "r1-51776904757547767cb804f5"}', False),
+        ('{"a": "x_1234567890123456789_y"}', False),
+        ('{"a": "run-1234567890123456789"}', False),
+        ('{"m": "order 12345678901234567 done"}', True),
+        ('{"n": 12345678901234567890123}', True),
+        ('[1.234567890123456789e5]', True),
+        ('{"n": 1234567890123456}', True),
+    ],
+    ids=["hex-id", "underscores", "before-a-quote", "spaced-in-text", "big-int", "exp", "16"],
+)
+def test_only_a_run_that_can_be_a_number_takes_the_exact_parse(text: str, slow: bool) -> None:
+    from logpipe.core import models
+
+    assert bool(models._LONG_NUMBER.search(text)) is slow
+    assert bool(models._LONG_BYTES.search(text.encode())) is slow
+    assert loads_exact(text) == orjson.loads(text) or slow
 
 
 def test_loads_exact_refuses_what_orjson_refuses() -> None:

@@ -36,9 +36,11 @@ _DDB_DIGITS = 38
 _DDB_INT_LIMIT = 10**_DDB_DIGITS
 # A number of 16 or more digits may not survive a float (orjson reads big integers as floats).
 # A JSON number starts after ':', '[', ',' or a space, never after a letter, digit, '"' or
-# '.': so hex ids and digests in strings do not send a body down the slow path.
-_LONG_NUMBER = re.compile(r'(?<![\w".])\d(?:\.?\d){15}')
-_LONG_BYTES = re.compile(rb'(?<![\w".])\d(?:\.?\d){15}')
+# '.', and ends before a space, ',', ']', '}' or its exponent, never before another letter,
+# '_' or '"': so hex ids and digests in strings do not send a body down the slow path.
+_LONG_RUN = r'(?<![\w".])\d(?:\.?\d){15,}(?![0-9A-DF-Za-df-z_"])'
+_LONG_NUMBER = re.compile(_LONG_RUN)
+_LONG_BYTES = re.compile(_LONG_RUN.encode())
 _INT64 = range(-(2**63), 2**64)
 _INT64_MIN_ABS, _INT64_END = 2**63, 2**64
 # Every ASCII digit and "." to NUL, the rest to 0x01: a body whose translation holds no run of
