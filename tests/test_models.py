@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from decimal import Decimal
 from typing import Any, cast
@@ -638,7 +639,7 @@ def test_loads_exact_keeps_every_digit(text: str, expected: dict[str, Any] | Non
         ('{"a": "run-1234567890123456789"}', False),
         ('{"m": "order 12345678901234567 done"}', True),
         ('{"n": 12345678901234567890123}', True),
-        ('[1.234567890123456789e5]', True),
+        ("[1.234567890123456789e5]", True),
         ('{"n": 1234567890123456}', True),
     ],
     ids=["hex-id", "underscores", "before-a-quote", "spaced-in-text", "big-int", "exp", "16"],
@@ -649,6 +650,18 @@ def test_only_a_run_that_can_be_a_number_takes_the_exact_parse(text: str, slow: 
     assert bool(models._LONG_NUMBER.search(text)) is slow
     assert bool(models._LONG_BYTES.search(text.encode())) is slow
     assert loads_exact(text) == orjson.loads(text) or slow
+
+
+def test_the_run_by_run_search_finds_what_the_pattern_finds_in_the_whole_text() -> None:
+    from logpipe.core import models
+
+    rng = random.Random(1)
+    alphabet = b'0123456789.eE"_-, :x[]{}'
+    texts = [bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(20000)]
+    texts += [b"1" * n + tail for n in (15, 16, 40) for tail in (b"", b"a", b"e", b",")]
+    for text in texts:
+        assert models._has_long_number(text) is bool(models._LONG_BYTES.search(text)), text
+    assert any(models._has_long_number(t) for t in texts)
 
 
 def test_loads_exact_refuses_what_orjson_refuses() -> None:

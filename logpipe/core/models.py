@@ -97,16 +97,33 @@ def exact_document(data: bytes | str, doc: Any, long_runs: bool | None = None) -
     if long_runs is False:
         return doc
     raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
-    if long_runs is None and _SIXTEEN_DIGITS not in raw.translate(_DIGIT_RUNS):
-        return doc
-    long = _LONG_BYTES.search(data) if isinstance(data, bytes) else _LONG_NUMBER.search(data)
-    if long is None:
+    if not _has_long_number(raw):
         return doc
     del doc  # the caller's copy aside, never two parsed copies of one body at once
     try:
         return json.loads(data, parse_float=_exact_float, parse_int=_exact_int)
     except RecursionError:
         raise orjson.JSONDecodeError("nested too deeply", "", 0) from None
+
+
+def _has_long_number(raw: bytes) -> bool:
+    """Whether `raw` holds a number orjson may have rounded (`_LONG_BYTES`). The pattern is
+    tried only on runs of 16 or more digits and dots, found in one translation of the text:
+    a body full of short numbers and ids costs no regex pass over all of it."""
+    runs = raw.translate(_DIGIT_RUNS)
+    at = runs.find(_SIXTEEN_DIGITS)
+    while at != -1:
+        start = at
+        while start > 0 and runs[start - 1] == 0:
+            start -= 1
+        end = runs.find(b"\x01", at)
+        end = len(raw) if end == -1 else end
+        # The character after the run decides too (the pattern's lookahead); the one before
+        # it is seen by the lookbehind whatever `start` is.
+        if _LONG_BYTES.search(raw, start, min(end + 1, len(raw))):
+            return True
+        at = runs.find(_SIXTEEN_DIGITS, end)
+    return False
 
 
 def _exact_float(text: str) -> float | Decimal:
