@@ -179,12 +179,10 @@ def destroy(work: Path, variables: Mapping[str, str]) -> None:
 DUPLICATE_RULE = "InvalidPermission.Duplicate"
 
 
-def prepare(work: Path, endpoint: str) -> None:
+def prepare(work: Path, endpoint: str, source: Path = ROOT / "terraform") -> None:
     """terraform/ copied into `work`, pointed at moto, initialised from the local mirror."""
-    shutil.copytree(
-        ROOT / "terraform", work / "terraform", ignore=shutil.ignore_patterns(".terraform*")
-    )
-    shutil.copy(ROOT / "terraform" / ".terraform.lock.hcl", work / "terraform")
+    shutil.copytree(source, work / "terraform", ignore=shutil.ignore_patterns(".terraform*"))
+    shutil.copy(source / ".terraform.lock.hcl", work / "terraform")
     (work / "terraform" / "rehearsal_override.tf").write_text(override(endpoint))
     (work / "terraformrc").write_text(
         f'provider_installation {{\n  filesystem_mirror {{\n    path = "{MIRROR}"\n  }}\n}}\n'
@@ -932,6 +930,43 @@ async def rehearse(work: Path) -> None:
     finally:
         moto.terminate()
         await moto.wait()
+
+
+def cost_plans(
+    settings: Mapping[str, Mapping[str, str]], source: Path = ROOT / "terraform"
+) -> dict[str, dict[str, Any]]:
+    """`terraform show -json` of a plan of a new stack per named set of variables, made
+    against moto (it answers the data sources; nothing is applied), for tools/idle_cost.py."""
+    return asyncio.run(_cost_plans(settings, source))
+
+
+async def _cost_plans(
+    settings: Mapping[str, Mapping[str, str]], source: Path
+) -> dict[str, dict[str, Any]]:
+    work = Path(tempfile.mkdtemp(prefix="logpipe-cost-"))
+    os.environ.update(LOCAL_CREDENTIALS)
+    port = free_port()
+    moto = await start_moto(port, log=(work / "moto.log").open("wb"))
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        base = {
+            **create_secrets(endpoint),
+            "region": REGION,
+            "image_tag": "v0.0.0",
+            "allow_plain_http": "true",
+        }
+        prepare(work, endpoint, source)
+        plans = {}
+        for name, variables in settings.items():
+            plan = work / f"{name}.tfplan"
+            args = var_args({**base, **variables})
+            terraform(work, "plan", "-lock=false", "-no-color", f"-out={plan}", *args)
+            plans[name] = json.loads(terraform(work, "show", "-json", str(plan), capture=True))
+        return plans
+    finally:
+        moto.terminate()
+        await moto.wait()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> int:
