@@ -133,7 +133,7 @@ def components(plan: Mapping[str, Any]) -> dict[str, float]:
         service = r["values"]
         tasks = service.get("desired_count") or 0
         definition = definitions[module_of(r["address"])]
-        role = roles.get(module_of(r["address"]), "?")
+        role = roles.get(module_of(r["address"]).split("[")[0], "?")
         if tasks:
             running_roles[role] = running_roles.get(role, 0) + tasks
             services_running += 1
