@@ -480,8 +480,11 @@ def test_queue_redrives_to_the_dlq_after_five_receives_and_is_encrypted() -> Non
         "sourceQueueArns": ["${aws_sqs_queue.events.arn}"],
     }
     assert events["sqs_managed_sse_enabled"] is True and dlq["sqs_managed_sse_enabled"] is True
-    # Dead letters outlive the messages they came from, so there is time to redrive them.
-    assert dlq["message_retention_seconds"] > events["message_retention_seconds"]
+    # Both keep messages 14 days, SQS's maximum: a backlog has two weeks before SQS deletes
+    # accepted events, and a dead letter (aged from its first enqueue) as long as SQS allows.
+    assert tf["locals"]["queue_retention_s"] == 14 * 86400
+    for queue in (events, dlq):
+        assert queue["message_retention_seconds"] == "${local.queue_retention_s}"
     assert events["max_message_size"] >= settings.sqs_max_bytes
 
 
@@ -504,12 +507,27 @@ def test_visibility_timeout_is_well_above_the_processors_work() -> None:
 
 def test_table_has_the_stored_items_keys_ttl_recovery_and_encryption() -> None:
     table = resource("aws_dynamodb_table", "logs")
-    assert table["billing_mode"] == "PAY_PER_REQUEST"
+    variables = load_tf(TERRAFORM)["variable"]
+    # On demand by default (nothing billed at rest), provisioned with autoscaling on request.
+    assert table["billing_mode"] == "${var.billing_mode}"
+    assert variables["billing_mode"]["default"] == "PAY_PER_REQUEST"
+    assert "PROVISIONED" in variables["billing_mode"]["validation"][0]["condition"]
     assert (table["hash_key"], table["range_key"]) == ("pk", "sk")
     assert {a["name"]: a["type"] for a in table["attribute"]} == {"pk": "S", "sk": "S"}
     assert table["ttl"] == [{"attribute_name": "expires_at", "enabled": True}]
-    assert table["point_in_time_recovery"] == [{"enabled": True}]
+    # Point-in-time recovery is a choice, off by default for logs that expire by TTL.
+    assert table["point_in_time_recovery"] == [{"enabled": "${var.point_in_time_recovery}"}]
+    assert variables["point_in_time_recovery"]["default"] is False
+    assert "TTL" in variables["point_in_time_recovery"]["description"]
     assert table["server_side_encryption"] == [{"enabled": True}]
+    # Provisioned capacity is autoscaled (write and read), at 70 % of what is provisioned.
+    target = resource("aws_appautoscaling_target", "table")
+    assert target["service_namespace"] == "dynamodb"
+    assert "local.provisioned" in target["for_each"]
+    policy = resource("aws_appautoscaling_policy", "table")
+    config = policy["target_tracking_scaling_policy_configuration"][0]
+    assert config["target_value"] == 70
+    assert table["lifecycle"] == [{"ignore_changes": ["read_capacity", "write_capacity"]}]
     # The code's item: string keys, and the TTL attribute as a number of epoch seconds.
     event = normalise(
         {"service": "checkout", "level": "info", "message": "paid"}, 1_700_000_000_000
@@ -544,27 +562,42 @@ def test_tasks_stop_within_their_drain_and_log_with_retention() -> None:
         service = name.replace("_", "-")
         expected = f'${{aws_cloudwatch_log_group.service["{service}"].name}}'
         assert module_call(name)["log_group_name"] == expected
-    assert len(load_tf(TERRAFORM)["locals"]["services"]) == len(SERVICES)
+    # The demo emitters' services (and log groups) exist only with demo_emitters.
+    services = load_tf(TERRAFORM)["locals"]["services"]
+    assert services.startswith('${concat(["ingestor", "processor", "console"]'), services
+    assert 'var.demo_emitters ? ["emitter-a", "emitter-b"] : []' in services
+    for name in ("emitter_a", "emitter_b"):
+        assert module_call(name)["count"] == "${var.demo_emitters ? 1 : 0}"
 
 
-def test_tasks_run_read_only_in_private_subnets_with_circuit_breaker() -> None:
+def test_tasks_run_read_only_in_the_networks_task_subnets_with_circuit_breaker() -> None:
     module = load_tf(MODULE)
+    tf = load_tf(TERRAFORM)
     assert module["locals"]["container"]["readonlyRootFilesystem"] is True
-    assert module["locals"]["network_configuration"]["assign_public_ip"] is False
+    # A public address only in the stack's own VPC without NAT gateways.
     assert (
-        load_tf(TERRAFORM)["locals"]["service_defaults"]["subnet_ids"]
-        == "${aws_subnet.private[*].id}"
+        module["locals"]["network_configuration"]["assign_public_ip"]
+        == "${var.defaults.assign_public_ip}"
     )
+    defaults = tf["locals"]["service_defaults"]
+    assert defaults["subnet_ids"] == "${local.task_subnet_ids}"
+    assert defaults["assign_public_ip"] == "${local.task_public_ip}"
+    assert tf["locals"]["task_public_ip"] == "${local.create_network && !local.nat_per_az}"
+    subnets = tf["locals"]["task_subnet_ids"]
+    assert "var.private_subnet_ids" in subnets and "aws_subnet.private[*].id" in subnets
     services = module["resource"]["aws_ecs_service"]
     assert set(services) == {"this", "autoscaled"}
     for service in services.values():
         assert service["deployment_circuit_breaker"] == [{"enable": True, "rollback": True}]
+        assert service["launch_type"] == '${local.spot ? null : "FARGATE"}'
         assert service["deployment_minimum_healthy_percent"] == 100
     # Autoscaling owns the processor's count: an apply must not reset it.
     assert services["autoscaled"]["lifecycle"] == [{"ignore_changes": ["desired_count"]}]
     assert "lifecycle" not in services["this"]
     cluster = resource("aws_ecs_cluster", "main")
-    assert cluster["setting"] == [{"name": "containerInsights", "value": "enabled"}]
+    insights = '${var.container_insights ? "enabled" : "disabled"}'
+    assert cluster["setting"] == [{"name": "containerInsights", "value": insights}]
+    assert tf["variable"]["container_insights"]["default"] is False
 
 
 def test_http_roles_sit_behind_the_load_balancer_with_healthz() -> None:
@@ -600,18 +633,26 @@ def test_processor_autoscales_on_backlog_per_task_and_oldest_message_age() -> No
     visible = metrics["visible"]["metric_stat"][0]["metric"][0]
     assert visible["metric_name"] == "ApproximateNumberOfMessagesVisible"
     assert visible["dimensions"][0]["value"] == "${aws_sqs_queue.events.name}"
-    tasks = metrics["tasks"]["metric_stat"][0]["metric"][0]
-    assert (tasks["namespace"], tasks["metric_name"]) == (
-        "ECS/ContainerInsights",
-        "RunningTaskCount",
+    # Running processors, counted from their EMF lines: no Container Insights needed.
+    tasks = metrics["tasks"]["metric_stat"][0]
+    assert tasks["stat"] == "Sum"
+    assert (tasks["metric"][0]["namespace"], tasks["metric"][0]["metric_name"]) == (
+        "${local.emf_namespace}",
+        "${local.running_tasks_metric}",
     )
+    assert tasks["metric"][0]["dimensions"] == [{"name": "Role", "value": "processor"}]
+    # Fast scale-out: proportional in one step, a short cooldown out, a long one in.
+    assert config["scale_out_cooldown"] <= 30 < config["scale_in_cooldown"]
     target = resource("aws_appautoscaling_target", "processor")
     assert "module.processor.service_name" in target["resource_id"]
     # Few but old messages add tasks too: a step policy driven by the age alarm.
     step = resource("aws_appautoscaling_policy", "processor_oldest_message")
     assert step["policy_type"] == "StepScaling"
-    adjustments = step["step_scaling_policy_configuration"][0]["step_adjustment"]
-    assert [a["scaling_adjustment"] for a in adjustments] == [1, 2]
+    configuration = step["step_scaling_policy_configuration"][0]
+    assert configuration["adjustment_type"] == "PercentChangeInCapacity"
+    assert configuration["min_adjustment_magnitude"] == 1
+    adjustments = configuration["step_adjustment"]
+    assert [a["scaling_adjustment"] for a in adjustments] == [50, 100]
     alarm = resource("aws_cloudwatch_metric_alarm", "processor_scale_out_age")
     assert alarm["metric_name"] == "ApproximateAgeOfOldestMessage"
     assert alarm["threshold"] == "${var.processor_scale_out_age_seconds}"
@@ -671,13 +712,15 @@ def test_dashboard_reads_the_emf_metrics_the_code_writes() -> None:
     rows = [row for w in body["widgets"] for row in w["properties"].get("metrics", [])]
     emf_rows = [row for row in rows if row[0] == "${local.emf_namespace}"]
     names = {row[1] for row in emf_rows}
+    assert "${local.running_tasks_metric}" in names
     assert {"events_accepted_total", "e2e_latency_seconds_p99", "queue_oldest_age_seconds"} <= names
     metrics_source = (ROOT / "logpipe/obs/metrics.py").read_text()
     for row in emf_rows:
         assert row[2] == "Role", row
         # The histogram's quantiles are reported as <name>_p50 / <name>_p99.
         name = re.sub(r"_p(50|99)$", "", row[1])
-        if name != "log_errors_total":  # the processor_errors log metric filter, not EMF
+        # Log metric filters (processor_errors, running_tasks), not EMF.
+        if name not in ("log_errors_total", "${local.running_tasks_metric}"):
             assert f'"logpipe_{name}"' in metrics_source, f"no logpipe_{name} in metrics.py"
     # Stored events are reported per service (Role, Service): the dashboard sums them.
     (stored,) = [row[0]["expression"] for row in rows if isinstance(row[0], dict)]
@@ -727,8 +770,8 @@ def test_outputs_give_the_urls_names_and_dashboard() -> None:
         "cluster_name",
         "service_names",
     }
-    listed = "".join(outputs["service_names"]["value"])
-    assert all(f"module.{name}.service_name" in listed for name in SERVICES)
+    listed = str(outputs["service_names"]["value"])
+    assert all(f"module.{name}" in listed for name in SERVICES)
     assert all(not o.get("sensitive") for o in outputs.values())
 
 
@@ -899,7 +942,7 @@ def test_deploy_workflow_applies_once_and_checks_the_rollout_truthfully() -> Non
     outputs = load_tf(TERRAFORM)["output"]
     assert "task_definitions" in outputs
     listed = json.dumps(outputs["task_definitions"]["value"])
-    assert all(f"module.{name}.task_definition_arn" in listed for name in SERVICES)
+    assert all(f"module.{name}" in listed for name in SERVICES)
 
 
 def test_pull_requests_get_a_terraform_plan_in_the_job_summary() -> None:
