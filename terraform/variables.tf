@@ -452,7 +452,7 @@ variable "cpu_architecture" {
 }
 
 variable "processor_spot" {
-  description = "Run the processors on Fargate Spot (about 70 % cheaper; a task may be stopped with two minutes' notice, and the processor drains in 25 s: a message it had not finished reappears and is stored by another). Fargate Spot runs X86_64 only, so the processors then run X86_64 whatever cpu_architecture says."
+  description = "Run the processors on Fargate Spot (about two thirds cheaper; a task may be stopped with two minutes' notice, and the processor drains in 25 s: a message it had not finished reappears and is stored by another). Fargate Spot runs X86_64 only, so the processors then run X86_64 whatever cpu_architecture says."
   type        = bool
   default     = false
 }

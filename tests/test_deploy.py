@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -1518,3 +1519,368 @@ def test_the_console_can_sit_behind_an_oidc_sign_in_of_the_load_balancer() -> No
     variables = load_tf(TERRAFORM)["variable"]
     assert variables["console_oidc"]["default"] is None
     assert variables["console_oidc_client_secret"]["sensitive"] is True
+
+
+# --- the plan itself: variables that behave, the cost at rest, alarms and scaling ---
+
+# Named sets of variables planned once (against moto, as the rehearsal does) for the tests
+# below; `defaults` and `cheapest` are the README's cost table.
+PLANS = {
+    "defaults": {},
+    "cheapest": {},  # idle_cost.CHEAPEST, filled in by planned()
+    "existing_network": {
+        "vpc_id": "vpc-0123456789abcdef0",
+        "public_subnet_ids": '["subnet-0aaa1111bbbb2222c", "subnet-0ddd3333eeee4444f"]',
+        "private_subnet_ids": '["subnet-0555aaaa6666bbbb7", "subnet-0888cccc9999dddd0"]',
+    },
+    "nat_per_az": {"nat_gateways": "per_az", "sqs_endpoint": "true", "demo_emitters": "true"},
+    "too_many_processors": {"processor_max_count": "11"},
+    "provisioned": {
+        "billing_mode": "PROVISIONED",
+        "table_write_capacity": "{min = 5, max = 8000}",
+        "processor_max_count": "2",
+    },
+    "provisioned_too_small": {
+        "billing_mode": "PROVISIONED",
+        "table_write_capacity": "{min = 5, max = 8000}",
+        "processor_max_count": "3",
+    },
+    "subnets_without_vpc": {"private_subnet_ids": '["subnet-0555aaaa6666bbbb7"]'},
+}
+NETWORK_TYPES = {
+    "aws_vpc",
+    "aws_subnet",
+    "aws_internet_gateway",
+    "aws_nat_gateway",
+    "aws_eip",
+    "aws_route_table",
+    "aws_vpc_endpoint",
+    "aws_flow_log",
+}
+
+
+def idle_cost() -> Any:
+    return tool_module("idle_cost")
+
+
+@cache
+def planned() -> dict[str, Any]:
+    """PLANS planned with the real Terraform against moto: name -> `terraform show -json`
+    of the plan, or the error text of a plan Terraform refused. In a process of its own,
+    whose environment (credentials for moto) stays there."""
+    if (
+        shutil.which("terraform") is None
+        or not Path(os.environ.get("LOGPIPE_TF_PLUGIN_MIRROR", "/opt/tf-plugins")).is_dir()
+    ):
+        pytest.skip("planning needs terraform on PATH and the AWS provider mirror")
+    settings = {**PLANS, "cheapest": idle_cost().CHEAPEST}
+    work = Path(tempfile.mkdtemp(prefix="logpipe-plans-"))
+    try:
+        (work / "settings.json").write_text(json.dumps(settings))
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); import deploy_rehearsal as r; "
+            "plans = r.plans(json.load(open(sys.argv[2]))); "
+            "json.dump(plans, open(sys.argv[3], 'w'))"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOGPIPE_"))}
+        env.update({k: v for k, v in os.environ.items() if k == "LOGPIPE_TF_PLUGIN_MIRROR"})
+        result = subprocess.run(
+            [sys.executable, "-c", code, ROOT / "tools", work / "settings.json", work / "out.json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=500,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        plans: dict[str, Any] = json.loads((work / "out.json").read_text())
+        return plans
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def plan_of(name: str) -> dict[str, Any]:
+    plan = planned()[name]
+    assert isinstance(plan, dict), f"terraform refused the {name} plan:\n{plan}"
+    return plan
+
+
+def planned_resources(name: str) -> list[dict[str, Any]]:
+    resources: list[dict[str, Any]] = idle_cost().resources(plan_of(name))
+    return resources
+
+
+def of_type(name: str, type_: str) -> list[dict[str, Any]]:
+    return [r for r in planned_resources(name) if r["type"] == type_]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.xdist_group("terraform-plans")
+def test_readme_cost_table_is_what_idle_cost_prints_for_the_plans() -> None:
+    cost = idle_cost()
+    table = cost.table({name: cost.components(plan_of(name)) for name in ("defaults", "cheapest")})
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### What it costs at rest") :]
+    match = re.search(r"<!-- idle_cost.py --plan -->\n(.*?)\n<!-- /idle_cost.py -->", section, re.S)
+    assert match, "no generated table in README 'What it costs at rest'"
+    assert match[1] == table, f"run `.venv/bin/python tools/idle_cost.py --plan`:\n{table}"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.xdist_group("terraform-plans")
+def test_defaults_cost_at_least_40_percent_less_at_rest_than_before() -> None:
+    cost = idle_cost()
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### What it costs at rest") :]
+    before = float(re.search(r"the same script gave \*\*\$([\d.]+)\*\* a month", section)[1])  # type: ignore[index]
+    defaults = cost.total(cost.components(plan_of("defaults")))
+    cheapest = cost.total(cost.components(plan_of("cheapest")))
+    assert defaults <= 0.6 * before, (defaults, before)
+    assert cheapest < defaults
+    components = cost.components(plan_of("defaults"))
+    assert "NAT gateways" not in components and "Container Insights" not in components
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.xdist_group("terraform-plans")
+def test_existing_network_mode_creates_no_vpc_nat_or_endpoint_and_uses_the_given_subnets() -> None:
+    given = PLANS["existing_network"]
+    created = {r["type"] for r in planned_resources("existing_network")} & NETWORK_TYPES
+    assert not created, created
+    private = set(json.loads(given["private_subnet_ids"]))
+    for service in of_type("existing_network", "aws_ecs_service"):
+        (network,) = service["values"]["network_configuration"]
+        assert set(network["subnets"]) == private and network["assign_public_ip"] is False
+    (lb,) = of_type("existing_network", "aws_lb")
+    assert set(lb["values"]["subnets"]) == set(json.loads(given["public_subnet_ids"]))
+    for group in of_type("existing_network", "aws_security_group"):
+        assert group["values"]["vpc_id"] == given["vpc_id"]
+    # Subnets without a VPC are refused before anything is planned.
+    assert "public_subnet_ids" in planned()["subnets_without_vpc"] or (
+        "private_subnet_ids" in planned()["subnets_without_vpc"]
+    )
+    assert isinstance(planned()["subnets_without_vpc"], str)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.xdist_group("terraform-plans")
+def test_own_network_has_no_nat_by_default_and_one_per_az_on_request() -> None:
+    assert not of_type("defaults", "aws_nat_gateway") and not of_type("defaults", "aws_eip")
+    for service in of_type("defaults", "aws_ecs_service"):
+        (network,) = service["values"]["network_configuration"]
+        assert network["assign_public_ip"] is True  # in the public subnets, inbound closed
+    endpoints = {
+        r["values"]["service_name"].rsplit(".", 1)[-1]
+        for r in of_type("defaults", "aws_vpc_endpoint")
+    }
+    assert endpoints == {"dynamodb", "s3"}
+    nats = of_type("nat_per_az", "aws_nat_gateway")
+    assert len(nats) == 2 and len(of_type("nat_per_az", "aws_route_table")) == 3
+    for service in of_type("nat_per_az", "aws_ecs_service"):
+        (network,) = service["values"]["network_configuration"]
+        assert network["assign_public_ip"] is False
+    (sqs,) = [
+        r["values"]
+        for r in of_type("nat_per_az", "aws_vpc_endpoint")
+        if r["values"]["service_name"].endswith(".sqs")
+    ]
+    assert sqs["vpc_endpoint_type"] == "Interface" and sqs["private_dns_enabled"] is True
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.xdist_group("terraform-plans")
+def test_processor_max_count_is_refused_beyond_what_the_table_takes() -> None:
+    refused = planned()["too_many_processors"]
+    assert isinstance(refused, str) and "more than the table takes" in refused, refused
+    assert isinstance(planned()["provisioned_too_small"], str)
+    assert "more than the table takes" in planned()["provisioned_too_small"]
+    # Within the provisioned maximum it plans, with the table's capacity autoscaled.
+    (table,) = of_type("provisioned", "aws_dynamodb_table")
+    assert table["values"]["billing_mode"] == "PROVISIONED"
+    targets = {
+        r["values"]["scalable_dimension"]
+        for r in of_type("provisioned", "aws_appautoscaling_target")
+    }
+    assert {"dynamodb:table:WriteCapacityUnits", "dynamodb:table:ReadCapacityUnits"} <= targets
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.xdist_group("terraform-plans")
+def test_default_plan_has_the_alarms_and_the_scaling_and_honest_cost_defaults() -> None:
+    alarms = {
+        r["values"]["alarm_name"]: r["values"]
+        for r in of_type("defaults", "aws_cloudwatch_metric_alarm")
+    }
+    for name in (
+        "logpipe-dlq-not-empty",
+        "logpipe-table-write-throttles",
+        "logpipe-ingestor-at-max-tasks",
+        "logpipe-processor-at-max-tasks",
+        "logpipe-queue-age-near-retention",
+        "logpipe-ingest-refused",
+    ):
+        assert name in alarms, sorted(alarms)
+    topic = [r for r in of_type("defaults", "aws_sns_topic")]
+    assert len(topic) == 1
+    retention = {
+        r["values"]["name"]: r["values"]["message_retention_seconds"]
+        for r in of_type("defaults", "aws_sqs_queue")
+    }
+    assert retention == {"logpipe-events": 14 * 86400, "logpipe-events-dlq": 14 * 86400}
+    assert alarms["logpipe-queue-age-near-retention"]["threshold"] == 7 * 86400
+    assert alarms["logpipe-processor-at-max-tasks"]["threshold"] == 10 - 0.5
+    refused = {q["id"]: q for q in alarms["logpipe-ingest-refused"]["metric_query"]}
+    metric = refused["refused"]["metric"][0]
+    assert (metric["namespace"], metric["metric_name"]) == (
+        emf.NAMESPACE,
+        "requests_rejected_total",
+    )
+    assert '"logpipe_requests_rejected_total"' in (ROOT / "logpipe/obs/metrics.py").read_text()
+    policies = {
+        r["values"]["name"]: r["values"] for r in of_type("defaults", "aws_appautoscaling_policy")
+    }
+    backlog = policies["logpipe-processor-backlog-per-task"]
+    assert backlog["policy_type"] == "TargetTrackingScaling"
+    filters = {
+        r["values"]["name"]: r["values"]
+        for r in of_type("defaults", "aws_cloudwatch_log_metric_filter")
+    }
+    assert {"logpipe-ingestor-running-tasks", "logpipe-processor-running-tasks"} <= set(filters)
+    (table,) = of_type("defaults", "aws_dynamodb_table")
+    assert table["values"]["billing_mode"] == "PAY_PER_REQUEST"
+    assert table["values"]["point_in_time_recovery"] == [{"enabled": False}]
+    (cluster,) = of_type("defaults", "aws_ecs_cluster")
+    assert cluster["values"]["setting"] == [{"name": "containerInsights", "value": "disabled"}]
+
+    # No demo emitters unless asked for; the trial (nat_per_az here) has both.
+    def families(name: str) -> set[str]:
+        return {r["values"]["family"] for r in of_type(name, "aws_ecs_task_definition")}
+
+    assert families("defaults") == {"logpipe-ingestor", "logpipe-processor", "logpipe-console"}
+    assert {"logpipe-emitter-a", "logpipe-emitter-b"} <= families("nat_per_az")
+    # The tasks learn the EMF interval the running-task count relies on.
+    assert Settings.from_env({"LOGPIPE_EMF_INTERVAL_S": "60"}).emf_interval_s == 60
+    assert load_tf(TERRAFORM)["locals"]["environment"]["LOGPIPE_EMF_INTERVAL_S"] == (
+        "${tostring(local.emf_interval_s)}"
+    )
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.xdist_group("terraform-plans")
+def test_cheapest_setting_runs_graviton_and_a_spot_processor_on_x86() -> None:
+    definitions = {
+        r["values"]["family"]: r["values"]["runtime_platform"][0]["cpu_architecture"]
+        for r in of_type("cheapest", "aws_ecs_task_definition")
+    }
+    assert definitions == {
+        "logpipe-ingestor": "ARM64",
+        "logpipe-processor": "X86_64",
+        "logpipe-console": "ARM64",
+    }
+    services = {r["values"]["name"]: r["values"] for r in of_type("cheapest", "aws_ecs_service")}
+    processor = services["logpipe-processor"]
+    assert processor.get("launch_type") in (None, "")
+    assert processor["capacity_provider_strategy"][0]["capacity_provider"] == "FARGATE_SPOT"
+    (providers,) = of_type("cheapest", "aws_ecs_cluster_capacity_providers")
+    assert "FARGATE_SPOT" in providers["values"]["capacity_providers"]
+    assert services["logpipe-ingestor"]["launch_type"] == "FARGATE"
+
+
+# --- releases, the changelog, the stack as a module ---
+
+
+def test_version_tags_build_and_publish_the_image_for_both_architectures() -> None:
+    release = workflow("release.yml")
+    assert release["on"] == {"push": {"tags": ["v*"]}}
+    assert release["permissions"]["packages"] == "write"
+    steps = [s for job in release["jobs"].values() for s in job["steps"]]
+    (build,) = [s for s in steps if s.get("uses", "").startswith("docker/build-push-action@")]
+    assert build["with"]["platforms"] == "linux/amd64,linux/arm64"
+    assert build["with"]["push"] is True and "env.TAG" in build["with"]["tags"]
+    assert any(s.get("uses", "").startswith("docker/setup-qemu-action@") for s in steps)
+    script = "\n".join(run_steps(release))
+    assert "ghcr.io/" in script and "CHANGELOG.md" in script and "gh release create" in script
+    assert "--workflow ci.yml" in script  # only a commit ci passed on main
+    # The deploy workflow builds both architectures too: cpu_architecture may be either.
+    deploy = "\n".join(run_steps(workflow("deploy.yml")))
+    assert "--platform linux/amd64,linux/arm64" in deploy
+
+
+def test_changelog_starts_with_unreleased_and_0_1_0_and_the_release_finds_a_section(
+    tmp_path: Path,
+) -> None:
+    text = (ROOT / "CHANGELOG.md").read_text()
+    headings = re.findall(r"^## \[([^\]]+)\]", text, re.M)
+    assert headings[:1] == ["Unreleased"] and "0.1.0" in headings
+    assert "### Upgrade" in text
+    # The release workflow's extraction of a version's section, run on a copy.
+    (step,) = [
+        s["run"]
+        for s in workflow("release.yml")["jobs"]["release"]["steps"]
+        if "awk" in s.get("run", "")
+    ]
+    awk = re.search(r"awk -v v=\"\$\{version\}\" '(.*?)' CHANGELOG.md", step, re.S)
+    assert awk
+    result = subprocess.run(
+        ["awk", "-v", "v=0.1.0", awk[1], str(ROOT / "CHANGELOG.md")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "The state before versions" in result.stdout and "## [" not in result.stdout
+
+
+def test_readme_shows_the_stack_as_a_module_pinned_to_a_tag_and_how_to_upgrade() -> None:
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy") :]
+    assert re.search(
+        r'source = "git::https://github\.com/[^"]+//terraform\?ref=v\d+\.\d+\.\d+"', deploy
+    )
+    assert "### Upgrading a running stack" in deploy
+    assert "demo_emitters = true" in deploy  # the trial deploy turns the emitters on
+    # Terraform ignores a backend block in a called module; its variables are the inputs.
+    variables = load_tf(TERRAFORM)["variable"]
+    for name in (
+        "vpc_id",
+        "public_subnet_ids",
+        "private_subnet_ids",
+        "nat_gateways",
+        "sqs_endpoint",
+    ):
+        assert name in variables and name in deploy, name
+
+
+# --- the rehearsal's tolerance of a busy machine ---
+
+
+def test_rehearsal_runs_a_command_again_after_what_a_busy_machine_causes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rehearsal = tool_module("deploy_rehearsal")
+    failures = [
+        "Error: deleting DynamoDB Table (logpipe-logs): ResourceNotFoundException: not found",
+        "Error: waiting for ECS Service: timeout while waiting for state to become 'ACTIVE'",
+    ]
+    calls: list[tuple[str, ...]] = []
+
+    def flaky(work: Path, *args: str, capture: bool = False) -> str:
+        calls.append(args)
+        if failures:
+            raise rehearsal.RehearsalError(f"terraform {args[0]} failed:\n{failures.pop(0)}")
+        return ""
+
+    monkeypatch.setattr(rehearsal, "terraform", flaky)
+    rehearsal.destroy(Path("/nonexistent"), {"region": "us-east-1"})
+    assert len(calls) == 3 and all(c[0] == "destroy" for c in calls)
+    # An apply is run again after a wait that ran out, not after anything else.
+    failures[:] = ["Error: creating ECS Service: InvalidParameterException: bad"]
+    calls.clear()
+    with pytest.raises(rehearsal.RehearsalError, match="InvalidParameterException"):
+        rehearsal.converge(Path("/nonexistent"), ("apply",), rehearsal.SLOW)
+    assert len(calls) == 1
+    # A failure that keeps coming back fails after the last attempt.
+    failures[:] = ["ResourceNotFoundException"] * 5
+    calls.clear()
+    with pytest.raises(rehearsal.RehearsalError):
+        rehearsal.converge(Path("/nonexistent"), ("destroy",), rehearsal.GONE)
+    assert len(calls) == rehearsal.ATTEMPTS

@@ -35,7 +35,7 @@ FARGATE = {  # per vCPU-hour, per GB-hour
     "X86_64": (0.04048, 0.004445),
     "ARM64": (0.03238, 0.00356),
 }
-# Fargate Spot (X86_64 only) moves with spare capacity; about 70 % below on-demand.
+# Fargate Spot (X86_64 only) moves with spare capacity; about two thirds below on demand.
 FARGATE_SPOT = (0.01334058, 0.00146489)
 PUBLIC_IPV4_HOUR = 0.005  # every public IPv4 address, in use or not
 NAT_GATEWAY_HOUR = 0.045  # plus 0.045 per GB processed
@@ -111,99 +111,111 @@ def on_spot(service: Mapping[str, Any]) -> bool:
     return bool(weights) and weights.get("FARGATE_SPOT", 0) > 0 and not weights.get("FARGATE")
 
 
-def components(plan: Mapping[str, Any]) -> dict[str, float]:
+Cost = dict[str, float]
+ByType = dict[str, list[dict[str, Any]]]
+
+
+def components(plan: Mapping[str, Any]) -> Cost:
     """Monthly USD at rest per component of the planned stack."""
-    items = resources(plan)
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for r in items:
+    by_type: ByType = {}
+    for r in resources(plan):
         by_type.setdefault(r["type"], []).append(r)
-    cost: dict[str, float] = {}
+    cost: Cost = {}
+    running = tasks(plan, by_type, cost)
+    network(by_type, cost)
+    cloudwatch(by_type, running, cost)
+    data(by_type, running, cost)
+    # The secrets the stack reads (created by the operator, README "Prerequisites").
+    variables = plan.get("variables", {})
+    secrets = [
+        name
+        for name, v in variables.items()
+        if name.endswith("_secret_arn") and ":secretsmanager:" in str(v.get("value"))
+    ]
+    add(cost, "Secrets Manager secrets", len(secrets) * SECRET_MONTH)
+    return cost
 
-    def add(component: str, usd: float) -> None:
-        cost[component] = cost.get(component, 0.0) + usd
 
-    # Tasks: size and architecture from the task definition of the same module.
+def add(cost: Cost, component: str, usd: float) -> None:
+    cost[component] = cost.get(component, 0.0) + usd
+
+
+def tasks(plan: Mapping[str, Any], by_type: ByType, cost: Cost) -> dict[str, int]:
+    """Fargate and the tasks' own public addresses; the running tasks per role."""
     definitions = {
         module_of(r["address"]): r["values"] for r in by_type.get("aws_ecs_task_definition", [])
     }
     roles = module_roles(plan)
-    running_roles: dict[str, int] = {}
-    services_running = 0
+    running: dict[str, int] = {}
     for r in by_type.get("aws_ecs_service", []):
-        service = r["values"]
-        tasks = service.get("desired_count") or 0
-        definition = definitions[module_of(r["address"])]
-        role = roles.get(module_of(r["address"]).split("[")[0], "?")
-        if tasks:
-            running_roles[role] = running_roles.get(role, 0) + tasks
-            services_running += 1
+        service, module = r["values"], module_of(r["address"])
+        count = service.get("desired_count") or 0
+        definition = definitions[module]
+        if count:
+            role = roles.get(module.split("[")[0], "?")
+            running[role] = running.get(role, 0) + count
         platform = (definition.get("runtime_platform") or [{}])[0]
         arch = platform.get("cpu_architecture") or "X86_64"
-        price = FARGATE_SPOT if on_spot(service) else FARGATE[arch]
-        label = "Fargate Spot" if on_spot(service) else f"Fargate {arch}"
+        spot = on_spot(service)
+        price = FARGATE_SPOT if spot else FARGATE[arch]
         month = fargate_month(float(definition["cpu"]), float(definition["memory"]), price)
-        add(f"Tasks ({label})", tasks * month)
-        network = (service.get("network_configuration") or [{}])[0]
+        add(cost, "Tasks (Fargate Spot)" if spot else f"Tasks (Fargate {arch})", count * month)
+        (network,) = service.get("network_configuration") or [{}]
         if network.get("assign_public_ip"):
-            add("Public IPv4 addresses", tasks * PUBLIC_IPV4_HOUR * HOURS)
+            add(cost, "Public IPv4 addresses", count * PUBLIC_IPV4_HOUR * HOURS)
+    return running
 
-    for r in by_type.get("aws_nat_gateway", []):
-        add("NAT gateways", NAT_GATEWAY_HOUR * HOURS)
-    for r in by_type.get("aws_eip", []):
-        add("Public IPv4 addresses", PUBLIC_IPV4_HOUR * HOURS)
+
+def network(by_type: ByType, cost: Cost) -> None:
+    """NAT gateways, addresses, the load balancer, interface endpoints."""
+    for _ in by_type.get("aws_nat_gateway", []):
+        add(cost, "NAT gateways", NAT_GATEWAY_HOUR * HOURS)
+    for _ in by_type.get("aws_eip", []):
+        add(cost, "Public IPv4 addresses", PUBLIC_IPV4_HOUR * HOURS)
     for r in by_type.get("aws_lb", []):
-        lb = r["values"]
-        add("Load balancer", ALB_HOUR * HOURS)
-        if not lb.get("internal"):
-            zones = len(lb.get("subnets") or []) or 2
-            add("Public IPv4 addresses", zones * PUBLIC_IPV4_HOUR * HOURS)
+        add(cost, "Load balancer", ALB_HOUR * HOURS)
+        if not r["values"].get("internal"):
+            zones = len(r["values"].get("subnets") or []) or 2
+            add(cost, "Public IPv4 addresses", zones * PUBLIC_IPV4_HOUR * HOURS)
     for r in by_type.get("aws_vpc_endpoint", []):
-        endpoint = r["values"]
-        if endpoint.get("vpc_endpoint_type") == "Interface":
-            zones = len(endpoint.get("subnet_ids") or []) or 2
-            add("VPC interface endpoints", zones * INTERFACE_ENDPOINT_HOUR * HOURS)
+        if r["values"].get("vpc_endpoint_type") == "Interface":
+            zones = len(r["values"].get("subnet_ids") or []) or 2
+            add(cost, "VPC interface endpoints", zones * INTERFACE_ENDPOINT_HOUR * HOURS)
 
-    # CloudWatch: Container Insights, EMF and log-filter metrics, alarms, dashboards.
+
+def cloudwatch(by_type: ByType, running: Mapping[str, int], cost: Cost) -> None:
+    """Container Insights; EMF and log-filter metrics, alarms, dashboards."""
     for r in by_type.get("aws_ecs_cluster", []):
         settings = {s["name"]: s["value"] for s in r["values"].get("setting") or []}
         if settings.get("containerInsights") in ("enabled", "enhanced"):
-            metrics = INSIGHTS_PER_CLUSTER + services_running * (
-                INSIGHTS_PER_SERVICE + INSIGHTS_PER_FAMILY
+            services = sum(
+                1 for r in by_type.get("aws_ecs_service", []) if r["values"].get("desired_count")
             )
-            add("Container Insights", metrics * CUSTOM_METRIC_MONTH)
-    emf = sum(EMF_AT_REST.get(role, 0) for role in running_roles)
-    filters = len(by_type.get("aws_cloudwatch_log_metric_filter", []))
-    add("Metrics, alarms, dashboard", (emf + filters) * CUSTOM_METRIC_MONTH)
-    alarm_metrics = sum(
+            metrics = INSIGHTS_PER_CLUSTER + services * (INSIGHTS_PER_SERVICE + INSIGHTS_PER_FAMILY)
+            add(cost, "Container Insights", metrics * CUSTOM_METRIC_MONTH)
+    metrics = sum(EMF_AT_REST.get(role, 0) for role in running)
+    metrics += len(by_type.get("aws_cloudwatch_log_metric_filter", []))
+    alarms = sum(
         alarm_metric_count(r["values"]) for r in by_type.get("aws_cloudwatch_metric_alarm", [])
     )
     # Each target-tracking policy makes two alarms (out and in) on its metrics.
     for r in by_type.get("aws_appautoscaling_policy", []):
-        alarm_metrics += 2 * tracked_metric_count(r["values"])
-    add("Metrics, alarms, dashboard", alarm_metrics * ALARM_METRIC_MONTH)
-    add(
-        "Metrics, alarms, dashboard",
-        len(by_type.get("aws_cloudwatch_dashboard", [])) * DASHBOARD_MONTH,
-    )
+        alarms += 2 * tracked_metric_count(r["values"])
+    dashboards = len(by_type.get("aws_cloudwatch_dashboard", []))
+    usd = metrics * CUSTOM_METRIC_MONTH + alarms * ALARM_METRIC_MONTH + dashboards * DASHBOARD_MONTH
+    add(cost, "Metrics, alarms, dashboard", usd)
 
-    # Data at rest: SQS polling, provisioned capacity (on demand bills nothing when idle).
-    requests = sum(SQS_REQUESTS_PER_MINUTE.get(role, 0) * n for role, n in running_roles.items())
-    add("SQS and DynamoDB", requests * MINUTES / 1e6 * SQS_PER_MILLION)
+
+def data(by_type: ByType, running: Mapping[str, int], cost: Cost) -> None:
+    """SQS polling at rest; provisioned table capacity (on demand bills nothing idle)."""
+    requests = sum(SQS_REQUESTS_PER_MINUTE.get(role, 0) * n for role, n in running.items())
+    add(cost, "SQS and DynamoDB", requests * MINUTES / 1e6 * SQS_PER_MILLION)
     for r in by_type.get("aws_dynamodb_table", []):
         table = r["values"]
         if table.get("billing_mode") == "PROVISIONED":
-            add("SQS and DynamoDB", (table.get("write_capacity") or 0) * DYNAMODB_WCU_HOUR * HOURS)
-            add("SQS and DynamoDB", (table.get("read_capacity") or 0) * DYNAMODB_RCU_HOUR * HOURS)
-
-    # The secrets the stack reads (created by the operator, README "Prerequisites").
-    variables = plan.get("variables", {})
-    secrets = [
-        v["value"]
-        for name, v in variables.items()
-        if name.endswith("_secret_arn") and ":secretsmanager:" in str(v.get("value"))
-    ]
-    add("Secrets Manager secrets", len(secrets) * SECRET_MONTH)
-    return cost
+            units = (table.get("write_capacity") or 0) * DYNAMODB_WCU_HOUR
+            units += (table.get("read_capacity") or 0) * DYNAMODB_RCU_HOUR
+            add(cost, "SQS and DynamoDB", units * HOURS)
 
 
 def module_roles(plan: Mapping[str, Any]) -> dict[str, str]:
@@ -265,7 +277,7 @@ def table(columns: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def money(usd: float) -> str:
-    return "–" if usd < 0.005 else f"{usd:,.2f}"
+    return "-" if usd < 0.005 else f"{usd:,.2f}"
 
 
 def total(cost: Mapping[str, float]) -> float:
