@@ -1500,9 +1500,12 @@ def test_deploy_rehearsal_passes_events_end_to_end_through_the_applied_stack() -
     assert any("every AWS call is allowed by its role's applied policy" in x for x in lines)
     assert any("load balancer rules: forwarded" in x and "'/ingest'" in x for x in lines)
     held = [line for line in lines if "all allowed by README's" in line]
-    assert len(held) == 3, stdout
+    assert len(held) == 4, stdout
     assert "apply made" in held[0] and "destroy" in held[2], stdout
     assert "plan role and deploy role" in held[1], stdout
+    # The same terraform/ into a VPC and subnets made beforehand: none of its own.
+    assert "existing network vpc-" in held[3] and "no VPC, subnet, NAT gateway" in held[3]
+    assert any("existing network: terraform destroy" in line for line in lines), stdout
     assert lines[-1].startswith("rehearsal: passed in"), result.stdout
 
 

@@ -28,6 +28,15 @@
    that role's applied IAM policy, and a task without a task role makes none.
 8. `terraform destroy` deletes the stack; its recorded calls too must be actions README's
    deploy role allows.
+9. The existing-network mode: a VPC with public and private subnets is made in moto first
+   (as its owner would), and terraform/ applied into it (vpc_id, public_subnet_ids,
+   private_subnet_ids) in a workspace of its own must create no VPC, subnet, route, NAT
+   gateway or endpoint, put the tasks in the private subnets and the load balancer in the
+   public ones; then it is destroyed, both held to README's deploy role.
+
+On a busy machine moto is now and then slow enough that the provider's SDK sends a call
+again, or a provider wait runs out: `converge` runs apply or destroy again then (GONE,
+SLOW below); any other failure fails at once.
 
 Exit 0 when all of it holds; otherwise the first failure, with the roles' logs.
 """
