@@ -413,7 +413,7 @@ variable "ingest_refused_percent" {
 }
 
 variable "ecr_keep_images" {
-  description = "Images kept in ECR (older ones expire): how far back a rollback can go."
+  description = "Deploys whose images are kept in ECR (three images each: one per architecture and their index; older ones expire): how far back a rollback can go."
   type        = number
   default     = 30
 

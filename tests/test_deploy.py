@@ -936,8 +936,10 @@ def test_deploy_workflow_applies_once_and_checks_the_rollout_truthfully() -> Non
     script = "\n".join(run_steps(workflow("deploy.yml")))
     order = [
         "-target=aws_ecr_repository.app",
-        "docker buildx build --pull --platform linux/amd64,linux/arm64",
+        "for arch in amd64 arm64; do",
+        'docker buildx build --pull --platform "linux/${arch}"',
         "--push",
+        'docker buildx imagetools create --tag "${image}" "${image}-amd64" "${image}-arm64"',
         "terraform apply -auto-approve\n",
         "terraform output -json task_definitions",
         "tools/await_rollout.py",
@@ -1820,7 +1822,7 @@ def test_version_tags_build_and_publish_the_image_for_both_architectures() -> No
     assert "--workflow ci.yml" in script  # only a commit ci passed on main
     # The deploy workflow builds both architectures too: cpu_architecture may be either.
     deploy = "\n".join(run_steps(workflow("deploy.yml")))
-    assert "--platform linux/amd64,linux/arm64" in deploy
+    assert "for arch in amd64 arm64; do" in deploy and "imagetools create" in deploy
 
 
 def test_changelog_starts_with_unreleased_and_0_1_0_and_the_release_finds_a_section(
