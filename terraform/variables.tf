@@ -514,7 +514,7 @@ variable "table_max_write_units" {
 }
 
 variable "embedded_endpoint" {
-  description = "Only for `make deploy-rehearsal`, which applies this stack to moto's server: leaves out what that endpoint does not implement (Application Auto Scaling, whose tags it cannot list, the alarm that drives a scaling policy, and the DLQ's redrive-allow policy, which it never reports back as applied). Never set it for AWS."
+  description = "Only for `make deploy-rehearsal`, which applies this stack to moto's server: leaves out what that endpoint does not implement (Application Auto Scaling of the services and of a provisioned table, whose tags it cannot list, the alarm that drives a scaling policy, and the DLQ's redrive-allow policy, which it never reports back as applied). Never set it for AWS."
   type        = bool
   default     = false
 }

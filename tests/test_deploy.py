@@ -1903,3 +1903,36 @@ def test_rehearsal_runs_a_command_again_after_what_a_busy_machine_causes(
     with pytest.raises(rehearsal.RehearsalError):
         rehearsal.converge(Path("/nonexistent"), ("destroy",), rehearsal.GONE)
     assert len(calls) == rehearsal.ATTEMPTS
+
+
+def test_running_tasks_filter_matches_the_one_emf_line_a_task_writes_each_interval() -> None:
+    """The log metric filter counts running ingestors and processors by the EMF line of the
+    main queue's gauges, which each task writes once per LOGPIPE_EMF_INTERVAL_S."""
+    tf = load_tf(TERRAFORM)
+    assert tf["locals"]["emf_interval_s"] == 60
+    running = resource("aws_cloudwatch_log_metric_filter", "running_tasks")
+    assert running["for_each"] == '${toset(["ingestor", "processor"])}'
+    pattern = running["pattern"]
+    conditions = dict(re.findall(r"\(\$\.([\w.\[\]]+) = \\?\"([^\"\\]+)\\?\"\)", pattern))
+    assert conditions == {
+        "Role": "${each.key}",
+        "Queue": "main",
+        "_aws.CloudWatchMetrics[0].Namespace": "${local.emf_namespace}",
+    }, pattern
+    (transformation,) = running["metric_transformation"]
+    assert transformation["name"] == "${local.running_tasks_metric}"
+    assert transformation["value"] == "1" and transformation["dimensions"] == {"Role": "$.Role"}
+    for role in ("ingestor", "processor"):
+        snapshot = emf.Snapshot()
+        snapshot.gauges[("Queue", "main")]["queue_visible_messages"] = 3.0
+        snapshot.gauges[("Queue", "dlq")]["queue_visible_messages"] = 0.0
+        snapshot.gauges[None]["inflight_events"] = 0.0
+        docs = emf.documents(role, snapshot, emf.Snapshot(), 1_700_000_000_000)
+        matching = [
+            d
+            for d in docs
+            if d.get("Role") == role
+            and d.get("Queue") == "main"
+            and d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == emf.NAMESPACE
+        ]
+        assert len(matching) == 1, docs  # one line per task per interval: a task counts once
