@@ -247,8 +247,8 @@ resource "aws_appautoscaling_policy" "ingestor_cpu" {
 # --- processor autoscaling: target tracking on visible messages per running task, and a
 # step out when the oldest message waits too long (few but slow messages) ---
 # Target tracking sets the count in proportion to the metric, in one step: 1 task with
-# 10 × processor_backlog_per_task waiting becomes 10 tasks at the next evaluation (about
-# two minutes), not one task more per cooldown. Running tasks are counted from the
+# 10 × processor_backlog_per_task waiting becomes 10 tasks as soon as its alarm fires (three
+# minutes), not one task more per cooldown. Running tasks are counted from the
 # processors' own EMF lines (monitoring.tf, running_tasks), so this needs no Container
 # Insights; without a count (no processor reporting) the age policy below still acts.
 
