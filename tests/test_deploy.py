@@ -11,6 +11,7 @@ autoscaling, alarms; the workflows' order and pins; tools/await_rollout.py again
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import importlib.util
 import json
@@ -37,6 +38,7 @@ from logpipe.config import Settings
 from logpipe.core.models import normalise, to_item
 from logpipe.dev.processes import free_port
 from logpipe.obs import emf
+from tests.support.shared import exclusive
 
 pytestmark = pytest.mark.deploy
 
@@ -1584,16 +1586,10 @@ def idle_cost() -> Any:
     return tool_module("idle_cost")
 
 
-@cache
-def planned() -> dict[str, Any]:
+def make_plans() -> dict[str, Any]:
     """PLANS planned with the real Terraform against moto: name -> `terraform show -json`
     of the plan, or the error text of a plan Terraform refused. In a process of its own,
     whose environment (credentials for moto) stays there."""
-    if (
-        shutil.which("terraform") is None
-        or not Path(os.environ.get("LOGPIPE_TF_PLUGIN_MIRROR", "/opt/tf-plugins")).is_dir()
-    ):
-        pytest.skip("planning needs terraform on PATH and the AWS provider mirror")
     settings = {**PLANS, "cheapest": idle_cost().CHEAPEST}
     work = Path(tempfile.mkdtemp(prefix="logpipe-plans-"))
     try:
@@ -1620,26 +1616,52 @@ def planned() -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def plan_of(name: str) -> dict[str, Any]:
-    plan = planned()[name]
+@pytest.fixture(scope="session")
+def plans(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """make_plans() once per test run: the xdist workers of one run share the result (the
+    first plans while the others wait), keyed by terraform/ and PLANS."""
+    if (
+        shutil.which("terraform") is None
+        or not Path(os.environ.get("LOGPIPE_TF_PLUGIN_MIRROR", "/opt/tf-plugins")).is_dir()
+    ):
+        pytest.skip("planning needs terraform on PATH and the AWS provider mirror")
+    base = tmp_path_factory.getbasetemp()
+    run = base.parent if hasattr(request.config, "workerinput") else base
+    shared = run / "terraform-plans"
+    shared.mkdir(exist_ok=True)
+    sources = [*sorted(TERRAFORM.rglob("*.tf")), *sorted((ROOT / "tools").glob("*.py"))]
+    key = hashlib.sha256(json.dumps(PLANS).encode())
+    for path in sources:
+        key.update(path.read_bytes())
+    out = shared / f"{key.hexdigest()[:16]}.json"
+    with exclusive(shared):
+        if not out.exists():
+            out.write_text(json.dumps(make_plans()))
+        return json.loads(out.read_text())
+
+
+def plan_of(plans: dict[str, Any], name: str) -> dict[str, Any]:
+    plan = plans[name]
     assert isinstance(plan, dict), f"terraform refused the {name} plan:\n{plan}"
     return plan
 
 
-def planned_resources(name: str) -> list[dict[str, Any]]:
-    resources: list[dict[str, Any]] = idle_cost().resources(plan_of(name))
+def planned_resources(plans: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    resources: list[dict[str, Any]] = idle_cost().resources(plan_of(plans, name))
     return resources
 
 
-def of_type(name: str, type_: str) -> list[dict[str, Any]]:
-    return [r for r in planned_resources(name) if r["type"] == type_]
+def of_type(plans: dict[str, Any], name: str, type_: str) -> list[dict[str, Any]]:
+    return [r for r in planned_resources(plans, name) if r["type"] == type_]
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.xdist_group("terraform-plans")
-def test_readme_cost_table_is_what_idle_cost_prints_for_the_plans() -> None:
+def test_readme_cost_table_is_what_idle_cost_prints_for_the_plans(plans: dict[str, Any]) -> None:
     cost = idle_cost()
-    table = cost.table({name: cost.components(plan_of(name)) for name in ("defaults", "cheapest")})
+    table = cost.table(
+        {name: cost.components(plan_of(plans, name)) for name in ("defaults", "cheapest")}
+    )
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### What it costs at rest") :]
     match = re.search(r"<!-- idle_cost.py --plan -->\n(.*?)\n<!-- /idle_cost.py -->", section, re.S)
@@ -1649,58 +1671,62 @@ def test_readme_cost_table_is_what_idle_cost_prints_for_the_plans() -> None:
 
 @pytest.mark.timeout(900)
 @pytest.mark.xdist_group("terraform-plans")
-def test_defaults_cost_at_least_40_percent_less_at_rest_than_before() -> None:
+def test_defaults_cost_at_least_40_percent_less_at_rest_than_before(plans: dict[str, Any]) -> None:
     cost = idle_cost()
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### What it costs at rest") :]
     before = float(re.search(r"the same script gave \*\*\$([\d.]+)\*\* a month", section)[1])  # type: ignore[index]
-    defaults = cost.total(cost.components(plan_of("defaults")))
-    cheapest = cost.total(cost.components(plan_of("cheapest")))
+    defaults = cost.total(cost.components(plan_of(plans, "defaults")))
+    cheapest = cost.total(cost.components(plan_of(plans, "cheapest")))
     assert defaults <= 0.6 * before, (defaults, before)
     assert cheapest < defaults
-    components = cost.components(plan_of("defaults"))
+    components = cost.components(plan_of(plans, "defaults"))
     assert "NAT gateways" not in components and "Container Insights" not in components
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.xdist_group("terraform-plans")
-def test_existing_network_mode_creates_no_vpc_nat_or_endpoint_and_uses_the_given_subnets() -> None:
+def test_existing_network_mode_creates_no_vpc_nat_or_endpoint_and_uses_the_given_subnets(
+    plans: dict[str, Any],
+) -> None:
     given = PLANS["existing_network"]
-    created = {r["type"] for r in planned_resources("existing_network")} & NETWORK_TYPES
+    created = {r["type"] for r in planned_resources(plans, "existing_network")} & NETWORK_TYPES
     assert not created, created
     private = set(json.loads(given["private_subnet_ids"]))
-    for service in of_type("existing_network", "aws_ecs_service"):
+    for service in of_type(plans, "existing_network", "aws_ecs_service"):
         (network,) = service["values"]["network_configuration"]
         assert set(network["subnets"]) == private and network["assign_public_ip"] is False
-    (lb,) = of_type("existing_network", "aws_lb")
+    (lb,) = of_type(plans, "existing_network", "aws_lb")
     assert set(lb["values"]["subnets"]) == set(json.loads(given["public_subnet_ids"]))
-    for group in of_type("existing_network", "aws_security_group"):
+    for group in of_type(plans, "existing_network", "aws_security_group"):
         assert group["values"]["vpc_id"] == given["vpc_id"]
     # Subnets without a VPC are refused before anything is planned.
-    refused = planned()["subnets_without_vpc"]
+    refused = plans["subnets_without_vpc"]
     assert isinstance(refused, str) and "none without it" in " ".join(refused.split())
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.xdist_group("terraform-plans")
-def test_own_network_has_no_nat_by_default_and_one_per_az_on_request() -> None:
-    assert not of_type("defaults", "aws_nat_gateway") and not of_type("defaults", "aws_eip")
-    for service in of_type("defaults", "aws_ecs_service"):
+def test_own_network_has_no_nat_by_default_and_one_per_az_on_request(plans: dict[str, Any]) -> None:
+    assert not of_type(plans, "defaults", "aws_nat_gateway") and not of_type(
+        plans, "defaults", "aws_eip"
+    )
+    for service in of_type(plans, "defaults", "aws_ecs_service"):
         (network,) = service["values"]["network_configuration"]
         assert network["assign_public_ip"] is True  # in the public subnets, inbound closed
     endpoints = {
         r["values"]["service_name"].rsplit(".", 1)[-1]
-        for r in of_type("defaults", "aws_vpc_endpoint")
+        for r in of_type(plans, "defaults", "aws_vpc_endpoint")
     }
     assert endpoints == {"dynamodb", "s3"}
-    nats = of_type("nat_per_az", "aws_nat_gateway")
-    assert len(nats) == 2 and len(of_type("nat_per_az", "aws_route_table")) == 3
-    for service in of_type("nat_per_az", "aws_ecs_service"):
+    nats = of_type(plans, "nat_per_az", "aws_nat_gateway")
+    assert len(nats) == 2 and len(of_type(plans, "nat_per_az", "aws_route_table")) == 3
+    for service in of_type(plans, "nat_per_az", "aws_ecs_service"):
         (network,) = service["values"]["network_configuration"]
         assert network["assign_public_ip"] is False
     (sqs,) = [
         r["values"]
-        for r in of_type("nat_per_az", "aws_vpc_endpoint")
+        for r in of_type(plans, "nat_per_az", "aws_vpc_endpoint")
         if r["values"]["service_name"].endswith(".sqs")
     ]
     assert sqs["vpc_endpoint_type"] == "Interface" and sqs["private_dns_enabled"] is True
@@ -1708,27 +1734,29 @@ def test_own_network_has_no_nat_by_default_and_one_per_az_on_request() -> None:
 
 @pytest.mark.timeout(900)
 @pytest.mark.xdist_group("terraform-plans")
-def test_processor_max_count_is_refused_beyond_what_the_table_takes() -> None:
+def test_processor_max_count_is_refused_beyond_what_the_table_takes(plans: dict[str, Any]) -> None:
     for name in ("too_many_processors", "provisioned_too_small"):
-        refused = planned()[name]
+        refused = plans[name]
         assert isinstance(refused, str), f"{name} planned"
         assert "more than the table takes" in " ".join(refused.split()), refused[-2000:]
     # Within the provisioned maximum it plans, with the table's capacity autoscaled.
-    (table,) = of_type("provisioned", "aws_dynamodb_table")
+    (table,) = of_type(plans, "provisioned", "aws_dynamodb_table")
     assert table["values"]["billing_mode"] == "PROVISIONED"
     targets = {
         r["values"]["scalable_dimension"]
-        for r in of_type("provisioned", "aws_appautoscaling_target")
+        for r in of_type(plans, "provisioned", "aws_appautoscaling_target")
     }
     assert {"dynamodb:table:WriteCapacityUnits", "dynamodb:table:ReadCapacityUnits"} <= targets
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.xdist_group("terraform-plans")
-def test_default_plan_has_the_alarms_and_the_scaling_and_honest_cost_defaults() -> None:
+def test_default_plan_has_the_alarms_and_the_scaling_and_honest_cost_defaults(
+    plans: dict[str, Any],
+) -> None:
     alarms = {
         r["values"]["alarm_name"]: r["values"]
-        for r in of_type("defaults", "aws_cloudwatch_metric_alarm")
+        for r in of_type(plans, "defaults", "aws_cloudwatch_metric_alarm")
     }
     for name in (
         "logpipe-dlq-not-empty",
@@ -1739,11 +1767,11 @@ def test_default_plan_has_the_alarms_and_the_scaling_and_honest_cost_defaults() 
         "logpipe-ingest-refused",
     ):
         assert name in alarms, sorted(alarms)
-    topic = [r for r in of_type("defaults", "aws_sns_topic")]
+    topic = [r for r in of_type(plans, "defaults", "aws_sns_topic")]
     assert len(topic) == 1
     retention = {
         r["values"]["name"]: r["values"]["message_retention_seconds"]
-        for r in of_type("defaults", "aws_sqs_queue")
+        for r in of_type(plans, "defaults", "aws_sqs_queue")
     }
     assert retention == {"logpipe-events": 14 * 86400, "logpipe-events-dlq": 14 * 86400}
     assert alarms["logpipe-queue-age-near-retention"]["threshold"] == 7 * 86400
@@ -1756,24 +1784,25 @@ def test_default_plan_has_the_alarms_and_the_scaling_and_honest_cost_defaults() 
     )
     assert '"logpipe_requests_rejected_total"' in (ROOT / "logpipe/obs/metrics.py").read_text()
     policies = {
-        r["values"]["name"]: r["values"] for r in of_type("defaults", "aws_appautoscaling_policy")
+        r["values"]["name"]: r["values"]
+        for r in of_type(plans, "defaults", "aws_appautoscaling_policy")
     }
     backlog = policies["logpipe-processor-backlog-per-task"]
     assert backlog["policy_type"] == "TargetTrackingScaling"
     filters = {
         r["values"]["name"]: r["values"]
-        for r in of_type("defaults", "aws_cloudwatch_log_metric_filter")
+        for r in of_type(plans, "defaults", "aws_cloudwatch_log_metric_filter")
     }
     assert {"logpipe-ingestor-running-tasks", "logpipe-processor-running-tasks"} <= set(filters)
-    (table,) = of_type("defaults", "aws_dynamodb_table")
+    (table,) = of_type(plans, "defaults", "aws_dynamodb_table")
     assert table["values"]["billing_mode"] == "PAY_PER_REQUEST"
     assert table["values"]["point_in_time_recovery"] == [{"enabled": False}]
-    (cluster,) = of_type("defaults", "aws_ecs_cluster")
+    (cluster,) = of_type(plans, "defaults", "aws_ecs_cluster")
     assert cluster["values"]["setting"] == [{"name": "containerInsights", "value": "disabled"}]
 
     # No demo emitters unless asked for; the trial (nat_per_az here) has both.
     def families(name: str) -> set[str]:
-        return {r["values"]["family"] for r in of_type(name, "aws_ecs_task_definition")}
+        return {r["values"]["family"] for r in of_type(plans, name, "aws_ecs_task_definition")}
 
     assert families("defaults") == {"logpipe-ingestor", "logpipe-processor", "logpipe-console"}
     assert {"logpipe-emitter-a", "logpipe-emitter-b"} <= families("nat_per_az")
@@ -1786,21 +1815,23 @@ def test_default_plan_has_the_alarms_and_the_scaling_and_honest_cost_defaults() 
 
 @pytest.mark.timeout(900)
 @pytest.mark.xdist_group("terraform-plans")
-def test_cheapest_setting_runs_graviton_and_a_spot_processor_on_x86() -> None:
+def test_cheapest_setting_runs_graviton_and_a_spot_processor_on_x86(plans: dict[str, Any]) -> None:
     definitions = {
         r["values"]["family"]: r["values"]["runtime_platform"][0]["cpu_architecture"]
-        for r in of_type("cheapest", "aws_ecs_task_definition")
+        for r in of_type(plans, "cheapest", "aws_ecs_task_definition")
     }
     assert definitions == {
         "logpipe-ingestor": "ARM64",
         "logpipe-processor": "X86_64",
         "logpipe-console": "ARM64",
     }
-    services = {r["values"]["name"]: r["values"] for r in of_type("cheapest", "aws_ecs_service")}
+    services = {
+        r["values"]["name"]: r["values"] for r in of_type(plans, "cheapest", "aws_ecs_service")
+    }
     processor = services["logpipe-processor"]
     assert processor.get("launch_type") in (None, "")
     assert processor["capacity_provider_strategy"][0]["capacity_provider"] == "FARGATE_SPOT"
-    (providers,) = of_type("cheapest", "aws_ecs_cluster_capacity_providers")
+    (providers,) = of_type(plans, "cheapest", "aws_ecs_cluster_capacity_providers")
     assert "FARGATE_SPOT" in providers["values"]["capacity_providers"]
     assert services["logpipe-ingestor"]["launch_type"] == "FARGATE"
 
