@@ -18,7 +18,7 @@ locals {
 resource "aws_security_group" "alb" {
   name        = "${var.name}-alb"
   description = "logpipe load balancer: ingest and console listeners"
-  vpc_id      = aws_vpc.main.id
+  vpc_id      = local.vpc_id
 }
 
 resource "aws_vpc_security_group_ingress_rule" "alb_ingest" {
@@ -44,14 +44,19 @@ resource "aws_vpc_security_group_ingress_rule" "alb_redirect" {
   cidr_ipv4         = each.value
 }
 
-# The emitters reach the ingest URL through the NAT gateway, whatever ingest_allowed_cidrs says.
+# With NAT gateways the emitters reach the ingest URL from their addresses, whatever
+# ingest_allowed_cidrs says. Without (nat_gateways = "none"), each emitter task has an
+# address of its own: the demo emitters then need ingest_allowed_cidrs to admit them (the
+# default, 0.0.0.0/0, does).
 resource "aws_vpc_security_group_ingress_rule" "alb_ingest_from_nat" {
+  count = local.nat_per_az ? 2 : 0
+
   security_group_id = aws_security_group.alb.id
-  description       = "Emitters through the NAT gateway"
+  description       = "Emitters through the NAT gateway of ${local.azs[count.index]}"
   ip_protocol       = "tcp"
   from_port         = local.https ? 443 : 80
   to_port           = local.https ? 443 : 80
-  cidr_ipv4         = "${aws_eip.nat.public_ip}/32"
+  cidr_ipv4         = "${local.nat_public_ips[count.index]}/32"
 }
 
 resource "aws_vpc_security_group_ingress_rule" "alb_console" {
@@ -88,7 +93,7 @@ resource "aws_lb" "main" {
   load_balancer_type         = "application"
   internal                   = false
   security_groups            = [aws_security_group.alb.id]
-  subnets                    = aws_subnet.public[*].id
+  subnets                    = local.load_balancer_subnet_ids
   drop_invalid_header_fields = true
   enable_deletion_protection = var.deletion_protection
   # Below the ingestor's keep-alive idle timeout (75 s): the server, not the load balancer,
@@ -101,7 +106,7 @@ resource "aws_lb_target_group" "ingestor" {
   port                 = local.http_port
   protocol             = "HTTP"
   target_type          = "ip"
-  vpc_id               = aws_vpc.main.id
+  vpc_id               = local.vpc_id
   deregistration_delay = 20 # shorter than the task's drain: ECS deregisters, then stops
 
   health_check {
@@ -119,7 +124,7 @@ resource "aws_lb_target_group" "console" {
   port                 = local.http_port
   protocol             = "HTTP"
   target_type          = "ip"
-  vpc_id               = aws_vpc.main.id
+  vpc_id               = local.vpc_id
   deregistration_delay = 10
 
   health_check {
@@ -203,7 +208,7 @@ resource "aws_lb_listener" "console" {
 resource "aws_security_group" "ingestor" {
   name        = "${var.name}-ingestor"
   description = "logpipe ingestor tasks"
-  vpc_id      = aws_vpc.main.id
+  vpc_id      = local.vpc_id
 }
 
 resource "aws_vpc_security_group_ingress_rule" "ingestor_from_alb" {
@@ -218,7 +223,7 @@ resource "aws_vpc_security_group_ingress_rule" "ingestor_from_alb" {
 resource "aws_security_group" "console" {
   name        = "${var.name}-console"
   description = "logpipe console tasks"
-  vpc_id      = aws_vpc.main.id
+  vpc_id      = local.vpc_id
 }
 
 resource "aws_vpc_security_group_ingress_rule" "console_from_alb" {
@@ -233,16 +238,16 @@ resource "aws_vpc_security_group_ingress_rule" "console_from_alb" {
 resource "aws_security_group" "processor" {
   name        = "${var.name}-processor"
   description = "logpipe processor tasks (no inbound)"
-  vpc_id      = aws_vpc.main.id
+  vpc_id      = local.vpc_id
 }
 
 resource "aws_security_group" "emitter" {
   name        = "${var.name}-emitter"
   description = "logpipe emitter tasks (no inbound)"
-  vpc_id      = aws_vpc.main.id
+  vpc_id      = local.vpc_id
 }
 
-# Every task calls AWS APIs over HTTPS (through the NAT gateway or a gateway endpoint) and
+# Every task calls AWS APIs over HTTPS (directly, through a NAT gateway or an endpoint) and
 # nothing else; the emitters also call the ingest URL.
 resource "aws_vpc_security_group_egress_rule" "aws_apis" {
   for_each = {
@@ -269,4 +274,9 @@ resource "aws_vpc_security_group_egress_rule" "emitter_ingest_http" {
   from_port         = 80
   to_port           = 80
   cidr_ipv4         = "0.0.0.0/0"
+}
+
+moved {
+  from = aws_vpc_security_group_ingress_rule.alb_ingest_from_nat
+  to   = aws_vpc_security_group_ingress_rule.alb_ingest_from_nat[0]
 }

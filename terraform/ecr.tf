@@ -34,12 +34,14 @@ resource "aws_ecr_lifecycle_policy" "app" {
         action = { type = "expire" }
       },
       {
+        # A deploy pushes three images, all tagged: <sha>-amd64, <sha>-arm64 and their
+        # index <sha> (.github/workflows/deploy.yml).
         rulePriority = 2
         description  = "Keep the newest images: the rollback window"
         selection = {
           tagStatus   = "any"
           countType   = "imageCountMoreThan"
-          countNumber = var.ecr_keep_images
+          countNumber = var.ecr_keep_images * 3
         }
         action = { type = "expire" }
       },

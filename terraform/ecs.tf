@@ -17,21 +17,26 @@ locals {
     LOGPIPE_PORT                 = tostring(local.http_port)
     LOGPIPE_METRICS_PORT         = tostring(local.metrics_port)
     LOGPIPE_DRAIN_SECONDS        = "25"
-    # Metrics as EMF lines on stdout; awslogs ships them and CloudWatch extracts them.
-    LOGPIPE_EMF = "true"
+    # Metrics as EMF lines on stdout; awslogs ships them and CloudWatch extracts them. One
+    # line per group a minute per task: monitoring.tf counts running tasks by them.
+    LOGPIPE_EMF            = "true"
+    LOGPIPE_EMF_INTERVAL_S = tostring(local.emf_interval_s)
   }
+  emf_interval_s = 60
 
   # The same command as the image's HEALTHCHECK (ECS ignores the Dockerfile's): GET /healthz
   # on LOGPIPE_PORT for the HTTP roles, /metrics on LOGPIPE_METRICS_PORT for the others.
   health_check_command = ["CMD", "python", "-c", "import os, urllib.request as r; h = os.environ.get('ROLE') in ('ingestor', 'console'); p = os.environ.get('LOGPIPE_PORT' if h else 'LOGPIPE_METRICS_PORT') or ('8080' if h else '9100'); r.urlopen(f'http://127.0.0.1:{p}/' + ('healthz' if h else 'metrics'), timeout=4)"]
 
-  services = ["ingestor", "processor", "console", "emitter-a", "emitter-b"]
+  # The demo emitters exist only with demo_emitters (variables.tf).
+  services = concat(["ingestor", "processor", "console"], var.demo_emitters ? ["emitter-a", "emitter-b"] : [])
 
   service_defaults = {
     region               = var.region
     cluster_arn          = aws_ecs_cluster.main.arn
     execution_role_arn   = aws_iam_role.execution.arn
-    subnet_ids           = aws_subnet.private[*].id
+    subnet_ids           = local.task_subnet_ids
+    assign_public_ip     = local.task_public_ip
     health_check_command = local.health_check_command
   }
 }
@@ -41,8 +46,16 @@ resource "aws_ecs_cluster" "main" {
 
   setting {
     name  = "containerInsights"
-    value = "enabled"
+    value = var.container_insights ? "enabled" : "disabled"
   }
+}
+
+# Fargate Spot for the processors (processor_spot) needs the capacity provider on the cluster.
+resource "aws_ecs_cluster_capacity_providers" "main" {
+  count = var.processor_spot ? 1 : 0
+
+  cluster_name       = aws_ecs_cluster.main.name
+  capacity_providers = ["FARGATE", "FARGATE_SPOT"]
 }
 
 resource "aws_cloudwatch_log_group" "service" {
@@ -67,6 +80,7 @@ module "ingestor" {
   autoscaled        = true
   cpu               = 512
   memory            = 1024
+  cpu_architecture  = var.cpu_architecture
   container_port    = local.http_port
   target_group_arn  = aws_lb_target_group.ingestor.arn
   defaults          = local.service_defaults
@@ -89,9 +103,12 @@ module "processor" {
   autoscaled        = true
   cpu               = 512
   memory            = 1024
+  # Fargate Spot runs X86_64 only: a Spot processor runs X86_64 whatever cpu_architecture says.
+  cpu_architecture  = var.processor_spot ? "X86_64" : var.cpu_architecture
+  capacity_provider = var.processor_spot ? "FARGATE_SPOT" : "FARGATE"
   defaults          = local.service_defaults
 
-  depends_on = [aws_iam_role_policy.execution, aws_iam_role_policy.processor]
+  depends_on = [aws_iam_role_policy.execution, aws_iam_role_policy.processor, aws_ecs_cluster_capacity_providers.main]
 }
 
 module "console" {
@@ -108,6 +125,7 @@ module "console" {
   desired_count     = var.console_count
   cpu               = 256
   memory            = 512
+  cpu_architecture  = var.cpu_architecture
   container_port    = local.http_port
   target_group_arn  = aws_lb_target_group.console.arn
   defaults          = local.service_defaults
@@ -116,8 +134,10 @@ module "console" {
 }
 
 # The emitters send with the first API key, so they get the same secret as the ingestor.
+# Demo and load only (demo_emitters): before it, these services always existed.
 module "emitter_a" {
   source = "./modules/service"
+  count  = var.demo_emitters ? 1 : 0
 
   name  = "${var.name}-emitter-a"
   role  = "emitter"
@@ -135,6 +155,7 @@ module "emitter_a" {
   desired_count     = var.emitter_a_count
   cpu               = 256
   memory            = 512
+  cpu_architecture  = var.cpu_architecture
   defaults          = local.service_defaults
 
   depends_on = [aws_iam_role_policy.execution]
@@ -142,6 +163,7 @@ module "emitter_a" {
 
 module "emitter_b" {
   source = "./modules/service"
+  count  = var.demo_emitters ? 1 : 0
 
   name  = "${var.name}-emitter-b"
   role  = "emitter"
@@ -159,6 +181,7 @@ module "emitter_b" {
   desired_count     = var.emitter_b_count
   cpu               = 256
   memory            = 512
+  cpu_architecture  = var.cpu_architecture
   defaults          = local.service_defaults
 
   depends_on = [aws_iam_role_policy.execution]
@@ -223,6 +246,11 @@ resource "aws_appautoscaling_policy" "ingestor_cpu" {
 
 # --- processor autoscaling: target tracking on visible messages per running task, and a
 # step out when the oldest message waits too long (few but slow messages) ---
+# Target tracking sets the count in proportion to the metric, in one step: 1 task with
+# 10 × processor_backlog_per_task waiting becomes 10 tasks as soon as its alarm fires (three
+# minutes), not one task more per cooldown. Running tasks are counted from the
+# processors' own EMF lines (monitoring.tf, running_tasks), so this needs no Container
+# Insights; without a count (no processor reporting) the age policy below still acts.
 
 resource "aws_appautoscaling_target" "processor" {
   count = var.embedded_endpoint ? 0 : 1
@@ -245,7 +273,7 @@ resource "aws_appautoscaling_policy" "processor_backlog" {
 
   target_tracking_scaling_policy_configuration {
     target_value       = var.processor_backlog_per_task
-    scale_out_cooldown = 60
+    scale_out_cooldown = 30
     scale_in_cooldown  = 300
 
     customized_metric_specification {
@@ -273,20 +301,15 @@ resource "aws_appautoscaling_policy" "processor_backlog" {
         return_data = false
 
         metric_stat {
-          stat = "Average"
+          stat = "Sum"
 
           metric {
-            namespace   = "ECS/ContainerInsights"
-            metric_name = "RunningTaskCount"
+            namespace   = local.emf_namespace
+            metric_name = local.running_tasks_metric
 
             dimensions {
-              name  = "ClusterName"
-              value = aws_ecs_cluster.main.name
-            }
-
-            dimensions {
-              name  = "ServiceName"
-              value = module.processor.service_name
+              name  = "Role"
+              value = "processor"
             }
           }
         }
@@ -300,6 +323,8 @@ resource "aws_appautoscaling_policy" "processor_backlog" {
       }
     }
   }
+
+  depends_on = [aws_cloudwatch_log_metric_filter.running_tasks]
 }
 
 resource "aws_appautoscaling_policy" "processor_oldest_message" {
@@ -312,20 +337,22 @@ resource "aws_appautoscaling_policy" "processor_oldest_message" {
   resource_id        = aws_appautoscaling_target.processor[0].resource_id
 
   step_scaling_policy_configuration {
-    adjustment_type         = "ChangeInCapacity"
-    cooldown                = 120
-    metric_aggregation_type = "Maximum"
+    adjustment_type          = "PercentChangeInCapacity"
+    min_adjustment_magnitude = 1
+    cooldown                 = 60
+    metric_aggregation_type  = "Maximum"
 
-    # Bounds are relative to the alarm's threshold (processor_scale_out_age_seconds).
+    # Bounds are relative to the alarm's threshold (processor_scale_out_age_seconds): half
+    # as many tasks again, twice as many once the oldest message is twice as old.
     step_adjustment {
       metric_interval_lower_bound = 0
       metric_interval_upper_bound = var.processor_scale_out_age_seconds
-      scaling_adjustment          = 1
+      scaling_adjustment          = 50
     }
 
     step_adjustment {
       metric_interval_lower_bound = var.processor_scale_out_age_seconds
-      scaling_adjustment          = 2
+      scaling_adjustment          = 100
     }
   }
 }
@@ -342,9 +369,19 @@ resource "aws_cloudwatch_metric_alarm" "processor_scale_out_age" {
   dimensions          = { QueueName = aws_sqs_queue.events.name }
   statistic           = "Maximum"
   period              = 60
-  evaluation_periods  = 2
+  evaluation_periods  = 1
   comparison_operator = "GreaterThanThreshold"
   threshold           = var.processor_scale_out_age_seconds
   treat_missing_data  = "notBreaching"
   alarm_actions       = [aws_appautoscaling_policy.processor_oldest_message[0].arn]
+}
+
+moved {
+  from = module.emitter_a
+  to   = module.emitter_a[0]
+}
+
+moved {
+  from = module.emitter_b
+  to   = module.emitter_b[0]
 }

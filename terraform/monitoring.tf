@@ -5,6 +5,32 @@ locals {
   emf_namespace  = "logpipe"
   dashboard_name = var.name
   alarm_actions  = [aws_sns_topic.alarms.arn]
+  # Running tasks per role, counted from their EMF lines (below): no Container Insights.
+  running_tasks_metric = "running_tasks"
+  # The services whose task count autoscaling drives, and the most it may run.
+  scaled_services = merge(
+    var.ingestor_count > 0 ? { ingestor = max(var.ingestor_max_count, var.ingestor_count) } : {},
+    { processor = max(var.processor_max_count, var.processor_min_count) },
+  )
+}
+
+# Every ingestor and processor task writes one EMF line of the main queue's gauges (Role,
+# Queue = main) every LOGPIPE_EMF_INTERVAL_S (60 s): counted, they are the tasks running.
+# One custom metric per role ($0.30 a month) instead of Container Insights' ninety.
+resource "aws_cloudwatch_log_metric_filter" "running_tasks" {
+  for_each = toset(["ingestor", "processor"])
+
+  name           = "${var.name}-${each.key}-running-tasks"
+  log_group_name = aws_cloudwatch_log_group.service[each.key].name
+  pattern        = "{ ($.Role = \"${each.key}\") && ($.Queue = \"main\") && ($._aws.CloudWatchMetrics[0].Namespace = \"${local.emf_namespace}\") }"
+
+  metric_transformation {
+    namespace  = local.emf_namespace
+    name       = local.running_tasks_metric
+    value      = "1"
+    dimensions = { Role = "$.Role" }
+    unit       = "Count"
+  }
 }
 
 resource "aws_sns_topic" "alarms" {
@@ -119,6 +145,129 @@ resource "aws_cloudwatch_metric_alarm" "oldest_message_age" {
   treat_missing_data  = "notBreaching"
   alarm_actions       = local.alarm_actions
   ok_actions          = local.alarm_actions
+}
+
+# Throttled writes: the processors retry them (nothing is lost), but sustained throttling
+# means the table takes less than the pipeline sends (table_max_write_units, provisioned
+# capacity at its max, or one hot partition: raise `shards`).
+resource "aws_cloudwatch_metric_alarm" "table_write_throttles" {
+  alarm_name          = "${var.name}-table-write-throttles"
+  alarm_description   = "DynamoDB throttles writes to ${local.table_name} in 3 of 5 minutes: the backlog grows. See README \"Scaling\"."
+  namespace           = "AWS/DynamoDB"
+  metric_name         = "WriteThrottleEvents"
+  dimensions          = { TableName = aws_dynamodb_table.logs.name }
+  statistic           = "Sum"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 3
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# A service autoscaling cannot grow any more: the next load peak is not absorbed. Tasks
+# averaged over 5 minutes (the EMF count may see a task's line twice in one minute).
+resource "aws_cloudwatch_metric_alarm" "at_max_tasks" {
+  for_each = local.scaled_services
+
+  alarm_name          = "${var.name}-${each.key}-at-max-tasks"
+  alarm_description   = "The ${each.key} service runs its maximum of ${each.value} tasks for 15 minutes: raise ${each.key}_max_count (within what the table takes) or find what slows it."
+  evaluation_periods  = 3
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  threshold           = each.value - 0.5
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+
+  metric_query {
+    id = "reports"
+
+    metric {
+      namespace   = local.emf_namespace
+      metric_name = local.running_tasks_metric
+      dimensions  = { Role = each.key }
+      stat        = "Sum"
+      period      = 300
+    }
+  }
+
+  metric_query {
+    id          = "tasks"
+    label       = "Running ${each.key} tasks"
+    expression  = "reports / ${300 / local.emf_interval_s}"
+    return_data = true
+  }
+
+  depends_on = [aws_cloudwatch_log_metric_filter.running_tasks]
+}
+
+# SQS deletes a message at the queue's retention whether or not it was stored: halfway
+# there (7 days), a person must act.
+resource "aws_cloudwatch_metric_alarm" "queue_age_near_retention" {
+  alarm_name          = "${var.name}-queue-age-near-retention"
+  alarm_description   = "The oldest message of ${local.queue_name} is ${local.queue_retention_s / 2 / 86400} days old; SQS deletes it, stored or not, at ${local.queue_retention_s / 86400} days."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateAgeOfOldestMessage"
+  dimensions          = { QueueName = aws_sqs_queue.events.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = local.queue_retention_s / 2
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# Ingest requests the ingestors refused whole, as a share of the requests the load
+# balancer sent them: 429 (memory budget or SQS backlog full) and 503 (SQS unavailable,
+# draining). logpipe's EMF sums requests_rejected_total over its reasons, so client
+# errors refused whole (401, 413, 415) count too; below 20 requests a minute, nothing.
+resource "aws_cloudwatch_metric_alarm" "ingest_refused" {
+  count = var.ingestor_count > 0 ? 1 : 0
+
+  alarm_name          = "${var.name}-ingest-refused"
+  alarm_description   = "The ingestors refuse more than ${var.ingest_refused_percent} % of requests (429/503: overloaded or SQS unavailable; also bad keys or bodies) in 3 of 5 minutes. See requests_rejected_total by reason on /metrics."
+  evaluation_periods  = 5
+  datapoints_to_alarm = 3
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.ingest_refused_percent
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+
+  metric_query {
+    id = "refused"
+
+    metric {
+      namespace   = local.emf_namespace
+      metric_name = "requests_rejected_total"
+      dimensions  = { Role = "ingestor" }
+      stat        = "Sum"
+      period      = 60
+    }
+  }
+
+  metric_query {
+    id = "requests"
+
+    metric {
+      namespace   = "AWS/ApplicationELB"
+      metric_name = "RequestCount"
+      dimensions  = { LoadBalancer = aws_lb.main.arn_suffix, TargetGroup = aws_lb_target_group.ingestor.arn_suffix }
+      stat        = "Sum"
+      period      = 60
+    }
+  }
+
+  metric_query {
+    id          = "refused_percent"
+    label       = "Ingest requests refused, %"
+    expression  = "IF(requests >= 20, 100 * refused / requests, 0)"
+    return_data = true
+  }
 }
 
 # The processor's JSON log lines at level error or critical, counted per role.
@@ -298,9 +447,10 @@ resource "aws_cloudwatch_dashboard" "main" {
           period = 60
           view   = "timeSeries"
           metrics = [
-            ["ECS/ContainerInsights", "RunningTaskCount", "ClusterName", aws_ecs_cluster.main.name, "ServiceName", module.ingestor.service_name, { stat = "Average", label = "ingestor tasks" }],
-            ["ECS/ContainerInsights", "RunningTaskCount", "ClusterName", aws_ecs_cluster.main.name, "ServiceName", module.processor.service_name, { stat = "Average", label = "processor tasks" }],
+            [local.emf_namespace, local.running_tasks_metric, "Role", "ingestor", { stat = "Sum", label = "ingestor tasks" }],
+            [local.emf_namespace, local.running_tasks_metric, "Role", "processor", { stat = "Sum", label = "processor tasks" }],
             [local.emf_namespace, "log_errors_total", "Role", "processor", { stat = "Sum", label = "processor errors", yAxis = "right" }],
+            ["AWS/DynamoDB", "WriteThrottleEvents", "TableName", aws_dynamodb_table.logs.name, { stat = "Sum", label = "table write throttles", yAxis = "right" }],
           ]
         }
       },
@@ -311,10 +461,13 @@ resource "aws_cloudwatch_dashboard" "main" {
           alarms = concat([
             aws_cloudwatch_metric_alarm.dlq_not_empty.arn,
             aws_cloudwatch_metric_alarm.oldest_message_age.arn,
+            aws_cloudwatch_metric_alarm.queue_age_near_retention.arn,
             aws_cloudwatch_metric_alarm.processor_errors.arn,
+            aws_cloudwatch_metric_alarm.table_write_throttles.arn,
             aws_cloudwatch_metric_alarm.ingest_5xx.arn,
             aws_cloudwatch_metric_alarm.alb_5xx.arn,
-          ], aws_cloudwatch_metric_alarm.ingestor_unhealthy[*].arn)
+            ], aws_cloudwatch_metric_alarm.ingestor_unhealthy[*].arn, aws_cloudwatch_metric_alarm.ingest_refused[*].arn,
+          [for alarm in aws_cloudwatch_metric_alarm.at_max_tasks : alarm.arn])
         }
       },
     ]

@@ -40,24 +40,23 @@ output "cluster_name" {
 
 output "service_names" {
   description = "ECS services of the stack, one per role (the deploy workflow redeploys and waits for each)."
-  value = [
-    module.ingestor.service_name,
-    module.processor.service_name,
-    module.console.service_name,
-    module.emitter_a.service_name,
-    module.emitter_b.service_name,
-  ]
+  value = concat(
+    [module.ingestor.service_name, module.processor.service_name, module.console.service_name],
+    module.emitter_a[*].service_name,
+    module.emitter_b[*].service_name,
+  )
 }
 
 output "task_definitions" {
   description = "Task definition revision each ECS service must run after this apply: the deploy workflow checks every service's PRIMARY deployment against it."
-  value = {
-    (module.ingestor.service_name)  = module.ingestor.task_definition_arn
-    (module.processor.service_name) = module.processor.task_definition_arn
-    (module.console.service_name)   = module.console.task_definition_arn
-    (module.emitter_a.service_name) = module.emitter_a.task_definition_arn
-    (module.emitter_b.service_name) = module.emitter_b.task_definition_arn
-  }
+  value = merge(
+    {
+      (module.ingestor.service_name)  = module.ingestor.task_definition_arn
+      (module.processor.service_name) = module.processor.task_definition_arn
+      (module.console.service_name)   = module.console.task_definition_arn
+    },
+    { for emitter in concat(module.emitter_a, module.emitter_b) : emitter.service_name => emitter.task_definition_arn },
+  )
 }
 
 output "alarm_topic_arn" {

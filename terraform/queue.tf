@@ -9,18 +9,23 @@ locals {
   # written every half timeout. Five minutes leaves a wide margin: a message only
   # reappears early if its processor died.
   visibility_timeout_s = 300
+  # 14 days, SQS's maximum, for both: a backlog (processors down, the table throttled) has
+  # two weeks before SQS deletes events it had accepted, and the queue_age_near_retention
+  # alarm fires halfway. A dead letter's age counts from when it entered the main queue,
+  # so the DLQ cannot give it longer; the DLQ alarm fires on the first one.
+  queue_retention_s = 1209600
 }
 
 resource "aws_sqs_queue" "dlq" {
   name                      = local.dlq_name
-  message_retention_seconds = 1209600 # 14 days, the maximum: time to inspect and redrive
+  message_retention_seconds = local.queue_retention_s # time to inspect and redrive
   sqs_managed_sse_enabled   = true
 }
 
 resource "aws_sqs_queue" "events" {
   name                       = local.queue_name
   visibility_timeout_seconds = local.visibility_timeout_s
-  message_retention_seconds  = 345600 # 4 days
+  message_retention_seconds  = local.queue_retention_s
   receive_wait_time_seconds  = 20
   max_message_size           = 262144 # LOGPIPE_SQS_MAX_BYTES default
   sqs_managed_sse_enabled    = true

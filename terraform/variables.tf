@@ -42,9 +42,9 @@ variable "api_keys_secret_arn" {
 }
 
 variable "ingestor_count" {
-  description = "Fewest ingestor tasks behind the load balancer; autoscaling adds up to ingestor_max_count. 0 turns ingest off."
+  description = "Fewest ingestor tasks behind the load balancer; autoscaling adds up to ingestor_max_count. 0 turns ingest off. One at rest (README \"What it costs at rest\"): if its AZ fails, ECS starts it again in the other one within minutes while clients retry; 2 keeps one in each AZ ($18 a month more)."
   type        = number
-  default     = 2
+  default     = 1
 
   validation {
     condition     = var.ingestor_count >= 0 && var.ingestor_count <= 50 && floor(var.ingestor_count) == var.ingestor_count
@@ -97,7 +97,7 @@ variable "processor_min_count" {
 }
 
 variable "processor_max_count" {
-  description = "Most processor tasks autoscaling may run."
+  description = "Most processor tasks autoscaling may run. Each writes up to processor_write_units_per_task write units a second, and all of them together must fit what the table takes (table_max_write_units): more tasks would only be throttled."
   type        = number
   default     = 10
 
@@ -105,10 +105,27 @@ variable "processor_max_count" {
     condition     = var.processor_max_count >= 1 && var.processor_max_count <= 100 && floor(var.processor_max_count) == var.processor_max_count
     error_message = "processor_max_count must be a whole number 1-100."
   }
+
+  validation {
+    # Cross-variable validation needs Terraform 1.9+ (required_version is 1.10).
+    condition     = var.processor_max_count * var.processor_write_units_per_task <= (var.billing_mode == "PROVISIONED" ? var.table_write_capacity.max : coalesce(var.table_max_write_units, 40000))
+    error_message = "processor_max_count × processor_write_units_per_task is more than the table takes (table_write_capacity.max when PROVISIONED, else table_max_write_units, by default the 40,000 write units a second an on-demand table is allowed): lower processor_max_count or raise the table's limit (an on-demand table above 40,000 needs a quota increase)."
+  }
+}
+
+variable "processor_write_units_per_task" {
+  description = "DynamoDB write units a second one processor task writes at full speed: the planning figure processor_max_count is checked with. 4,000: a 0.5-vCPU task stores a few thousand ~1 KB events a second (43 µs of CPU each in bench/, at one write unit each); measure yours with `logpipe bench` (wru_per_event, events_per_s)."
+  type        = number
+  default     = 4000
+
+  validation {
+    condition     = var.processor_write_units_per_task >= 1
+    error_message = "processor_write_units_per_task must be at least 1."
+  }
 }
 
 variable "processor_backlog_per_task" {
-  description = "Target of the processor's autoscaling: visible SQS messages per running processor task."
+  description = "Target of the processor's autoscaling: visible SQS messages per running processor task (target tracking; it scales out in proportion to the backlog in one step, once its alarm has seen three minutes above the target). One message holds up to LOGPIPE_SQS_MAX_BYTES of events (256 KiB, up to about 1,000 events)."
   type        = number
   default     = 100
 
@@ -119,7 +136,7 @@ variable "processor_backlog_per_task" {
 }
 
 variable "processor_scale_out_age_seconds" {
-  description = "Add processor tasks (one, or two when twice as old) while the oldest queued message is older than this, whatever the backlog per task."
+  description = "Add processor tasks (half as many again, or twice as many when twice as old) while the oldest queued message is older than this, whatever the backlog per task."
   type        = number
   default     = 120
 
@@ -140,10 +157,16 @@ variable "console_count" {
   }
 }
 
+variable "demo_emitters" {
+  description = "Create the demo emitter services (emitter-a, emitter-b), which send generated events to the ingest URL. Off by default: two emitters at 20 events/s store about 100 million events a month. The README's trial deploy turns them on."
+  type        = bool
+  default     = false
+}
+
 variable "emitter_a_count" {
-  description = "Emitter tasks simulating service-a (demo and load only: they generate billable traffic)."
+  description = "Emitter tasks simulating service-a, with demo_emitters (demo and load only: they generate billable traffic)."
   type        = number
-  default     = 0
+  default     = 1
 
   validation {
     condition     = var.emitter_a_count >= 0 && var.emitter_a_count <= 20 && floor(var.emitter_a_count) == var.emitter_a_count
@@ -152,9 +175,9 @@ variable "emitter_a_count" {
 }
 
 variable "emitter_b_count" {
-  description = "Emitter tasks simulating service-b (demo and load only: they generate billable traffic)."
+  description = "Emitter tasks simulating service-b, with demo_emitters (demo and load only: they generate billable traffic)."
   type        = number
-  default     = 0
+  default     = 1
 
   validation {
     condition     = var.emitter_b_count >= 0 && var.emitter_b_count <= 20 && floor(var.emitter_b_count) == var.emitter_b_count
@@ -217,8 +240,58 @@ variable "log_level" {
   }
 }
 
+variable "vpc_id" {
+  description = "An existing VPC to deploy into, with public_subnet_ids and private_subnet_ids: the stack then creates no VPC, subnet, route, NAT gateway, endpoint or flow log. null (the default): the stack builds its own VPC (network.tf)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.vpc_id == null || can(regex("^vpc-[0-9a-f]{8,17}$", var.vpc_id))
+    error_message = "vpc_id must be null or a VPC id (vpc-...)."
+  }
+}
+
+variable "public_subnet_ids" {
+  description = "With vpc_id: the load balancer's subnets, in at least two AZs, routed to an internet gateway."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.public_subnet_ids : can(regex("^subnet-[0-9a-f]{8,17}$", s))]) && (var.vpc_id == null ? length(var.public_subnet_ids) == 0 : length(var.public_subnet_ids) >= 2)
+    error_message = "public_subnet_ids: subnet ids (subnet-...), at least two (in two AZs) with vpc_id and none without it."
+  }
+}
+
+variable "private_subnet_ids" {
+  description = "With vpc_id: the tasks' subnets (no public addresses), which must reach SQS, ECR, CloudWatch Logs and Secrets Manager through a NAT gateway or endpoints of the VPC, and DynamoDB."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.private_subnet_ids : can(regex("^subnet-[0-9a-f]{8,17}$", s))]) && (var.vpc_id == null ? length(var.private_subnet_ids) == 0 : length(var.private_subnet_ids) >= 1)
+    error_message = "private_subnet_ids: subnet ids (subnet-...), at least one with vpc_id and none without it."
+  }
+}
+
+variable "nat_gateways" {
+  description = "In the stack's own VPC, how tasks reach AWS APIs: \"none\" (the default; tasks in the public subnets with a public IPv4 address each, inbound closed by their security groups; no NAT fee) or \"per_az\" (tasks in private subnets, one NAT gateway per AZ: about $73 a month more plus $0.045 per GB). Ignored with vpc_id."
+  type        = string
+  default     = "none"
+
+  validation {
+    condition     = contains(["none", "per_az"], var.nat_gateways)
+    error_message = "nat_gateways must be \"none\" or \"per_az\"."
+  }
+}
+
+variable "sqs_endpoint" {
+  description = "In the stack's own VPC, an SQS interface endpoint in the tasks' subnets ($14.60 a month for two AZs plus $0.01 per GB): with nat_gateways = \"per_az\" it keeps SQS bytes off the NAT gateways ($0.045 per GB)."
+  type        = bool
+  default     = false
+}
+
 variable "vpc_cidr" {
-  description = "CIDR block of the stack's VPC (a /16 to /20; subnets are /24s carved from it)."
+  description = "CIDR block of the stack's VPC (a /16 to /20; subnets are /24s carved from it). Ignored with vpc_id."
   type        = string
   default     = "10.40.0.0/16"
 
@@ -328,8 +401,19 @@ variable "ingest_5xx_threshold" {
   }
 }
 
+variable "ingest_refused_percent" {
+  description = "Alarm when the ingestors refuse more than this percentage of requests whole (429/503 when the pipeline cannot take more), for 3 of 5 minutes."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.ingest_refused_percent > 0 && var.ingest_refused_percent <= 100
+    error_message = "ingest_refused_percent must be above 0 and at most 100."
+  }
+}
+
 variable "ecr_keep_images" {
-  description = "Images kept in ECR (older ones expire): how far back a rollback can go."
+  description = "Deploys whose images are kept in ECR (three images each: one per architecture and their index; older ones expire): how far back a rollback can go."
   type        = number
   default     = 30
 
@@ -356,8 +440,81 @@ variable "deletion_protection" {
   default     = true
 }
 
+variable "cpu_architecture" {
+  description = "CPU architecture of every task: X86_64, or ARM64 (Graviton, about 20 % cheaper per vCPU and GB). The deploy and release workflows build the image for both."
+  type        = string
+  default     = "X86_64"
+
+  validation {
+    condition     = contains(["X86_64", "ARM64"], var.cpu_architecture)
+    error_message = "cpu_architecture must be X86_64 or ARM64."
+  }
+}
+
+variable "processor_spot" {
+  description = "Run the processors on Fargate Spot (about two thirds cheaper; a task may be stopped with two minutes' notice, and the processor drains in 25 s: a message it had not finished reappears and is stored by another). Fargate Spot runs X86_64 only, so the processors then run X86_64 whatever cpu_architecture says."
+  type        = bool
+  default     = false
+}
+
+variable "container_insights" {
+  description = "Container Insights on the ECS cluster: per-service CPU, memory and task counts in ECS/ContainerInsights, about 90 custom metrics ($26 a month at rest). Off by default: scaling and alarms read logpipe's own metrics and the load balancer's."
+  type        = bool
+  default     = false
+}
+
+variable "point_in_time_recovery" {
+  description = "Point-in-time recovery of the table (continuous backups for 35 days): $0.20 per GB-month on top of $0.25 of storage, 80 % more. Off by default: the table holds logs that expire by TTL after event_retention_days and can be sent again; turn it on if the stored logs are your only copy."
+  type        = bool
+  default     = false
+}
+
+variable "billing_mode" {
+  description = "The table's billing: PAY_PER_REQUEST (on demand, the default: nothing at rest, $0.625 per million write units) or PROVISIONED (capacity autoscaled between table_write_capacity.min and .max: cheaper under steady load, a few dollars a month at rest)."
+  type        = string
+  default     = "PAY_PER_REQUEST"
+
+  validation {
+    condition     = contains(["PAY_PER_REQUEST", "PROVISIONED"], var.billing_mode)
+    error_message = "billing_mode must be PAY_PER_REQUEST or PROVISIONED."
+  }
+}
+
+variable "table_write_capacity" {
+  description = "With billing_mode = PROVISIONED: write capacity units the table's autoscaling keeps between (target 70 % used)."
+  type        = object({ min = number, max = number })
+  default     = { min = 5, max = 40000 }
+
+  validation {
+    condition     = var.table_write_capacity.min >= 1 && var.table_write_capacity.max >= var.table_write_capacity.min
+    error_message = "table_write_capacity: min at least 1, max at least min."
+  }
+}
+
+variable "table_read_capacity" {
+  description = "With billing_mode = PROVISIONED: read capacity units the table's autoscaling keeps between (target 70 % used); the console and `logpipe query` read."
+  type        = object({ min = number, max = number })
+  default     = { min = 5, max = 1000 }
+
+  validation {
+    condition     = var.table_read_capacity.min >= 1 && var.table_read_capacity.max >= var.table_read_capacity.min
+    error_message = "table_read_capacity: min at least 1, max at least min."
+  }
+}
+
+variable "table_max_write_units" {
+  description = "With billing_mode = PAY_PER_REQUEST: the most write units a second the table may use (its on-demand maximum throughput, a cap on cost); null: no cap of the stack's own, and the 40,000 AWS allows an on-demand table by default are what processor_max_count is checked against."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.table_max_write_units == null || try(var.table_max_write_units >= 1, false)
+    error_message = "table_max_write_units must be null or at least 1."
+  }
+}
+
 variable "embedded_endpoint" {
-  description = "Only for `make deploy-rehearsal`, which applies this stack to moto's server: leaves out what that endpoint does not implement (Application Auto Scaling, whose tags it cannot list, the alarm that drives a scaling policy, and the DLQ's redrive-allow policy, which it never reports back as applied). Never set it for AWS."
+  description = "Only for `make deploy-rehearsal`, which applies this stack to moto's server: leaves out what that endpoint does not implement (Application Auto Scaling of the services and of a provisioned table, whose tags it cannot list, the alarm that drives a scaling policy, and the DLQ's redrive-allow policy, which it never reports back as applied). Never set it for AWS."
   type        = bool
   default     = false
 }

@@ -11,6 +11,7 @@ autoscaling, alarms; the workflows' order and pins; tools/await_rollout.py again
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import importlib.util
 import json
@@ -20,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ from logpipe.core.block import body_item, make_blocks, summary_item
 from logpipe.core.models import normalise
 from logpipe.dev.processes import free_port
 from logpipe.obs import emf
+from tests.support.shared import exclusive
 
 pytestmark = pytest.mark.deploy
 
@@ -483,8 +486,11 @@ def test_queue_redrives_to_the_dlq_after_five_receives_and_is_encrypted() -> Non
         "sourceQueueArns": ["${aws_sqs_queue.events.arn}"],
     }
     assert events["sqs_managed_sse_enabled"] is True and dlq["sqs_managed_sse_enabled"] is True
-    # Dead letters outlive the messages they came from, so there is time to redrive them.
-    assert dlq["message_retention_seconds"] > events["message_retention_seconds"]
+    # Both keep messages 14 days, SQS's maximum: a backlog has two weeks before SQS deletes
+    # accepted events, and a dead letter (aged from its first enqueue) as long as SQS allows.
+    assert tf["locals"]["queue_retention_s"] == 14 * 86400
+    for queue in (events, dlq):
+        assert queue["message_retention_seconds"] == "${local.queue_retention_s}"
     assert events["max_message_size"] >= settings.sqs_max_bytes
 
 
@@ -507,12 +513,27 @@ def test_visibility_timeout_is_well_above_the_processors_work() -> None:
 
 def test_table_has_the_stored_items_keys_ttl_recovery_and_encryption() -> None:
     table = resource("aws_dynamodb_table", "logs")
-    assert table["billing_mode"] == "PAY_PER_REQUEST"
+    variables = load_tf(TERRAFORM)["variable"]
+    # On demand by default (nothing billed at rest), provisioned with autoscaling on request.
+    assert table["billing_mode"] == "${var.billing_mode}"
+    assert variables["billing_mode"]["default"] == "PAY_PER_REQUEST"
+    assert "PROVISIONED" in variables["billing_mode"]["validation"][0]["condition"]
     assert (table["hash_key"], table["range_key"]) == ("pk", "sk")
     assert {a["name"]: a["type"] for a in table["attribute"]} == {"pk": "S", "sk": "S"}
     assert table["ttl"] == [{"attribute_name": "expires_at", "enabled": True}]
-    assert table["point_in_time_recovery"] == [{"enabled": True}]
+    # Point-in-time recovery is a choice, off by default for logs that expire by TTL.
+    assert table["point_in_time_recovery"] == [{"enabled": "${var.point_in_time_recovery}"}]
+    assert variables["point_in_time_recovery"]["default"] is False
+    assert "TTL" in variables["point_in_time_recovery"]["description"]
     assert table["server_side_encryption"] == [{"enabled": True}]
+    # Provisioned capacity is autoscaled (write and read), at 70 % of what is provisioned.
+    target = resource("aws_appautoscaling_target", "table")
+    assert target["service_namespace"] == "dynamodb"
+    assert "local.provisioned" in target["for_each"]
+    policy = resource("aws_appautoscaling_policy", "table")
+    config = policy["target_tracking_scaling_policy_configuration"][0]
+    assert config["target_value"] == 70
+    assert table["lifecycle"] == [{"ignore_changes": ["read_capacity", "write_capacity"]}]
     # The code's item: string keys, and the TTL attribute as a number of epoch seconds.
     event = normalise(
         {"service": "checkout", "level": "info", "message": "paid"}, 1_700_000_000_000
@@ -548,27 +569,42 @@ def test_tasks_stop_within_their_drain_and_log_with_retention() -> None:
         service = name.replace("_", "-")
         expected = f'${{aws_cloudwatch_log_group.service["{service}"].name}}'
         assert module_call(name)["log_group_name"] == expected
-    assert len(load_tf(TERRAFORM)["locals"]["services"]) == len(SERVICES)
+    # The demo emitters' services (and log groups) exist only with demo_emitters.
+    services = load_tf(TERRAFORM)["locals"]["services"]
+    assert services.startswith('${concat(["ingestor", "processor", "console"]'), services
+    assert 'var.demo_emitters ? ["emitter-a", "emitter-b"] : []' in services
+    for name in ("emitter_a", "emitter_b"):
+        assert module_call(name)["count"] == "${var.demo_emitters ? 1 : 0}"
 
 
-def test_tasks_run_read_only_in_private_subnets_with_circuit_breaker() -> None:
+def test_tasks_run_read_only_in_the_networks_task_subnets_with_circuit_breaker() -> None:
     module = load_tf(MODULE)
+    tf = load_tf(TERRAFORM)
     assert module["locals"]["container"]["readonlyRootFilesystem"] is True
-    assert module["locals"]["network_configuration"]["assign_public_ip"] is False
+    # A public address only in the stack's own VPC without NAT gateways.
     assert (
-        load_tf(TERRAFORM)["locals"]["service_defaults"]["subnet_ids"]
-        == "${aws_subnet.private[*].id}"
+        module["locals"]["network_configuration"]["assign_public_ip"]
+        == "${var.defaults.assign_public_ip}"
     )
+    defaults = tf["locals"]["service_defaults"]
+    assert defaults["subnet_ids"] == "${local.task_subnet_ids}"
+    assert defaults["assign_public_ip"] == "${local.task_public_ip}"
+    assert tf["locals"]["task_public_ip"] == "${local.create_network && !local.nat_per_az}"
+    subnets = tf["locals"]["task_subnet_ids"]
+    assert "var.private_subnet_ids" in subnets and "aws_subnet.private[*].id" in subnets
     services = module["resource"]["aws_ecs_service"]
     assert set(services) == {"this", "autoscaled"}
     for service in services.values():
         assert service["deployment_circuit_breaker"] == [{"enable": True, "rollback": True}]
+        assert service["launch_type"] == '${local.spot ? null : "FARGATE"}'
         assert service["deployment_minimum_healthy_percent"] == 100
     # Autoscaling owns the processor's count: an apply must not reset it.
     assert services["autoscaled"]["lifecycle"] == [{"ignore_changes": ["desired_count"]}]
     assert "lifecycle" not in services["this"]
     cluster = resource("aws_ecs_cluster", "main")
-    assert cluster["setting"] == [{"name": "containerInsights", "value": "enabled"}]
+    insights = '${var.container_insights ? "enabled" : "disabled"}'
+    assert cluster["setting"] == [{"name": "containerInsights", "value": insights}]
+    assert tf["variable"]["container_insights"]["default"] is False
 
 
 def test_http_roles_sit_behind_the_load_balancer_with_healthz() -> None:
@@ -604,18 +640,26 @@ def test_processor_autoscales_on_backlog_per_task_and_oldest_message_age() -> No
     visible = metrics["visible"]["metric_stat"][0]["metric"][0]
     assert visible["metric_name"] == "ApproximateNumberOfMessagesVisible"
     assert visible["dimensions"][0]["value"] == "${aws_sqs_queue.events.name}"
-    tasks = metrics["tasks"]["metric_stat"][0]["metric"][0]
-    assert (tasks["namespace"], tasks["metric_name"]) == (
-        "ECS/ContainerInsights",
-        "RunningTaskCount",
+    # Running processors, counted from their EMF lines: no Container Insights needed.
+    tasks = metrics["tasks"]["metric_stat"][0]
+    assert tasks["stat"] == "Sum"
+    assert (tasks["metric"][0]["namespace"], tasks["metric"][0]["metric_name"]) == (
+        "${local.emf_namespace}",
+        "${local.running_tasks_metric}",
     )
+    assert tasks["metric"][0]["dimensions"] == [{"name": "Role", "value": "processor"}]
+    # Fast scale-out: proportional in one step, a short cooldown out, a long one in.
+    assert config["scale_out_cooldown"] <= 30 < config["scale_in_cooldown"]
     target = resource("aws_appautoscaling_target", "processor")
     assert "module.processor.service_name" in target["resource_id"]
     # Few but old messages add tasks too: a step policy driven by the age alarm.
     step = resource("aws_appautoscaling_policy", "processor_oldest_message")
     assert step["policy_type"] == "StepScaling"
-    adjustments = step["step_scaling_policy_configuration"][0]["step_adjustment"]
-    assert [a["scaling_adjustment"] for a in adjustments] == [1, 2]
+    configuration = step["step_scaling_policy_configuration"][0]
+    assert configuration["adjustment_type"] == "PercentChangeInCapacity"
+    assert configuration["min_adjustment_magnitude"] == 1
+    adjustments = configuration["step_adjustment"]
+    assert [a["scaling_adjustment"] for a in adjustments] == [50, 100]
     alarm = resource("aws_cloudwatch_metric_alarm", "processor_scale_out_age")
     assert alarm["metric_name"] == "ApproximateAgeOfOldestMessage"
     assert alarm["threshold"] == "${var.processor_scale_out_age_seconds}"
@@ -675,13 +719,15 @@ def test_dashboard_reads_the_emf_metrics_the_code_writes() -> None:
     rows = [row for w in body["widgets"] for row in w["properties"].get("metrics", [])]
     emf_rows = [row for row in rows if row[0] == "${local.emf_namespace}"]
     names = {row[1] for row in emf_rows}
+    assert "${local.running_tasks_metric}" in names
     assert {"events_accepted_total", "e2e_latency_seconds_p99", "queue_oldest_age_seconds"} <= names
     metrics_source = (ROOT / "logpipe/obs/metrics.py").read_text()
     for row in emf_rows:
         assert row[2] == "Role", row
         # The histogram's quantiles are reported as <name>_p50 / <name>_p99.
         name = re.sub(r"_p(50|99)$", "", row[1])
-        if name != "log_errors_total":  # the processor_errors log metric filter, not EMF
+        # Log metric filters (processor_errors, running_tasks), not EMF.
+        if name not in ("log_errors_total", "${local.running_tasks_metric}"):
             assert f'"logpipe_{name}"' in metrics_source, f"no logpipe_{name} in metrics.py"
     # Stored events are reported per service (Role, Service): the dashboard sums them.
     (stored,) = [row[0]["expression"] for row in rows if isinstance(row[0], dict)]
@@ -713,6 +759,17 @@ def test_variables_are_described_typed_and_validated() -> None:
         "event_retention_days",
         "log_retention_days",
         "shards",
+        "vpc_id",
+        "public_subnet_ids",
+        "private_subnet_ids",
+        "nat_gateways",
+        "cpu_architecture",
+        "billing_mode",
+        "table_write_capacity",
+        "table_read_capacity",
+        "table_max_write_units",
+        "processor_write_units_per_task",
+        "ingest_refused_percent",
     }
     for name in must_validate:
         assert root[name].get("validation"), name
@@ -731,8 +788,8 @@ def test_outputs_give_the_urls_names_and_dashboard() -> None:
         "cluster_name",
         "service_names",
     }
-    listed = "".join(outputs["service_names"]["value"])
-    assert all(f"module.{name}.service_name" in listed for name in SERVICES)
+    listed = str(outputs["service_names"]["value"])
+    assert all(f"module.{name}" in listed for name in SERVICES)
     assert all(not o.get("sensitive") for o in outputs.values())
 
 
@@ -885,8 +942,10 @@ def test_deploy_workflow_applies_once_and_checks_the_rollout_truthfully() -> Non
     script = "\n".join(run_steps(workflow("deploy.yml")))
     order = [
         "-target=aws_ecr_repository.app",
-        "docker build --pull --platform linux/amd64",
-        "docker push",
+        "for arch in amd64 arm64; do",
+        'docker buildx build --pull --platform "linux/${arch}"',
+        "--push",
+        'docker buildx imagetools create --tag "${image}" "${image}-amd64" "${image}-arm64"',
         "terraform apply -auto-approve\n",
         "terraform output -json task_definitions",
         "tools/await_rollout.py",
@@ -903,7 +962,7 @@ def test_deploy_workflow_applies_once_and_checks_the_rollout_truthfully() -> Non
     outputs = load_tf(TERRAFORM)["output"]
     assert "task_definitions" in outputs
     listed = json.dumps(outputs["task_definitions"]["value"])
-    assert all(f"module.{name}.task_definition_arn" in listed for name in SERVICES)
+    assert all(f"module.{name}" in listed for name in SERVICES)
 
 
 def test_pull_requests_get_a_terraform_plan_in_the_job_summary() -> None:
@@ -1125,9 +1184,14 @@ def test_embedded_endpoint_switch_only_leaves_out_what_moto_lacks() -> None:
         f"{type_}.{name}"
         for type_, named in load_tf(TERRAFORM)["resource"].items()
         for name, body in named.items()
-        if "var.embedded_endpoint" in str(body.get("count", ""))
+        if "var.embedded_endpoint" in str(body.get("count", "")) + str(body.get("for_each", ""))
     }
+    # The table's capacity policies follow their targets (for_each over them).
+    assert resource("aws_appautoscaling_policy", "table")["for_each"] == (
+        "${aws_appautoscaling_target.table}"
+    )
     assert switched == {
+        "aws_appautoscaling_target.table",
         "aws_appautoscaling_target.ingestor",
         "aws_appautoscaling_target.processor",
         "aws_appautoscaling_policy.ingestor_requests",
@@ -1460,9 +1524,12 @@ def test_deploy_rehearsal_passes_events_end_to_end_through_the_applied_stack() -
     assert any("every AWS call is allowed by its role's applied policy" in x for x in lines)
     assert any("load balancer rules: forwarded" in x and "'/ingest'" in x for x in lines)
     held = [line for line in lines if "all allowed by README's" in line]
-    assert len(held) == 3, stdout
+    assert len(held) == 4, stdout
     assert "apply made" in held[0] and "destroy" in held[2], stdout
     assert "plan role and deploy role" in held[1], stdout
+    # The same terraform/ into a VPC and subnets made beforehand: none of its own.
+    assert "existing network vpc-" in held[3] and "no VPC, subnet, NAT gateway" in held[3]
+    assert any("existing network: terraform destroy" in line for line in lines), stdout
     assert lines[-1].startswith("rehearsal: passed in"), result.stdout
 
 
@@ -1479,3 +1546,428 @@ def test_the_console_can_sit_behind_an_oidc_sign_in_of_the_load_balancer() -> No
     variables = load_tf(TERRAFORM)["variable"]
     assert variables["console_oidc"]["default"] is None
     assert variables["console_oidc_client_secret"]["sensitive"] is True
+
+
+# --- the plan itself: variables that behave, the cost at rest, alarms and scaling ---
+
+# Named sets of variables planned once (against moto, as the rehearsal does) for the tests
+# below; `defaults` and `cheapest` are the README's cost table.
+PLANS = {
+    "defaults": {},
+    "cheapest": {},  # idle_cost.CHEAPEST, filled in by planned()
+    "existing_network": {
+        "vpc_id": "vpc-0123456789abcdef0",
+        "public_subnet_ids": '["subnet-0aaa1111bbbb2222c", "subnet-0ddd3333eeee4444f"]',
+        "private_subnet_ids": '["subnet-0555aaaa6666bbbb7", "subnet-0888cccc9999dddd0"]',
+    },
+    "nat_per_az": {"nat_gateways": "per_az", "sqs_endpoint": "true", "demo_emitters": "true"},
+    "too_many_processors": {"processor_max_count": "11"},
+    "provisioned": {
+        "billing_mode": "PROVISIONED",
+        "table_write_capacity": "{min = 5, max = 8000}",
+        "processor_max_count": "2",
+    },
+    "provisioned_too_small": {
+        "billing_mode": "PROVISIONED",
+        "table_write_capacity": "{min = 5, max = 8000}",
+        "processor_max_count": "3",
+    },
+    "subnets_without_vpc": {"private_subnet_ids": '["subnet-0555aaaa6666bbbb7"]'},
+}
+NETWORK_TYPES = {
+    "aws_vpc",
+    "aws_subnet",
+    "aws_internet_gateway",
+    "aws_nat_gateway",
+    "aws_eip",
+    "aws_route_table",
+    "aws_vpc_endpoint",
+    "aws_flow_log",
+}
+
+
+def idle_cost() -> Any:
+    return tool_module("idle_cost")
+
+
+def make_plans() -> dict[str, Any]:
+    """PLANS planned with the real Terraform against moto: name -> `terraform show -json`
+    of the plan, or the error text of a plan Terraform refused. In a process of its own,
+    whose environment (credentials for moto) stays there."""
+    settings = {**PLANS, "cheapest": idle_cost().CHEAPEST}
+    work = Path(tempfile.mkdtemp(prefix="logpipe-plans-"))
+    try:
+        (work / "settings.json").write_text(json.dumps(settings))
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); import deploy_rehearsal as r; "
+            "plans = r.plans(json.load(open(sys.argv[2]))); "
+            "json.dump(plans, open(sys.argv[3], 'w'))"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOGPIPE_"))}
+        env.update({k: v for k, v in os.environ.items() if k == "LOGPIPE_TF_PLUGIN_MIRROR"})
+        result = subprocess.run(
+            [sys.executable, "-c", code, ROOT / "tools", work / "settings.json", work / "out.json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=840,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        plans: dict[str, Any] = json.loads((work / "out.json").read_text())
+        return plans
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def plans(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """make_plans() once per test run: the xdist workers of one run share the result (the
+    first plans while the others wait), keyed by terraform/ and PLANS."""
+    if (
+        shutil.which("terraform") is None
+        or not Path(os.environ.get("LOGPIPE_TF_PLUGIN_MIRROR", "/opt/tf-plugins")).is_dir()
+    ):
+        pytest.skip("planning needs terraform on PATH and the AWS provider mirror")
+    base = tmp_path_factory.getbasetemp()
+    run = base.parent if hasattr(request.config, "workerinput") else base
+    shared = run / "terraform-plans"
+    shared.mkdir(exist_ok=True)
+    sources = [*sorted(TERRAFORM.rglob("*.tf")), *sorted((ROOT / "tools").glob("*.py"))]
+    key = hashlib.sha256(json.dumps(PLANS).encode())
+    for path in sources:
+        key.update(path.read_bytes())
+    out = shared / f"{key.hexdigest()[:16]}.json"
+    with exclusive(shared):
+        if not out.exists():
+            out.write_text(json.dumps(make_plans()))
+        return json.loads(out.read_text())
+
+
+def plan_of(plans: dict[str, Any], name: str) -> dict[str, Any]:
+    plan = plans[name]
+    assert isinstance(plan, dict), f"terraform refused the {name} plan:\n{plan}"
+    return plan
+
+
+def planned_resources(plans: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    resources: list[dict[str, Any]] = idle_cost().resources(plan_of(plans, name))
+    return resources
+
+
+def of_type(plans: dict[str, Any], name: str, type_: str) -> list[dict[str, Any]]:
+    return [r for r in planned_resources(plans, name) if r["type"] == type_]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xdist_group("terraform-plans")
+def test_readme_cost_table_is_what_idle_cost_prints_for_the_plans(plans: dict[str, Any]) -> None:
+    cost = idle_cost()
+    table = cost.table(
+        {name: cost.components(plan_of(plans, name)) for name in ("defaults", "cheapest")}
+    )
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### What it costs at rest") :]
+    match = re.search(r"<!-- idle_cost.py --plan -->\n(.*?)\n<!-- /idle_cost.py -->", section, re.S)
+    assert match, "no generated table in README 'What it costs at rest'"
+    assert match[1] == table, f"run `.venv/bin/python tools/idle_cost.py --plan`:\n{table}"
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xdist_group("terraform-plans")
+def test_defaults_cost_at_least_40_percent_less_at_rest_than_before(plans: dict[str, Any]) -> None:
+    cost = idle_cost()
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### What it costs at rest") :]
+    before = float(re.search(r"the same script gave \*\*\$([\d.]+)\*\* a month", section)[1])  # type: ignore[index]
+    defaults = cost.total(cost.components(plan_of(plans, "defaults")))
+    cheapest = cost.total(cost.components(plan_of(plans, "cheapest")))
+    assert defaults <= 0.6 * before, (defaults, before)
+    assert cheapest < defaults
+    components = cost.components(plan_of(plans, "defaults"))
+    assert "NAT gateways" not in components and "Container Insights" not in components
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xdist_group("terraform-plans")
+def test_existing_network_mode_creates_no_vpc_nat_or_endpoint_and_uses_the_given_subnets(
+    plans: dict[str, Any],
+) -> None:
+    given = PLANS["existing_network"]
+    created = {r["type"] for r in planned_resources(plans, "existing_network")} & NETWORK_TYPES
+    assert not created, created
+    private = set(json.loads(given["private_subnet_ids"]))
+    for service in of_type(plans, "existing_network", "aws_ecs_service"):
+        (network,) = service["values"]["network_configuration"]
+        assert set(network["subnets"]) == private and network["assign_public_ip"] is False
+    (lb,) = of_type(plans, "existing_network", "aws_lb")
+    assert set(lb["values"]["subnets"]) == set(json.loads(given["public_subnet_ids"]))
+    for group in of_type(plans, "existing_network", "aws_security_group"):
+        assert group["values"]["vpc_id"] == given["vpc_id"]
+    # Subnets without a VPC are refused before anything is planned.
+    refused = plans["subnets_without_vpc"]
+    assert isinstance(refused, str) and "none without it" in " ".join(refused.split())
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xdist_group("terraform-plans")
+def test_own_network_has_no_nat_by_default_and_one_per_az_on_request(plans: dict[str, Any]) -> None:
+    assert not of_type(plans, "defaults", "aws_nat_gateway") and not of_type(
+        plans, "defaults", "aws_eip"
+    )
+    for service in of_type(plans, "defaults", "aws_ecs_service"):
+        (network,) = service["values"]["network_configuration"]
+        assert network["assign_public_ip"] is True  # in the public subnets, inbound closed
+    endpoints = {
+        r["values"]["service_name"].rsplit(".", 1)[-1]
+        for r in of_type(plans, "defaults", "aws_vpc_endpoint")
+    }
+    assert endpoints == {"dynamodb", "s3"}
+    nats = of_type(plans, "nat_per_az", "aws_nat_gateway")
+    assert len(nats) == 2 and len(of_type(plans, "nat_per_az", "aws_route_table")) == 3
+    for service in of_type(plans, "nat_per_az", "aws_ecs_service"):
+        (network,) = service["values"]["network_configuration"]
+        assert network["assign_public_ip"] is False
+    (sqs,) = [
+        r["values"]
+        for r in of_type(plans, "nat_per_az", "aws_vpc_endpoint")
+        if r["values"]["service_name"].endswith(".sqs")
+    ]
+    assert sqs["vpc_endpoint_type"] == "Interface" and sqs["private_dns_enabled"] is True
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xdist_group("terraform-plans")
+def test_processor_max_count_is_refused_beyond_what_the_table_takes(plans: dict[str, Any]) -> None:
+    for name in ("too_many_processors", "provisioned_too_small"):
+        refused = plans[name]
+        assert isinstance(refused, str), f"{name} planned"
+        assert "more than the table takes" in " ".join(refused.split()), refused[-2000:]
+    # Within the provisioned maximum it plans, with the table's capacity autoscaled.
+    (table,) = of_type(plans, "provisioned", "aws_dynamodb_table")
+    assert table["values"]["billing_mode"] == "PROVISIONED"
+    targets = {
+        r["values"]["scalable_dimension"]
+        for r in of_type(plans, "provisioned", "aws_appautoscaling_target")
+    }
+    assert {"dynamodb:table:WriteCapacityUnits", "dynamodb:table:ReadCapacityUnits"} <= targets
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xdist_group("terraform-plans")
+def test_default_plan_has_the_alarms_and_the_scaling_and_honest_cost_defaults(
+    plans: dict[str, Any],
+) -> None:
+    alarms = {
+        r["values"]["alarm_name"]: r["values"]
+        for r in of_type(plans, "defaults", "aws_cloudwatch_metric_alarm")
+    }
+    for name in (
+        "logpipe-dlq-not-empty",
+        "logpipe-table-write-throttles",
+        "logpipe-ingestor-at-max-tasks",
+        "logpipe-processor-at-max-tasks",
+        "logpipe-queue-age-near-retention",
+        "logpipe-ingest-refused",
+    ):
+        assert name in alarms, sorted(alarms)
+    topic = [r for r in of_type(plans, "defaults", "aws_sns_topic")]
+    assert len(topic) == 1
+    retention = {
+        r["values"]["name"]: r["values"]["message_retention_seconds"]
+        for r in of_type(plans, "defaults", "aws_sqs_queue")
+    }
+    assert retention == {"logpipe-events": 14 * 86400, "logpipe-events-dlq": 14 * 86400}
+    assert alarms["logpipe-queue-age-near-retention"]["threshold"] == 7 * 86400
+    assert alarms["logpipe-processor-at-max-tasks"]["threshold"] == 10 - 0.5
+    refused = {q["id"]: q for q in alarms["logpipe-ingest-refused"]["metric_query"]}
+    metric = refused["refused"]["metric"][0]
+    assert (metric["namespace"], metric["metric_name"]) == (
+        emf.NAMESPACE,
+        "requests_rejected_total",
+    )
+    assert '"logpipe_requests_rejected_total"' in (ROOT / "logpipe/obs/metrics.py").read_text()
+    policies = {
+        r["values"]["name"]: r["values"]
+        for r in of_type(plans, "defaults", "aws_appautoscaling_policy")
+    }
+    backlog = policies["logpipe-processor-backlog-per-task"]
+    assert backlog["policy_type"] == "TargetTrackingScaling"
+    filters = {
+        r["values"]["name"]: r["values"]
+        for r in of_type(plans, "defaults", "aws_cloudwatch_log_metric_filter")
+    }
+    assert {"logpipe-ingestor-running-tasks", "logpipe-processor-running-tasks"} <= set(filters)
+    (table,) = of_type(plans, "defaults", "aws_dynamodb_table")
+    assert table["values"]["billing_mode"] == "PAY_PER_REQUEST"
+    assert table["values"]["point_in_time_recovery"] == [{"enabled": False}]
+    (cluster,) = of_type(plans, "defaults", "aws_ecs_cluster")
+    assert cluster["values"]["setting"] == [{"name": "containerInsights", "value": "disabled"}]
+
+    # No demo emitters unless asked for; the trial (nat_per_az here) has both.
+    def families(name: str) -> set[str]:
+        return {r["values"]["family"] for r in of_type(plans, name, "aws_ecs_task_definition")}
+
+    assert families("defaults") == {"logpipe-ingestor", "logpipe-processor", "logpipe-console"}
+    assert {"logpipe-emitter-a", "logpipe-emitter-b"} <= families("nat_per_az")
+    # The tasks learn the EMF interval the running-task count relies on.
+    assert Settings.from_env({"LOGPIPE_EMF_INTERVAL_S": "60"}).emf_interval_s == 60
+    assert load_tf(TERRAFORM)["locals"]["environment"]["LOGPIPE_EMF_INTERVAL_S"] == (
+        "${tostring(local.emf_interval_s)}"
+    )
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xdist_group("terraform-plans")
+def test_cheapest_setting_runs_graviton_and_a_spot_processor_on_x86(plans: dict[str, Any]) -> None:
+    definitions = {
+        r["values"]["family"]: r["values"]["runtime_platform"][0]["cpu_architecture"]
+        for r in of_type(plans, "cheapest", "aws_ecs_task_definition")
+    }
+    assert definitions == {
+        "logpipe-ingestor": "ARM64",
+        "logpipe-processor": "X86_64",
+        "logpipe-console": "ARM64",
+    }
+    services = {
+        r["values"]["name"]: r["values"] for r in of_type(plans, "cheapest", "aws_ecs_service")
+    }
+    processor = services["logpipe-processor"]
+    assert processor.get("launch_type") in (None, "")
+    assert processor["capacity_provider_strategy"][0]["capacity_provider"] == "FARGATE_SPOT"
+    (providers,) = of_type(plans, "cheapest", "aws_ecs_cluster_capacity_providers")
+    assert "FARGATE_SPOT" in providers["values"]["capacity_providers"]
+    assert services["logpipe-ingestor"]["launch_type"] == "FARGATE"
+
+
+# --- releases, the changelog, the stack as a module ---
+
+
+def test_version_tags_build_and_publish_the_image_for_both_architectures() -> None:
+    release = workflow("release.yml")
+    assert release["on"] == {"push": {"tags": ["v*"]}}
+    assert release["permissions"]["packages"] == "write"
+    steps = [s for job in release["jobs"].values() for s in job["steps"]]
+    (build,) = [s for s in steps if s.get("uses", "").startswith("docker/build-push-action@")]
+    assert build["with"]["platforms"] == "linux/amd64,linux/arm64"
+    assert build["with"]["push"] is True and "env.TAG" in build["with"]["tags"]
+    assert any(s.get("uses", "").startswith("docker/setup-qemu-action@") for s in steps)
+    script = "\n".join(run_steps(release))
+    assert "ghcr.io/" in script and "CHANGELOG.md" in script and "gh release create" in script
+    assert "--workflow ci.yml" in script  # only a commit ci passed on main
+    # The deploy workflow builds both architectures too: cpu_architecture may be either.
+    deploy = "\n".join(run_steps(workflow("deploy.yml")))
+    assert "for arch in amd64 arm64; do" in deploy and "imagetools create" in deploy
+
+
+def test_changelog_starts_with_unreleased_and_0_1_0_and_the_release_finds_a_section(
+    tmp_path: Path,
+) -> None:
+    text = (ROOT / "CHANGELOG.md").read_text()
+    headings = re.findall(r"^## \[([^\]]+)\]", text, re.M)
+    assert headings[:1] == ["Unreleased"] and "0.1.0" in headings
+    assert "### Upgrade" in text
+    # The release workflow's extraction of a version's section, run on a copy.
+    (step,) = [
+        s["run"]
+        for s in workflow("release.yml")["jobs"]["release"]["steps"]
+        if "awk" in s.get("run", "")
+    ]
+    awk = re.search(r"awk -v v=\"\$\{version\}\" '(.*?)' CHANGELOG.md", step, re.S)
+    assert awk
+    result = subprocess.run(
+        ["awk", "-v", "v=0.1.0", awk[1], str(ROOT / "CHANGELOG.md")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "The state before versions" in result.stdout and "## [" not in result.stdout
+
+
+def test_readme_shows_the_stack_as_a_module_pinned_to_a_tag_and_how_to_upgrade() -> None:
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy") :]
+    assert re.search(
+        r'source = "git::https://github\.com/[^"]+//terraform\?ref=v\d+\.\d+\.\d+"', deploy
+    )
+    assert "### Upgrading a running stack" in deploy
+    assert "demo_emitters = true" in deploy  # the trial deploy turns the emitters on
+    # Terraform ignores a backend block in a called module; its variables are the inputs.
+    variables = load_tf(TERRAFORM)["variable"]
+    for name in (
+        "vpc_id",
+        "public_subnet_ids",
+        "private_subnet_ids",
+        "nat_gateways",
+        "sqs_endpoint",
+    ):
+        assert name in variables and name in deploy, name
+
+
+# --- the rehearsal's tolerance of a busy machine ---
+
+
+def test_rehearsal_runs_a_command_again_after_what_a_busy_machine_causes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rehearsal = tool_module("deploy_rehearsal")
+    failures = [
+        "Error: deleting DynamoDB Table (logpipe-logs): ResourceNotFoundException: not found",
+        "Error: waiting for ECS Service: timeout while waiting for state to become 'ACTIVE'",
+    ]
+    calls: list[tuple[str, ...]] = []
+
+    def flaky(work: Path, *args: str, capture: bool = False) -> str:
+        calls.append(args)
+        if failures:
+            raise rehearsal.RehearsalError(f"terraform {args[0]} failed:\n{failures.pop(0)}")
+        return ""
+
+    monkeypatch.setattr(rehearsal, "terraform", flaky)
+    rehearsal.destroy(Path("/nonexistent"), {"region": "us-east-1"})
+    assert len(calls) == 3 and all(c[0] == "destroy" for c in calls)
+    # An apply is run again after a wait that ran out, not after anything else.
+    failures[:] = ["Error: creating ECS Service: InvalidParameterException: bad"]
+    calls.clear()
+    with pytest.raises(rehearsal.RehearsalError, match="InvalidParameterException"):
+        rehearsal.converge(Path("/nonexistent"), ("apply",), rehearsal.SLOW)
+    assert len(calls) == 1
+    # A failure that keeps coming back fails after the last attempt.
+    failures[:] = ["ResourceNotFoundException"] * 5
+    calls.clear()
+    with pytest.raises(rehearsal.RehearsalError):
+        rehearsal.converge(Path("/nonexistent"), ("destroy",), rehearsal.GONE)
+    assert len(calls) == rehearsal.ATTEMPTS
+
+
+def test_running_tasks_filter_matches_the_one_emf_line_a_task_writes_each_interval() -> None:
+    """The log metric filter counts running ingestors and processors by the EMF line of the
+    main queue's gauges, which each task writes once per LOGPIPE_EMF_INTERVAL_S."""
+    tf = load_tf(TERRAFORM)
+    assert tf["locals"]["emf_interval_s"] == 60
+    running = resource("aws_cloudwatch_log_metric_filter", "running_tasks")
+    assert running["for_each"] == '${toset(["ingestor", "processor"])}'
+    pattern = running["pattern"]
+    conditions = dict(re.findall(r"\(\$\.([\w.\[\]]+) = \\?\"([^\"\\]+)\\?\"\)", pattern))
+    assert conditions == {
+        "Role": "${each.key}",
+        "Queue": "main",
+        "_aws.CloudWatchMetrics[0].Namespace": "${local.emf_namespace}",
+    }, pattern
+    (transformation,) = running["metric_transformation"]
+    assert transformation["name"] == "${local.running_tasks_metric}"
+    assert transformation["value"] == "1" and transformation["dimensions"] == {"Role": "$.Role"}
+    for role in ("ingestor", "processor"):
+        snapshot = emf.Snapshot()
+        snapshot.gauges[("Queue", "main")]["queue_visible_messages"] = 3.0
+        snapshot.gauges[("Queue", "dlq")]["queue_visible_messages"] = 0.0
+        snapshot.gauges[None]["inflight_events"] = 0.0
+        docs = emf.documents(role, snapshot, emf.Snapshot(), 1_700_000_000_000)
+        matching = [
+            d
+            for d in docs
+            if d.get("Role") == role
+            and d.get("Queue") == "main"
+            and d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == emf.NAMESPACE
+        ]
+        assert len(matching) == 1, docs  # one line per task per interval: a task counts once

@@ -28,6 +28,15 @@
    that role's applied IAM policy, and a task without a task role makes none.
 8. `terraform destroy` deletes the stack; its recorded calls too must be actions README's
    deploy role allows.
+9. The existing-network mode: a VPC with public and private subnets is made in moto first
+   (as its owner would), and terraform/ applied into it (vpc_id, public_subnet_ids,
+   private_subnet_ids) in a workspace of its own must create no VPC, subnet, route, NAT
+   gateway or endpoint, put the tasks in the private subnets and the load balancer in the
+   public ones; then it is destroyed, both held to README's deploy role.
+
+On a busy machine moto is now and then slow enough that the provider's SDK sends a call
+again, or a provider wait runs out: `converge` runs apply or destroy again then (GONE,
+SLOW below); any other failure fails at once.
 
 Exit 0 when all of it holds; otherwise the first failure, with the roles' logs.
 """
@@ -155,21 +164,39 @@ def terraform(work: Path, *args: str, capture: bool = False) -> str:
     return stdout if capture else ""
 
 
-# Now and then moto answers InvalidPermission.NotFound when a parallel destroy revokes a
-# security-group rule (seen once in about ten rehearsals); a second destroy reads the rule
-# as gone and finishes. Any other failure, or this one twice, fails the rehearsal.
-LOST_RULE = "InvalidPermission.NotFound"
+# What a busy machine makes of moto now and then. The provider's SDK sends a request again
+# when moto was slow to answer the first, which moto had carried out: the second finds the
+# object gone (DeleteTable's ResourceNotFoundException, a revoked security-group rule's
+# InvalidPermission.NotFound). Or one of the provider's waits runs out. Terraform refreshes
+# its state before it acts, so the same command run again converges: a destroy finds the
+# table gone and forgets it. Anything else fails the rehearsal at once.
+GONE = ("ResourceNotFoundException", "NotFound", "NoSuchEntity")
+SLOW = (
+    "timeout while waiting",
+    "context deadline exceeded",
+    "connection reset by peer",
+    "send request failed",
+    "i/o timeout",
+)
+ATTEMPTS = 3
+
+
+def converge(work: Path, args: tuple[str, ...], retry_on: tuple[str, ...]) -> None:
+    """Run a terraform command, again (up to ATTEMPTS) after a failure named in `retry_on`."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            terraform(work, *args)
+            return
+        except RehearsalError as exc:
+            reason = next((marker for marker in retry_on if marker in str(exc)), None)
+            if reason is None or attempt == ATTEMPTS:
+                raise
+            step(f"terraform {args[0]}: {reason} (attempt {attempt} of {ATTEMPTS}); again")
 
 
 def destroy(work: Path, variables: Mapping[str, str]) -> None:
     args = ("destroy", "-auto-approve", "-no-color", "-parallelism=20", *var_args(variables))
-    try:
-        terraform(work, *args)
-    except RehearsalError as exc:
-        if LOST_RULE not in str(exc):
-            raise
-        step(f"terraform destroy: moto answered {LOST_RULE} for a rule; destroying again")
-        terraform(work, *args)
+    converge(work, args, GONE + SLOW)
 
 
 # Now and then (seen once on a busy machine) the provider's SDK sends an
@@ -179,12 +206,10 @@ def destroy(work: Path, variables: Mapping[str, str]) -> None:
 DUPLICATE_RULE = "InvalidPermission.Duplicate"
 
 
-def prepare(work: Path, endpoint: str) -> None:
+def prepare(work: Path, endpoint: str, source: Path = ROOT / "terraform") -> None:
     """terraform/ copied into `work`, pointed at moto, initialised from the local mirror."""
-    shutil.copytree(
-        ROOT / "terraform", work / "terraform", ignore=shutil.ignore_patterns(".terraform*")
-    )
-    shutil.copy(ROOT / "terraform" / ".terraform.lock.hcl", work / "terraform")
+    shutil.copytree(source, work / "terraform", ignore=shutil.ignore_patterns(".terraform*"))
+    shutil.copy(source / ".terraform.lock.hcl", work / "terraform")
     (work / "terraform" / "rehearsal_override.tf").write_text(override(endpoint))
     (work / "terraformrc").write_text(
         f'provider_installation {{\n  filesystem_mirror {{\n    path = "{MIRROR}"\n  }}\n}}\n'
@@ -195,7 +220,8 @@ def prepare(work: Path, endpoint: str) -> None:
 def apply(work: Path, variables: Mapping[str, str]) -> dict[str, Any]:
     """Apply the prepared terraform/ to moto; the state as `terraform show -json` prints it."""
     started = time.monotonic()
-    terraform(work, "apply", "-auto-approve", "-no-color", "-parallelism=20", *var_args(variables))
+    args = ("apply", "-auto-approve", "-no-color", "-parallelism=20", *var_args(variables))
+    converge(work, args, SLOW)
     state: dict[str, Any] = json.loads(terraform(work, "show", "-json", capture=True))
     count = len(list(resources(state)))
     step(f"terraform apply: {count} resources in {time.monotonic() - started:.0f} s")
@@ -864,8 +890,13 @@ async def rehearse(work: Path) -> None:
             "deletion_protection": "false",
             "ingestor_count": "1",
             "console_count": "1",
+            "demo_emitters": "true",
             "emitter_a_count": "1",
             "emitter_b_count": "1",
+            # The network with the most in it: private subnets, a NAT gateway per AZ, the
+            # SQS interface endpoint. The existing-network mode is rehearsed after it.
+            "nat_gateways": "per_az",
+            "sqs_endpoint": "true",
         }
         # Terraform's own calls (its key is DEPLOY_KEY) are held to README's deploy role.
         policy = readme_deploy_policy()
@@ -929,9 +960,155 @@ async def rehearse(work: Path) -> None:
             f"terraform destroy in {time.monotonic() - started:.0f} s: {len(made)} actions, all "
             f"allowed by README's deploy role: {' '.join(made)}"
         )
+        await moto_api(endpoint, "recorder/reset-recording")
+        await rehearse_existing_network(work, endpoint, variables, policy)
     finally:
         moto.terminate()
         await moto.wait()
+
+
+# What the stack must not create in a network it was given.
+NETWORK_TYPES = {
+    "aws_vpc",
+    "aws_subnet",
+    "aws_internet_gateway",
+    "aws_nat_gateway",
+    "aws_eip",
+    "aws_route_table",
+    "aws_route_table_association",
+    "aws_vpc_endpoint",
+    "aws_flow_log",
+    "aws_default_security_group",
+}
+
+
+def existing_network(endpoint: str) -> dict[str, str]:
+    """A VPC with two public and two private subnets, made as its owner would (not by
+    Terraform): the variables that hand it to the stack."""
+    ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name=REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
+    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]][:2]
+    subnets: dict[str, list[str]] = {"public": [], "private": []}
+    for offset, kind in ((0, "public"), (10, "private")):
+        for index, zone in enumerate(zones):
+            subnet = ec2.create_subnet(
+                VpcId=vpc, CidrBlock=f"10.77.{offset + index}.0/24", AvailabilityZone=zone
+            )
+            subnets[kind].append(subnet["Subnet"]["SubnetId"])
+    return {
+        "vpc_id": vpc,
+        "public_subnet_ids": json.dumps(subnets["public"]),
+        "private_subnet_ids": json.dumps(subnets["private"]),
+    }
+
+
+def check_existing_network(state: Mapping[str, Any], network: Mapping[str, str]) -> int:
+    """The stack applied into `network` created none of it and put everything in it."""
+    applied = resources(state)
+    created = sorted({r["type"] for r in applied} & NETWORK_TYPES)
+    if created:
+        raise RehearsalError(f"with vpc_id the stack still created {created}")
+    private = set(json.loads(network["private_subnet_ids"]))
+    public = set(json.loads(network["public_subnet_ids"]))
+    services = [r["values"] for r in applied if r["type"] == "aws_ecs_service"]
+    for service in services:
+        (config,) = service["network_configuration"]
+        if set(config["subnets"]) != private or config["assign_public_ip"]:
+            raise RehearsalError(f"{service['name']} is not in the private subnets: {config}")
+    (lb,) = [r["values"] for r in applied if r["type"] == "aws_lb"]
+    if set(lb["subnets"]) != public:
+        raise RehearsalError(f"the load balancer is not in the public subnets: {lb['subnets']}")
+    groups = [r["values"] for r in applied if r["type"] == "aws_security_group"]
+    if any(g["vpc_id"] != network["vpc_id"] for g in groups):
+        raise RehearsalError("a security group is outside the given VPC")
+    return len(applied)
+
+
+async def rehearse_existing_network(
+    work: Path, endpoint: str, variables: Mapping[str, str], policy: Mapping[str, Any]
+) -> None:
+    """The same terraform/ applied into a VPC and subnets made beforehand (vpc_id,
+    public_subnet_ids, private_subnet_ids), in a workspace of its own; then destroyed."""
+    network = existing_network(endpoint)
+    given = {
+        **{k: v for k, v in variables.items() if k not in ("nat_gateways", "sqs_endpoint")},
+        **network,
+    }
+    terraform(work, "workspace", "new", "-no-color", "existing-network")
+    state = await recorded_apply(work, endpoint, given)
+    await moto_api(endpoint, "recorder/stop-recording")
+    made = check_deploy_actions(
+        await moto_api(endpoint, "recorder/download-recording"), policy, "apply"
+    )
+    count = check_existing_network(state, network)
+    rollout(endpoint, state)
+    step(
+        f"existing network {network['vpc_id']}: terraform apply made {len(made)} actions, all "
+        f"allowed by README's deploy role; {count} resources, no VPC, subnet, NAT gateway, "
+        "route or endpoint among them; tasks in the private subnets, the load balancer in "
+        "the public ones"
+    )
+    await moto_api(endpoint, "recorder/reset-recording")
+    await moto_api(endpoint, "recorder/start-recording")
+    destroy(work, given)
+    await moto_api(endpoint, "recorder/stop-recording")
+    made = check_deploy_actions(
+        await moto_api(endpoint, "recorder/download-recording"), policy, "destroy"
+    )
+    step(f"existing network: terraform destroy made {len(made)} actions, all allowed too")
+
+
+def cost_plans(
+    settings: Mapping[str, Mapping[str, str]], source: Path = ROOT / "terraform"
+) -> dict[str, dict[str, Any]]:
+    """`terraform show -json` of a plan of a new stack per named set of variables, made
+    against moto (it answers the data sources; nothing is applied), for tools/idle_cost.py."""
+    plans = asyncio.run(_plans(settings, source))
+    failed = {name: plan for name, plan in plans.items() if isinstance(plan, str)}
+    if failed:
+        raise RehearsalError(f"terraform plan failed: {failed}")
+    return {name: plan for name, plan in plans.items() if not isinstance(plan, str)}
+
+
+def plans(
+    settings: Mapping[str, Mapping[str, str]], source: Path = ROOT / "terraform"
+) -> dict[str, dict[str, Any] | str]:
+    """Like cost_plans, but a plan Terraform refuses (a variable's validation) is its error
+    text instead: what the tests of the variables' behaviour read."""
+    return asyncio.run(_plans(settings, source))
+
+
+async def _plans(
+    settings: Mapping[str, Mapping[str, str]], source: Path
+) -> dict[str, dict[str, Any] | str]:
+    work = Path(tempfile.mkdtemp(prefix="logpipe-cost-"))
+    os.environ.update(LOCAL_CREDENTIALS)
+    port = free_port()
+    moto = await start_moto(port, log=(work / "moto.log").open("wb"))
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        base = {
+            **create_secrets(endpoint),
+            "region": REGION,
+            "image_tag": "v0.0.0",
+            "allow_plain_http": "true",
+        }
+        prepare(work, endpoint, source)
+        made: dict[str, dict[str, Any] | str] = {}
+        for name, variables in settings.items():
+            plan = work / f"{name}.tfplan"
+            args = var_args({**base, **variables})
+            try:
+                terraform(work, "plan", "-lock=false", "-no-color", f"-out={plan}", *args)
+            except RehearsalError as error:
+                made[name] = str(error)
+                continue
+            made[name] = json.loads(terraform(work, "show", "-json", str(plan), capture=True))
+        return made
+    finally:
+        moto.terminate()
+        await moto.wait()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> int:

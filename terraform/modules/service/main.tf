@@ -38,10 +38,13 @@ locals {
   }
 
   network_configuration = {
-    subnets          = var.defaults.subnet_ids
-    security_groups  = [var.security_group_id]
-    assign_public_ip = false
+    subnets         = var.defaults.subnet_ids
+    security_groups = [var.security_group_id]
+    # Only where the stack's own VPC has no NAT gateway (network.tf): the tasks reach AWS
+    # APIs through the internet gateway; their security groups admit nothing from outside.
+    assign_public_ip = var.defaults.assign_public_ip
   }
+  spot = var.capacity_provider == "FARGATE_SPOT"
 }
 
 resource "aws_ecs_task_definition" "this" {
@@ -59,7 +62,14 @@ resource "aws_ecs_task_definition" "this" {
 
   runtime_platform {
     operating_system_family = "LINUX"
-    cpu_architecture        = "X86_64"
+    cpu_architecture        = var.cpu_architecture
+  }
+
+  lifecycle {
+    precondition {
+      condition     = !(local.spot && var.cpu_architecture == "ARM64")
+      error_message = "Fargate Spot runs X86_64 tasks only."
+    }
   }
 }
 
@@ -72,7 +82,7 @@ resource "aws_ecs_service" "this" {
   cluster                 = var.defaults.cluster_arn
   task_definition         = aws_ecs_task_definition.this.arn
   desired_count           = var.desired_count
-  launch_type             = "FARGATE"
+  launch_type             = local.spot ? null : "FARGATE"
   platform_version        = "LATEST"
   propagate_tags          = "SERVICE"
   enable_ecs_managed_tags = true
@@ -80,6 +90,15 @@ resource "aws_ecs_service" "this" {
   deployment_minimum_healthy_percent = 100
   deployment_maximum_percent         = 200
   health_check_grace_period_seconds  = var.target_group_arn == null ? null : 30
+
+  dynamic "capacity_provider_strategy" {
+    for_each = local.spot ? ["FARGATE_SPOT"] : []
+
+    content {
+      capacity_provider = capacity_provider_strategy.value
+      weight            = 1
+    }
+  }
 
   deployment_circuit_breaker {
     enable   = true
@@ -110,13 +129,22 @@ resource "aws_ecs_service" "autoscaled" {
   cluster                            = var.defaults.cluster_arn
   task_definition                    = aws_ecs_task_definition.this.arn
   desired_count                      = var.desired_count
-  launch_type                        = "FARGATE"
+  launch_type                        = local.spot ? null : "FARGATE"
   platform_version                   = "LATEST"
   propagate_tags                     = "SERVICE"
   enable_ecs_managed_tags            = true
   deployment_minimum_healthy_percent = 100
   deployment_maximum_percent         = 200
   health_check_grace_period_seconds  = var.target_group_arn == null ? null : 30
+
+  dynamic "capacity_provider_strategy" {
+    for_each = local.spot ? ["FARGATE_SPOT"] : []
+
+    content {
+      capacity_provider = capacity_provider_strategy.value
+      weight            = 1
+    }
+  }
 
   deployment_circuit_breaker {
     enable   = true

@@ -95,6 +95,28 @@ variable "stop_timeout" {
   }
 }
 
+variable "cpu_architecture" {
+  description = "CPU architecture of the task: X86_64 or ARM64 (the image is built for both)."
+  type        = string
+  default     = "X86_64"
+
+  validation {
+    condition     = contains(["X86_64", "ARM64"], var.cpu_architecture)
+    error_message = "cpu_architecture must be X86_64 or ARM64."
+  }
+}
+
+variable "capacity_provider" {
+  description = "FARGATE, or FARGATE_SPOT (X86_64 only) for interruptible work at a discount."
+  type        = string
+  default     = "FARGATE"
+
+  validation {
+    condition     = contains(["FARGATE", "FARGATE_SPOT"], var.capacity_provider)
+    error_message = "capacity_provider must be FARGATE or FARGATE_SPOT."
+  }
+}
+
 variable "defaults" {
   description = "Settings every service of the stack shares."
   type = object({
@@ -102,6 +124,7 @@ variable "defaults" {
     cluster_arn          = string
     execution_role_arn   = string
     subnet_ids           = list(string)
+    assign_public_ip     = bool
     health_check_command = list(string)
   })
 }
