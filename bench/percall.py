@@ -34,7 +34,8 @@ from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.core.block import block_items
 from logpipe.core.models import pack_envelope, unpack_envelope
-from logpipe.dev.bench import batches, make_events
+from logpipe.dev.bench import batches
+from logpipe.dev.events import make_events
 from logpipe.dev.processes import LOCAL_CREDENTIALS, free_port, wait_http
 from logpipe.ingest.app import validate
 from logpipe.ingest.batcher import MAX_BATCH_ENTRIES, Pending, take_batch

@@ -177,7 +177,7 @@ def _add_bench(commands: Commands) -> None:
 
 
 def _event_bytes(text: str) -> int:
-    from logpipe.dev.bench import MAX_EVENT_BYTES, MIN_EVENT_BYTES
+    from logpipe.dev.events import MAX_EVENT_BYTES, MIN_EVENT_BYTES
 
     try:
         value = int(text)
