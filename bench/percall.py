@@ -32,8 +32,10 @@ from logpipe import heap
 from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
-from logpipe.core.models import pack_envelope, to_item, unpack_envelope
-from logpipe.dev.bench import batches, make_events
+from logpipe.core.block import block_items
+from logpipe.core.models import pack_envelope, unpack_envelope
+from logpipe.dev.bench import batches
+from logpipe.dev.events import make_events
 from logpipe.dev.processes import LOCAL_CREDENTIALS, free_port, wait_http
 from logpipe.ingest.app import validate
 from logpipe.ingest.batcher import MAX_BATCH_ENTRIES, Pending, take_batch
@@ -150,7 +152,7 @@ async def batch_write_item(
     now_ms = int(time.time() * 1000)
     encoded = ingested("bwi", BATCH_WRITE_ITEMS, now_ms)[0]
     events = unpack_envelope(pack_envelope(encoded))  # decoded as the processor decodes
-    items = [to_item(event, settings.shards, settings.retention_days) for event in events]
+    items = block_items(events, settings.shards, settings.retention_days)
     request = {settings.table_name: [{"PutRequest": {"Item": item}} for item in items]}
 
     async def call(_: int) -> None:

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_console(commands)
     _add_query(commands)
+    _add_export(commands)
     return parser
 
 
@@ -141,6 +142,21 @@ def _add_dlq(commands: Commands) -> None:
 def _add_bench(commands: Commands) -> None:
     bench = commands.add_parser("bench", help="load-test end to end; prints one JSON object")
     bench.add_argument("--events", type=int, help="events to drive (20000; naive 500)")
+    bench.add_argument(
+        "--event-bytes",
+        type=_event_bytes,
+        default=1024,
+        metavar="N",
+        help="about how long each event's JSON is as sent (1024; 200-16384)",
+    )
+    bench.add_argument(
+        "--seed", type=int, help="seed of the events' random content (default: one per run)"
+    )
+    bench.add_argument(
+        "--pitr",
+        action="store_true",
+        help="price point-in-time recovery in usd_per_million_events_all_in (as deployed)",
+    )
     bench.add_argument("--naive", action="store_true", help="the one-call-per-event pipeline")
     bench.add_argument("--ceiling", action="store_true", help="the endpoint alone, no pipeline")
     bench.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
@@ -160,6 +176,20 @@ def _add_bench(commands: Commands) -> None:
     )
 
 
+def _event_bytes(text: str) -> int:
+    from logpipe.dev.events import MAX_EVENT_BYTES, MIN_EVENT_BYTES
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not MIN_EVENT_BYTES <= value <= MAX_EVENT_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer {MIN_EVENT_BYTES}-{MAX_EVENT_BYTES}, got {text!r}"
+        )
+    return value
+
+
 def _add_console(commands: Commands) -> None:
     console = commands.add_parser("console", help="serve the read API and the web page")
     console.add_argument("--port", help="HTTP port (LOGPIPE_PORT)")
@@ -176,6 +206,15 @@ def _add_query(commands: Commands) -> None:
     query.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
+def _add_export(commands: Commands) -> None:
+    export = commands.add_parser("export", help="every stored event of a range once, as NDJSON")
+    export.add_argument(
+        "--service", action="append", help="a service to export (repeatable; default: all seen)"
+    )
+    export.add_argument("--since", default="30d", help="start: 30d back from now or RFC 3339")
+    export.add_argument("--until", default="now", help="end: a duration back or RFC 3339 (now)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -190,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(os.environ, args)
         parts = collaborators(command, os.environ)
         setup_logging(command, settings.python_log_level)
-        if command in ("query", "dlq", "bench"):
+        if command in ("query", "export", "dlq", "bench"):
             settings = _local_stack(settings, args)
         return run_async(_dispatch(command, settings, args, parts))
     except ConfigError as exc:
@@ -286,6 +325,12 @@ async def _query(settings: Settings, args: argparse.Namespace, parts: dict[str, 
     return await console.query_command(settings, console.query_params(args), args.json)
 
 
+async def _export(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
+    from logpipe.read import export
+
+    return await export.export_command(settings, args.service or [], args.since, args.until)
+
+
 async def _bench(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
     from logpipe.dev import bench
     from logpipe.dev.faults import Faults
@@ -300,6 +345,9 @@ async def _bench(settings: Settings, args: argparse.Namespace, parts: dict[str, 
         chaos=Faults.parse(args.chaos),
         profile=args.profile,
         keepalive=not args.closing_endpoint,
+        event_bytes=args.event_bytes,
+        seed=args.seed,
+        pitr=args.pitr,
     )
     result = await bench.run(settings, options)
     print(orjson.dumps(result).decode(), flush=True)
@@ -345,6 +393,7 @@ HANDLERS: dict[str, Handler] = {
     "emitter": _emitter,
     "console": _console,
     "query": _query,
+    "export": _export,
     "bench": _bench,
     "dlq": _dlq,
     "bootstrap": _bootstrap,

@@ -164,7 +164,7 @@ resource "aws_iam_role" "console" {
 data "aws_iam_policy_document" "console" {
   statement {
     sid       = "ReadEvents"
-    actions   = ["dynamodb:GetItem", "dynamodb:Query"]
+    actions   = ["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:Query"]
     resources = [aws_dynamodb_table.logs.arn]
   }
 }

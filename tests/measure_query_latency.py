@@ -24,7 +24,8 @@ import orjson
 from logpipe.aws.bootstrap import bootstrap
 from logpipe.aws.clients import open_clients
 from logpipe.config import Settings
-from logpipe.core.models import from_item, normalise, to_item
+from logpipe.core.block import block_items
+from logpipe.core.models import normalise
 from logpipe.core.query import parse_query
 from logpipe.dev.processes import EmbeddedAws
 from logpipe.read.console import READ_CONCURRENCY
@@ -52,7 +53,7 @@ def events(now_ms: int, per_hour: int, service: str) -> list[dict[str, Any]]:
 
 
 async def store(clients: Any, settings: Settings, batch: list[dict[str, Any]]) -> None:
-    items = [to_item(normalise(e, e["timestamp"]), settings.shards, 30) for e in batch]
+    items = block_items([normalise(e, e["timestamp"]) for e in batch], settings.shards, 30)
     chunks = [items[i : i + 25] for i in range(0, len(items), 25)]
     for chunk in chunks:
         await clients.dynamodb.batch_write_item(
@@ -68,7 +69,7 @@ async def timed(reader: Reader, params: dict[str, str], runs: int) -> dict[str, 
         reader.query_calls = 0
         started = time.perf_counter()
         page = await reader.read(parse_query(params, int(time.time() * 1000), SECRET))
-        results = [from_item(i) for i in page.items]
+        results = page.events
         seconds.append(time.perf_counter() - started)
         calls, count = reader.query_calls, len(results)
     seconds.sort()

@@ -26,7 +26,8 @@ from logpipe.aws.bootstrap import bootstrap
 from logpipe.aws.clients import open_clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.models import normalise, to_item
+from logpipe.core.block import block_items
+from logpipe.core.models import normalise
 from logpipe.dev.processes import EmbeddedAws, free_port
 from logpipe.read import console
 from tests.support.aws import use_local_aws
@@ -63,7 +64,7 @@ async def _store(clients: Any, settings: Settings, now_ms: int) -> None:
         }
         for n in range(20)
     ]
-    items = [to_item(normalise(e, now_ms), settings.shards, 30) for e in events]
+    items = block_items([normalise(e, now_ms) for e in events], settings.shards, 30)
     await clients.dynamodb.batch_write_item(
         RequestItems={settings.table_name: [{"PutRequest": {"Item": i}} for i in items]}
     )

@@ -22,7 +22,7 @@ import orjson
 from logpipe.aws.bootstrap import bootstrap, queue_url
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.dev.processes import EmbeddedAws, RoleProcess
-from tests.support.aws import fresh_settings, queue_counts, scan_items, use_local_aws
+from tests.support.aws import fresh_settings, queue_counts, scan_events, use_local_aws
 from tests.support.roles import Roles
 from tests.support.wait import poll
 
@@ -70,7 +70,7 @@ class Run:
         return await queue_counts(self.clients, url)
 
     async def items(self) -> list[dict[str, Any]]:
-        return await scan_items(self.clients, self.settings.table_name)
+        return await scan_events(self.clients, self.settings.table_name)
 
     async def dlq_bodies(self) -> list[dict[str, Any]]:
         response = await self.clients.sqs.receive_message(

@@ -24,7 +24,7 @@ from logpipe.dev.processes import RoleProcess, free_port, start_moto
 from logpipe.dev.switches import Switches
 from logpipe.errors import ConfigError
 from logpipe.process.processor import Processor
-from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.aws import make_event, queue_counts, scan_events
 from tests.support.roles import Roles, run_bench
 from tests.support.wait import wait_until
 
@@ -93,7 +93,7 @@ async def test_processor_stores_everything_through_throttling_and_unprocessed_it
         await wait_until(lambda: _drained(clients, url), timeout=60, interval=0.5)
         processor.stop()
         await running
-    ids = sorted(i["id"]["S"] for i in await scan_items(clients, settings.table_name))
+    ids = sorted(i["id"] for i in await scan_events(clients, settings.table_name))
     assert ids == [f"ev-{n:08d}" for n in range(400)]
 
 
@@ -109,7 +109,7 @@ async def _drained(clients: Clients, url: str) -> bool:
         # Seeded: the processor's first ReceiveMessage draws below 0.2, so the fault fires.
         ("sqs-error:0.2,seed:1", "sqs-error"),
         ("sqs-delay:20", "sqs-delay"),
-        ("ddb-throttle:0.3", "ddb-throttle"),
+        ("ddb-throttle:0.3", "ddb-"),
         ("poison:4", None),
     ],
     ids=lambda v: v if isinstance(v, str) and ":" in v else "",
@@ -122,7 +122,8 @@ def test_under_each_fault_every_acknowledged_event_is_stored_once(
     assert (doc["lost"], doc["duplicates"]) == (0, 0)
     assert doc["stored"] == doc["acknowledged"] == 1500
     if fault:
-        assert doc["faults"][fault] > 0
+        # A throttled write, or (a batch's) half left unprocessed: "ddb-" is either.
+        assert sum(n for name, n in doc["faults"].items() if name.startswith(fault)) > 0
     assert doc["poison_in_dlq"] == Faults.parse(spec).poison
 
 

@@ -33,9 +33,9 @@ from logpipe.client.handler import (
 )
 from logpipe.client.shipping import Answer, Delivery, ShipStats, pack, retry_delay, take_batch
 from logpipe.config import Settings
-from logpipe.core.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, from_item, normalise
+from logpipe.core.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, normalise
 from logpipe.process.processor import Processor
-from tests.support.aws import scan_items
+from tests.support.aws import scan_events
 from tests.support.roles import Roles
 from tests.support.wait import wait_until
 
@@ -299,7 +299,7 @@ async def stored_events(clients: Clients, settings: Settings) -> list[dict[str, 
     """Drain the queue into the table with a processor in burst mode; every stored event."""
     url = await queue_url(clients.sqs, settings.queue_name)
     await Processor(settings, clients, url).run_until_empty()
-    return [from_item(item) for item in await scan_items(clients, settings.table_name)]
+    return await scan_events(clients, settings.table_name)
 
 
 class LossyProxy:

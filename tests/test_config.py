@@ -28,7 +28,7 @@ def test_defaults_are_those_of_the_design() -> None:
     assert settings.port == 8080
     assert settings.metrics_port == 9100
     assert settings.retention_days == 30
-    assert settings.shards == 8
+    assert settings.shards == 2
     assert settings.sqs_max_bytes == 262144
     assert settings.api_keys == ()
     assert settings.endpoint_url is None

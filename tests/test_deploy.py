@@ -35,7 +35,8 @@ import yaml
 from hcl2 import SerializationOptions
 
 from logpipe.config import Settings
-from logpipe.core.models import normalise, to_item
+from logpipe.core.block import body_item, make_blocks, summary_item
+from logpipe.core.models import normalise
 from logpipe.dev.processes import free_port
 from logpipe.obs import emf
 from tests.support.shared import exclusive
@@ -401,7 +402,9 @@ def test_task_roles_allow_exactly_what_each_role_calls() -> None:
             (frozenset({"sqs:ReceiveMessage", "sqs:SendMessage", *queue_metadata}), (dlq,)),
             (frozenset({"dynamodb:BatchWriteItem", "dynamodb:PutItem"}), (table,)),
         },
-        "console": {(frozenset({"dynamodb:Query", "dynamodb:GetItem"}), (table,))},
+        "console": {
+            (frozenset({"dynamodb:Query", "dynamodb:GetItem", "dynamodb:BatchGetItem"}), (table,))
+        },
     }
     for role, allowed in expected.items():
         assert grants(role) == allowed, role
@@ -535,9 +538,10 @@ def test_table_has_the_stored_items_keys_ttl_recovery_and_encryption() -> None:
     event = normalise(
         {"service": "checkout", "level": "info", "message": "paid"}, 1_700_000_000_000
     )
-    item = to_item(event, shards=8, retention_days=30)
-    assert set(item["pk"]) == {"S"} and set(item["sk"]) == {"S"}
-    assert int(item["expires_at"]["N"]) == 1_700_000_000 + 30 * 86400
+    [block], _ = make_blocks([event])
+    for item in (body_item(block, 8, 30), summary_item(block, 8, 30)):
+        assert set(item["pk"]) == {"S"} and set(item["sk"]) == {"S"}
+        assert int(item["expires_at"]["N"]) == 1_700_000_000 + 30 * 86400
 
 
 # --- Terraform: tasks, services, load balancer, autoscaling, alarms ---

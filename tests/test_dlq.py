@@ -20,7 +20,7 @@ from logpipe.dev import promtext
 from logpipe.dev.processes import role_env
 from logpipe.process import dlq
 from logpipe.process.processor import Processor
-from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.aws import make_event, queue_counts, scan_events
 from tests.support.roles import Roles
 from tests.support.wait import wait_until
 
@@ -64,7 +64,7 @@ async def test_redrive_moves_what_can_be_stored_and_is_safe_to_run_twice(
     assert await queue_counts(clients, main_url) == (1, 0)
     assert sum(await queue_counts(clients, dlq_url)) == 1  # the undecodable one stays
     await Processor(settings, clients, main_url).run_until_empty()
-    assert len(await scan_items(clients, settings.table_name)) == 5
+    assert len(await scan_events(clients, settings.table_name)) == 5
 
 
 def test_dlq_inspect_command_prints_json(aws_endpoint: str, settings: Settings) -> None:
@@ -96,7 +96,7 @@ async def test_an_event_refused_alone_is_inspected_with_its_reason_and_redriven_
         QueueUrl=main_url, MessageBody=pack_envelope([good[0], orjson.dumps(bad), good[1]])
     )
     await Processor(settings, clients, main_url).run_until_empty()
-    assert sorted(i["id"]["S"] for i in await scan_items(clients, settings.table_name)) == [
+    assert sorted(i["id"] for i in await scan_events(clients, settings.table_name)) == [
         "ev-00000000",
         "ev-00000002",
     ]
@@ -122,7 +122,7 @@ async def test_an_event_refused_alone_is_inspected_with_its_reason_and_redriven_
     # Still unstorable: the processor sends it back alone, and stores nothing of it.
     await Processor(settings, clients, main_url).run_until_empty()
     assert await queue_counts(clients, main_url) == (0, 0)
-    assert len(await scan_items(clients, settings.table_name)) == 2
+    assert len(await scan_events(clients, settings.table_name)) == 2
     assert (await dlq.inspect(clients, settings, sample=1))["messages"] == 1
 
 
@@ -273,10 +273,10 @@ async def test_a_redrive_moves_exactly_the_snapshot_it_began_with(
     ]
 
     async def all_stored() -> bool:
-        return len(await scan_items(clients, settings.table_name)) == len(stored)
+        return len(await scan_events(clients, settings.table_name)) == len(stored)
 
     await wait_until(all_stored, timeout=60)
-    assert sorted(i["id"]["S"] for i in await scan_items(clients, settings.table_name)) == stored
+    assert sorted(i["id"] for i in await scan_events(clients, settings.table_name)) == stored
     assert await queue_counts(clients, dlq_url) == (31, 0)
 
     # With --all, exactly the 31 there at the start move, though the processor sends the

@@ -25,7 +25,7 @@ from logpipe.errors import BodyError
 from logpipe.ingest import app
 from logpipe.web import MAX_GZIP_MEMBERS, decode_content
 from tests import attacks
-from tests.support.aws import make_event
+from tests.support.aws import TEST_RETENTION_DAYS, make_event
 
 pytestmark = pytest.mark.aws
 
@@ -183,7 +183,8 @@ def test_json_values_bound_counts_commas_colons_brackets_and_newlines(body: byte
 def _decode_args(
     body: bytes, encoding: str | None
 ) -> tuple[app.Protocol, bytes, str, str | None, str | None, Settings]:
-    return (app.NATIVE, body, "application/json", encoding, "from-url", Settings())
+    settings = Settings(retention_days=TEST_RETENTION_DAYS)  # make_event's fixed dates
+    return (app.NATIVE, body, "application/json", encoding, "from-url", settings)
 
 
 def test_a_small_json_body_is_decoded_inline_with_the_answer_a_worker_gives() -> None:
@@ -222,5 +223,12 @@ def test_bodies_past_the_inline_bounds_are_left_for_a_worker() -> None:
     assert reservation.held >= len(many)
     # OTLP bodies always go to a worker.
     otlp_body = b"{}"
-    args = (app.OTLP, otlp_body, "application/json", None, None, Settings())
+    args = (
+        app.OTLP,
+        otlp_body,
+        "application/json",
+        None,
+        None,
+        Settings(retention_days=TEST_RETENTION_DAYS),
+    )
     assert app.decode_inline(*args, reservation) == (otlp_body, None)

@@ -14,7 +14,7 @@ from logpipe.cli import JsonFormatter
 from logpipe.config import Settings
 from logpipe.core.models import encode_event, normalise, pack_envelope
 from logpipe.dev.processes import RoleProcess, wait_http
-from tests.support.aws import make_event, scan_items
+from tests.support.aws import make_event, scan_events
 from tests.support.roles import Roles
 from tests.support.wait import wait_until
 
@@ -67,7 +67,7 @@ async def test_role_log_lines_are_json_and_respect_the_level(
         try:
 
             async def stored() -> bool:
-                return len(await scan_items(clients, settings.table_name)) == 1
+                return len(await scan_events(clients, settings.table_name)) == 1
 
             await wait_until(stored, timeout=30)
         finally:

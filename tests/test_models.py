@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from decimal import Decimal
 from typing import Any, cast
@@ -9,6 +10,8 @@ from typing import Any, cast
 import orjson
 import pytest
 
+from logpipe.core.block import block_of, body_item, decode_body, make_blocks
+from logpipe.core.block import stored_event as stored_block_event
 from logpipe.core.models import (
     ASSIGNED_TIMESTAMP,
     MAX_EVENT_BYTES,
@@ -18,17 +21,13 @@ from logpipe.core.models import (
     encode_event,
     envelope_size,
     event_problem,
-    from_item,
-    item_key,
-    item_size,
     loads_exact,
     new_id,
     normalise,
     pack_envelope,
-    to_item,
     unpack_envelope,
-    write_units,
 )
+from logpipe.core.timefmt import hour
 from logpipe.errors import EventError
 
 pytestmark = pytest.mark.unit
@@ -453,189 +452,6 @@ def test_a_valid_event_with_64_large_attributes_is_refused_on_encoding() -> None
         encode_event(normalise(raw, NOW_MS))
 
 
-# --- item_key --------------------------------------------------------------------------------
-
-
-def test_item_key_is_a_pure_function_of_the_event() -> None:
-    event = stored_event()
-
-    assert item_key(event, 8) == item_key(dict(event), 8) == item_key(stored_event(), 8)
-
-
-def test_redelivered_event_gets_the_same_key_whenever_it_is_normalised() -> None:
-    raw = raw_event(id="order-42", timestamp="2024-05-01T12:34:56.789Z")
-
-    first = normalise(raw, NOW_MS)
-    later = normalise(raw, NOW_MS + 3_600_000)
-
-    assert item_key(first, 8) == item_key(later, 8)
-
-
-@pytest.mark.parametrize("shards", [1, 8, 1000], ids=["one-shard", "default-8", "1000-shards"])
-def test_pk_is_service_utc_hour_and_shard(shards: int) -> None:
-    event = stored_event(service="checkout", timestamp=NOW_MS + 34 * 60_000 + 56_789)
-
-    pk, _ = item_key(event, shards)
-
-    match = re.fullmatch(r"checkout#2024-05-01T12#(\d+)", pk)
-    assert match is not None, pk
-    assert int(match.group(1)) in range(shards)
-
-
-def test_pk_hour_is_taken_in_utc() -> None:
-    event = normalise(raw_event(id="e", timestamp="2024-05-01T01:30:00+02:00"), NOW_MS)
-
-    pk, _ = item_key(event, 8)
-
-    assert pk.startswith("checkout#2024-04-30T23#")
-
-
-@pytest.mark.parametrize(
-    ("timestamp", "event_id", "expected_sk"),
-    [
-        (0, "ev-1", "0000000000000#ev-1"),
-        (5, "ev-1", "0000000000005#ev-1"),
-        (NOW_MS + 789, "ev-1", "1714564800789#ev-1"),
-        (10**13 - 1, "Order#42", "9999999999999#Order#42"),
-    ],
-    ids=["epoch", "five-ms", "2024", "last-valid-ms"],
-)
-def test_sk_is_13_digit_zero_padded_ms_then_id(
-    timestamp: int, event_id: str, expected_sk: str
-) -> None:
-    _, sk = item_key(stored_event(id=event_id, timestamp=timestamp), 8)
-
-    assert sk == expected_sk
-
-
-def test_sk_sorts_by_time() -> None:
-    sks = [item_key(stored_event(timestamp=ms), 8)[1] for ms in (9, 10, 999, NOW_MS)]
-
-    assert sorted(sks) == sks
-
-
-def test_different_ids_spread_over_all_shards() -> None:
-    shards = {item_key(stored_event(id=f"ev-{n}"), 8)[0].rsplit("#", 1)[1] for n in range(200)}
-
-    assert shards == {str(shard) for shard in range(8)}
-
-
-# --- to_item / from_item ---------------------------------------------------------------------
-
-
-def test_to_item_gives_the_stored_attributes_of_the_design() -> None:
-    event = stored_event(
-        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
-        span_id="00f067aa0ba902b7",
-        attributes={"region": "eu", "attempt": 3, "ratio": 0.5, "cached": True},
-    )
-    pk, sk = item_key(event, 8)
-
-    assert to_item(event, shards=8, retention_days=30) == {
-        "pk": {"S": pk},
-        "sk": {"S": sk},
-        "id": {"S": "ev-1"},
-        "service": {"S": "checkout"},
-        "level": {"S": "info"},
-        "message": {"S": "hello"},
-        "timestamp": {"S": "2024-05-01T12:00:00.789Z"},
-        "ingested_at": {"S": "2024-05-01T12:00:01.000Z"},
-        "expires_at": {"N": str(1_714_564_800 + 30 * 86400)},
-        "trace_id": {"S": "4bf92f3577b34da6a3ce929d0e0e4736"},
-        "span_id": {"S": "00f067aa0ba902b7"},
-        "attributes": {
-            "M": {
-                "region": {"S": "eu"},
-                "attempt": {"N": "3"},
-                "ratio": {"N": "0.5"},
-                "cached": {"BOOL": True},
-            }
-        },
-    }
-
-
-def test_to_item_leaves_out_absent_optional_attributes() -> None:
-    item = to_item(stored_event(), shards=8, retention_days=30)
-
-    assert "trace_id" not in item
-    assert "span_id" not in item
-    assert "attributes" not in item
-
-
-@pytest.mark.parametrize(
-    ("timestamp", "expected"),
-    [
-        (0, "1970-01-01T00:00:00.000Z"),
-        (NOW_MS + 7, "2024-05-01T12:00:00.007Z"),
-        (NOW_MS + 999, "2024-05-01T12:00:00.999Z"),
-        (10**13 - 1, "2286-11-20T17:46:39.999Z"),
-    ],
-    ids=["epoch", "leading-zero-ms", "999-ms", "last-valid-ms"],
-)
-def test_stored_timestamp_is_iso8601_utc_with_ms_and_z(timestamp: int, expected: str) -> None:
-    item = to_item(stored_event(timestamp=timestamp), shards=8, retention_days=30)
-
-    assert item["timestamp"] == {"S": expected}
-
-
-@pytest.mark.parametrize(
-    ("timestamp", "retention_days", "expected"),
-    [
-        (NOW_MS + 999, 30, 1_714_564_800 + 30 * 86400),
-        (NOW_MS, 1, 1_714_564_800 + 86400),
-        (1999, 365, 1 + 365 * 86400),
-    ],
-    ids=["default-30-days-ms-dropped", "one-day", "one-year"],
-)
-def test_expires_at_is_timestamp_seconds_plus_retention_days(
-    timestamp: int, retention_days: int, expected: int
-) -> None:
-    item = to_item(stored_event(timestamp=timestamp), shards=8, retention_days=retention_days)
-
-    assert item["expires_at"] == {"N": str(expected)}
-
-
-def test_from_item_round_trips_the_values_of_to_item() -> None:
-    attributes = {
-        "region": "eu",
-        "empty": "",
-        "attempt": 3,
-        "negative": -7,
-        "big": 10**38 - 1,
-        "ratio": 0.5,
-        "small": 1e-05,
-        "large": 1e16,
-        "whole_float": 2.0,
-        "cached": True,
-        "stale": False,
-    }
-    event = stored_event(
-        message="naïve ☃ message",
-        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
-        span_id="00f067aa0ba902b7",
-        attributes=attributes,
-    )
-
-    read = from_item(to_item(event, shards=8, retention_days=30))
-
-    assert read == {
-        "id": "ev-1",
-        "service": "checkout",
-        "level": "info",
-        "message": "naïve ☃ message",
-        "timestamp": "2024-05-01T12:00:00.789Z",
-        "ingested_at": "2024-05-01T12:00:01.000Z",
-        "expires_at": 1_714_564_800 + 30 * 86400,
-        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
-        "span_id": "00f067aa0ba902b7",
-        # Beyond 64 bits a JSON reader would round the number: its digits come as text.
-        "attributes": {**attributes, "big": str(10**38 - 1)},
-    }
-    assert {name: type(value) for name, value in read["attributes"].items()} == {
-        name: type(value) for name, value in attributes.items() if name != "big"
-    } | {"big": str}
-
-
 # --- SQS envelope ----------------------------------------------------------------------------
 
 
@@ -767,7 +583,10 @@ def test_event_problem_names_why_an_envelope_event_can_never_be_stored(
     found = event_problem(event)
     if problem is None:
         assert found is None
-        to_item(event, shards=8, retention_days=30)
+        assert make_blocks([event]) == (
+            [block_of(event["service"], hour(event["timestamp"]), [event])],
+            [],
+        )
     else:
         assert found is not None and problem in found
 
@@ -790,6 +609,7 @@ def test_event_problem_of_something_that_is_not_an_object() -> None:
             {"s": "\u00e9t\u00e9 \u20ac \U0001f600", "n": Decimal("-1.2345678901234567891e300")},
         ),
         ('{"d": "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668" }', None),
+        ('{"n": 1.2345678901234567891e5}', {"n": Decimal("123456.78901234567891")}),
     ],
     ids=[
         "small-int",
@@ -800,6 +620,7 @@ def test_event_problem_of_something_that_is_not_an_object() -> None:
         "digits-in-a-string",
         "non-ascii-text-then-a-long-decimal",
         "non-ascii-digits",
+        "long-decimal-with-exponent",
     ],
 )
 def test_loads_exact_keeps_every_digit(text: str, expected: dict[str, Any] | None) -> None:
@@ -808,6 +629,39 @@ def test_loads_exact_keeps_every_digit(text: str, expected: dict[str, Any] | Non
     assert loads_exact(text.encode()) == expected
     parsed = loads_exact(text)
     assert {k: type(v) for k, v in parsed.items()} == {k: type(v) for k, v in expected.items()}
+
+
+@pytest.mark.parametrize(
+    ("text", "slow"),
+    [
+        ('{"id": "r1-51776904757547767cb804f5"}', False),
+        ('{"a": "x_1234567890123456789_y"}', False),
+        ('{"a": "run-1234567890123456789"}', False),
+        ('{"m": "order 12345678901234567 done"}', True),
+        ('{"n": 12345678901234567890123}', True),
+        ("[1.234567890123456789e5]", True),
+        ('{"n": 1234567890123456}', True),
+    ],
+    ids=["hex-id", "underscores", "before-a-quote", "spaced-in-text", "big-int", "exp", "16"],
+)
+def test_only_a_run_that_can_be_a_number_takes_the_exact_parse(text: str, slow: bool) -> None:
+    from logpipe.core import models
+
+    assert bool(models._LONG_NUMBER.search(text)) is slow
+    assert bool(models._LONG_BYTES.search(text.encode())) is slow
+    assert loads_exact(text) == orjson.loads(text) or slow
+
+
+def test_the_run_by_run_search_finds_what_the_pattern_finds_in_the_whole_text() -> None:
+    from logpipe.core import models
+
+    rng = random.Random(1)
+    alphabet = b'0123456789.eE"_-, :x[]{}'
+    texts = [bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(20000)]
+    texts += [b"1" * n + tail for n in (15, 16, 40) for tail in (b"", b"a", b"e", b",")]
+    for text in texts:
+        assert models._has_long_number(text) is bool(models._LONG_BYTES.search(text)), text
+    assert any(models._has_long_number(t) for t in texts)
 
 
 def test_loads_exact_refuses_what_orjson_refuses() -> None:
@@ -830,9 +684,12 @@ def test_exact_numbers_go_through_the_envelope_unchanged() -> None:
         "big": Decimal("-123456789012345678901234"),
         "dec": Decimal("1.10000000000000000001"),
     }
-    assert to_item(back, shards=8, retention_days=30)["attributes"]["M"] == {
-        "big": {"N": "-123456789012345678901234"},
-        "dec": {"N": "1.10000000000000000001"},
+    [block], _ = make_blocks([back])
+    [stored] = decode_body(body_item(block, shards=2, retention_days=30))
+    assert stored["attributes"] == back["attributes"]
+    assert stored_block_event(stored)["attributes"] == {
+        "big": "-123456789012345678901234",
+        "dec": "1.10000000000000000001",
     }
 
 
@@ -847,26 +704,6 @@ def test_an_event_with_an_id_and_no_timestamp_is_flagged_for_its_first_timestamp
     event = normalise(raw_event(**changes), NOW_MS)
 
     assert event.get(ASSIGNED_TIMESTAMP, False) is flagged
-
-
-def test_item_size_counts_utf8_bytes_of_names_and_values() -> None:
-    # 8 names and values, each counted in UTF-8 bytes (a lone surrogate as its 3 bytes);
-    # a map counts 3 plus, per entry, its key, value and 1; a number (digits + 1) // 2 + 1.
-    item = {
-        "pk": {"S": "api#2026-01-01T00#3"},
-        "message": {"S": "\u00e9t\u00e9 \u20ac \U0001f600 \ud800"},
-        "expires_at": {"N": "1767225600"},
-        "attributes": {"M": {"\u00e9": {"S": "x"}, "ok": {"BOOL": True}, "n": {"N": "-12.50"}}},
-    }
-    expected = (
-        (2 + 19)
-        + (7 + len("\u00e9t\u00e9 \u20ac \U0001f600 ".encode()) + 3)
-        + (10 + (8 + 1) // 2 + 1)  # trailing zeros do not count
-        + (10 + 3 + (2 + 1 + 1) + (2 + 1 + 1) + (1 + (3 + 1) // 2 + 1 + 1))
-    )
-    assert item_size(item) == expected
-    assert write_units(item) == 1
-    assert write_units({"message": {"S": "\u20ac" * 400}}) == 2  # 1207 bytes
 
 
 @pytest.mark.parametrize(
@@ -932,51 +769,3 @@ def test_encoded_events_never_carry_raw_noncharacters(message: str) -> None:
     data = encode_event(normalise({"service": "s", "message": message}, NOW_MS))
     assert b"\xef\xbf\xbe" not in data and b"\xef\xbf\xbf" not in data
     assert orjson.loads(data)["message"] == message
-
-
-def _reference_size(name: str, typed: dict[str, Any]) -> int:
-    """DynamoDB's sizing rules, written out part by part (the fast path must agree)."""
-    size = len(name.encode("utf-8", "surrogatepass"))
-    kind, value = next(iter(typed.items()))
-    if kind == "S":
-        return size + len(value.encode("utf-8", "surrogatepass"))
-    if kind == "N":
-        digits = Decimal(value).normalize().as_tuple().digits
-        return size + (len(digits) + 1) // 2 + 1 if Decimal(value) != 0 else size + 1
-    if kind == "M":
-        return size + 3 + sum(_reference_size(k, v) + 1 for k, v in value.items())
-    return size + 1
-
-
-SIZED_ITEMS: dict[str, dict[str, Any]] = {
-    "ascii": {"pk": {"S": "svc#2026-01-01T00#1"}, "message": {"S": "hello world"}},
-    "empty strings": {"message": {"S": ""}, "id": {"S": "x"}},
-    "integers": {"a": {"N": "0"}, "b": {"N": "1000"}, "c": {"N": "-7"}, "d": {"N": "123456789"}},
-    "decimals": {"a": {"N": "-12.50"}, "b": {"N": "0.001"}, "c": {"N": "1E-130"}},
-    "map": {"attributes": {"M": {"k": {"S": "v"}, "n": {"N": "42"}, "b": {"BOOL": False}}}},
-    "nested map": {"attributes": {"M": {"outer": {"M": {"inner": {"S": "deep"}}}}}},
-    "empty map": {"attributes": {"M": {}}},
-    "unicode value": {"message": {"S": "gr\u00fc\u00dfe \u6771\u4eac \U0001f680"}},
-    "unicode key": {"attributes": {"M": {"\u00e9t\u00e9": {"S": "summer"}}}},
-    "bench event": to_item(
-        stored_event(attributes={"http.status_code": 200, "duration_ms": 0, "region": "eu-west-1"}),
-        shards=8,
-        retention_days=30,
-    ),
-}
-
-
-@pytest.mark.parametrize("name", list(SIZED_ITEMS))
-def test_item_size_agrees_with_the_rules_part_by_part(name: str) -> None:
-    item = SIZED_ITEMS[name]
-
-    assert item_size(item) == sum(_reference_size(k, v) for k, v in item.items())
-
-
-def test_to_item_with_the_planned_key_is_the_item_without_it() -> None:
-    event = stored_event(trace_id="ab", attributes={"a": "x", "n": 2**70, "f": 0.25, "b": True})
-
-    planned = to_item(event, shards=8, retention_days=30, key=item_key(event, 8))
-
-    assert planned == to_item(event, shards=8, retention_days=30)
-    assert planned["attributes"]["M"]["n"] == {"N": str(2**70)}

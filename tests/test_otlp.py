@@ -43,11 +43,11 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core import otlp
-from logpipe.core.models import MAX_ATTRIBUTES, from_item, normalise
+from logpipe.core.models import MAX_ATTRIBUTES, normalise
 from logpipe.errors import BodyError
 from logpipe.ingest.app import validate
 from logpipe.process.processor import Processor
-from tests.support.aws import scan_items
+from tests.support.aws import scan_events
 
 pytestmark = pytest.mark.aws
 
@@ -620,7 +620,7 @@ async def stored_events(clients: Clients, settings: Settings) -> list[dict[str, 
     """Drain the queue into the table with a processor in burst mode; every stored event."""
     url = await queue_url(clients.sqs, settings.queue_name)
     await Processor(settings, clients, url).run_until_empty()
-    return [from_item(item) for item in await scan_items(clients, settings.table_name)]
+    return await scan_events(clients, settings.table_name)
 
 
 async def assert_healthy_and_queue_empty(

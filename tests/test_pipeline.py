@@ -20,7 +20,7 @@ from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.models import encode_event, normalise, pack_envelope
 from logpipe.dev.processes import free_port
-from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.aws import make_event, queue_counts, scan_events
 from tests.support.roles import Roles
 from tests.support.wait import wait_until
 
@@ -64,7 +64,7 @@ async def drive(
 
 
 async def stored_ids(clients: Clients, settings: Settings) -> list[str]:
-    return [item["id"]["S"] for item in await scan_items(clients, settings.table_name)]
+    return [item["id"] for item in await scan_events(clients, settings.table_name)]
 
 
 async def wait_stored(

@@ -25,17 +25,13 @@ from logpipe.core.models import (
     encode_event,
     event_problem,
     item_fixed_bytes,
-    item_size,
     loads_exact,
     normalise,
     pack_envelope,
     plain_size,
-    to_item,
     unpack_checked,
     unpack_events,
-    write_units,
 )
-from logpipe.process.processor import Tracker, _units, plan_writes
 
 pytestmark = pytest.mark.unit
 
@@ -168,12 +164,11 @@ def events() -> dict[str, Any]:
         "text": "event",
         "null": None,
     }
-    # Items around one write unit: ASCII, 2-, 3- and 4-byte characters.
-    base = item_size(to_item(stored(""), 8, 30))  # type: ignore[arg-type]
+    # Messages of about 1 and 2 KB: ASCII, 2-, 3- and 4-byte characters.
     for char in ("a", "\u00e9", "\u20ac", "\U0001f680"):
         width = len(char.encode())
         for target in (1000, 1023, 1024, 1025, 2048, 2049):
-            count, rest = divmod(target - base, width)
+            count, rest = divmod(target, width)
             table[f"{char!a} to {target} bytes"] = stored(char * count + "a" * rest)
     return table
 
@@ -213,12 +208,10 @@ def test_the_shortcut_judges_as_the_general_checks(
                 continue
             assert expected is None
             assert (size < 0) == has_float(event)
-            item = to_item(event, shards, retention_days)
-            assert item_size(item) <= abs(size)
             assert len(dumps_exact(event)) <= MAX_EVENT_BYTES
 
 
-def test_the_table_reaches_both_paths_and_both_sides_of_one_unit(
+def test_the_table_reaches_both_paths(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fixed = item_fixed_bytes(8, 30)
@@ -235,14 +228,6 @@ def test_the_table_reaches_both_paths_and_both_sides_of_one_unit(
         "wide attributes",
         "ingested_at null",
     } <= storable - plain
-    units = {
-        write_units(to_item(EVENTS[n], 8, 30))
-        for n in plain
-        if abs(plain_size(EVENTS[n], fixed)) <= 1024
-    }
-    assert units == {1}
-    sizes = {item_size(to_item(EVENTS[n], 8, 30)) for n in plain}
-    assert {1023, 1024, 1025} <= sizes  # the bound is what decides, not the size
 
 
 def encodable(event: Any) -> bool:
@@ -323,7 +308,6 @@ def test_unpacking_with_the_shortcut_equals_the_general_path(
     assert repr(bad) == repr(expected[1])
     assert len(bounds) == len(good)
     for event, bound in zip(good, bounds, strict=True):
-        assert item_size(to_item(event, 8, 30)) <= bound
         if bound == UNKNOWN_SIZE:
             assert not plain_size(event, item_fixed_bytes(8, 30))
 
@@ -333,16 +317,3 @@ def test_long_numbers_keep_their_digits() -> None:
     assert good[1]["attributes"]["duration_ms"] == Decimal("12345678901234567890123456789")
     good, _, _ = unpack_checked(BODIES["long number 0.1000"], 8, 30)
     assert good[1]["attributes"]["duration_ms"] == Decimal("0.1000000000000000055511151231257827")
-
-
-@pytest.mark.parametrize("name", [n for n, e in EVENTS.items() if type(e) is dict and encodable(e)])
-def test_write_units_from_the_bound_are_the_items_own(name: str) -> None:
-    event = EVENTS[name]
-    body = dumps_exact({"v": 1, "events": [event, {**event, "id": "other"}]}).decode()
-    good, bounds, _ = unpack_checked(body, 8, 30)
-    tracker = Tracker({}, pending=len(good))
-    writes = plan_writes([(tracker, good, bounds)], 8)
-    items = {w.key: to_item(w.event, 8, 30, w.key) for w in writes}
-    for write in writes:
-        assert _units([write], items) == write_units(items[write.key])
-    assert _units(writes, items) == sum(map(write_units, items.values()))

@@ -18,7 +18,7 @@ from logpipe.core.models import EnvelopeError, encode_event, normalise, pack_env
 from logpipe.dev.faults import Faults
 from logpipe.dev.switches import Switches
 from logpipe.process.processor import Processor, decode_message, redelivery_delay
-from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.aws import make_event, queue_counts, scan_events
 
 pytestmark = pytest.mark.aws
 
@@ -40,7 +40,7 @@ async def _receive_all(clients: Clients, url: str, expected: int) -> list[dict[s
 
 
 async def _stored_ids(clients: Clients, settings: Settings) -> list[str]:
-    return sorted(i["id"]["S"] for i in await scan_items(clients, settings.table_name))
+    return sorted(i["id"] for i in await scan_events(clients, settings.table_name))
 
 
 async def test_an_event_in_two_messages_is_written_once_and_both_messages_are_deleted(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import random
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -15,10 +16,10 @@ import pytest
 from logpipe.aws.clients import Clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.models import from_item, item_key, normalise, to_item
+from logpipe.core.block import block_items, make_blocks
+from logpipe.core.models import normalise
 from logpipe.core.query import (
     MAX_HOURS,
-    LogQuery,
     QueryError,
     _mac,
     decode_cursor,
@@ -26,10 +27,8 @@ from logpipe.core.query import (
     hour_bucket,
     hour_buckets,
     hour_starts,
-    hours_ahead,
     parse_query,
     parse_time,
-    sort_key_range,
 )
 from logpipe.read.reader import Page, Reader
 from tests.support.aws import make_event
@@ -47,12 +46,21 @@ def ms(text: str) -> int:
 
 
 async def store_events(
-    clients: Clients, settings: Settings, events: Iterable[dict[str, Any]]
+    clients: Clients,
+    settings: Settings,
+    events: Iterable[dict[str, Any]],
+    per_message: int = 10,
+    shuffle: bool = True,
 ) -> None:
-    """Write events as the processor would (same key and item), 25 per BatchWriteItem."""
-    items = [
-        to_item(normalise(e, now_ms=NOW), settings.shards, settings.retention_days) for e in events
-    ]
+    """Write events as the processor would: the events of each message (here `per_message`
+    of them; shuffled first, so that blocks overlap in time) as blocks."""
+    shuffled = [normalise(e, now_ms=NOW) for e in events]
+    if shuffle:
+        random.Random(7).shuffle(shuffled)
+    items = []
+    for start in range(0, len(shuffled), per_message):
+        message = shuffled[start : start + per_message]
+        items.extend(block_items(message, settings.shards, settings.retention_days))
     for start in range(0, len(items), 25):
         requests = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
         response = await clients.dynamodb.batch_write_item(
@@ -208,52 +216,12 @@ def test_hour_starts_are_the_hours_of_the_buckets() -> None:
 
 
 @pytest.mark.parametrize(
-    ("found", "want", "covered_ms", "most", "expected"),
-    [
-        (0, 101, 0, 2, 2),
-        (0, 101, 3 * HOUR, 2, 2),
-        (50, 101, HOUR // 2, 2, 1),
-        (100, 101, HOUR, 4, 1),
-        (10, 101, HOUR, 2, 2),
-        (5, 101, HOUR, 100, 20),
-        (100, 101, 1, 2, 1),
-    ],
-    ids=[
-        "nothing-yet",
-        "empty-hours",
-        "dense-half-hour",
-        "one-more-needed",
-        "sparse-capped",
-        "sparse-uncapped",
-        "very-dense",
-    ],
-)
-def test_hours_fetched_ahead_follow_the_density_seen_so_far(
-    found: int, want: int, covered_ms: int, most: int, expected: int
-) -> None:
-    assert hours_ahead(found, want, covered_ms, most) == expected
-
-
-@pytest.mark.parametrize(
     "timestamp", [0, T0 - 1, T0, T0 + 1, T0 + HOUR - 1, 1_798_761_599_999, 9_999_999_999_999]
 )
 def test_hour_bucket_is_the_one_the_writer_puts_in_the_partition_key(timestamp: int) -> None:
-    pk, _ = item_key({"service": "svc", "id": "x", "timestamp": timestamp}, 8)
-    assert pk.split("#")[1] == hour_bucket(timestamp)
-
-
-@pytest.mark.parametrize(
-    ("query", "expected"),
-    [
-        (LogQuery("svc", T0, T0 + 999), (f"{T0:013d}", f"{T0 + 1000:013d}")),
-        (LogQuery("svc", 0, 5, position="0000000000004#id"), ("0000000000000", "0000000000004#id")),
-    ],
-    ids=["window", "after-a-page"],
-)
-def test_sort_key_range_spans_the_window_or_continues_below_the_position(
-    query: LogQuery, expected: tuple[str, str]
-) -> None:
-    assert sort_key_range(query) == expected
+    event = normalise(make_event(1, timestamp=timestamp), now_ms=timestamp)
+    block = make_blocks([event])[0][0]
+    assert block.pk(8).split("#")[1] == hour_bucket(timestamp)
 
 
 def test_a_cursor_continues_the_same_window_below_its_position() -> None:
@@ -422,10 +390,10 @@ async def read_all(reader: Reader, params: dict[str, str]) -> tuple[list[str], i
         query = parse_query({**params, **({"cursor": cursor} if cursor else {})}, NOW, SECRET)
         page = await reader.read(query)
         pages += 1
-        ids.extend(from_item(i)["id"] for i in page.items)
+        ids.extend(e["id"] for e in page.events)
         if page.cursor is None:
             return ids, pages
-        assert len(page.items) == query.limit
+        assert len(page.events) == query.limit
         cursor = page.cursor
 
 
@@ -451,7 +419,7 @@ async def test_events_come_back_newest_first_across_shards_and_hours(
 
     page = await reader.read(parse_query(window(T0, T0 + 6 * HOUR, limit="1000"), NOW, SECRET))
 
-    assert [from_item(i)["id"] for i in page.items] == newest_first(events)
+    assert [e["id"] for e in page.events] == newest_first(events)
     assert page.cursor is None
 
 
@@ -494,7 +462,7 @@ async def test_window_bounds_are_inclusive_to_the_millisecond(
 
     page = await reader.read(parse_query(window(T0, T0 + 10_000), NOW, SECRET))
 
-    assert [from_item(i)["id"] for i in page.items] == ["ev-00000003", "ev-00000002", "ev-00000001"]
+    assert [e["id"] for e in page.events] == ["ev-00000003", "ev-00000002", "ev-00000001"]
 
 
 async def test_other_services_events_are_not_returned(
@@ -504,8 +472,8 @@ async def test_other_services_events_are_not_returned(
 
     page = await reader.read(parse_query(window(T0, T0 + HOUR), NOW, SECRET))
 
-    assert {from_item(i)["service"] for i in page.items} == {"svc"}
-    assert len(page.items) == 10
+    assert {e["service"] for e in page.events} == {"svc"}
+    assert len(page.events) == 10
 
 
 async def test_a_full_page_in_the_newest_hour_reads_few_partitions_and_never_scans(
@@ -523,10 +491,12 @@ async def test_a_full_page_in_the_newest_hour_reads_few_partitions_and_never_sca
         parse_query(window(T0 - 23 * HOUR, T0 + HOUR - 1, limit="100"), NOW, SECRET)
     )
 
-    assert len(page.items) == 100
-    assert set(operations) == {"Query"}
-    # The newest hour's 8 shards, plus the next hour fetched ahead: not all 24 x 8 partitions.
-    assert len(operations) <= 2 * settings.shards
+    assert len(page.events) == 100
+    # The newest hour's summaries, one Query a shard, not all 24 hours; then its 30 blocks'
+    # bodies (they overlap: each was a message of 10 events from all over the 5 minutes).
+    assert operations.count("Query") == settings.shards
+    assert operations.count("BatchGetItem") == 2
+    assert len(operations) == settings.shards + 2
 
 
 async def test_a_dense_service_reads_only_the_hours_the_page_needs(
@@ -542,14 +512,14 @@ async def test_a_dense_service_reads_only_the_hours_the_page_needs(
 
     page = await reader.read(parse_query(window(T0 - 12 * HOUR, T0 + HOUR // 2 - 1), NOW, SECRET))
 
-    assert [from_item(i)["id"] for i in page.items] == newest_first(events)[:100]
+    assert [e["id"] for e in page.events] == newest_first(events)[:100]
     # The half hour (50 events) and the hour before it: two hours of 8 shards, no third.
     assert len(calls) == 2 * settings.shards
 
 
 async def test_an_empty_window_answers_no_events_and_no_cursor(reader: Reader) -> None:
     page = await reader.read(parse_query(window(T0, T0 + 24 * HOUR), NOW, SECRET))
-    assert (page.items, page.cursor) == ([], None)
+    assert (page.events, page.cursor) == ([], None)
 
 
 async def test_fewer_shards_than_the_default_are_read_the_same_way(
@@ -634,7 +604,7 @@ async def test_registry_items_never_appear_in_a_search(
 ) -> None:
     await ServiceRegistry(clients.dynamodb, settings.table_name, 30).note(["svc"])
     page = await reader.read(parse_query({"service": "svc", "since": "2h"}, NOW, SECRET))
-    assert page.items == []
+    assert page.events == []
 
 
 async def test_noting_services_when_the_table_is_missing_logs_and_does_not_raise(
@@ -669,7 +639,7 @@ async def test_a_month_of_an_empty_service_answers_within_the_budget_with_a_curs
 
     page = await reader.read(parse_query({"service": "nobody", "since": "31d"}, NOW, SECRET))
 
-    assert (page.items, page.complete) == ([], False)
+    assert (page.events, page.complete) == ([], False)
     assert page.cursor is not None
     assert reader.query_calls <= 48
     # The cursor goes on below the hours already searched, inside the same window.
@@ -678,27 +648,28 @@ async def test_a_month_of_an_empty_service_answers_within_the_budget_with_a_curs
 
 
 @pytest.mark.parametrize(
-    ("budget", "filtered_page_items", "params", "inside_an_hour"),
+    ("budget", "bodies_per_call", "params"),
     [
-        (8, 1000, {"limit": "7"}, False),
-        (9, 3, {"level": "error", "limit": "4"}, True),
-        (16, 2, {"q": "request", "limit": "25"}, True),
+        (4, 1, {"limit": "7"}),
+        (4, 2, {"level": "error", "limit": "4"}),
+        (5, 1, {"q": "REQUEST", "limit": "25"}),
     ],
-    ids=["an-hour-a-read", "shards-stall-inside-an-hour", "pages-inside-an-hour"],
+    ids=["a-block-a-read", "level-filter", "text-filter"],
 )
 async def test_reads_stopped_by_the_budget_still_cover_every_event_once_in_order(
     clients: Clients,
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
     budget: int,
-    filtered_page_items: int,
+    bodies_per_call: int,
     params: dict[str, str],
-    inside_an_hour: bool,
 ) -> None:
-    # Few items per filtered Query, so shards need several Queries and run out part-way.
-    monkeypatch.setattr("logpipe.read.reader.FILTERED_PAGE_ITEMS", filtered_page_items)
+    # Few bodies per BatchGetItem, so an hour needs several reads and the budget runs out
+    # part-way through it.
+    monkeypatch.setattr("logpipe.read.reader.BODIES_PER_CALL", bodies_per_call)
     events = spread(160, step_ms=97_000)  # about 4.3 hours, every shard
-    await store_events(clients, settings, events)
+    # Messages of events in time order, as a service's own logs arrive: blocks barely overlap.
+    await store_events(clients, settings, events, shuffle=False)
     reader = budget_reader(clients, settings, budget=budget, deadline_s=60)
     query = window(T0 - HOUR, T0 + 6 * HOUR, **params)
     ids: list[str] = []
@@ -710,7 +681,7 @@ async def test_reads_stopped_by_the_budget_still_cover_every_event_once_in_order
             parse_query({**query, **({"cursor": cursor} if cursor else {})}, NOW, SECRET)
         )
         assert reader.query_calls - before <= budget
-        ids.extend(from_item(i)["id"] for i in page.items)
+        ids.extend(e["id"] for e in page.events)
         if not page.complete:
             assert page.cursor is not None
             stops.append(
@@ -722,12 +693,43 @@ async def test_reads_stopped_by_the_budget_still_cover_every_event_once_in_order
 
     level, q = params.get("level"), params.get("q")
     expected = [
-        e for e in events if (not level or e["level"] == level) and (not q or q in e["message"])
+        e
+        for e in events
+        if (not level or e["level"] == level) and (not q or q.lower() in e["message"].lower())
     ]
     assert ids == newest_first(expected)
     assert stops
-    # An hour's boundary is a bare time; inside an hour, the sort key a stalled shard reached.
-    assert any("#" in stop for stop in stops) == inside_an_hour
+
+
+async def test_blocks_that_all_overlap_are_read_past_the_budget_only_as_far_as_progress_needs(
+    clients: Clients, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every message holds events from all over one hour: each block reaches every point of
+    # it, so nothing can be returned before every block of the hour is read.
+    monkeypatch.setattr("logpipe.read.reader.BODIES_PER_CALL", 2)
+    events = spread(120, step_ms=29_000)  # 58 minutes: 12 blocks of 10, all overlapping
+    await store_events(clients, settings, events)
+    reader = budget_reader(clients, settings, budget=3, deadline_s=60)
+    query = window(T0, T0 + HOUR - 1, limit="50")
+    ids: list[str] = []
+    reads: list[int] = []
+    cursor = None
+    while True:
+        before = reader.query_calls
+        page = await reader.read(
+            parse_query({**query, **({"cursor": cursor} if cursor else {})}, NOW, SECRET)
+        )
+        reads.append(reader.query_calls - before)
+        ids.extend(e["id"] for e in page.events)
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+
+    assert ids == newest_first(events)
+    # A page reads past its budget at most the hour's summaries (a Query a shard) and its 12
+    # bodies, two a call; and each page moves past at least one block.
+    assert max(reads) <= settings.shards + 6
+    assert len(reads) <= 12
 
 
 async def test_past_its_deadline_a_read_finishes_the_first_hour_and_stops(
@@ -748,7 +750,7 @@ async def test_past_its_deadline_a_read_finishes_the_first_hour_and_stops(
         cursor = page.cursor
 
     assert len(pages) == 6  # one hour bucket each: every answer moved the search on
-    assert [len(p.items) for p in pages] == [0, 0, 0, 1, 0, 0]
+    assert [len(p.events) for p in pages] == [0, 0, 0, 1, 0, 0]
     assert [p.complete for p in pages] == [False] * 5 + [True]
 
 

@@ -22,19 +22,18 @@ from hypothesis import strategies as st
 from logpipe.aws.bootstrap import bootstrap, queue_url
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
+from logpipe.core.block import body_item, item_bytes, make_blocks
 from logpipe.core.models import (
     EnvelopeError,
     dead_letter_body,
     encode_event,
-    item_size,
     normalise,
     pack_envelope,
-    to_item,
 )
 from logpipe.dev import promtext
 from logpipe.errors import ConfigError
 from logpipe.process.processor import Processor, split_message
-from tests.support.aws import make_event, queue_counts, scan_items
+from tests.support.aws import make_event, queue_counts, scan_events
 from tests.support.roles import Roles
 from tests.support.wait import wait_until
 
@@ -48,7 +47,7 @@ def _envelope(numbers: range) -> str:
 
 
 async def _ids(clients: Clients, settings: Settings) -> list[str]:
-    return sorted(i["id"]["S"] for i in await scan_items(clients, settings.table_name))
+    return sorted(i["id"] for i in await scan_events(clients, settings.table_name))
 
 
 async def _metric(http: aiohttp.ClientSession, settings: Settings, name: str) -> float:
@@ -141,8 +140,10 @@ def test_decoding_any_body_gives_storable_events_reasons_or_an_envelope_error(
         good, bad = split_message(message)
     except EnvelopeError:
         return
-    for storable in good:
-        assert item_size(to_item(storable, shards=8, retention_days=30)) < 400 * 1024
+    blocks, refused = make_blocks(good)
+    assert refused == []
+    for block in blocks:
+        assert item_bytes(body_item(block, shards=8, retention_days=30)) < 400 * 1024
     for event, reason in bad:
         assert reason
         assert orjson.loads(dead_letter_body(event, reason))["reason"] == reason

@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.aws.errors import NO_QUEUE_CODES, classify, error_code
 from logpipe.config import Settings
+from logpipe.core.block import FORMAT
 from logpipe.core.retry import RetryPolicy, retry_call
 from logpipe.errors import ConfigError
 
@@ -85,14 +86,16 @@ async def _put_shards(dynamodb: Any, table: str, proposed: int) -> int:
     try:
         await dynamodb.put_item(
             TableName=table,
-            Item={**CONFIG_KEY, "shards": {"N": str(proposed)}},
+            Item={**CONFIG_KEY, "shards": {"N": str(proposed)}, "format": {"S": FORMAT}},
             ConditionExpression="attribute_not_exists(pk)",
             ReturnValuesOnConditionCheckFailure="ALL_OLD",
         )
     except ClientError as exc:
         if error_code(exc) != "ConditionalCheckFailedException":
             raise
-        stored = int(exc.response["Item"]["shards"]["N"])
+        stored_item = exc.response["Item"]
+        check_format(stored_item, table)
+        stored = int(stored_item["shards"]["N"])
         if stored != proposed:
             log.warning(
                 "LOGPIPE_SHARDS is %d but table %s was made with %d shards: using %d",
@@ -102,15 +105,30 @@ async def _put_shards(dynamodb: Any, table: str, proposed: int) -> int:
                 stored,
             )
         return stored
-    log.info("table %s: shard count %d stored", table, proposed)
+    log.info("table %s: shard count %d stored, format %s", table, proposed, FORMAT)
     return proposed
 
 
+def check_format(config: dict[str, Any], table: str) -> None:
+    """ConfigError unless the table's config item says it stores this version's format."""
+    stored = config.get("format", {}).get("S", "items (one per event)")
+    if stored != FORMAT:
+        raise ConfigError(
+            f"table {table} stores events as {stored}, this logpipe writes {FORMAT}: "
+            "set LOGPIPE_TABLE_NAME to a new table (logpipe bootstrap creates it), or run "
+            "the logpipe version that wrote it"
+        )
+
+
 async def read_table_shards(dynamodb: Any, table: str, default: int) -> int:
-    """The stored shard count of `table` (GetItem, for readers), or `default` if none is."""
+    """The stored shard count of `table` (GetItem, for readers), or `default` if none is;
+    ConfigError when the table holds another storage format."""
     response = await dynamodb.get_item(TableName=table, Key=CONFIG_KEY, ConsistentRead=True)
     item = response.get("Item")
-    return int(item["shards"]["N"]) if item else default
+    if not item:
+        return default
+    check_format(item, table)
+    return int(item["shards"]["N"])
 
 
 async def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:

@@ -6,8 +6,7 @@ import json
 import math
 import os
 import re
-import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, Required, TypedDict
@@ -37,9 +36,11 @@ _DDB_DIGITS = 38
 _DDB_INT_LIMIT = 10**_DDB_DIGITS
 # A number of 16 or more digits may not survive a float (orjson reads big integers as floats).
 # A JSON number starts after ':', '[', ',' or a space, never after a letter, digit, '"' or
-# '.': so hex ids and digests in strings do not send a body down the slow path.
-_LONG_NUMBER = re.compile(r'(?<![\w".])\d(?:\.?\d){15}')
-_LONG_BYTES = re.compile(rb'(?<![\w".])\d(?:\.?\d){15}')
+# '.', and ends before a space, ',', ']', '}' or its exponent, never before another letter,
+# '_' or '"': so hex ids and digests in strings do not send a body down the slow path.
+_LONG_RUN = r'(?<![\w".])\d(?:\.?\d){15,}(?![0-9A-DF-Za-df-z_"])'
+_LONG_NUMBER = re.compile(_LONG_RUN)
+_LONG_BYTES = re.compile(_LONG_RUN.encode())
 _INT64 = range(-(2**63), 2**64)
 _INT64_MIN_ABS, _INT64_END = 2**63, 2**64
 # Every ASCII digit and "." to NUL, the rest to 0x01: a body whose translation holds no run of
@@ -96,16 +97,33 @@ def exact_document(data: bytes | str, doc: Any, long_runs: bool | None = None) -
     if long_runs is False:
         return doc
     raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
-    if long_runs is None and _SIXTEEN_DIGITS not in raw.translate(_DIGIT_RUNS):
-        return doc
-    long = _LONG_BYTES.search(data) if isinstance(data, bytes) else _LONG_NUMBER.search(data)
-    if long is None:
+    if not _has_long_number(raw):
         return doc
     del doc  # the caller's copy aside, never two parsed copies of one body at once
     try:
         return json.loads(data, parse_float=_exact_float, parse_int=_exact_int)
     except RecursionError:
         raise orjson.JSONDecodeError("nested too deeply", "", 0) from None
+
+
+def _has_long_number(raw: bytes) -> bool:
+    """Whether `raw` holds a number orjson may have rounded (`_LONG_BYTES`). The pattern is
+    tried only on runs of 16 or more digits and dots, found in one translation of the text:
+    a body full of short numbers and ids costs no regex pass over all of it."""
+    runs = raw.translate(_DIGIT_RUNS)
+    at = runs.find(_SIXTEEN_DIGITS)
+    while at != -1:
+        start = at
+        while start > 0 and runs[start - 1] == 0:
+            start -= 1
+        end = runs.find(b"\x01", at)
+        end = len(raw) if end == -1 else end
+        # The character after the run decides too (the pattern's lookahead); the one before
+        # it is seen by the lookbehind whatever `start` is.
+        if _LONG_BYTES.search(raw, start, min(end + 1, len(raw))):
+            return True
+        at = runs.find(_SIXTEEN_DIGITS, end)
+    return False
 
 
 def _exact_float(text: str) -> float | Decimal:
@@ -583,137 +601,9 @@ def _check_stored_trace(event: dict[str, Any]) -> None:
 _STORED_LEVELS = frozenset(LEVELS.values())
 
 
-# --- DynamoDB item ---------------------------------------------------------------------------
-
-
-def shard_of(event_id: str, shards: int) -> int:
-    return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % shards
-
-
-_THIRTEEN_DIGITS = 10**12  # from 2001-09-09 on, a timestamp needs no zero padding
-
-
-def item_key(event: Mapping[str, Any], shards: int) -> tuple[str, str]:
-    """(pk, sk): a pure function of the event, so a redelivery overwrites the same item."""
-    ts = event["timestamp"]
-    event_id = event["id"]
-    pk = f"{event['service']}#{timefmt.hour(ts)}#{shard_of(event_id, shards)}"
-    return pk, f"{ts}#{event_id}" if ts >= _THIRTEEN_DIGITS else f"{ts:013d}#{event_id}"
-
-
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds as ISO 8601 UTC with millisecond precision."""
     return timefmt.iso_ms(ms)
-
-
-def to_item(
-    event: Event, shards: int, retention_days: int, key: tuple[str, str] | None = None
-) -> Item:
-    """The DynamoDB item (low-level attribute values) that stores one event; `key`, when
-    given, is `item_key(event, shards)` computed already."""
-    pk, sk = item_key(event, shards) if key is None else key
-    timestamp = event["timestamp"]
-    item: Item = {
-        "pk": {"S": pk},
-        "sk": {"S": sk},
-        "id": {"S": event["id"]},
-        "service": {"S": event["service"]},
-        "level": {"S": event["level"]},
-        "message": {"S": event["message"]},
-        "timestamp": {"S": timefmt.iso_ms(timestamp)},
-        "expires_at": {"N": str(timestamp // 1000 + retention_days * 86400)},
-    }
-    ingested_at = event.get("ingested_at")
-    if isinstance(ingested_at, int):
-        item["ingested_at"] = {"S": timefmt.iso_ms_shared(ingested_at)}
-    if "trace_id" in event:
-        item["trace_id"] = {"S": event["trace_id"]}
-    if "span_id" in event:
-        item["span_id"] = {"S": event["span_id"]}
-    attributes = event.get("attributes")
-    if attributes:
-        # Strings and integers without a call: nearly every attribute value is one. A loop,
-        # not a comprehension: Python 3.11 makes each comprehension a function call.
-        values: dict[str, Any] = {}
-        for name, value in attributes.items():
-            kind = type(value)
-            if kind is str:
-                values[name] = {"S": value}
-            elif kind is int:
-                values[name] = {"N": str(value)}
-            else:
-                values[name] = _attribute_value(value)
-        item["attributes"] = {"M": values}
-    return item
-
-
-def item_size(item: Mapping[str, Any]) -> int:
-    """Bytes DynamoDB counts for an item: attribute names plus values (its sizing rules)."""
-    # Nearly every item is ASCII: its names and strings are counted in one joined string,
-    # one byte a character; anything else is counted part by part.
-    texts: list[str] = []
-    size = _ascii_sizes(item, texts)
-    joined = "".join(texts)
-    if joined.isascii():
-        return size + len(joined)
-    size = 0
-    for name, typed in item.items():
-        size += _utf8_len(name, "strict") + _value_size(typed)
-    return size
-
-
-def _ascii_sizes(values: Mapping[str, Any], texts: list[str]) -> int:
-    """The size of `values` but for its names and strings, which go to `texts`."""
-    size = 0
-    for name, typed in values.items():
-        texts.append(name)
-        text = typed.get("S")
-        if text is not None:
-            texts.append(text)
-        elif "M" in typed:
-            entries = typed["M"]
-            size += 3 + len(entries) + _ascii_sizes(entries, texts)
-        else:
-            size += _value_size(typed)
-    return size
-
-
-def _utf8_len(text: str, errors: str = "surrogatepass") -> int:
-    # ASCII text (nearly every name and value) is one byte a character: no copy to count it.
-    return len(text) if text.isascii() else len(text.encode("utf-8", errors))
-
-
-def _value_size(typed: Mapping[str, Any]) -> int:
-    text = typed.get("S")
-    if text is not None:
-        return _utf8_len(text)
-    if "N" in typed:
-        number = typed["N"]
-        if number.isdigit():  # no sign, point or exponent: only zeros to strip
-            return (len(number.strip("0")) + 1) // 2 + 1
-        digits = number.lstrip("-").replace(".", "").split("e")[0].split("E")[0].strip("0")
-        return (len(digits) + 1) // 2 + 1
-    if "M" in typed:
-        return 3 + sum(_utf8_len(k, "strict") + _value_size(v) + 1 for k, v in typed["M"].items())
-    return 1
-
-
-# An item's size is never more than the length of its JSON (orjson's, raw UTF-8): every
-# name and string is in it with its UTF-8 bytes, plus quotes; a number's size, at most
-# (digits + 1) // 2 + 1, is below its quoted text; a boolean or null (1) is below `true`;
-# a map's 3 and 1 per entry are below its `{"M":{` `}}` and each entry's quotes and colon.
-# So an item whose JSON fits in 1 KB is one unit, without walking it.
-_ONE_UNIT_JSON = 1024
-
-
-def write_units(item: Mapping[str, Any]) -> int:
-    """Write request units to put `item`: one per started KB."""
-    try:
-        if len(orjson.dumps(item)) <= _ONE_UNIT_JSON:
-            return 1
-    except orjson.JSONEncodeError:  # bytes, lone surrogates: counted exactly below
-        pass
-    return max(1, -(-item_size(item) // 1024))
 
 
 # --- The processor's shortcut: events in the form `normalise` writes --------------------------
@@ -938,49 +828,3 @@ def _envelope_events(doc: object) -> list[Any]:
     if not isinstance(events, list):
         raise EnvelopeError("envelope has no events list")
     return events
-
-
-def _attribute_value(value: str | int | float | bool | Decimal) -> dict[str, Any]:
-    kind = type(value)  # the exact types JSON decoding yields first, without isinstance chains
-    if kind is str:
-        return {"S": value}
-    if kind is int or kind is float:
-        return {"N": str(value)}
-    if isinstance(value, bool):
-        return {"BOOL": value}
-    if isinstance(value, int | float | Decimal):
-        return {"N": str(value)}
-    return {"S": value}
-
-
-def from_item(item: Mapping[str, Any]) -> StoredEvent:
-    """A stored item as plain JSON-ready values (the read API's event shape)."""
-    event: StoredEvent = {}
-    for name, typed in item.items():
-        if name in ("pk", "sk"):
-            continue
-        if name == "attributes":
-            event[name] = {k: _plain(v) for k, v in typed["M"].items()}
-        else:
-            event[name] = _plain(typed)
-    return event
-
-
-def _plain(typed: Mapping[str, Any]) -> Any:
-    if "S" in typed:
-        return typed["S"]
-    if "BOOL" in typed:
-        return typed["BOOL"]
-    if "N" in typed:
-        return _number(typed["N"])
-    raise ValueError(f"unexpected attribute value {typed!r}")
-
-
-def _number(text: str) -> int | float | str:
-    """A stored number as int or float when that holds it exactly, else its digits as text
-    (JSON encoders and readers round anything beyond 64-bit integers and doubles)."""
-    if not any(c in text for c in ".eE"):
-        integer = int(text)
-        return integer if integer in _INT64 else text
-    number = float(text)
-    return number if Decimal(repr(number)) == Decimal(text) else text

@@ -6,7 +6,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,7 +68,7 @@ def parse_query(params: Mapping[str, str], now_ms: int, secret: bytes) -> LogQue
     `secret` signs cursors: only a cursor this process (or one sharing its
     LOGPIPE_CURSOR_SECRET) made for the same parameters is followed.
     """
-    service = _service(params.get("service"))
+    service = parse_service(params.get("service"))
     since_raw = _bounded("since", params.get("since") or DEFAULT_SINCE, MAX_TIME_CHARS)
     until_raw = _bounded("until", params.get("until") or "now", MAX_TIME_CHARS)
     level = _level(params.get("level"))
@@ -144,30 +143,8 @@ def hour_buckets(since_ms: int, until_ms: int) -> list[str]:
     return [hour_bucket(start) for start in hour_starts(since_ms, until_ms)]
 
 
-def hours_ahead(found: int, want: int, covered_ms: int, most: int) -> int:
-    """How many hours to have in flight: what the page still needs at the density seen so far.
-
-    Nothing seen yet says nothing about density, so then `most`; never fewer than one.
-    """
-    if found == 0 or covered_ms <= 0:
-        return most
-    per_hour = found * HOUR_MS / covered_ms
-    return max(1, min(most, math.ceil((want - found) / per_hour)))
-
-
 def partition_keys(service: str, hour: str, shards: int) -> list[str]:
     return [f"{service}#{hour}#{shard}" for shard in range(shards)]
-
-
-def sort_key_range(query: LogQuery) -> tuple[str, str]:
-    """(low, high) for `sk BETWEEN`: every sort key of the page lies in low <= sk < high.
-
-    No stored sort key equals `high`: it is either a bare 13-digit time (stored keys carry
-    `#id`) or the position the previous page returned, which the reader drops.
-    """
-    low = f"{query.since_ms:013d}"
-    high = query.position or f"{query.until_ms + 1:013d}"
-    return low, high
 
 
 def position_until(position: str) -> int:
@@ -239,7 +216,7 @@ def _bounded(name: str, value: str, most: int) -> str:
     return value
 
 
-def _service(value: str | None) -> str:
+def parse_service(value: str | None) -> str:
     if not value:
         raise QueryError("service is required")
     service = value.strip().lower()

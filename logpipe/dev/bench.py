@@ -28,6 +28,7 @@ from logpipe.client import Shipper
 from logpipe.config import Settings
 from logpipe.dev import promtext
 from logpipe.dev.cpu import CpuMeter, Profiler
+from logpipe.dev.events import make_events
 from logpipe.dev.faults import Faults
 from logpipe.dev.processes import (
     LOCAL_CREDENTIALS,
@@ -37,12 +38,9 @@ from logpipe.dev.processes import (
     start_moto,
     wait_http,
 )
-from logpipe.dev.report import fired, summarise, verify
+from logpipe.dev.report import fired, mean_event_bytes, summarise, verify
 
-MESSAGE_CHARS = 300
 PROGRESS_INTERVAL_S = 1.0
-SERVICES = ("checkout", "payments", "search", "inventory")
-LEVELS = ("debug", "info", "info", "info", "info", "warn", "error")
 STALL_SECONDS = 60.0
 
 
@@ -58,22 +56,9 @@ class BenchOptions:
     chaos: Faults = field(default_factory=Faults)
     profile: str | None = None
     keepalive: bool = True
-
-
-def make_events(run: str, count: int, now_ms: int) -> list[dict[str, Any]]:
-    """`count` distinct events with client ids and timestamps (so retries cannot double)."""
-    filler = "".join(random.choices("abcdefghijklmnopqrstuvwxyz      ", k=MESSAGE_CHARS))
-    return [
-        {
-            "id": f"{run}-{n:08d}",
-            "service": SERVICES[n % len(SERVICES)],
-            "level": LEVELS[n % len(LEVELS)],
-            "timestamp": now_ms + n // 100,
-            "message": f"request {n} {filler}"[:MESSAGE_CHARS],
-            "attributes": {"http.status_code": 200, "duration_ms": n % 1000, "region": "eu-west-1"},
-        }
-        for n in range(count)
-    ]
+    event_bytes: int = 1024
+    seed: int | None = None
+    pitr: bool = False
 
 
 def batches(events: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -183,11 +168,12 @@ async def run(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             )
             clients = await open_clients(stack, settings, pool=64)
             await bootstrap(clients, settings)
-            events = make_events(run_id, options.events, int(time.time() * 1000))
+            now_ms = int(time.time() * 1000)
+            events = make_events(run_id, options.events, now_ms, options.event_bytes, options.seed)
             if options.ceiling:
                 from logpipe.dev.ceiling import run_ceiling
 
-                return await run_ceiling(settings, clients, events)
+                return await run_ceiling(settings, clients, events, pitr=options.pitr)
             return await PipelineBench(settings, clients, options, log).run(events)
 
 
@@ -296,6 +282,9 @@ class PipelineBench:
             samples=samples,
             peak_rss_mb=self.peak_rss,
             cpu_us_per_event=self.cpu.per_event_us(len(events)),
+            event_bytes=mean_event_bytes(events),
+            retention_days=self.settings.retention_days,
+            pitr=self.options.pitr,
         )
         if self.options.chaos != Faults():
             result.update(await self._chaos_result(samples))

@@ -20,9 +20,10 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from logpipe.core.models import Event, pack_envelope, to_item, unpack_envelope, write_units
+from logpipe.core.block import block_items, item_bytes, write_units
+from logpipe.core.models import Event, pack_envelope, unpack_envelope
 from logpipe.dev import promtext
-from logpipe.dev.report import summarise
+from logpipe.dev.report import mean_event_bytes, summarise
 from logpipe.ingest.batcher import Pending, take_batch
 from logpipe.obs import metrics
 
@@ -44,10 +45,9 @@ def counter_deltas(
 
 
 async def run_ceiling(
-    settings: Settings, clients: Clients, events: list[dict[str, Any]]
+    settings: Settings, clients: Clients, events: list[dict[str, Any]], pitr: bool = False
 ) -> dict[str, Any]:
     url = await queue_url(clients.sqs, settings.queue_name)
-    units = sum(write_units(to_item(_envelope_event(e, 0), settings.shards, 1)) for e in events)
     before = registry_samples()
     latencies: list[float] = []
     started = time.monotonic()
@@ -62,7 +62,6 @@ async def run_ceiling(
     for task in consumers:
         task.cancel()
     await asyncio.gather(*consumers, return_exceptions=True)
-    metrics.dynamodb_write_units.inc(units)
     samples = counter_deltas(registry_samples(), before)
     latencies.sort()
     return summarise(
@@ -73,6 +72,9 @@ async def run_ceiling(
         seconds=seconds,
         samples=samples,
         latency_ms=(_percentile(latencies, 0.5), _percentile(latencies, 0.99)),
+        event_bytes=mean_event_bytes(events),
+        retention_days=settings.retention_days,
+        pitr=pitr,
     )
 
 
@@ -126,12 +128,15 @@ async def _consume(
         if not messages:
             continue
         items = []
-        ingested = []
+        ingested: list[int] = []
         for message in messages:
-            for event in unpack_envelope(message["Body"]):
-                items.append(to_item(event, settings.shards, settings.retention_days))
-                ingested.append(event["ingested_at"])
-        await asyncio.gather(*(write(items[i : i + 25]) for i in range(0, len(items), 25)))
+            events = unpack_envelope(message["Body"])
+            ingested.extend(event["ingested_at"] for event in events)
+            items.extend(block_items(events, settings.shards, settings.retention_days))
+        sizes = [item_bytes(item) for item in items]
+        metrics.dynamodb_write_units.inc(sum(map(write_units, sizes)))
+        metrics.dynamodb_stored_bytes.inc(sum(sizes))
+        await asyncio.gather(*(write(items[i : i + 24]) for i in range(0, len(items), 24)))
         now_ms = time.time() * 1000
         latencies.extend(now_ms - t for t in ingested)
         await clients.sqs.delete_message_batch(

@@ -1,6 +1,7 @@
 """The textbook pipeline `logpipe bench --naive` measures against, with the same promises:
-one SendMessage per event on the ingest side; one message per ReceiveMessage, one PutItem
-per event and one DeleteMessage per message on the processing side."""
+one SendMessage per event on the ingest side; one message per ReceiveMessage, each event
+its own block (a PutItem for its body and one for its summary) and one DeleteMessage per
+message on the processing side."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from typing import Any
 
 from logpipe.aws.errors import error_code, is_retriable
 from logpipe.config import Settings
-from logpipe.core.models import EnvelopeError, pack_envelope, write_units
+from logpipe.core.block import block_of
+from logpipe.core.models import EnvelopeError, pack_envelope
+from logpipe.core.timefmt import hour
 from logpipe.errors import QueueUnavailable
 from logpipe.obs import metrics
-from logpipe.process.processor import Processor, Tracker, decode_message, plan_writes
+from logpipe.process.processor import Processor, Tracker, _Write, decode_message
 
 
 class OnePerEventSender:
@@ -51,7 +54,7 @@ def one_per_event(sqs: Any, url: str, settings: Settings) -> OnePerEventSender:
 
 class NaiveProcessor(Processor):
     """The textbook consumer `logpipe bench --naive` measures against: one message per
-    ReceiveMessage, one PutItem per event, one DeleteMessage per message."""
+    ReceiveMessage, one block (two PutItems) per event, one DeleteMessage per message."""
 
     receive_messages = 1
 
@@ -63,13 +66,14 @@ class NaiveProcessor(Processor):
             except EnvelopeError:
                 metrics.messages_undecodable.inc()
                 continue
-            writes = plan_writes(
-                [(Tracker(message, len(events)), events, None)], self._settings.shards
-            )
-            for write in writes:
-                item = self._item(write)
-                await self._dynamodb.put_item(TableName=self._settings.table_name, Item=item)
-                self._record_stored([write], write_units(item))
+            tracker = Tracker(message, len(events))
+            for event in events:
+                write = _Write(block_of(event["service"], hour(event["timestamp"]), [event]))
+                write.trackers.append(tracker)
+                pair = self._items(write.block)
+                for item in pair:
+                    await self._dynamodb.put_item(TableName=self._settings.table_name, Item=item)
+                self._record_stored([write], [pair])
             if delete:
                 await self._sqs.delete_message(
                     QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"]

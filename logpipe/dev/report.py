@@ -3,7 +3,10 @@ read-back of the table, and the one JSON object `logpipe bench` prints."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from logpipe.aws.calls import stored_ids
 from logpipe.aws.clients import Clients
@@ -17,6 +20,23 @@ SQS_USD_PER_MILLION_REQUESTS = 0.40
 # DynamoDB on-demand, per million write request units, 1 WRU per started KB of an item
 # (https://aws.amazon.com/dynamodb/pricing/on-demand/).
 DYNAMODB_USD_PER_MILLION_WRITE_UNITS = 0.625
+# Storage, PITR and CloudWatch Logs below: us-east-1 on-demand list prices, unchanged since
+# 2023 or earlier (not read again from the pages on 2026-12-07: check them before quoting).
+# DynamoDB Standard table class storage, per GB-month (the on-demand page above; the first
+# 25 GB a month are free and not counted here). DynamoDB also bills 100 bytes of overhead per
+# item, not counted either: the processor counts the items' own size only.
+DYNAMODB_STANDARD_USD_PER_GB_MONTH = 0.25
+# Point-in-time recovery (continuous backups), per GB-month of the table's size (same page).
+DYNAMODB_PITR_USD_PER_GB_MONTH = 0.20
+# CloudWatch Logs, the comparison in the README (https://aws.amazon.com/cloudwatch/pricing/):
+# ingestion per GB in the Standard and Infrequent Access log classes, and storage per GB-month.
+CLOUDWATCH_STANDARD_USD_PER_GB = 0.50
+CLOUDWATCH_INFREQUENT_ACCESS_USD_PER_GB = 0.25
+CLOUDWATCH_STORAGE_USD_PER_GB_MONTH = 0.03
+# A GB here is 2**30 bytes; storage is billed by the hour, and a month is 730 hours (as in
+# the AWS Pricing Calculator), so a retention of D days is D * 24 / 730 months.
+GB = 2**30
+HOURS_PER_MONTH = 730
 
 
 def percentile_ms(buckets: list[tuple[float, float]], q: float) -> float | None:
@@ -24,17 +44,62 @@ def percentile_ms(buckets: list[tuple[float, float]], q: float) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def cost_figures(events: int, billed_sqs: float, write_units: float) -> dict[str, float]:
-    """Billed requests per event and USD per million events at the prices above."""
+def mean_event_bytes(events: Sequence[Mapping[str, Any]]) -> float:
+    """The mean size of `events` as sent: the length of each one's JSON."""
+    return sum(len(orjson.dumps(event)) for event in events) / len(events) if events else 0.0
+
+
+def retention_months(retention_days: int) -> float:
+    return retention_days * 24 / HOURS_PER_MONTH
+
+
+def storage_usd_per_million_events(
+    stored_bytes_per_event: float, retention_days: int, pitr: bool
+) -> float:
+    """What a million events' items cost to keep for the retention:
+    bytes per event * 1e6 / GB * months * (storage price [+ PITR price])."""
+    per_gb_month = DYNAMODB_STANDARD_USD_PER_GB_MONTH
+    if pitr:
+        per_gb_month += DYNAMODB_PITR_USD_PER_GB_MONTH
+    return stored_bytes_per_event * 1e6 / GB * retention_months(retention_days) * per_gb_month
+
+
+def cost_figures(
+    events: int,
+    billed_sqs: float,
+    write_units: float,
+    stored_bytes: float = 0.0,
+    retention_days: int = 30,
+    pitr: bool = False,
+) -> dict[str, float]:
+    """Billed requests and write units per event, stored bytes per event, and USD per
+    million events at the prices above: SQS requests and write units, then all in (plus
+    storage for the retention, and PITR when `pitr`)."""
     usd = (
         billed_sqs * SQS_USD_PER_MILLION_REQUESTS
         + write_units * DYNAMODB_USD_PER_MILLION_WRITE_UNITS
-    ) / 1e6
+    ) / events
+    storage = storage_usd_per_million_events(stored_bytes / events, retention_days, pitr)
     return {
         "billed_sqs_requests_per_event": round(billed_sqs / events, 5),
         "write_units_per_event": round(write_units / events, 3),
         "billed_requests_per_event": round((billed_sqs + write_units) / events, 5),
-        "usd_per_million_events": round(usd / events * 1e6, 4),
+        "usd_per_million_events": round(usd, 4),
+        "wru_per_event": round(write_units / events, 3),
+        "stored_bytes_per_event": round(stored_bytes / events, 1),
+        "usd_per_million_events_all_in": round(usd + storage, 4),
+    }
+
+
+def cloudwatch_usd_per_million_events(event_bytes: float, retention_days: int) -> dict[str, float]:
+    """The same events in CloudWatch Logs, by log class: event bytes * 1e6 / GB *
+    (ingestion price + storage price * months). Storage is priced on the bytes as sent, an
+    upper bound: CloudWatch bills archived logs after compression."""
+    gb = event_bytes * 1e6 / GB
+    storage = gb * CLOUDWATCH_STORAGE_USD_PER_GB_MONTH * retention_months(retention_days)
+    return {
+        "standard": round(gb * CLOUDWATCH_STANDARD_USD_PER_GB + storage, 4),
+        "infrequent_access": round(gb * CLOUDWATCH_INFREQUENT_ACCESS_USD_PER_GB + storage, 4),
     }
 
 
@@ -85,13 +150,22 @@ def summarise(
     peak_rss_mb: dict[str, float | None] | None = None,
     latency_ms: tuple[float | None, float | None] | None = None,
     cpu_us_per_event: dict[str, float] | None = None,
+    event_bytes: float = 0.0,
+    retention_days: int = 30,
+    pitr: bool = False,
 ) -> dict[str, Any]:
-    """The bench's JSON object (DESIGN.md's fields, then extra detail)."""
+    """The bench's JSON object (DESIGN.md's fields, then extra detail). `event_bytes` is the
+    mean size of the events driven, as sent; storage is priced for `retention_days`."""
     if latency_ms is None:
         latency_ms = e2e_latency_ms(samples)
-    billed_sqs = promtext.total(samples, "logpipe_sqs_billed_requests_total")
-    write_units = promtext.total(samples, "logpipe_dynamodb_write_units_total")
-    costs = cost_figures(max(counts["stored"], 1), billed_sqs, write_units)
+    costs = cost_figures(
+        max(counts["stored"], 1),
+        billed_sqs=promtext.total(samples, "logpipe_sqs_billed_requests_total"),
+        write_units=promtext.total(samples, "logpipe_dynamodb_write_units_total"),
+        stored_bytes=promtext.total(samples, "logpipe_dynamodb_stored_bytes_total"),
+        retention_days=retention_days,
+        pitr=pitr,
+    )
     return {
         "events": events,
         "stored": counts["stored"],
@@ -107,8 +181,17 @@ def summarise(
         "mode": mode,
         "chaos": "",
         "cpu_us_per_event": cpu_us_per_event or {},
+        "event_bytes": round(event_bytes, 1),
+        "wru_per_event": costs["wru_per_event"],
+        "stored_bytes_per_event": costs["stored_bytes_per_event"],
+        "usd_per_million_events_all_in": costs["usd_per_million_events_all_in"],
         "acknowledged": acknowledged,
         "billed_sqs_requests_per_event": costs["billed_sqs_requests_per_event"],
         "write_units_per_event": costs["write_units_per_event"],
+        "retention_days": retention_days,
+        "pitr": pitr,
+        "cloudwatch_usd_per_million_events": cloudwatch_usd_per_million_events(
+            event_bytes, retention_days
+        ),
         "peak_rss_mb": peak_rss_mb or {},
     }

@@ -90,6 +90,9 @@ _ARRAY = re.compile(rb"\s*\[")
 _REASONS = frozenset({"id", "service", "level", "message", "timestamp", "trace_id", "span_id"})
 # Distinct services one request may name: each becomes a registry entry the console lists.
 MAX_SERVICES_PER_REQUEST = 64
+DAY_MS = 86_400_000
+# How far ahead of the ingestor's clock an event's timestamp may be (clocks drift, a little).
+MAX_AHEAD_MS = 2 * 3_600_000
 
 
 @dataclass
@@ -189,9 +192,17 @@ def _ndjson_hint(body: bytes) -> str:
 
 
 def validate(
-    raw_events: list[Any], now_ms: int, default_service: str | None = None
+    raw_events: list[Any],
+    now_ms: int,
+    default_service: str | None = None,
+    retention_days: int | None = None,
 ) -> tuple[list[bytes], list[dict[str, Any]]]:
-    """Split raw events into encoded valid ones and the rejection list of the 202 answer."""
+    """Split raw events into encoded valid ones and the rejection list of the 202 answer.
+
+    With `retention_days`, an event older than the retention (it would expire at once) or
+    more than MAX_AHEAD_MS ahead of `now_ms` is refused.
+    """
+    oldest = now_ms - retention_days * DAY_MS if retention_days else 0
     accepted: list[bytes] = []
     rejected: list[dict[str, Any]] = []
     services: set[str] = set()
@@ -201,6 +212,8 @@ def validate(
             if isinstance(raw, EventError):
                 raise raw
             event = normalise(raw, now_ms, default_service)
+            if retention_days:
+                _check_window(event["timestamp"], oldest, now_ms + MAX_AHEAD_MS, retention_days)
             if event["service"] not in services and len(services) >= MAX_SERVICES_PER_REQUEST:
                 raise EventError(
                     "service", f"is one more than {MAX_SERVICES_PER_REQUEST} in a request"
@@ -214,6 +227,15 @@ def validate(
     for reason, count in reasons.items():  # once per request, not per event
         metrics.events_rejected.labels(reason).inc(count)
     return accepted, rejected
+
+
+def _check_window(timestamp: int, oldest: int, newest: int, retention_days: int) -> None:
+    if timestamp < oldest:
+        raise EventError(
+            "timestamp", f"is older than the retention ({retention_days} days): it would expire"
+        )
+    if timestamp > newest:
+        raise EventError("timestamp", "is more than 2 hours in the future")
 
 
 Hold = Callable[[int, str], None]
@@ -305,7 +327,8 @@ def _decode_body(
     if total > settings.max_events_per_request:
         raise too_many(total, settings.max_events_per_request)
     metrics.events_received.inc(total)
-    accepted, rejected = validate(raw_events, int(time.time() * 1000), service)
+    now_ms = int(time.time() * 1000)
+    accepted, rejected = validate(raw_events, now_ms, service, settings.retention_days)
     refused = {r["index"] for r in rejected}
     return accepted, rejected, total, {i: n for i, n in dropped.items() if i not in refused}
 

@@ -117,6 +117,9 @@ sqs_billed_requests = Counter(
 dynamodb_write_units = Counter(
     "logpipe_dynamodb_write_units_total", "DynamoDB write request units consumed (1 per KB)."
 )
+dynamodb_stored_bytes = Counter(
+    "logpipe_dynamodb_stored_bytes_total", "Bytes of items written (DynamoDB's item size)."
+)
 
 console_searches = Counter(
     "logpipe_console_searches_total", "GET /api/logs answered, by outcome.", ["outcome"]

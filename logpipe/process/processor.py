@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
-from itertools import chain, repeat
-from operator import attrgetter, itemgetter, methodcaller
+from operator import itemgetter, methodcaller
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -27,18 +26,23 @@ from logpipe.aws.errors import AWS_ERRORS, classify, error_code, is_retriable
 from logpipe.aws.monitor import QueueMonitor, oldest_age_s
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
+from logpipe.core.block import (
+    Block,
+    body_item,
+    item_bytes,
+    make_blocks,
+    split,
+    summary_item,
+    write_units,
+)
 from logpipe.core.models import (
     ASSIGNED_TIMESTAMP,
-    UNKNOWN_SIZE,
     EnvelopeError,
     Event,
     Item,
     dead_letter_body,
-    item_key,
-    to_item,
     unpack_checked,
     unpack_envelope,
-    write_units,
 )
 from logpipe.core.retry import RetryPolicy, retry_call, retry_entries
 from logpipe.errors import EntryFailure
@@ -50,6 +54,8 @@ from logpipe.obs.metrics import serve_metrics
 log = logging.getLogger(__name__)
 
 BATCH_WRITE_ITEMS = 25
+# A block is two items (body and summary): a BatchWriteItem carries 12 blocks.
+BATCH_WRITE_BLOCKS = BATCH_WRITE_ITEMS // 2
 RECEIVE_MESSAGES = 10
 MAX_RETRY_DELAY_S = 300
 # An envelope is at most 1 MiB; a gzip body that inflates far past that is not ours.
@@ -71,9 +77,8 @@ UNPROCESSED = EntryFailure("UnprocessedItems", retriable=True, throttled=True)
 MAX_STORED_COUNTERS = 4096
 _SERVICE = itemgetter("service")
 _LEVEL = itemgetter("level")
-_EVENT = attrgetter("event")
-_TRACKERS = attrgetter("trackers")
 _ASSIGNED = methodcaller("get", ASSIGNED_TIMESTAMP)
+_INGESTED_AT = methodcaller("get", "ingested_at")
 
 
 @dataclass(eq=False)
@@ -93,19 +98,15 @@ class Tracker:
 
 @dataclass(slots=True)
 class _Write:
-    """One item to write, and the messages waiting for it. The item is built when written,
-    so only the items of the calls in flight exist at once."""
+    """One block to write, and the messages waiting for it. Its items are built when
+    written, so only the items of the calls in flight exist at once."""
 
-    event: Event
-    key: tuple[str, str]
+    block: Block
     trackers: list[Tracker] = field(default_factory=list)
-    # At least the item's size (`item_size`): at most 1 KB, the item is one write unit.
-    size_bound: int = UNKNOWN_SIZE
 
 
-# A message, its storable events and a bound on each one's item size (see `unpack_checked`).
-_Decoded = tuple[Tracker, list[Event], list[int]]
-ONE_UNIT_BYTES = 1024
+# A message and its storable events.
+_Decoded = tuple[Tracker, list[Event]]
 
 
 @dataclass
@@ -162,12 +163,6 @@ def split_message(message: dict[str, Any]) -> tuple[list[Event], list[tuple[obje
     return good, bad
 
 
-def _units(writes: list[_Write], items: dict[tuple[str, str], Item]) -> int:
-    """Write units of the items of `writes`: one each whose size bound is at most 1 KB."""
-    large = [w for w in writes if w.size_bound > ONE_UNIT_BYTES]
-    return len(writes) - len(large) + sum(write_units(items[w.key]) for w in large)
-
-
 def _key(item: Item) -> tuple[str, str]:
     return item["pk"]["S"], item["sk"]["S"]
 
@@ -178,23 +173,22 @@ def redelivery_delay(receive_count: int) -> int:
 
 
 def plan_writes(
-    trackers_events: Iterable[tuple[Tracker, list[Event], list[int] | None]], shards: int
-) -> list[_Write]:
-    """One write per distinct key; an event repeated across messages is written once for all.
-    Each message's events come with a bound on each one's item size, or None (unknown)."""
-    writes: dict[tuple[str, str], _Write] = {}
-    for tracker, events, bounds in trackers_events:
-        sizes = bounds if bounds is not None else [UNKNOWN_SIZE] * len(events)
-        for event, size in zip(events, sizes, strict=True):
-            key = item_key(event, shards)
-            write = writes.get(key)
+    trackers_events: Iterable[tuple[Tracker, list[Event]]],
+) -> tuple[list[_Write], list[_DeadLetter]]:
+    """The blocks of each message's events, one write per distinct block (the same block
+    of two messages is written once for both), and the events no block can hold."""
+    writes: dict[str, _Write] = {}
+    dead: list[_DeadLetter] = []
+    for tracker, events in trackers_events:
+        blocks, refused = make_blocks(events)
+        dead.extend(_DeadLetter(event, reason, [tracker]) for event, reason in refused)
+        for block in blocks:
+            write = writes.get(block.digest)
             if write is None:
-                writes[key] = _Write(event, key, [tracker], size)
+                writes[block.digest] = _Write(block, [tracker])
             else:
-                write.event = event
-                write.size_bound = size
                 write.trackers.append(tracker)
-    return list(writes.values())
+    return list(writes.values()), dead
 
 
 def _dead_letter_entries(dead: list[_DeadLetter]) -> list[dict[str, Any]]:
@@ -361,23 +355,27 @@ class Processor:
         decoded, undecodable, dead = self._decode(trackers)
         await self._dead_letter(dead)
         await self._assign_first_timestamps(decoded, round_)
-        writes = plan_writes((d for d in decoded if not d[0].failed), self._settings.shards)
+        writes, unencodable = plan_writes(d for d in decoded if not d[0].failed)
         del decoded  # the writes hold what is needed; let the events go
+        await self._dead_letter(unencodable)
         await self._write(writes, round_)
-        await self._dead_letter([_DeadLetter(w.event, r, w.trackers) for w, r in round_.refused])
-        await self._registry.note(set(map(_SERVICE, map(_EVENT, writes))))
+        await self._dead_letter(
+            [_DeadLetter(w.block.events[0], r, w.trackers) for w, r in round_.refused]
+        )
+        await self._registry.note({w.block.service for w in writes})
         await self._finish(trackers, undecodable, delete)
 
     async def _write(self, writes: list[_Write], round_: _Round) -> None:
-        """Write in concurrent BatchWriteItem calls of 25; the writes count as in flight."""
-        self._inflight += len(writes)
+        """Write in concurrent BatchWriteItem calls of 12 blocks; their events count as in
+        flight."""
+        events = sum(len(w.block.events) for w in writes)
+        self._inflight += events
         try:
-            chunks = [
-                writes[i : i + BATCH_WRITE_ITEMS] for i in range(0, len(writes), BATCH_WRITE_ITEMS)
-            ]
+            step = BATCH_WRITE_BLOCKS
+            chunks = [writes[i : i + step] for i in range(0, len(writes), step)]
             await asyncio.gather(*(self._write_chunk(chunk, round_) for chunk in chunks))
         finally:
-            self._inflight -= len(writes)
+            self._inflight -= events
             self._room.set()
 
     async def _finish(
@@ -406,7 +404,7 @@ class Processor:
         for tracker in trackers:
             try:
                 body = message_body(tracker.message)
-                events, bounds, bad = unpack_checked(body, shards, retention_days)
+                events, _, bad = unpack_checked(body, shards, retention_days)
             except EnvelopeError as exc:
                 log.warning(
                     "message %s is undecodable (receive %d): %s",
@@ -419,7 +417,7 @@ class Processor:
                 continue
             tracker.pending = len(events) + len(bad)
             dead.extend(_DeadLetter(event, reason, [tracker]) for event, reason in bad)
-            decoded.append((tracker, events, bounds))
+            decoded.append((tracker, events))
         return decoded, undecodable, dead
 
     async def _dead_letter(self, dead: list[_DeadLetter]) -> None:
@@ -469,7 +467,7 @@ class Processor:
         """Give each event whose client sent an id and no timestamp the first timestamp ever
         assigned to that id, so a client's retry lands on the item of its first attempt."""
         holders: dict[tuple[str, str], list[tuple[Tracker, Event]]] = {}
-        for tracker, events, _ in decoded:
+        for tracker, events in decoded:
             for event in filter(_ASSIGNED, events):
                 key = (event["service"], event["id"])
                 holders.setdefault(key, []).append((tracker, event))
@@ -534,10 +532,11 @@ class Processor:
         self._note_wait(pending, failure, seconds)
 
     async def _write_chunk(self, writes: list[_Write], round_: _Round) -> None:
-        """Write up to 25 items. Unprocessed items, throttling, 5xx and network errors are
-        retried with backoff until the round's deadline; an item DynamoDB refuses is isolated
-        by halving and dead-lettered; what is left fails its messages (they are retried)."""
-        items: dict[tuple[str, str], Item] = {}  # built by the first call, kept for retries
+        """Write up to 12 blocks. Unprocessed items, throttling, 5xx and network errors are
+        retried with backoff until the round's deadline; a block DynamoDB refuses is split
+        until the event it refuses stands alone, and that one is dead-lettered; what is left
+        fails its messages (they are retried)."""
+        items: dict[str, tuple[Item, Item]] = {}  # built by the first call, kept for retries
         outcome = await retry_entries(
             partial(self._batch_write, items),
             writes,
@@ -558,62 +557,73 @@ class Processor:
                 tracker.failed = True
 
     async def _batch_write(
-        self, items: dict[tuple[str, str], Item], writes: list[_Write]
+        self, items: dict[str, tuple[Item, Item]], writes: list[_Write]
     ) -> list[EntryFailure | None]:
-        """One BatchWriteItem of `writes`; per write, None once stored or UNPROCESSED."""
+        """One BatchWriteItem of `writes`' blocks; per write, None once both of its items
+        are stored, else UNPROCESSED."""
         table = self._settings.table_name
         async with self._writes:
-            # Built once a call may start: only the items of the calls in flight exist, and
-            # each is still in the CPU's cache when it is encoded and counted.
-            request = []
+            # Built once a call may start: only the items of the calls in flight exist.
+            request: list[dict[str, Any]] = []
             for write in writes:
-                item = items.get(write.key)
-                if item is None:
-                    item = items[write.key] = self._item(write)
-                request.append({"PutRequest": {"Item": item}})
+                pair = items.get(write.block.digest)
+                if pair is None:
+                    pair = items[write.block.digest] = self._items(write.block)
+                request.extend({"PutRequest": {"Item": item}} for item in pair)
             started = time.perf_counter()
             response = await self._dynamodb.batch_write_item(RequestItems={table: request})
             metrics.write_seconds.observe(time.perf_counter() - started)
         unprocessed = response.get("UnprocessedItems", {}).get(table, [])
-        if not unprocessed:
-            self._record_stored(writes, _units(writes, items))
-            return [None] * len(writes)
         left = {_key(r["PutRequest"]["Item"]) for r in unprocessed}
-        stored = [w for w in writes if w.key not in left]
-        self._record_stored(stored, _units(stored, items))
-        return [UNPROCESSED if w.key in left else None for w in writes]
+        outcomes: list[EntryFailure | None] = []
+        stored: list[_Write] = []
+        for write in writes:
+            pair = items[write.block.digest]
+            if left and any(_key(item) in left for item in pair):
+                outcomes.append(UNPROCESSED)
+            else:
+                outcomes.append(None)
+                stored.append(write)
+        self._record_stored(stored, [items[w.block.digest] for w in stored])
+        return outcomes
 
     async def _isolate(self, writes: list[_Write], round_: _Round, error: str) -> None:
-        """One refused item fails the whole call: halve until it stands alone, so the items
-        around it are stored; the one left is refused for good."""
-        if len(writes) == 1:
+        """One refused item fails the whole call: halve the blocks, then the block, until
+        the refused event stands alone, so the events around it are stored; the one left
+        is refused for good."""
+        if len(writes) == 1 and len(writes[0].block.events) == 1:
             round_.refused.append((writes[0], f"DynamoDB refused the item: {error}"))
             return
-        middle = len(writes) // 2
-        await asyncio.gather(
-            self._write_chunk(writes[:middle], round_), self._write_chunk(writes[middle:], round_)
-        )
+        if len(writes) == 1:
+            write = writes[0]
+            halves = [[_Write(half, write.trackers)] for half in split(write.block)]
+        else:
+            middle = len(writes) // 2
+            halves = [writes[:middle], writes[middle:]]
+        await asyncio.gather(*(self._write_chunk(half, round_) for half in halves))
 
-    def _item(self, write: _Write) -> Item:
-        settings = self._settings
-        return to_item(write.event, settings.shards, settings.retention_days, write.key)
+    def _items(self, block: Block) -> tuple[Item, Item]:
+        shards, retention_days = self._settings.shards, self._settings.retention_days
+        return body_item(block, shards, retention_days), summary_item(block, shards, retention_days)
 
-    def _record_stored(self, writes: list[_Write], units: int) -> None:
-        """Count stored writes: their messages' pending events, the events stored per
-        service and level, their end-to-end latency and the write units. Per batch: the
-        writes of a call share a few messages, labels and ingest times."""
-        for tracker, count in Counter(chain.from_iterable(map(_TRACKERS, writes))).items():
-            tracker.pending -= count
-        events = list(map(_EVENT, writes))
+    def _record_stored(self, writes: list[_Write], pairs: list[tuple[Item, Item]]) -> None:
+        """Count stored blocks: their messages' pending events, the events stored per
+        service and level, their end-to-end latency, the write units and bytes."""
+        for write in writes:
+            for tracker in write.trackers:
+                tracker.pending -= len(write.block.events)
+        sizes = [item_bytes(item) for pair in pairs for item in pair]
+        metrics.dynamodb_write_units.inc(sum(map(write_units, sizes)))
+        metrics.dynamodb_stored_bytes.inc(sum(sizes))
+        events = [event for write in writes for event in write.block.events]
         labels = Counter(zip(map(_SERVICE, events), map(_LEVEL, events), strict=True))
         now_ms = time.time() * 1000
         latencies = [
             (max(now_ms - ingested_at, 0) / 1000, count)
-            for ingested_at, count in Counter(map(dict.get, events, repeat("ingested_at"))).items()
+            for ingested_at, count in Counter(map(_INGESTED_AT, events)).items()
             if isinstance(ingested_at, int)
         ]
         metrics.observe_counted(metrics.e2e_latency, latencies)
-        metrics.dynamodb_write_units.inc(units)
         for key, count in labels.items():
             counter = self._stored_counters.get(key)
             if counter is None:

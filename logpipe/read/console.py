@@ -29,7 +29,7 @@ from logpipe.aws.clients import Clients, open_clients
 from logpipe.aws.errors import AWS_ERRORS, error_code
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.models import StoredEvent, from_item, iso_ms
+from logpipe.core.models import StoredEvent, iso_ms
 from logpipe.core.query import LogQuery, QueryError, parse_query
 from logpipe.obs import metrics
 from logpipe.read.reader import READ_DEADLINE_S, Reader
@@ -161,7 +161,7 @@ async def logs(request: Request) -> Response:
     metrics.console_search_seconds.observe(time.perf_counter() - started)
     return json_response(
         {
-            "events": [from_item(i) for i in page.items],
+            "events": page.events,
             "cursor": page.cursor,
             "complete": page.complete,
         }
@@ -434,7 +434,7 @@ async def _follow_cursors(
     events: list[StoredEvent] = []
     while True:
         page = await reader.read(query)
-        events.extend(from_item(item) for item in page.items)
+        events.extend(page.events)
         if page.cursor is None or len(events) >= wanted or page.complete:
             return events, page.cursor is not None
         next_params = {**params, "cursor": page.cursor, "limit": str(wanted - len(events))}

@@ -1,27 +1,26 @@
-"""Reading stored events back: per-hour, per-shard Queries merged newest first; the services seen.
+"""Reading stored events back from blocks, newest first, each event once.
 
-A search never scans. For a service and a window it walks the hour buckets newest first;
-in each hour it queries every shard's partition (`pk = service#hour#shard`,
-`sk BETWEEN low AND high`, newest first) and merges them by sort key. Hours are disjoint
-in time, so an hour's events are all newer than the next hour's: the walk stops as soon
-as the page is full. Hours are fetched ahead only as far as the density seen so far says
-the page still needs (`hours_ahead`), never the whole window at once.
+A search never scans. For a service and a window it walks the hour buckets newest first.
+In each hour it reads the block summaries of every shard (`pk = service#hour#shard`,
+`sk = s#<newest ms>#<hash>`, small items) and keeps the blocks that can hold a match: in the
+window, below the cursor, with events of the wanted level. Those are taken newest block
+first; their bodies are fetched (BatchGetItem) only as far as the page needs. Blocks overlap
+in time, so an event is emitted only once it is newer than every block not yet fetched (the
+next summary's newest timestamp): no unread block can hold a newer one.
 
-Each read has a budget: at most `query_budget` Queries and about `deadline_s` seconds. When
-it runs out before the page is full, the page ends where everything newer has been searched
-(an hour's boundary, or inside an hour the highest point any shard was read down to) and its
-cursor continues from there (`complete` is False). The first page of every shard of the first
-hour is always read, so every answer moves the search on.
+An event sent twice (a client's retry) sits in two blocks with the same timestamp and id;
+the copy ingested first is the one returned, and the other is skipped.
+
+Each read has a budget: at most `query_budget` DynamoDB reads (Query pages and
+BatchGetItem calls) and about `deadline_s` seconds. When it runs out before the page is
+full, the page ends where everything newer has been searched and its cursor continues from
+there (`complete` is False). The first hour's summaries, its first bodies and the bodies of
+every block that reaches the page's upper end are always read, so every answer moves the
+search on, however much blocks overlap.
 
 The budget also holds the bytes one answer may carry (`answer_bytes`, LOGPIPE_MAX_ANSWER_BYTES):
 once the events taken hold that many, the page stops after its last event, with a cursor
-that continues just below it (`complete` is False), as when the Queries run out. Hours are
-fetched ahead concurrently but merged into the page one after the other, newest first, so
-the check sees the page in its order.
-
-Level and text are filtered by DynamoDB (FilterExpression), not here: the read capacity is
-the same either way, but items that do not match never cross the wire nor go through
-botocore's parser, which is where a Python reader spends its time.
+that continues just below it (`complete` is False), as when the reads run out.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import asyncio
 import heapq
 import logging
 import time
-from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from functools import partial
@@ -38,58 +36,69 @@ from typing import Any
 
 from logpipe.aws.calls import with_retries
 from logpipe.aws.registry import QUERY_ATTEMPTS
-from logpipe.core.models import Item, item_size
+from logpipe.core.block import (
+    SUMMARY_PREFIX,
+    Summary,
+    decode_body,
+    position,
+    stored_event,
+    summary_from_item,
+)
+from logpipe.core.models import Event, StoredEvent, dumps_exact
 from logpipe.core.query import (
+    HOUR_MS,
     LogQuery,
     encode_cursor,
     hour_bucket,
     hour_starts,
-    hours_ahead,
     partition_keys,
-    sort_key_range,
+    position_until,
 )
 
 log = logging.getLogger(__name__)
 
-
-# A filtered Query may evaluate many items to return a few; read big pages then.
-FILTERED_PAGE_ITEMS = 1000
 QUERY_BUDGET = 48
 READ_DEADLINE_S = 2.0
 ANSWER_BYTES = 4 * 1024 * 1024
+# Bodies asked for in one BatchGetItem (DynamoDB takes 100 keys and answers 16 MB at most;
+# a body is at most ~130 KB).
+BODIES_PER_CALL = 16
 
 
 @dataclass(frozen=True)
 class Page:
-    """Up to `limit` stored items, newest first, and the cursor of the next page (or None).
+    """Up to `limit` stored events, newest first, and the cursor of the next page (or None).
 
     `complete` is False when the budget ran out before the page was full: the cursor then
     continues the search, which may still find events.
     """
 
-    items: list[Item]
+    events: list[StoredEvent]
     cursor: str | None
     complete: bool = True
 
 
 class _Budget:
-    """The Queries, the time and the bytes of events one read may still spend."""
+    """The reads and the time one search may still spend."""
 
-    def __init__(self, queries: int, seconds: float, answer_bytes: int) -> None:
-        self.left = queries
+    def __init__(self, reads: int, seconds: float, answer_bytes: int) -> None:
+        self.left = reads
         self._deadline = time.monotonic() + seconds
         self.bytes_left = answer_bytes
 
-    def take(self, queries: int = 1, *, first: bool = False) -> bool:
-        """Spend `queries` if they are left (and time is, unless this is the first hour)."""
-        if self.left < queries or (not first and time.monotonic() > self._deadline):
+    def take(self, *, first: bool = False) -> bool:
+        """Spend one read if one is left (and time is, unless it is one the search must make)."""
+        if first:
+            self.left -= 1
+            return True
+        if self.left < 1 or time.monotonic() > self._deadline:
             return False
-        self.left -= queries
+        self.left -= 1
         return True
 
 
 class _Desc(str):
-    """A sort key that orders backwards, so heapq's min-heap pops the newest first."""
+    """A position that orders backwards, so heapq's min-heap pops the newest first."""
 
     __slots__ = ()
 
@@ -97,52 +106,146 @@ class _Desc(str):
         return str.__gt__(self, other)
 
 
-class _Partition:
-    """The items of one partition within the page's range, newest first, fetched by pages."""
+# (position, ingested_at, n, event): newest first, then the copy ingested first.
+_Entry = tuple[_Desc, int, int, Event]
 
-    def __init__(
-        self, reader: Reader, query: LogQuery, pk: str, page_items: int, budget: _Budget
-    ) -> None:
+
+class _Hour:
+    """One hour bucket of one search: its block summaries, newest first, and the bodies
+    fetched so far as a heap of matching events."""
+
+    def __init__(self, reader: Reader, query: LogQuery, start_ms: int, budget: _Budget) -> None:
         self._reader = reader
         self._query = query
-        self._pk = pk
-        self._page_items = page_items
+        self._hour = hour_bucket(start_ms)
         self._budget = budget
-        self._start: dict[str, Any] | None = None
-        self._paid = True  # the hour paid for every shard's first Query
-        self.exhausted = False
-        self.stalled = False
-        self.buffer: deque[Item] = deque()
+        self._high = query.position or f"{query.until_ms + 1:013d}"
+        self._upper_ms = position_until(self._high)
+        self._top_ms = min(self._upper_ms, start_ms + HOUR_MS - 1)
+        self.blocks: list[Summary] = []
+        self._next = 0
+        # Where the summaries of a shard whose reading the budget stopped end: no unread
+        # summary of any shard is newer than this.
+        self.floor: int | None = None
+        self._heap: list[_Entry] = []
+        self._pushed = 0
 
-    async def fill(self) -> None:
-        """Fetch pages until one item is buffered, the partition has no more, or no budget."""
-        while not self.buffer and not self.exhausted and not self.stalled:
-            if not self._paid and not self._budget.take():
-                self.stalled = True
-                return
-            self._paid = False
-            items, self._start = await self._reader.query_page(
-                self._query, self._pk, self._page_items, self._start
+    async def read_summaries(self, forced: bool) -> None:
+        shards = partition_keys(self._query.service, self._hour, self._reader.shards)
+        found = await _all([self._shard_summaries(pk, forced) for pk in shards])
+        blocks = [s for part in found for s in part if self._may_match(s)]
+        blocks.sort(key=lambda s: (s.newest, s.digest), reverse=True)
+        self.blocks = blocks
+
+    async def _shard_summaries(self, pk: str, forced: bool) -> list[Summary]:
+        summaries: list[Summary] = []
+        start: dict[str, Any] | None = None
+        while True:
+            if not self._budget.take(first=forced):
+                newest = summaries[-1].newest if summaries else self._top_ms
+                self.floor = max(self.floor or 0, newest)
+                return summaries
+            since_ms = self._query.since_ms
+            items, start = await self._reader.summaries_page(pk, since_ms, start)
+            summaries.extend(map(summary_from_item, items))
+            if start is None:
+                return summaries
+
+    def _may_match(self, summary: Summary) -> bool:
+        query = self._query
+        if summary.oldest > self._upper_ms or summary.newest < query.since_ms:
+            return False
+        return query.level is None or summary.levels.get(query.level, 0) > 0
+
+    def frontier(self) -> int | None:
+        """No block not yet fetched holds an event newer than this (None: none is left)."""
+        pending = self.blocks[self._next].newest if self._next < len(self.blocks) else None
+        if self.floor is None:
+            return pending
+        return self.floor if pending is None else max(pending, self.floor)
+
+    def take_ready(self, out: list[Event], want: int, last: list[_Desc]) -> bool:
+        """Move the events no unread block can outrank to `out`, each position once; True
+        when the answer holds its bytes (the page ends with the last event taken)."""
+        frontier = self.frontier()
+        heap = self._heap
+        budget = self._budget
+        while heap and len(out) < want:
+            entry = heap[0]
+            event = entry[3]
+            if frontier is not None and event["timestamp"] <= frontier:
+                return False
+            if budget.bytes_left <= 0:  # the answer holds LOGPIPE_MAX_ANSWER_BYTES
+                return True
+            heapq.heappop(heap)
+            if entry[0] == last[0]:
+                continue  # a later copy of an event already taken
+            last[0] = entry[0]
+            out.append(event)
+            budget.bytes_left -= len(dumps_exact(event))
+        return False
+
+    def more_blocks(self) -> bool:
+        return self._next < len(self.blocks)
+
+    def straddles(self) -> bool:
+        """Whether the next block holds events at or above the page's upper end: until it
+        and its like are read, nothing below that end can be returned."""
+        return self._next < len(self.blocks) and self.blocks[self._next].newest >= self._upper_ms
+
+    async def fetch(self, need: int, forced: bool) -> bool:
+        """Fetch the next blocks' bodies: enough for `need` events, and the blocks that
+        overlap those in time. False when the budget has no read left for them."""
+        if not self._budget.take(first=forced):
+            return False
+        group: list[Summary] = []
+        count = 0
+        oldest = self._upper_ms
+        level = self._query.level
+        while self._next < len(self.blocks) and len(group) < BODIES_PER_CALL:
+            summary = self.blocks[self._next]
+            if count >= need and summary.newest < oldest:
+                break
+            group.append(summary)
+            self._next += 1
+            count += summary.levels.get(level, 0) if level else summary.count
+            if not self._query.q:
+                oldest = min(oldest, summary.oldest)
+        for events in await self._reader.bodies(group):
+            self._push(events)
+        return True
+
+    def _push(self, events: list[Event]) -> None:
+        query = self._query
+        q = query.q.casefold() if query.q else None
+        for event in events:
+            ts = event["timestamp"]
+            if ts < query.since_ms or ts > self._upper_ms:
+                continue
+            key = position(event)
+            if key >= self._high:
+                continue
+            if query.level is not None and event["level"] != query.level:
+                continue
+            if q is not None and q not in event["message"].casefold():
+                continue
+            ingested = event.get("ingested_at")
+            self._pushed += 1
+            entry = (
+                _Desc(key),
+                ingested if isinstance(ingested, int) else 0,
+                self._pushed,
+                event,
             )
-            self.exhausted = self._start is None
-            self.buffer.extend(items)
-
-    @property
-    def floor(self) -> str:
-        """A stalled partition's items from here up have all been read (the buffer holds them)."""
-        assert self._start is not None
-        return str(self._start["sk"]["S"])
-
-    def head(self) -> _Desc:
-        return _Desc(self.buffer[0]["sk"]["S"])
+            heapq.heappush(self._heap, entry)
 
 
 class Reader:
-    """Searches one table; at most `concurrency` Queries in flight across all searches.
+    """Searches one table; at most `concurrency` DynamoDB reads in flight across searches.
 
-    One `read` makes at most `query_budget` Queries (never fewer than one per shard), stops
-    asking for more after `deadline_s` and answers at most `answer_bytes` of events (plus
-    the one that passes it); `cursor_secret` signs the cursors it hands out.
+    One `read` makes at most `query_budget` reads (beyond what the first hour must read to
+    move the search on: see the module's note) and stops asking for more after
+    `deadline_s`; `cursor_secret` signs the cursors it hands out.
     """
 
     def __init__(
@@ -159,195 +262,115 @@ class Reader:
     ) -> None:
         self._dynamodb = dynamodb
         self._table = table
-        self._shards = shards
-        self._queries = asyncio.Semaphore(concurrency)
-        # At most this many hours in flight: enough to keep `concurrency` Queries busy.
-        self._lookahead = max(1, concurrency // shards)
+        self.shards = shards
+        self._reads = asyncio.Semaphore(concurrency)
         self._secret = cursor_secret
-        self._budget = max(query_budget, shards)
+        self._budget = max(query_budget, shards + 1)
         self._deadline_s = deadline_s
         self._answer_bytes = answer_bytes
         self.query_calls = 0
 
     async def read(self, query: LogQuery) -> Page:
-        """One page of `query`: its items newest first, with a cursor when older ones exist."""
+        """One page of `query`: its events newest first, with a cursor when older ones exist."""
         want = query.limit + 1  # one more than the page: then a cursor means "there is more"
         budget = _Budget(self._budget, self._deadline_s, self._answer_bytes)
         found, stopped_at = await self._walk(query, want, budget)
-        items = found[: query.limit]
+        events = found[: query.limit]
+        shown = [stored_event(e) for e in events]
         if len(found) > query.limit:
-            return Page(items, self._cursor(query, items[-1]["sk"]["S"]))
+            return Page(shown, self._cursor(query, position(events[-1])))
         if stopped_at is not None:
-            return Page(items, self._cursor(query, stopped_at), complete=False)
-        return Page(items, None)
+            return Page(shown, self._cursor(query, stopped_at), complete=False)
+        return Page(shown, None)
 
     async def _walk(
         self, query: LogQuery, want: int, budget: _Budget
-    ) -> tuple[list[Item], str | None]:
-        """Hours newest first until `want` items are found, the window ends or the budget does.
-
-        Also where the search stopped short of the window's start (None if it did not):
-        everything above that position has been searched.
-        """
-        found: list[Item] = []
+    ) -> tuple[list[Event], str | None]:
+        """Hours newest first until `want` events are found, the window ends or the budget
+        does. Also where the search stopped short of the window's start (None if it did not):
+        every event above that position has been returned."""
+        found: list[Event] = []
+        last = [_Desc("")]
         hours = hour_starts(query.since_ms, query.until_ms)
-        scheduled = 0
-        ahead: deque[tuple[int, asyncio.Task[list[_Partition]]]] = deque()
-        covered_from = query.until_ms + 1
-        try:
-            while len(found) < want:
-                covered = query.until_ms + 1 - covered_from
-                target = hours_ahead(len(found), want, covered, self._lookahead)
-                scheduled = self._schedule(
-                    query, hours, scheduled, ahead, target, want - len(found), budget
-                )
-                if not ahead:
+        for n, start in enumerate(hours):
+            first_hour = first_fetch = n == 0
+            hour = _Hour(self, query, start, budget)
+            await hour.read_summaries(forced=first_hour)
+            full = hour.take_ready(found, want, last)
+            while not full and len(found) < want and hour.more_blocks():
+                # The first hour always reads as far as the page's upper end moves: every
+                # answer moves the search on, however much blocks overlap.
+                forced = first_fetch or (first_hour and hour.straddles())
+                if not await hour.fetch(want - len(found), forced):
                     break
-                start, task = ahead.popleft()
-                stopped_at = await self._merge(await task, found, want, budget)
-                if stopped_at is not None:
-                    return found, stopped_at
-                covered_from = max(start, query.since_ms)
-        finally:
-            await _cancel([task for _, task in ahead])
-        if scheduled < len(hours):
-            return found, f"{covered_from:013d}"  # every hour from here up was searched
+                first_fetch = False
+                full = hour.take_ready(found, want, last)
+            if full:
+                return found, position(found[-1])
+            if len(found) >= want:
+                return found, None
+            frontier = hour.frontier()
+            if frontier is not None:
+                return found, f"{frontier + 1:013d}"
+            if n + 1 < len(hours) and budget.left < self.shards + 1:
+                return found, f"{max(start, query.since_ms):013d}"
         return found, None
 
-    def _schedule(
-        self,
-        query: LogQuery,
-        hours: list[int],
-        scheduled: int,
-        ahead: deque[tuple[int, asyncio.Task[list[_Partition]]]],
-        target: int,
-        want: int,
-        budget: _Budget,
-    ) -> int:
-        """Start the next hours' Queries (each for up to `want` items) until `target` hours are
-        in flight, or the window's hours or the budget run out; how many hours are started."""
-        while (
-            len(ahead) < target
-            and scheduled < len(hours)
-            and budget.take(self._shards, first=scheduled == 0)
-        ):
-            start = hours[scheduled]
-            scheduled += 1
-            hour = self._fetch(query, hour_bucket(start), want, budget)
-            ahead.append((start, asyncio.create_task(hour)))
-        return scheduled
+    def _cursor(self, query: LogQuery, at: str) -> str:
+        return encode_cursor(query.fingerprint, query.since_ms, at, self._secret)
 
-    def _cursor(self, query: LogQuery, position: str) -> str:
-        return encode_cursor(query.fingerprint, query.since_ms, position, self._secret)
-
-    async def _fetch(
-        self, query: LogQuery, hour: str, need: int, budget: _Budget
-    ) -> list[_Partition]:
-        """The partitions of one hour bucket, each with its first page read (for up to `need`
-        items, and more when the search filters)."""
-        page_items = min(need, FILTERED_PAGE_ITEMS)
-        if query.level or query.q:
-            page_items = FILTERED_PAGE_ITEMS
-        partitions = [
-            _Partition(self, query, pk, page_items, budget)
-            for pk in partition_keys(query.service, hour, self._shards)
-        ]
-        await _all([p.fill() for p in partitions])
-        return partitions
-
-    async def _merge(
-        self, partitions: list[_Partition], found: list[Item], want: int, budget: _Budget
-    ) -> str | None:
-        """Move one hour's items into `found`, newest first across its shards, until it holds
-        `want`; None when the hour is done, else the position the page stops at.
-
-        The page stops when the budget does: when a shard is stalled, only items at or above
-        its floor are certain to be the newest; when the page holds `answer_bytes`, it ends
-        with the item that passed them. Everything at or above the position is in `found`.
-        """
-        heap = [(p.head(), n) for n, p in enumerate(partitions) if p.buffer]
-        heapq.heapify(heap)
-        floor = _floor(partitions)
-        while heap and len(found) < want:
-            if floor is not None and str(heap[0][0]) < floor:
-                break
-            if budget.bytes_left <= 0:  # the answer holds LOGPIPE_MAX_ANSWER_BYTES
-                return str(found[-1]["sk"]["S"])
-            _, n = heapq.heappop(heap)
-            partition = partitions[n]
-            item = partition.buffer.popleft()
-            budget.bytes_left -= item_size(item)
-            found.append(item)
-            await partition.fill()
-            if partition.buffer:
-                heapq.heappush(heap, (partition.head(), n))
-            elif partition.stalled:
-                floor = _floor(partitions)
-        return floor
-
-    async def query_page(
-        self, query: LogQuery, pk: str, page_items: int, start: dict[str, Any] | None
-    ) -> tuple[list[Item], dict[str, Any] | None]:
-        """One Query call: matching items below the page's high key, and where to go on."""
-        low, high = sort_key_range(query)
+    async def summaries_page(
+        self, pk: str, since_ms: int, start: dict[str, Any] | None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """One Query of a partition's block summaries whose newest event is at `since_ms` or
+        later, newest first."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
             "ExpressionAttributeValues": {
                 ":pk": {"S": pk},
-                ":low": {"S": low},
-                ":high": {"S": high},
+                ":low": {"S": f"{SUMMARY_PREFIX}{since_ms:013d}"},
+                ":high": {"S": f"{SUMMARY_PREFIX}~"},
             },
             "ScanIndexForward": False,
-            "Limit": page_items,
         }
-        _add_filter(kwargs, query)
         if start is not None:
             kwargs["ExclusiveStartKey"] = start
-        async with self._queries:
+        async with self._reads:
             self.query_calls += 1
             response = await with_retries(
                 partial(self._dynamodb.query, **kwargs), QUERY_ATTEMPTS, "Query"
             )
-        # `high` is exclusive: it is the item the previous page ended on.
-        items = [i for i in response.get("Items", []) if i["sk"]["S"] != high]
-        return items, response.get("LastEvaluatedKey")
+        return response.get("Items", []), response.get("LastEvaluatedKey")
+
+    async def bodies(self, summaries: list[Summary]) -> list[list[Event]]:
+        """The events of each block (BatchGetItem, asking again for unprocessed keys)."""
+        keys = [s.body_key for s in summaries]
+        found: dict[str, list[Event]] = {}
+        while keys:
+            request = {self._table: {"Keys": keys}}
+            async with self._reads:
+                self.query_calls += 1
+                response = await with_retries(
+                    partial(self._dynamodb.batch_get_item, RequestItems=request),
+                    QUERY_ATTEMPTS,
+                    "BatchGetItem",
+                )
+            for item in response.get("Responses", {}).get(self._table, []):
+                found[item["sk"]["S"]] = decode_body(item)
+            keys = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
+        # A summary whose body is not (yet) there: its message is not deleted, and is written
+        # again; until then the block holds nothing to read.
+        return [found.get(s.body_key["sk"]["S"], []) for s in summaries]
 
 
-def _floor(partitions: list[_Partition]) -> str | None:
-    stalled = [p.floor for p in partitions if p.stalled]
-    return max(stalled) if stalled else None
-
-
-async def _all(calls: list[Coroutine[Any, Any, None]]) -> None:
+async def _all(calls: list[Coroutine[Any, Any, list[Summary]]]) -> list[list[Summary]]:
     """Run `calls` concurrently; when one fails, cancel the rest before raising."""
     tasks = [asyncio.create_task(call) for call in calls]
     try:
-        await asyncio.gather(*tasks)
+        return await asyncio.gather(*tasks)
     except BaseException:
-        await _cancel(tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel `tasks` and wait until each has ended."""
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _add_filter(kwargs: dict[str, Any], query: LogQuery) -> None:
-    conditions = []
-    names: dict[str, str] = {}
-    values = kwargs["ExpressionAttributeValues"]
-    if query.level:
-        conditions.append("#level = :level")
-        names["#level"] = "level"
-        values[":level"] = {"S": query.level}
-    if query.q:
-        conditions.append("contains(#message, :q)")
-        names["#message"] = "message"
-        values[":q"] = {"S": query.q}
-    if conditions:
-        kwargs["FilterExpression"] = " AND ".join(conditions)
-        kwargs["ExpressionAttributeNames"] = names
