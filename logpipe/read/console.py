@@ -33,6 +33,7 @@ from logpipe.core.models import StoredEvent, iso_ms
 from logpipe.core.query import LogQuery, QueryError, parse_query
 from logpipe.obs import metrics
 from logpipe.read.reader import READ_DEADLINE_S, Reader
+from logpipe.read.stats import STATS_PARAMETERS, count_levels, parse_stats
 from logpipe.web import (
     authorised,
     error_response,
@@ -181,6 +182,28 @@ async def services(request: Request) -> Response:
     return json_response({"services": seen, "truncated": truncated})
 
 
+async def stats(request: Request) -> Response:
+    """Events per level per step over the whole range, from block summaries (`read/stats`)."""
+    console: Console = request.app.state.console
+    unknown = sorted(set(request.query_params) - STATS_PARAMETERS)
+    if unknown:
+        known = ", ".join(sorted(STATS_PARAMETERS))
+        return error_response(400, f"unknown parameter {unknown[0]!r}; known: {known}")
+    try:
+        query = parse_stats(request.query_params.getlist("service"), request.query_params, now_ms())
+    except QueryError as exc:
+        return error_response(400, str(exc))
+    try:
+        services = list(query.services)
+        if not services:
+            seen, _ = await console.registry.services()
+            services = sorted(entry["service"] for entry in seen)
+        answer = await count_levels(console.reader, query, services, console.settings.query_budget)
+    except AWS_ERRORS as exc:
+        return error_response(503, f"the log table could not be read ({error_code(exc)})")
+    return json_response(answer)
+
+
 async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
@@ -261,6 +284,7 @@ def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> 
             Route("/", index),
             Route("/api/logs", logs),
             Route("/api/services", services),
+            Route("/api/stats", stats),
             Route("/healthz", healthz),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
