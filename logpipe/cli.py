@@ -201,9 +201,15 @@ def _add_query(commands: Commands) -> None:
     query.add_argument("--since", help="start: 15m, 6h, 2d back from now or RFC 3339 (15m)")
     query.add_argument("--until", help="end: a duration back from now or RFC 3339 (now)")
     query.add_argument("--level", help="only this level: trace debug info warn error fatal")
-    query.add_argument("--grep", help="only events whose message contains TEXT (case-sensitive)")
+    query.add_argument("-q", "--grep", help="only events whose message contains TEXT (any case)")
     query.add_argument("--limit", type=int, help="at most N events, 1-1000 (100)")
     query.add_argument("--json", action="store_true", help="one JSON object per line")
+    query.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new events as they are stored, until Ctrl-C",
+    )
 
 
 def _add_export(commands: Commands) -> None:
@@ -322,7 +328,8 @@ async def _console(settings: Settings, args: argparse.Namespace, parts: dict[str
 async def _query(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
     from logpipe.read import console
 
-    return await console.query_command(settings, console.query_params(args), args.json)
+    params = console.query_params(args)
+    return await console.query_command(settings, params, args.json, follow=args.follow)
 
 
 async def _export(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:

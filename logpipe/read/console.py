@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import sys
@@ -10,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,6 +33,7 @@ from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.models import StoredEvent, iso_ms
 from logpipe.core.query import LogQuery, QueryError, parse_query
+from logpipe.lifecycle import stop_signals
 from logpipe.obs import metrics
 from logpipe.read.reader import READ_DEADLINE_S, Reader
 from logpipe.read.stats import STATS_PARAMETERS, count_levels, parse_stats
@@ -373,23 +376,28 @@ def escape_controls(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-def format_table(events: list[StoredEvent]) -> str:
-    """Events as aligned lines a person reads: time, level, message, attributes.
+def format_table(events: list[StoredEvent], header: bool = True) -> str:
+    """Events as aligned lines a person reads: time, level, message, trace id, attributes;
+    a message's further lines indented under its first.
 
     Every field is stored as a client sent it, so every field is escaped: a log line
-    cannot clear the screen, retitle the terminal or write the clipboard.
+    cannot clear the screen, retitle the terminal or write the clipboard (a message's line
+    breaks become lines of their own, every other control character an escape).
     """
-    lines = [f"{'TIME':<24}  {'LEVEL':<5}  MESSAGE"]
+    lines = [f"{'TIME':<24}  {'LEVEL':<5}  MESSAGE"] if header else []
     for event in events:
-        message = escape_controls(str(event.get("message", "")))
+        first, *more = str(event.get("message", "")).split("\n")
         attributes = event.get("attributes") or {}
-        extra = " ".join(
+        extra = [
             f"{escape_controls(str(k))}={escape_controls(str(v))}" for k, v in attributes.items()
-        )
-        text = f"{message}  {extra}" if extra else message
+        ]
+        if event.get("trace_id"):
+            extra.insert(0, f"trace={escape_controls(str(event['trace_id']))}")
+        text = escape_controls(first) + (f"  {' '.join(extra)}" if extra else "")
         timestamp = escape_controls(str(event.get("timestamp", "")))
         level = escape_controls(str(event.get("level", ""))).upper()
         lines.append(f"{timestamp:<24}  {level:<5}  {text}")
+        lines.extend(MESSAGE_INDENT + escape_controls(line) for line in more)
     return "\n".join(lines)
 
 
@@ -421,8 +429,10 @@ async def query_command(
     as_json: bool,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
+    follow: bool = False,
 ) -> int:
-    """`logpipe query`: events newest first, as a table or as NDJSON.
+    """`logpipe query`: events newest first, as a table or as NDJSON; with `follow`, the
+    newest events oldest first, then each new one as it is stored, until SIGINT or SIGTERM.
 
     Each read is bounded (LOGPIPE_QUERY_BUDGET); the command follows the cursors until
     --limit events are found or the whole time range is searched.
@@ -440,13 +450,74 @@ async def query_command(
             shards = await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
             reader = _reader(clients, settings, shards, secret)
             events, more = await _follow_cursors(reader, query, params, secret, progress)
+            progress.clear()
+            if follow:
+                await _tail(reader, query, params, events, as_json, out)
+                return 0
         except AWS_ERRORS as exc:
             progress.clear()
             print(f"logpipe: the log table could not be read ({error_code(exc)})", file=err)
             return 1
-    progress.clear()
     _print_found(events, more, query.service, as_json, out, err)
     return 0
+
+
+async def _tail(
+    reader: Reader,
+    query: LogQuery,
+    params: Mapping[str, str],
+    events: list[StoredEvent],
+    as_json: bool,
+    out: TextIO,
+) -> None:
+    """Print `events` oldest first, then every event stored since, each once, every
+    FOLLOW_INTERVAL_S, until SIGINT or SIGTERM."""
+    with stop_signals() as stopping:
+        shown: set[tuple[str, str]] = set()
+        newest = query.since_ms
+        first = True
+        while True:
+            fresh = [e for e in reversed(events) if (e["timestamp"], e["id"]) not in shown]
+            _print_events(fresh, as_json, out, header=first)
+            out.flush()
+            first = False
+            newest = max([newest, *(_ms(e["timestamp"]) for e in fresh)])
+            # Only the newest millisecond's events can come again (the next read starts there).
+            edge = iso_ms(newest)
+            shown = {key for key in shown if key[0] >= edge}
+            shown.update((e["timestamp"], e["id"]) for e in fresh if e["timestamp"] >= edge)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), FOLLOW_INTERVAL_S)
+            if stopping.is_set():
+                return
+            events = await _since(reader, params, newest)
+
+
+async def _since(reader: Reader, params: Mapping[str, str], since_ms: int) -> list[StoredEvent]:
+    """Every event stored from `since_ms` to now, newest first (all pages)."""
+    now = now_ms()
+    window = {**params, "since": iso_ms(since_ms), "until": iso_ms(now), "limit": "1000"}
+    secret = secrets.token_bytes(16)
+    events: list[StoredEvent] = []
+    query = parse_query(window, now, secret)
+    while True:
+        page = await reader.read(query)
+        events.extend(page.events)
+        if page.cursor is None:
+            return events
+        query = parse_query({**window, "cursor": page.cursor}, now, secret)
+
+
+def _ms(timestamp: str) -> int:
+    return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def _print_events(events: list[StoredEvent], as_json: bool, out: TextIO, header: bool) -> None:
+    if as_json:
+        for event in events:
+            out.write(orjson.dumps(event).decode() + "\n")
+    elif events:
+        print(format_table(events, header=header), file=out)
 
 
 async def _follow_cursors(
@@ -469,11 +540,7 @@ async def _follow_cursors(
 def _print_found(
     events: list[StoredEvent], more: bool, service: str, as_json: bool, out: TextIO, err: TextIO
 ) -> None:
-    if as_json:
-        for event in events:
-            out.write(orjson.dumps(event).decode() + "\n")
-    elif events:
-        print(format_table(events), file=out)
+    _print_events(events, as_json, out, header=True)
     if not events:
         print(f"logpipe: no events of {service} in this time range", file=err)
     elif more:
@@ -482,6 +549,12 @@ def _print_found(
             f"raise --limit or pass --until {escape_controls(str(events[-1]['timestamp']))}",
             file=err,
         )
+
+
+# Where a table's message column starts: a message's further lines start there too.
+MESSAGE_INDENT = " " * (24 + 2 + 5 + 2)
+# How often `logpipe query --follow` asks for new events.
+FOLLOW_INTERVAL_S = 1.0
 
 
 def query_params(args: Any) -> dict[str, str]:

@@ -1,0 +1,86 @@
+"""`logpipe query`: a message's lines, the trace id, and `--follow` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+
+import pytest
+
+from logpipe.aws.clients import Clients
+from logpipe.config import Settings
+from logpipe.dev.processes import role_env
+from logpipe.read.console import MESSAGE_INDENT, format_table
+from tests.support.aws import make_event
+from tests.support.wait import wait_until
+from tests.test_reader import store_events
+
+
+@pytest.mark.unit
+def test_a_multi_line_message_prints_as_indented_lines_still_escaped() -> None:
+    event = {
+        "timestamp": "2026-09-21T14:00:00.000Z",
+        "level": "error",
+        "message": 'boom\nTraceback (most recent call last):\n  File \x1b[31m"x.py"\r',
+        "trace_id": "ab" * 16,
+        "attributes": {"k": "v"},
+    }
+    lines = format_table([event]).splitlines()
+    assert lines[1] == f"2026-09-21T14:00:00.000Z  ERROR  boom  trace={'ab' * 16} k=v"
+    assert lines[2:] == [
+        MESSAGE_INDENT + "Traceback (most recent call last):",
+        MESSAGE_INDENT + '  File \\x1b[31m"x.py"\\r',
+    ]
+
+
+@pytest.mark.e2e
+async def test_follow_prints_new_events_as_they_are_stored_and_exits_0_on_ctrl_c(
+    clients: Clients, settings: Settings
+) -> None:
+    now = int(time.time() * 1000)
+    await store_events(clients, settings, [make_event(1, timestamp=now - 60_000)])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "logpipe",
+        *("query", "--service", "svc", "--since", "10m", "-f"),
+        env=role_env(settings, LOGPIPE_LOG_LEVEL="warning"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+
+    async def read_lines() -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            lines.append(line.decode())
+
+    reader = asyncio.create_task(read_lines())
+    try:
+        await wait_until(lambda: _shown(lines, "event number 1"), timeout=30)
+        # Two more, stored after the command started, in two messages.
+        later = int(time.time() * 1000)
+        news = [make_event(2, timestamp=later), make_event(3, timestamp=later + 1)]
+        await store_events(clients, settings, news, per_message=1)
+        await wait_until(lambda: _shown(lines, "event number 3"), timeout=30)
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await reader
+    assert code == 0
+    messages = [line for line in lines if "event number" in line]
+    assert [m.split("  ")[2].strip() for m in messages] == [
+        "event number 1",
+        "event number 2",
+        "event number 3",
+    ]
+
+
+async def _shown(lines: list[str], text: str) -> bool:
+    return any(text in line for line in lines)
