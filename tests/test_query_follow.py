@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,31 @@ async def test_follow_prints_new_events_as_they_are_stored_and_exits_0_on_ctrl_c
 
 async def _shown(lines: list[str], text: str) -> bool:
     return any(text in line for line in lines)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("command", [("query", "--service", "x"), ("export",)])
+async def test_without_aws_settings_the_reading_commands_say_what_to_set(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "logpipe", *command),
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 1 and out == b""
+    [line] = err.decode().splitlines()
+    assert line.startswith("logpipe: no AWS credentials or region here (NoCredentialsError)")
+    assert "AWS_PROFILE" in line and "make up" in line

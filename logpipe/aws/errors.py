@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
 
 from logpipe.errors import EntryFailure, LogpipeError
 
@@ -51,11 +57,17 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+# Settings missing on this machine: asking again finds them missing again.
+SETUP_ERRORS = (NoCredentialsError, PartialCredentialsError, NoRegionError)
+
+
 def is_retriable(exc: BaseException) -> bool:
     """Transient: throttling, a 5xx of the service, or the connection itself failing; for
     logpipe's own errors, what their `retriable` flag says."""
     if isinstance(exc, LogpipeError):
         return exc.retriable
+    if isinstance(exc, SETUP_ERRORS):
+        return False
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return error_code(exc) in RETRIABLE_CODES or int(status) >= 500
@@ -66,6 +78,18 @@ def classify(exc: Exception) -> EntryFailure:
     """A failed call as the retry helper reads it: its code, retriable or not, throttled or not."""
     code = error_code(exc)
     return EntryFailure(code, is_retriable(exc), code in THROTTLE_CODES)
+
+
+def read_failure(exc: BaseException) -> str:
+    """One line for a person whose read of the table failed: what to set when credentials
+    or the region are missing, else the AWS error code."""
+    if isinstance(exc, SETUP_ERRORS):
+        return (
+            f"no AWS credentials or region here ({type(exc).__name__}): set AWS_PROFILE, or "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION; or run it from the "
+            "directory where `make up` runs"
+        )
+    return f"the log table could not be read ({error_code(exc)})"
 
 
 NO_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logpipe.aws.bootstrap import read_table_shards
 from logpipe.aws.clients import Clients, open_clients
-from logpipe.aws.errors import AWS_ERRORS, error_code
+from logpipe.aws.errors import AWS_ERRORS, error_code, read_failure
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.models import StoredEvent, iso_ms
@@ -456,7 +456,7 @@ async def query_command(
                 return 0
         except AWS_ERRORS as exc:
             progress.clear()
-            print(f"logpipe: the log table could not be read ({error_code(exc)})", file=err)
+            print(f"logpipe: {read_failure(exc)}", file=err)
             return 1
     _print_found(events, more, query.service, as_json, out, err)
     return 0

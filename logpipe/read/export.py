@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from logpipe.aws.bootstrap import read_table_shards
 from logpipe.aws.clients import open_clients
-from logpipe.aws.errors import AWS_ERRORS, error_code
+from logpipe.aws.errors import AWS_ERRORS, read_failure
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.block import Summary, first_copies, stored_event, summary_from_item
@@ -104,7 +104,7 @@ async def export_command(
                 named = sorted(entry["service"] for entry in seen)
             written = await write_ndjson(export_events(reader, named, since_ms, until_ms), stream)
         except AWS_ERRORS as exc:
-            print(f"logpipe: the log table could not be read ({error_code(exc)})", file=err)
+            print(f"logpipe: {read_failure(exc)}", file=err)
             return 1
     stream.flush()
     print(f"logpipe: exported {written} events of {len(named)} services", file=err)
