@@ -12,14 +12,14 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import IO, Any
+from typing import IO
 
 from logpipe.aws.bootstrap import read_table_shards
 from logpipe.aws.clients import open_clients
 from logpipe.aws.errors import AWS_ERRORS, read_failure
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.block import Summary, first_copies, stored_event, summary_from_item
+from logpipe.core.block import first_copies, stored_event
 from logpipe.core.models import Event, dumps_exact
 from logpipe.core.query import (
     QueryError,
@@ -27,7 +27,6 @@ from logpipe.core.query import (
     hour_starts,
     parse_service,
     parse_time,
-    partition_keys,
 )
 from logpipe.read.reader import BODIES_PER_CALL, Reader
 
@@ -46,15 +45,8 @@ async def export_events(
 async def _hour(
     reader: Reader, service: str, hour: str, since_ms: int, until_ms: int
 ) -> list[Event]:
-    summaries: list[Summary] = []
-    for pk in partition_keys(service, hour, reader.shards):
-        start: dict[str, Any] | None = None
-        while True:
-            items, start = await reader.summaries_page(pk, since_ms, start)
-            summaries.extend(map(summary_from_item, items))
-            if start is None:
-                break
-    wanted = [s for s in summaries if s.oldest <= until_ms and s.newest >= since_ms]
+    summaries = await reader.hour_summaries(service, hour, since_ms) or []
+    wanted = [s for s in summaries if s.oldest <= until_ms]
     events: list[Event] = []
     for n in range(0, len(wanted), BODIES_PER_CALL):
         for body in await reader.bodies(wanted[n : n + BODIES_PER_CALL]):

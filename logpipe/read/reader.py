@@ -29,7 +29,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -342,6 +342,23 @@ class Reader:
                 partial(self._dynamodb.query, **kwargs), QUERY_ATTEMPTS, "Query"
             )
         return response.get("Items", []), response.get("LastEvaluatedKey")
+
+    async def hour_summaries(
+        self, service: str, hour: str, since_ms: int, take: Callable[[], bool] = lambda: True
+    ) -> list[Summary] | None:
+        """Every block summary of one service's hour whose newest event is at `since_ms` or
+        later, every shard and page; None when `take` refuses a read (a budget)."""
+        summaries: list[Summary] = []
+        for pk in partition_keys(service, hour, self.shards):
+            start: dict[str, Any] | None = None
+            while True:
+                if not take():
+                    return None
+                items, start = await self.summaries_page(pk, since_ms, start)
+                summaries.extend(map(summary_from_item, items))
+                if start is None:
+                    break
+        return summaries
 
     async def bodies(self, summaries: list[Summary]) -> list[list[Event]]:
         """The events of each block (BatchGetItem, asking again for unprocessed keys)."""

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from logpipe.core.block import Summary, summary_from_item
+from logpipe.core.block import Summary
 from logpipe.core.query import (
     DEFAULT_SINCE,
     MAX_HOURS,
@@ -26,7 +26,6 @@ from logpipe.core.query import (
     hour_starts,
     parse_service,
     parse_time,
-    partition_keys,
 )
 from logpipe.core.timefmt import iso_ms
 from logpipe.read.reader import BODIES_PER_CALL, Reader
@@ -129,10 +128,11 @@ async def _count_hour(
     reads: _Reads,
 ) -> bool:
     """Add one service's hour to `counts`; False when the reads ran out."""
-    summaries = await _summaries(reader, query, service, hour, reads)
+    summaries = await reader.hour_summaries(service, hour, query.since_ms, reads.take)
     if summaries is None:
         return False
-    opened = [s for s in summaries if not _counted_whole(s, query, counts)]
+    reaching = [s for s in summaries if s.oldest <= query.until_ms]
+    opened = [s for s in reaching if not _counted_whole(s, query, counts)]
     for n in range(0, len(opened), BODIES_PER_CALL):
         if not reads.take():
             return False
@@ -142,24 +142,6 @@ async def _count_hour(
                 if query.since_ms <= ts <= query.until_ms:
                     counts.setdefault(ts - ts % query.step_ms, Counter())[event["level"]] += 1
     return True
-
-
-async def _summaries(
-    reader: Reader, query: StatsQuery, service: str, hour: str, reads: _Reads
-) -> list[Summary] | None:
-    """Every block summary of one service's hour that reaches the range; None when the
-    reads ran out."""
-    summaries: list[Summary] = []
-    for pk in partition_keys(service, hour, reader.shards):
-        start: dict[str, Any] | None = None
-        while True:
-            if not reads.take():
-                return None
-            items, start = await reader.summaries_page(pk, query.since_ms, start)
-            summaries.extend(map(summary_from_item, items))
-            if start is None:
-                break
-    return [s for s in summaries if s.oldest <= query.until_ms]
 
 
 def _counted_whole(summary: Summary, query: StatsQuery, counts: dict[int, Counter[str]]) -> bool:
