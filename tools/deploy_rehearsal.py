@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -665,11 +665,23 @@ class Call:
     resource: str  # ARN
 
 
+def _recorded(recording: str) -> Iterator[dict[str, Any]]:
+    """Every record of moto's recorder file. Its threads write one JSON document a line,
+    but two requests answered at once can land on one line without a newline between."""
+    decoder = json.JSONDecoder()
+    for line in recording.splitlines():
+        at = 0
+        while at < len(line):
+            entry, at = decoder.raw_decode(line, at)
+            yield entry
+            while at < len(line) and line[at].isspace():
+                at += 1
+
+
 def requests(recording: str) -> list[tuple[str, str, dict[str, Any]]]:
     """The recorded signed requests as (access key id, IAM action, parameters)."""
     found = []
-    for line in recording.splitlines():
-        entry = json.loads(line)
+    for entry in _recorded(recording):
         headers = {k.lower(): v for k, v in entry["headers"].items()}
         authorization = headers.get("authorization", "")
         if "Credential=" not in authorization:
