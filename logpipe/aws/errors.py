@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from logpipe.errors import EntryFailure, LogpipeError
 
@@ -52,10 +52,13 @@ def error_code(exc: BaseException) -> str:
 
 
 def is_retriable(exc: BaseException) -> bool:
-    """Transient: throttling, a 5xx of the service, or the connection itself failing; for
-    logpipe's own errors, what their `retriable` flag says."""
+    """Transient: throttling, a 5xx of the service, the connection itself failing, or an
+    answer that arrived damaged (ChecksumError); for logpipe's own errors, what their
+    `retriable` flag says; never parameters refused before sending."""
     if isinstance(exc, LogpipeError):
         return exc.retriable
+    if isinstance(exc, ParamValidationError):  # the same parameters would fail again
+        return False
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return error_code(exc) in RETRIABLE_CODES or int(status) >= 500

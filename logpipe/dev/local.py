@@ -90,7 +90,7 @@ class StackState:
     endpoint: str
     ingestor: str
     console: str
-    region: str
+    region: str | None
     queue_name: str
     dlq_name: str
     table_name: str
