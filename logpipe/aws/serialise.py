@@ -210,15 +210,12 @@ def non_finite(value: Any, name: str) -> str | None:
     return None
 
 
-# A JSON null as orjson writes it (no spaces): after a colon, a bracket or a comma. Inside
-# strings the same bytes can occur (escaped JSON), so a hit is checked by walking.
-_NULL = re.compile(rb"[:\[,]null")
-
-
 def refuse_what_orjson_would_send_wrongly(params: dict[str, Any], model: Any, body: bytes) -> None:
     """Raise ParamValidationError for an unknown key or a non-finite float in `params`."""
     report = unknown_key(params, model.input_shape, "input")
-    if report is None and _NULL.search(body):
+    # orjson writes NaN and infinities as null: only a body holding null needs the walk
+    # (strings are not walked into, so SendMessageBatch's costs ~10 µs, a regex 1.4 ms).
+    if report is None and b"null" in body:
         report = non_finite(params, "input")
     if report is not None:
         raise ParamValidationError(report=report)
