@@ -226,7 +226,7 @@ async def at_latency(
     try:
         url = f"http://127.0.0.1:{port}"
         await wait_http(session, f"{url}/counts", timeout=30)
-        settings = Settings.from_env({"AWS_ENDPOINT_URL": url})
+        settings = Settings(endpoint_url=url)
         measure = Measurement(session, url)
         async with AsyncExitStack() as stack:
             pool = settings.write_concurrency + settings.pollers * 2 + 4  # the processor's

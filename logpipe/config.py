@@ -23,8 +23,13 @@ SQS_MIN_BYTES = 64 * 1024
 class Settings:
     """Immutable configuration of one logpipe process; build it with `from_env`."""
 
+    # An endpoint logpipe itself chose (`logpipe up`, the bench, tests): every client goes
+    # there. Never taken from the environment: AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>,
+    # a profile's endpoint_url and AWS_IGNORE_CONFIGURED_ENDPOINT_URLS are botocore's to
+    # read, as for any AWS SDK client (`aws.clients.client_args`).
     endpoint_url: str | None = None
-    region: str = "us-east-1"
+    # AWS_REGION; None: botocore's (AWS_DEFAULT_REGION, the profile's region).
+    region: str | None = None
     queue_name: str = "logpipe-events"
     dlq_name: str = "logpipe-events-dlq"
     table_name: str = "logpipe-logs"
@@ -85,9 +90,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Read and validate every variable; raise ConfigError naming the first bad one."""
         d = cls
+        for name in ENDPOINT_VARIABLES:  # botocore reads them; a bad one still fails here
+            _url(env, name, None)
         return cls(
-            endpoint_url=_url(env, "AWS_ENDPOINT_URL", None),
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or d.region,
+            region=env.get("AWS_REGION", "").strip() or d.region,
             queue_name=_name(env, "LOGPIPE_QUEUE_NAME", d.queue_name),
             dlq_name=_name(env, "LOGPIPE_DLQ_NAME", d.dlq_name),
             table_name=_name(env, "LOGPIPE_TABLE_NAME", d.table_name),
@@ -160,7 +166,9 @@ class Settings:
         known = {f.name for f in fields(self)}
         given = {k: v for k, v in changes.items() if k in known and v is not None}
         env = {variable(k): _as_env_text(v) for k, v in given.items() if k not in NO_VARIABLE}
-        checked = Settings.from_env(env)
+        checked = replace(
+            Settings.from_env(env), endpoint_url=_url(env, variable("endpoint_url"), None)
+        )
         return replace(
             self, **{k: v if k in NO_VARIABLE else getattr(checked, k) for k, v in given.items()}
         )
@@ -173,6 +181,8 @@ class Settings:
 # The variables whose names are not LOGPIPE_ and the field's name in capitals, and the fields
 # no variable sets (tests/test_config.py checks both against what `from_env` reads).
 _AWS_VARIABLES = {"endpoint_url": "AWS_ENDPOINT_URL", "region": "AWS_REGION"}
+# Checked by `from_env`, read by botocore (AWS_ENDPOINT_URL checks `endpoint_url` overrides).
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB")
 NO_VARIABLE = frozenset({"keep_alive_s"})
 
 

@@ -12,14 +12,14 @@ import orjson
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.context import start_as_current_context
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ParamValidationError
 from botocore.parsers import create_parser
-from botocore.useragent import register_feature_ids
+from prometheus_client import REGISTRY
 
 from logpipe.aws.bootstrap import queue_url
-from logpipe.aws.clients import Clients, _session, client_config, open_clients
+from logpipe.aws.clients import Clients, _session, client_args, client_config, open_clients
+from logpipe.aws.errors import classify
 from logpipe.aws.serialise import encode_body, parse_messages
 from logpipe.config import Settings
 from logpipe.dev.processes import LOCAL_CREDENTIALS
@@ -86,7 +86,7 @@ async def generic(settings: Settings) -> AsyncIterator[Clients]:
     async with AsyncExitStack() as stack:
         clients = [
             await stack.enter_async_context(
-                session.client(name, endpoint_url=settings.endpoint_url, config=client_config(4))
+                session.client(name, config=client_config(4), **client_args(settings))
             )
             for name in ("sqs", "dynamodb")
         ]
@@ -311,29 +311,6 @@ async def test_the_processor_clients_receive_through_the_orjson_parser(
     assert received["ResponseMetadata"]["HTTPStatusCode"] == 200
 
 
-async def test_the_cached_user_agent_is_the_one_botocore_builds(settings: Settings) -> None:
-    """One string per set of feature codes, each what botocore builds for that set."""
-    async with AsyncExitStack() as stack:
-        clients = await open_clients(stack, settings, pool=2)
-        creator = clients.dynamodb._user_agent_creator
-        built: list[str] = []
-        original = type(creator).to_string
-
-        def fresh() -> str:
-            text = str(original(creator))
-            built.append(text)
-            return text
-
-        for features in ([], ["RETRY_MODE_ADAPTIVE"], ["WAITER", "PAGINATOR"], []):
-            with start_as_current_context():
-                register_feature_ids(features)
-                assert creator.to_string() == fresh()
-                assert creator.to_string() == built[-1]
-        # The calls of a context with the same codes share a string; other codes get theirs.
-        assert len(set(built)) == 3
-        assert "m/" in built[1] and built[1] != built[0]
-
-
 async def test_every_hot_call_sends_botocores_user_agent(
     settings: Settings, clients: Clients, generic: Clients
 ) -> None:
@@ -348,3 +325,96 @@ async def test_every_hot_call_sends_botocores_user_agent(
     sent = [r.headers["User-Agent"] for r in fast.requests]
     assert len(sent) == 4
     assert sent == [r.headers["User-Agent"] for r in slow.requests]
+
+
+@pytest.mark.parametrize(
+    ("entry", "report"),
+    [
+        pytest.param(
+            {"Id": "0", "MessageBody": "b", "MessageGroupID": "g"},
+            'Unknown parameter in input.Entries[0]: "MessageGroupID"',
+            id="entry-key",
+        ),
+        pytest.param(
+            {
+                "Id": "0",
+                "MessageBody": "b",
+                "MessageAttributes": {"a": {"DataType": "String", "Value": "x"}},
+            },
+            'Unknown parameter in input.Entries[0].MessageAttributes.a: "Value"',
+            id="attribute-key",
+        ),
+        pytest.param(
+            {"Id": "0", "MessageBody": "b", "DelaySeconds": float("nan")},
+            "input.Entries[0].DelaySeconds: nan is not a finite number",
+            id="nan",
+        ),
+        pytest.param(
+            {"Id": "0", "MessageBody": "b", "DelaySeconds": float("-inf")},
+            "is not a finite number",
+            id="infinity",
+        ),
+    ],
+)
+async def test_what_orjson_would_send_wrongly_is_refused_before_sending(
+    entry: dict[str, Any], report: str, settings: Settings, clients: Clients
+) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    capture = Capture(clients.sqs)
+    with pytest.raises(ParamValidationError) as caught:
+        await clients.sqs.send_message_batch(QueueUrl=url, Entries=[entry])
+    assert report in str(caught.value)
+    assert capture.requests == []  # nothing sent
+    assert not classify(caught.value).retriable
+
+
+async def test_an_unknown_top_level_key_is_refused_on_the_orjson_path(
+    settings: Settings, clients: Clients
+) -> None:
+    item = base_item("unknown", ITEMS["strings"])
+    params = {"RequestItems": {settings.table_name: [{"PutRequest": {"Item": item}}]}}
+    with pytest.raises(ParamValidationError, match='"ReturnEverything"'):
+        await clients.dynamodb.batch_write_item(**params, ReturnEverything="yes")
+    with pytest.raises(ParamValidationError, match='"Itme"'):
+        await clients.dynamodb.batch_write_item(
+            RequestItems={settings.table_name: [{"PutRequest": {"Itme": item}}]}
+        )
+
+
+async def test_null_inside_a_message_body_is_sent_as_it_is(
+    settings: Settings, clients: Clients
+) -> None:
+    """The null check looks at the body's bytes first: escaped JSON holding null is text."""
+    url = await queue_url(clients.sqs, settings.queue_name)
+    body = '{"v":1,"events":[{"trace_id":null}],"x":[null,null]}'
+    capture = Capture(clients.sqs)
+    response = await clients.sqs.send_message_batch(
+        QueueUrl=url, Entries=[{"Id": "0", "MessageBody": body}]
+    )
+    assert [s["Id"] for s in response["Successful"]] == ["0"]
+    assert capture.last()[0] == orjson.dumps(
+        {"QueueUrl": url, "Entries": [{"Id": "0", "MessageBody": body}]}
+    )
+
+
+def billed() -> float:
+    return REGISTRY.get_sample_value("logpipe_sqs_billed_requests_total") or 0.0
+
+
+async def test_a_lone_surrogate_is_counted_and_encoded_as_botocore_encodes_it(
+    settings: Settings, clients: Clients, generic: Clients
+) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    entries = [{"Id": "0", "MessageBody": "before \ud800 after"}]
+    fast, slow = Capture(clients.sqs), Capture(generic.sqs)
+    before = billed()
+    outcomes = []
+    for client in (clients.sqs, generic.sqs):
+        try:  # SQS refuses such a body; what matters is what was sent, and that it was
+            outcomes.append(await client.send_message_batch(QueueUrl=url, Entries=entries))
+        except ClientError as e:
+            outcomes.append(e.response["Error"]["Code"])
+    assert billed() == before + 1  # counted, no exception
+    assert fast.last()[0] == slow.last()[0]  # byte for byte: botocore's own serializer
+    assert b"\\ud800" in fast.last()[0]
+    assert type(outcomes[0]) is type(outcomes[1])

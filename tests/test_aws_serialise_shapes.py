@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import botocore
 import botocore.session
 import pytest
 
@@ -26,6 +27,8 @@ from logpipe.aws.serialise import _Special, special_keys
 pytestmark = pytest.mark.unit
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "special_shapes.json"
+RECORDED_WITH = "1.40.61"  # botocore of the snapshot
+CALLED = ("dynamodb", "sqs")  # compared under any botocore
 SERVICES = (
     "dynamodb",  # recursive AttributeValue, blobs
     "sqs",  # the gated Entries of SendMessageBatch
@@ -58,10 +61,19 @@ def snapshot(service: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_special_members_are_those_recorded(service: str) -> None:
+    """Every operation of the snapshot's botocore is walked as recorded. Under another
+    botocore (CI's job on the newest versions) the models themselves differ: the services
+    we call are still compared, operation by operation where both have it, the hot ones
+    required; the others only when the version is the snapshot's."""
+    if botocore.__version__ != RECORDED_WITH and service not in CALLED:
+        pytest.skip(f"models of botocore {botocore.__version__}, snapshot of {RECORDED_WITH}")
     recorded = json.loads(FIXTURE.read_text())[service]
     computed = snapshot(service)
-    assert computed.keys() == recorded.keys()
-    differ = [name for name in recorded if computed[name] != recorded[name]]
+    if botocore.__version__ == RECORDED_WITH:
+        assert computed.keys() == recorded.keys()
+    common = computed.keys() & recorded.keys()
+    assert {"BatchWriteItem", "SendMessageBatch"} & recorded.keys() <= common
+    differ = [name for name in sorted(common) if computed[name] != recorded[name]]
     assert not differ, f"{service}: {differ[:5]}: {computed[differ[0]]} != {recorded[differ[0]]}"
 
 

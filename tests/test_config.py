@@ -37,10 +37,7 @@ def test_defaults_are_those_of_the_design() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "attribute", "expected"),
     [
-        ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000", "endpoint_url", "http://127.0.0.1:5000"),
-        ("AWS_ENDPOINT_URL", "https://sqs.example.com/", "endpoint_url", "https://sqs.example.com"),
         ("AWS_REGION", "eu-west-1", "region", "eu-west-1"),
-        ("AWS_DEFAULT_REGION", "eu-central-1", "region", "eu-central-1"),
         ("LOGPIPE_QUEUE_NAME", "prod-events", "queue_name", "prod-events"),
         ("LOGPIPE_DLQ_NAME", "prod-events-dlq", "dlq_name", "prod-events-dlq"),
         ("LOGPIPE_TABLE_NAME", "prod.logs_v2", "table_name", "prod.logs_v2"),
@@ -62,10 +59,7 @@ def test_defaults_are_those_of_the_design() -> None:
         ("LOGPIPE_DRAIN_SECONDS", "10", "drain_seconds", 10.0),
     ],
     ids=[
-        "endpoint-url",
-        "endpoint-url-trailing-slash-dropped",
         "region",
-        "default-region-fallback",
         "queue-name",
         "dlq-name",
         "table-name",
@@ -97,6 +91,27 @@ def test_aws_region_wins_over_aws_default_region() -> None:
     settings = Settings.from_env({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-west-2"})
 
     assert settings.region == "eu-west-1"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"}, id="endpoint-url"),
+        pytest.param({"AWS_ENDPOINT_URL_DYNAMODB": "https://vpce.example.com/"}, id="per-service"),
+        pytest.param({"AWS_DEFAULT_REGION": "eu-central-1"}, id="default-region"),
+    ],
+)
+def test_the_endpoint_and_region_variables_are_left_to_botocore(env: dict[str, str]) -> None:
+    """botocore reads them itself (with the per-service URLs, the profile's endpoint and
+    region, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS): nothing passed explicitly overrides them."""
+    settings = Settings.from_env(env)
+    assert (settings.endpoint_url, settings.region) == (None, None)
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB"])
+def test_a_bad_per_service_endpoint_fails_at_start_naming_it(variable: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable} must be an http"):
+        Settings.from_env({variable: "not-a-url"})
 
 
 @pytest.mark.parametrize(
@@ -205,7 +220,7 @@ def test_every_field_but_the_few_without_one_is_set_by_the_variable_of_its_name(
     env = _Reads()
     Settings.from_env(env)
     expected = {variable(f.name) for f in fields(Settings) if f.name not in NO_VARIABLE}
-    assert env.read == expected | {"AWS_DEFAULT_REGION"}
+    assert env.read == expected | {"AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB"}
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from botocore.exceptions import (
     ClientError,
     NoCredentialsError,
     NoRegionError,
+    ParamValidationError,
     PartialCredentialsError,
 )
 
@@ -59,14 +60,17 @@ def error_code(exc: BaseException) -> str:
 
 # Settings missing on this machine: asking again finds them missing again.
 SETUP_ERRORS = (NoCredentialsError, PartialCredentialsError, NoRegionError)
+# Asking again fails again: settings missing here, or parameters refused before sending.
+NOT_RETRIABLE = (*SETUP_ERRORS, ParamValidationError)
 
 
 def is_retriable(exc: BaseException) -> bool:
-    """Transient: throttling, a 5xx of the service, or the connection itself failing; for
-    logpipe's own errors, what their `retriable` flag says."""
+    """Transient: throttling, a 5xx of the service, the connection itself failing, or an
+    answer that arrived damaged (ChecksumError); for logpipe's own errors, what their
+    `retriable` flag says; never parameters refused before sending."""
     if isinstance(exc, LogpipeError):
         return exc.retriable
-    if isinstance(exc, SETUP_ERRORS):
+    if isinstance(exc, NOT_RETRIABLE):
         return False
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)

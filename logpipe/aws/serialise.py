@@ -13,7 +13,13 @@ the table names), encode the whole parameters once with orjson, and put that bod
 the request before it is signed. Signing, credentials, endpoints, transport retries and
 error parsing stay botocore's. Parameters orjson cannot encode exactly as the JSON
 protocol would (bytes, integers beyond 64 bits, lone surrogates, None) take the generic
-path unchanged.
+path unchanged: the blocks' BatchWriteItem (binary bodies) always does.
+
+The client does not validate parameters (that cost more than the encoding saves), so what
+orjson would send where botocore's serializer fails is refused here, as botocore's
+validator words it (`ParamValidationError`, not retriable): a key no member of the model
+names (orjson would send it as it is) and a float that is not finite (orjson writes NaN
+and infinities as null).
 
 Our calls pass only JSON-native values for these operations, where the JSON protocol's
 serialisation is the identity; the parsed body is then the same, byte order of keys
@@ -23,20 +29,17 @@ The answer of ReceiveMessage (up to ten 256 KiB bodies, JSON inside JSON) is the
 the other way round: `before-parse` decodes its messages with orjson and leaves the
 generic parser an empty body, unless an answer is an error or holds binary attributes
 (base64 that the generic parser decodes).
-
-botocore also builds the User-Agent header from a dozen parts twice a call (once for the
-request, once again after it is created, with the call's feature codes). The parts are
-fixed for a client but for those codes, so `cache_user_agent` keeps one string per set of
-codes: the same header, built once.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from botocore.context import get_context
+from botocore.exceptions import ParamValidationError
 
 # (service, operation) -> the member whose walk is skipped.
 FAST_MEMBERS = {
@@ -163,6 +166,61 @@ _PASSTHROUGH = (
 )
 
 
+def _children(value: Any, shape: Any, name: str) -> Iterator[tuple[Any, Any, str]]:
+    """The values inside `value` with their shapes and names (None: a key no member names)."""
+    kind = shape.type_name
+    if kind == "structure" and isinstance(value, dict) and not shape.is_document_type:
+        for key, inner in value.items():
+            yield inner, shape.members.get(key), f"{name}.{key}"
+    elif kind == "list" and isinstance(value, list):
+        yield from ((inner, shape.member, f"{name}[{n}]") for n, inner in enumerate(value))
+    elif kind == "map" and isinstance(value, dict):
+        yield from ((inner, shape.value, f"{name}.{key}") for key, inner in value.items())
+
+
+def unknown_key(value: Any, shape: Any, name: str) -> str | None:
+    """botocore's report of the first key in `value` that no member of `shape` names (in
+    structures, through lists and maps), or None. Strings and numbers are not walked."""
+    for inner, member, path in _children(value, shape, name):
+        if member is None:
+            key = path.rsplit(".", 1)[1]
+            return (
+                f'Unknown parameter in {name}: "{key}", must be one of: {", ".join(shape.members)}'
+            )
+        report = unknown_key(inner, member, path)
+        if report is not None:
+            return report
+    return None
+
+
+def non_finite(value: Any, name: str) -> str | None:
+    """A report naming the first float in `value` that is NaN or infinite, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{name}: {value} is not a finite number"
+    if isinstance(value, dict):
+        inside = ((inner, f"{name}.{key}") for key, inner in value.items())
+    elif isinstance(value, list):
+        inside = ((inner, f"{name}[{n}]") for n, inner in enumerate(value))
+    else:
+        return None
+    for inner, path in inside:
+        report = non_finite(inner, path)
+        if report is not None:
+            return report
+    return None
+
+
+def refuse_what_orjson_would_send_wrongly(params: dict[str, Any], model: Any, body: bytes) -> None:
+    """Raise ParamValidationError for an unknown key or a non-finite float in `params`."""
+    report = unknown_key(params, model.input_shape, "input")
+    # orjson writes NaN and infinities as null: only a body holding null needs the walk
+    # (strings are not walked into, so SendMessageBatch's costs ~10 µs, a regex 1.4 ms).
+    if report is None and b"null" in body:
+        report = non_finite(params, "input")
+    if report is not None:
+        raise ParamValidationError(report=report)
+
+
 def _stand_in(value: Any) -> Any:
     # RequestItems keeps its table names (endpoint rules read them); a list becomes empty.
     return {name: [] for name in value} if isinstance(value, dict) else []
@@ -175,7 +233,8 @@ def take_body(params: dict[str, Any], model: Any, context: dict[str, Any], **kwa
         return
     body = encode_body(params, model)
     if body is None:
-        return
+        return  # botocore's serializer: NaN written as NaN, unknown keys a KeyError
+    refuse_what_orjson_would_send_wrongly(params, model, body)
     context[_BODY] = body
     params[member] = _stand_in(params[member])
 
@@ -231,38 +290,8 @@ def parse_messages(
     response_dict["body"] = b"{}"
 
 
-# More distinct sets of feature codes than this is not a steady state: stop caching.
-MAX_USER_AGENTS = 64
-
-
-def cache_user_agent(client: Any) -> None:
-    """Build the client's User-Agent string once per set of feature codes.
-
-    The string depends on the client's configuration, fixed when it was made, and on the
-    feature codes of the client and of the call (botocore's context); those are the key.
-    """
-    creator = client._user_agent_creator
-    build = creator.to_string
-    cache: dict[tuple[frozenset[str], frozenset[str]], str] = {}
-
-    def to_string() -> str:
-        context = get_context()
-        key = (
-            frozenset(creator._client_features or ()),
-            frozenset(context.features) if context is not None else frozenset(),
-        )
-        text = cache.get(key)
-        if text is None:
-            text = build()
-            if len(cache) < MAX_USER_AGENTS:
-                cache[key] = text
-        return str(text)
-
-    creator.to_string = to_string
-
-
 def install(client: Any) -> None:
-    """Serialise the client's hot batch calls with orjson; build its User-Agent once.
+    """Serialise the client's hot batch calls with orjson, their answers parsed likewise.
 
     The client must not validate parameters (`parameter_validation=False`): validation
     runs after `before-parameter-build` and would see only the stand-in. Registered last,
@@ -271,4 +300,3 @@ def install(client: Any) -> None:
     client.meta.events.register_last("before-parameter-build", take_body)
     client.meta.events.register_last("before-call", put_body)
     client.meta.events.register_last("before-parse", parse_messages)
-    cache_user_agent(client)

@@ -46,6 +46,8 @@ STATE_FILE = ".logpipe-up.json"
 # Any of these means the user has AWS set up: then the local stack is never used implicitly.
 AWS_VARIABLES = (
     "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_SQS",
+    "AWS_ENDPOINT_URL_DYNAMODB",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -90,7 +92,7 @@ class StackState:
     endpoint: str
     ingestor: str
     console: str
-    region: str
+    region: str | None
     queue_name: str
     dlq_name: str
     table_name: str

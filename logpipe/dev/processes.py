@@ -57,7 +57,7 @@ def _without_moto_stubber() -> None:
     """Importing moto adds its in-process mock to every botocore client made afterwards (a
     `before-send` handler). The embedded server answers over HTTP and nothing here mocks in
     process, so the handler goes: clients in this process then make their calls as they
-    would against AWS (the lean path, `aws/lean.py`, stands aside for any such handler)."""
+    would against AWS."""
     from botocore.handlers import BUILTIN_HANDLERS
     from moto.core.models import botocore_stubber
 
@@ -125,9 +125,15 @@ def role_env(settings: Settings, **variables: str | int | float) -> dict[str, st
     """The environment of a child role: ours, pointed at the same endpoint and resources."""
     env = {k: v for k, v in os.environ.items() if k != "ROLE"}
     env.update(LOCAL_CREDENTIALS)
+    if settings.endpoint_url is not None:
+        # The child's botocore reads AWS_ENDPOINT_URL; nothing may send it elsewhere.
+        for name in [k for k in env if k.startswith("AWS_ENDPOINT_URL_")]:
+            del env[name]
+        env.pop("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", None)
+        env["AWS_ENDPOINT_URL"] = settings.endpoint_url
+    if settings.region is not None:
+        env["AWS_REGION"] = settings.region
     env.update(
-        AWS_ENDPOINT_URL=settings.endpoint_url or "",
-        AWS_REGION=settings.region,
         LOGPIPE_QUEUE_NAME=settings.queue_name,
         LOGPIPE_DLQ_NAME=settings.dlq_name,
         LOGPIPE_TABLE_NAME=settings.table_name,
