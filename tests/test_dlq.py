@@ -243,10 +243,9 @@ async def test_redrive_all_moves_the_refusals_once_and_ends_while_the_processor_
     main_url = await queue_url(clients.sqs, settings.queue_name)
 
     async def refused_again() -> bool:
-        return (
-            await _dead_lettered(roles) >= 2 * PERMANENT
-            and await queue_counts(clients, main_url) == (0, 0)
-        )
+        return await _dead_lettered(roles) >= 2 * PERMANENT and await queue_counts(
+            clients, main_url
+        ) == (0, 0)
 
     await wait_until(refused_again, timeout=180)
     in_dlq = await _dlq_total(clients, dlq_url)
