@@ -70,7 +70,7 @@ class Event(TypedDict, total=False):
     assigned_timestamp: bool
 
 
-# A stored event as the read API answers it (from_item): the item's fields, plain values.
+# A stored event as the read API answers it (`core.block.stored_event`): plain values.
 StoredEvent = dict[str, Any]
 Item = dict[str, Any]
 
@@ -533,7 +533,7 @@ def dead_letter_body(event: object, reason: str) -> str:
 
 def event_problem(event: object) -> str | None:
     """Why an event of an envelope can never be stored, or None: every range, type and size
-    `to_item` and DynamoDB rely on, checked before any item is built (bodies may come from
+    blocks and DynamoDB rely on, checked before any block is built (bodies may come from
     anyone with access to the queue)."""
     if plain_size(event, 0):  # the usual event: one walk, no encoding
         return None
@@ -626,7 +626,8 @@ UNKNOWN_SIZE: Final = 1 << 40
 
 
 def item_fixed_bytes(shards: int, retention_days: int) -> int:
-    """The part of an item's size (`item_size`) that is the same for every event: the names
+    """The part of an event's item size (DynamoDB's sizing rules, as when each event was an
+    item; kept as the bound's base) that is the same for every event: the names
     of its attributes, the key's hour, separators and shard, the timestamps, the expiry."""
     shard_digits = len(str(shards - 1))
     expires_digits = len(str((MAX_TIMESTAMP_MS - 1) // 1000 + retention_days * 86400))
