@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from logpipe.config import Settings
 from logpipe.dev.local import STATE_FILE, StackState, attach, aws_configured, ports_problem
-from logpipe.dev.processes import free_port
+from logpipe.dev.processes import free_port, wait_http
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -237,3 +238,13 @@ def test_ports_problem_names_a_taken_port_and_a_shared_one() -> None:
     free = free_port()
     assert ports_problem({"a": free, "b": free}) == f"b and a cannot share port {free}"
     assert ports_problem({"a": free_port(), "b": free_port()}) is None
+
+
+async def test_waiting_for_a_role_that_exited_fails_at_once_with_its_exit_code() -> None:
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", "raise SystemExit(2)")
+    await process.wait()
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            await wait_http(session, f"http://127.0.0.1:{free_port()}/healthz", 60, process)
+    assert time.monotonic() - started < 30  # not the 60 s the wait would allow

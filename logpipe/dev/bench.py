@@ -227,7 +227,7 @@ class PipelineBench:
             env = {**env, "LOGPIPE_METRICS_PORT": str(self.ingestor_metrics_port)}
         self.roles[role] = await RoleProcess.start(role, env, log_file=self.log)
         url = f"{self.ingestor_url}/healthz" if role == "ingestor" else self.processor_url
-        await wait_http(self.session, url)
+        await wait_http(self.session, url, process=self.roles[role].process)
 
     def metrics_url(self, role: str) -> str:
         if role == "ingestor":

@@ -106,10 +106,18 @@ class RoleProcess:
         return data
 
 
-async def wait_http(session: aiohttp.ClientSession, url: str, timeout: float = 30.0) -> None:
-    """Poll `url` until it answers 200, or raise TimeoutError."""
+async def wait_http(
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: float = 30.0,
+    process: asyncio.subprocess.Process | None = None,
+) -> None:
+    """Poll `url` until it answers 200, or raise TimeoutError; RuntimeError at once if
+    `process`, the one meant to answer, has exited."""
     deadline = time.monotonic() + timeout
     while True:
+        if process is not None and process.returncode is not None:
+            raise RuntimeError(f"exited with {process.returncode} before {url} answered")
         try:
             async with session.get(url) as resp:
                 if resp.status == 200:

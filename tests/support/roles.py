@@ -48,7 +48,10 @@ class Roles:
         self.running.append(process)
         port = self.settings.port if role == "ingestor" else self.settings.metrics_port
         path = "/healthz" if role == "ingestor" else "/metrics"
-        await wait_http(self.session, f"http://127.0.0.1:{port}{path}", timeout=30)
+        # A loaded machine may take long to start a process; one that stops (a port taken
+        # since it was chosen) fails the wait at once, its one line on stderr.
+        url = f"http://127.0.0.1:{port}{path}"
+        await wait_http(self.session, url, timeout=90, process=process.process)
         return process
 
     async def stop_all(self, timeout: float = 30) -> None:
