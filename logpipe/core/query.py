@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -68,7 +68,7 @@ class MultiParams(Protocol):
 
     def getlist(self, key: str, /) -> list[str]: ...
 
-    def keys(self) -> Iterable[str]: ...
+    def __iter__(self) -> Iterator[str]: ...
 
 
 Params = MultiParams | Mapping[str, str]
@@ -346,16 +346,14 @@ def _trace_id(value: str | None) -> str | None:
         return None
     trace_id = value.strip().lower()
     if not _TRACE_ID.fullmatch(trace_id):
-        raise QueryError(
-            f"trace_id must be 1-{MAX_TRACE_ID_CHARS} hex digits, got {value[:40]!r}"
-        )
+        raise QueryError(f"trace_id must be 1-{MAX_TRACE_ID_CHARS} hex digits, got {value[:40]!r}")
     return trace_id
 
 
 def _attrs(params: Params) -> tuple[tuple[str, str], ...]:
     """The `attr.K=V` filters, each (K, V) once, sorted."""
     found: set[tuple[str, str]] = set()
-    for key in params.keys():
+    for key in params:
         if not key.startswith(ATTR_PREFIX):
             continue
         name = key[len(ATTR_PREFIX) :]
@@ -366,9 +364,7 @@ def _attrs(params: Params) -> tuple[tuple[str, str], ...]:
             )
         for value in values(params, key):
             if len(value) > MAX_ATTR_VALUE_CHARS:
-                raise QueryError(
-                    f"{key[:40]} must be at most {MAX_ATTR_VALUE_CHARS} characters"
-                )
+                raise QueryError(f"{key[:40]} must be at most {MAX_ATTR_VALUE_CHARS} characters")
             found.add((name, value))
             if len(found) > MAX_ATTR_FILTERS:
                 raise QueryError(f"at most {MAX_ATTR_FILTERS} attr.* filters may be given")
