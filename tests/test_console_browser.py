@@ -312,15 +312,16 @@ def trace_of(n: int) -> str:
 
 
 def traffic(now_ms: int) -> list[dict[str, Any]]:
-    """Fifty minutes of a shop's requests, each traced through three services: the gateway
+    """Most of an hour of a shop's requests, each traced through three services: the gateway
     logs the request, checkout places the order, payments charges the card (every seventh is
     declined, with a traceback, and the gateway answers 502)."""
     events: list[dict[str, Any]] = []
     for n in range(REQUESTS):
-        start = now_ms - 60_000 - n * 75_000
+        start = now_ms - 60_000 - n * 85_000
         order = 52_000 + n
         region = ("eu-west-1", "us-east-1")[n % 2]
-        declined = n % 7 == 3
+        declined = n % 7 == 0
+        items = 1 + n % 4
         trace = {"trace_id": trace_of(n)}
         status, took = (502, 1240 + n) if declined else (201, 80 + n % 30)
         events.append(
@@ -340,8 +341,8 @@ def traffic(now_ms: int) -> list[dict[str, Any]]:
                 service="checkout",
                 timestamp=start + 5,
                 level="info",
-                message=f"order {order} placed: {1 + n % 4} items, {12.5 * (1 + n % 9):.2f} EUR",
-                attributes={"order_id": order, "items": 1 + n % 4, "region": region},
+                message=f"order {order} placed: {items} x item, {12.5 * items:.2f} EUR",
+                attributes={"order_id": order, "items": items, "region": region},
                 **trace,
             )
         )
