@@ -384,7 +384,7 @@ async def test_a_search_spans_every_service_and_a_click_follows_a_trace_or_an_at
 
     async with running_console(settings) as url:
         # No service named: every service's events, newest first, on one page.
-        await page.goto(f"{url}/?since=1h&limit=500")
+        await page.goto(f"{url}/?since=1h&limit=200")
         await expect(page.locator(ROWS)).to_have_count(len(events))
         assert await row_ids(page) == newest_first(events)
         shown = await page.locator(f"{ROWS} td.svc").all_text_contents()
@@ -396,7 +396,7 @@ async def test_a_search_spans_every_service_and_a_click_follows_a_trace_or_an_at
             await expect(page.locator("#chart rect").first).to_be_visible()
             SCREENSHOT.parent.mkdir(exist_ok=True)
             await page.screenshot(path=str(SCREENSHOT))
-            await page.goto(f"{url}/?since=1h&limit=500")
+            await page.goto(f"{url}/?since=1h&limit=200")
             await expect(page.locator(ROWS)).to_have_count(len(events))
 
         # A trace id of a checkout event: the whole trace, in all three services.
@@ -408,7 +408,9 @@ async def test_a_search_spans_every_service_and_a_click_follows_a_trace_or_an_at
         assert {e["service"] for e in traced} == set(SERVICES)
         await expect(page.locator("#trace-id")).to_have_value(trace_of(3))
         await expect(page.locator("#service")).to_have_value("")
+        # Searched over the last day, wider than the hour the trace was clicked in.
         assert "trace_id=" in page.url and "service=" not in page.url
+        assert "since=24h" in page.url
 
         # Back: the search before the click, from the URL.
         await page.go_back()

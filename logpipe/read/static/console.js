@@ -175,7 +175,12 @@ function fillForm(params) {
   for (const box of document.querySelectorAll("#levels input")) box.checked = levels.has(box.value);
   $("q").value = params.get("q") || "";
   $("trace-id").value = params.get("trace_id") || "";
-  $("limit").value = params.get("limit") || "100";
+  const limit = params.get("limit") || "100";
+  if (![...$("limit").options].some((o) => o.value === limit)) {
+    // A page size from a hand-made URL: offered too, so the form still sends it.
+    $("limit").append(new Option(limit));
+  }
+  $("limit").value = limit;
   const since = params.get("since");
   if (since && (!PRESETS.includes(since) || params.get("until"))) {
     $("range").value = "custom";
