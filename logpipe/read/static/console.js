@@ -483,10 +483,10 @@ function zoneName() {
   return `UTC${sign}${pad(Math.floor(Math.abs(east) / 60))}:${pad(Math.abs(east) % 60)}`;
 }
 
-function timeHead() {
-  if (state.tz === "utc") return "Time (UTC)";
-  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
-  return `Time (local${zone ? `: ${zone}` : ""}, ${zoneName()})`;
+function showTimeHead() {
+  const head = $("time-head");
+  head.textContent = state.tz === "utc" ? "Time (UTC)" : `Time (local, ${zoneName()})`;
+  head.title = state.tz === "utc" ? "" : Intl.DateTimeFormat().resolvedOptions().timeZone || "";
 }
 
 const pad = (n, width = 2) => String(n).padStart(width, "0");
@@ -511,7 +511,7 @@ function onTzChange() {
 function renderAll() {
   if (!state.loading) renderTable(new Set());
   renderChart();
-  $("time-head").textContent = timeHead();
+  showTimeHead();
 }
 
 function who(params) {
@@ -551,7 +551,7 @@ function cell(text, className) {
 
 function renderTable(freshIds) {
   const body = document.querySelector("#results tbody");
-  $("time-head").textContent = timeHead();
+  showTimeHead();
   const rows = [];
   for (const event of state.events) {
     const level = LEVELS.includes(event.level) ? event.level : "info";
