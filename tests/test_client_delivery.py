@@ -352,7 +352,7 @@ async def test_handler_ships_within_the_flush_interval_with_no_call_from_the_app
 
 
 # A web app's shape: records buffered (an interval far longer than the test), then idle
-# until ECS stops it with SIGTERM. The README's one line makes SIGTERM an orderly exit.
+# until ECS stops it with SIGTERM. The one line of docs/sending.md makes SIGTERM an orderly exit.
 SIGTERMED_APP = """
 import logging, signal, sys, time
 from logpipe.client import LogpipeHandler
@@ -404,7 +404,7 @@ async def test_a_sigtermed_app_flushes_its_records_with_the_readme_line(
 
 
 @pytest.mark.unit
-def test_readme_shows_the_sigterm_line() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))" in readme
+def test_the_docs_show_the_sigterm_line() -> None:
+    sending = (Path(__file__).parent.parent / "docs" / "sending.md").read_text()
+    assert "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))" in sending
     assert "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))" in SIGTERMED_APP

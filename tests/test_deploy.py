@@ -1208,23 +1208,31 @@ def test_every_role_the_stack_creates_carries_the_permissions_boundary() -> None
     assert len(roles) >= 5
     for name, role in roles.items():
         assert role.get("permissions_boundary") == "${var.permissions_boundary_arn}", name
-    # The README's deploy role creates roles only under that boundary, and names them.
-    readme = (ROOT / "README.md").read_text()
-    deploy = readme[readme.index("## Deploy") :]
-    assert '"iam:PermissionsBoundary"' in deploy
-    assert "iam:*" not in deploy and "PowerUserAccess" not in deploy
-    assert "permissions_boundary_arn" in deploy
+    # The deploy role creates roles only under that boundary, and names them.
+    policy = (ROOT / "docs" / "iam" / "deploy.json").read_text()
+    assert '"iam:PermissionsBoundary"' in policy
+    assert "iam:*" not in policy and "PowerUserAccess" not in policy
+    assert "permissions_boundary_arn" in (ROOT / "docs" / "deploy.md").read_text()
 
 
-def readme_policies() -> list[dict[str, Any]]:
-    """The JSON policies of README's Deploy section, in order."""
-    readme = (ROOT / "README.md").read_text()
-    deploy = readme[readme.index("## Deploy") :]
-    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", deploy, re.S)]
+def iam_policies() -> dict[str, dict[str, Any]]:
+    """The policies of docs/iam by name, as an operator pastes them into IAM."""
+    return {
+        path.stem: json.loads(path.read_text()) for path in (ROOT / "docs" / "iam").glob("*.json")
+    }
 
 
-def test_readme_boundary_allows_every_action_the_stacks_roles_are_granted() -> None:
-    boundary, trust, deploy, _plan = readme_policies()
+def test_docs_iam_is_every_policy_docs_deploy_names() -> None:
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    named = set(re.findall(r"\(iam/([a-z-]+)\.json\)", deploy))
+    assert (
+        named == set(iam_policies()) == {"boundary", "deploy-trust", "deploy", "plan", "plan-trust"}
+    )
+
+
+def test_the_boundary_allows_every_action_the_stacks_roles_are_granted() -> None:
+    policies = iam_policies()
+    boundary, trust, deploy = policies["boundary"], policies["deploy-trust"], policies["deploy"]
     (allowed,) = boundary["Statement"]
     granted = set()
     for document in load_tf(TERRAFORM)["data"]["aws_iam_policy_document"].values():
@@ -1442,10 +1450,10 @@ def test_rehearsal_holds_each_recorded_call_to_its_roles_policy() -> None:
         rehearsal.check_permissions(emitter, state)
 
 
-def test_readme_deploy_role_lists_exact_actions_limited_to_the_region() -> None:
+def test_the_deploy_role_lists_exact_actions_limited_to_the_region() -> None:
     rehearsal = tool_module("deploy_rehearsal")
-    policy = rehearsal.readme_deploy_policy()
-    assert policy == readme_policies()[2]
+    policy = rehearsal.deploy_policy()
+    assert policy == iam_policies()["deploy"]
     statements = {s["Sid"]: s for s in policy["Statement"]}
     stack = statements["Stack"]
     assert stack["Condition"] == {"StringEquals": {"aws:RequestedRegion": "REGION"}}
@@ -1460,9 +1468,9 @@ def test_readme_deploy_role_lists_exact_actions_limited_to_the_region() -> None:
     assert {"ecs:CreateService", "ecs:DeleteService", "ec2:DescribeVpcs"} <= set(stack["Action"])
 
 
-def test_rehearsal_holds_terraforms_calls_to_the_readme_deploy_role() -> None:
+def test_rehearsal_holds_terraforms_calls_to_the_deploy_role_of_docs_iam() -> None:
     rehearsal = tool_module("deploy_rehearsal")
-    policy = rehearsal.readme_deploy_policy()
+    policy = rehearsal.deploy_policy()
     create = recorded(
         rehearsal.DEPLOY_KEY, "ecs", "AmazonEC2ContainerServiceV20141113.CreateService", {}
     )
@@ -1483,7 +1491,7 @@ def test_rehearsal_holds_terraforms_calls_to_the_readme_deploy_role() -> None:
     with pytest.raises(rehearsal.RehearsalError, match=r"does not allow: \['ecs:DeleteCluster'\]"):
         rehearsal.check_deploy_actions(f"{create}\n{unknown}", policy, "destroy")
     # The plan role only reads: what a refreshing plan calls, nothing that changes the stack.
-    plan = rehearsal.readme_plan_policy()
+    plan = rehearsal.plan_policy()
     reads = [a for s in plan["Statement"] if s["Effect"] == "Allow" for a in s["Action"]]
     assert "ec2:DescribeVpcs" in reads and "sts:GetCallerIdentity" in reads
     verbs = ("Describe", "List", "Get")
@@ -1528,7 +1536,7 @@ def test_deploy_rehearsal_passes_events_end_to_end_through_the_applied_stack() -
     assert accepted and "service-a" in accepted[0] and "service-b" in accepted[0], result.stdout
     assert any("every AWS call is allowed by its role's applied policy" in x for x in lines)
     assert any("load balancer rules: forwarded" in x and "'/ingest'" in x for x in lines)
-    held = [line for line in lines if "all allowed by README's" in line]
+    held = [line for line in lines if "allowed by the" in line and "(docs/iam/" in line]
     assert len(held) == 4, stdout
     assert "apply made" in held[0] and "destroy" in held[2], stdout
     assert "plan role and deploy role" in held[1], stdout
@@ -1556,7 +1564,7 @@ def test_the_console_can_sit_behind_an_oidc_sign_in_of_the_load_balancer() -> No
 # --- the plan itself: variables that behave, the cost at rest, alarms and scaling ---
 
 # Named sets of variables planned once (against moto, as the rehearsal does) for the tests
-# below; `defaults` and `cheapest` are the README's cost table.
+# below; `defaults` and `cheapest` are the cost table of docs/deploy.md.
 PLANS = {
     "defaults": {},
     "cheapest": {},  # idle_cost.CHEAPEST, filled in by planned()
@@ -1666,15 +1674,17 @@ def of_type(plans: dict[str, Any], name: str, type_: str) -> list[dict[str, Any]
 
 @pytest.mark.timeout(900)
 @pytest.mark.xdist_group("terraform-plans")
-def test_readme_cost_table_is_what_idle_cost_prints_for_the_plans(plans: dict[str, Any]) -> None:
+def test_the_cost_table_of_docs_deploy_is_what_idle_cost_prints_for_the_plans(
+    plans: dict[str, Any],
+) -> None:
     cost = idle_cost()
     table = cost.table(
         {name: cost.components(plan_of(plans, name)) for name in ("defaults", "cheapest")}
     )
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### What it costs at rest") :]
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    section = deploy[deploy.index("## What it costs at rest") :]
     match = re.search(r"<!-- idle_cost.py --plan -->\n(.*?)\n<!-- /idle_cost.py -->", section, re.S)
-    assert match, "no generated table in README 'What it costs at rest'"
+    assert match, "no generated table in docs/deploy.md 'What it costs at rest'"
     assert match[1] == table, f"run `.venv/bin/python tools/idle_cost.py --plan`:\n{table}"
 
 
@@ -1682,8 +1692,8 @@ def test_readme_cost_table_is_what_idle_cost_prints_for_the_plans(plans: dict[st
 @pytest.mark.xdist_group("terraform-plans")
 def test_defaults_cost_at_least_40_percent_less_at_rest_than_before(plans: dict[str, Any]) -> None:
     cost = idle_cost()
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### What it costs at rest") :]
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    section = deploy[deploy.index("## What it costs at rest") :]
     before = float(re.search(r"the same script gave \*\*\$([\d.]+)\*\* a month", section)[1])  # type: ignore[index]
     defaults = cost.total(cost.components(plan_of(plans, "defaults")))
     cheapest = cost.total(cost.components(plan_of(plans, "cheapest")))
@@ -1889,13 +1899,12 @@ def test_changelog_starts_with_unreleased_and_0_1_0_and_the_release_finds_a_sect
     assert "The state before versions" in result.stdout and "## [" not in result.stdout
 
 
-def test_readme_shows_the_stack_as_a_module_pinned_to_a_tag_and_how_to_upgrade() -> None:
-    readme = (ROOT / "README.md").read_text()
-    deploy = readme[readme.index("## Deploy") :]
+def test_docs_show_the_stack_as_a_module_pinned_to_a_tag_and_how_to_upgrade() -> None:
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
     assert re.search(
         r'source = "git::https://github\.com/[^"]+//terraform\?ref=v\d+\.\d+\.\d+"', deploy
     )
-    assert "### Upgrading a running stack" in deploy
+    assert "## Upgrading a running stack" in deploy
     assert "demo_emitters = true" in deploy  # the trial deploy turns the emitters on
     # Terraform ignores a backend block in a called module; its variables are the inputs.
     variables = load_tf(TERRAFORM)["variable"]

@@ -1,4 +1,4 @@
-"""The README's Node.js recipes, run as they are against the real ingestor.
+"""The Node.js recipes of docs/sending.md, run as they are against the real ingestor.
 
 tests/node/ holds the scripts and a lock file; its packages are installed with `npm ci` once
 (skipped, with the reason, only where npm is missing).

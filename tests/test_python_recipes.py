@@ -1,4 +1,4 @@
-"""The README's Python recipes, each run as its own program against the ingestor: the
+"""The Python recipes of docs/sending.md, each run as its own program against the ingestor: the
 OpenTelemetry SDK with the logging bridge, zero-code `opentelemetry-instrument`, and
 `LogpipeHandler` under structlog and under loguru."""
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 COUNT = 50
 
-# As in the README ("Python, with the SDK and the logging bridge").
+# As in docs/sending.md ("OpenTelemetry SDKs": Python, with the SDK and the logging bridge).
 SDK_APP = """
 import logging
 from opentelemetry import trace
@@ -50,7 +50,7 @@ for n in range(COUNT):
     logging.getLogger("checkout").error("card declined %d", n)
 """
 
-# As in the README ("Python: structlog"); the URL is the test's ingestor.
+# As in docs/sending.md ("Python: structlog"); the URL is the test's ingestor.
 STRUCTLOG_APP = """
 import logging
 import structlog
@@ -78,7 +78,7 @@ except ZeroDivisionError:
     log.exception("payment failed", order=-1)
 """
 
-# As in the README ("Python: loguru").
+# As in docs/sending.md ("Python: loguru").
 LOGURU_APP = """
 from loguru import logger
 from logpipe.client import LogpipeHandler, loguru_sink
@@ -202,23 +202,24 @@ async def test_loguru_sink_keeps_the_message_clean_and_extra_as_attributes(
     assert {e["attributes"]["code.function.name"] for e in events} == {"<module>"}
 
 
-def test_readme_shows_the_recipes_these_tests_run() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_the_docs_show_the_recipes_these_tests_run() -> None:
+    root = Path(__file__).parent.parent
+    sending = (root / "docs" / "sending.md").read_text()
     node = (Path(__file__).parent / "node" / "otel.js").read_text()
+    assert "uvicorn --factory logpipe.asgi:ingestor" in (root / "CONTRIBUTING.md").read_text()
     for line in (
         "LoggingInstrumentor().instrument()",
         "provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))",
         "opentelemetry-instrument python app.py",
         "resource: detectResources({ detectors: [envDetector] }),",
         "processors: [new BatchLogRecordProcessor({ exporter: new OTLPLogExporter() })],",
-        "uvicorn --factory logpipe.asgi:ingestor",
         "Format           json",
         'encoding.codec = "json"',
     ):
-        assert line in readme, line
+        assert line in sending, line
     for app in (STRUCTLOG_APP, LOGURU_APP):
         for line in app.strip().splitlines():
             if line and "COUNT" not in line and "order=" not in line:
-                assert line in readme, line
+                assert line in sending, line
     assert "detectResources({ detectors: [envDetector] })" in node
     assert "LoggingInstrumentor().instrument()" in SDK_APP

@@ -3,13 +3,14 @@
 `make deploy-rehearsal` proves that terraform/ and the code agree, without an AWS account:
 
 1. moto's server starts on a free loopback port, with a secret in its Secrets Manager for
-   every `*_secret_arn` variable (what README "Deploy" asks an operator to create).
+   every `*_secret_arn` variable (what docs/deploy.md asks an operator to create).
 2. terraform/ is copied beside an override file that points the AWS provider's endpoints
    at moto and keeps the state local, then `terraform init` (provider from the mirror, as in
    tools/terraform-validate.sh) and `terraform apply` with `embedded_endpoint = true`, which
    leaves out only what moto cannot take (autoscaling, the DLQ's redrive-allow policy).
    Terraform signs with the access key DEPLOY_KEY; moto records its calls during apply and
-   a refreshing `terraform plan`, and each must be an action README's deploy role allows.
+   a refreshing `terraform plan`, and each must be an action the deploy role of
+   docs/iam/deploy.json allows.
 3. The checks of the deploy workflow run against the applied stack: every ECS service's
    PRIMARY deployment runs the task definition of `terraform output task_definitions`.
 4. Each role starts as its container would: the image's entrypoint (`logpipe`) with exactly
@@ -26,13 +27,13 @@
    return every accepted event, counted.
 7. moto recorded every request: each role's calls (by its credentials) must be allowed by
    that role's applied IAM policy, and a task without a task role makes none.
-8. `terraform destroy` deletes the stack; its recorded calls too must be actions README's
-   deploy role allows.
+8. `terraform destroy` deletes the stack; its recorded calls too must be actions the deploy
+   role of docs/iam/deploy.json allows.
 9. The existing-network mode: a VPC with public and private subnets is made in moto first
    (as its owner would), and terraform/ applied into it (vpc_id, public_subnet_ids,
    private_subnet_ids) in a workspace of its own must create no VPC, subnet, route, NAT
    gateway or endpoint, put the tasks in the private subnets and the load balancer in the
-   public ones; then it is destroyed, both held to README's deploy role.
+   public ones; then it is destroyed, both held to the deploy role of docs/iam.
 
 On a busy machine moto is now and then slow enough that the provider's SDK sends a call
 again, or a provider wait runs out: `converge` runs apply or destroy again then (GONE,
@@ -83,11 +84,11 @@ IAM_ACTION = {
 
 # Signing names that are not the service's IAM prefix.
 IAM_PREFIX = {"monitoring": "cloudwatch"}
-# Terraform's own credentials: the access key id names the deploy role of README "Deploy".
+# Terraform's own credentials: the access key id names the deploy role of docs/deploy.md.
 DEPLOY_KEY = "logpipe-deploy"
 
 # Tried by the provider's account-ID lookup, which goes on to sts:GetCallerIdentity when
-# it is denied (as it is for a role's session): README's deploy role need not allow it.
+# it is denied (as it is for a role's session): the deploy role need not allow it.
 OPTIONAL_ACTIONS = {"iam:GetUser"}
 
 # The services moto serves that the stack uses, by the provider's endpoint names.
@@ -772,30 +773,23 @@ def check_permissions(recording: str, state: Mapping[str, Any]) -> dict[str, int
     return counts
 
 
-def readme_policies() -> list[dict[str, Any]]:
-    """The JSON policies of README's Deploy section, in order."""
-    readme = (ROOT / "README.md").read_text()
-    deploy = readme[readme.index("## Deploy") :]
-    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", deploy, re.S)]
-
-
-def readme_deploy_policy() -> dict[str, Any]:
-    """README's policy of the deploy role: the one that creates roles under the boundary."""
-    (policy,) = [
-        p
-        for p in readme_policies()
-        if any(s.get("Sid") == "RolesUnderTheBoundary" for s in p.get("Statement", []))
-    ]
+def iam_policy(name: str) -> dict[str, Any]:
+    """A policy of docs/iam, as an operator pastes it into IAM (placeholders left in)."""
+    policy: dict[str, Any] = json.loads((ROOT / "docs" / "iam" / f"{name}.json").read_text())
     return policy
 
 
-def readme_plan_policy() -> dict[str, Any]:
-    """README's policy of the read-only role that plans pull requests."""
-    (policy,) = [
-        p
-        for p in readme_policies()
-        if any(s.get("Sid") == "PlanReads" for s in p.get("Statement", []))
-    ]
+def deploy_policy() -> dict[str, Any]:
+    """The deploy role's policy: the one that creates roles under the boundary."""
+    policy = iam_policy("deploy")
+    assert any(s.get("Sid") == "RolesUnderTheBoundary" for s in policy["Statement"])
+    return policy
+
+
+def plan_policy() -> dict[str, Any]:
+    """The policy of the read-only role that plans pull requests."""
+    policy = iam_policy("plan")
+    assert any(s.get("Sid") == "PlanReads" for s in policy["Statement"])
     return policy
 
 
@@ -819,7 +813,7 @@ def check_deploy_actions(
     missing = [a for a in made if not any(fnmatch.fnmatchcase(a, g) for g in granted)]
     if missing:
         raise RehearsalError(
-            f"terraform {what} made calls README's {role} does not allow: {missing}"
+            f"terraform {what} made calls the {role} does not allow: {missing} (docs/iam)"
         )
     return made
 
@@ -910,15 +904,18 @@ async def rehearse(work: Path) -> None:
             "nat_gateways": "per_az",
             "sqs_endpoint": "true",
         }
-        # Terraform's own calls (its key is DEPLOY_KEY) are held to README's deploy role.
-        policy = readme_deploy_policy()
+        # Terraform's own calls (its key is DEPLOY_KEY) are held to docs/iam's deploy role.
+        policy = deploy_policy()
         prepare(work, endpoint)
         state = await recorded_apply(work, endpoint, variables)
         await moto_api(endpoint, "recorder/stop-recording")
         made = check_deploy_actions(
             await moto_api(endpoint, "recorder/download-recording"), policy, "apply"
         )
-        step(f"terraform apply made {len(made)} actions, all allowed by README's deploy role")
+        step(
+            f"terraform apply made {len(made)} actions, all allowed by the deploy role "
+            "(docs/iam/deploy.json)"
+        )
         await moto_api(endpoint, "recorder/reset-recording")
         # A refreshing plan, as the pull requests' read-only plan role runs it.
         await moto_api(endpoint, "recorder/start-recording")
@@ -927,10 +924,11 @@ async def rehearse(work: Path) -> None:
         await moto_api(endpoint, "recorder/stop-recording")
         recording = await moto_api(endpoint, "recorder/download-recording")
         check_deploy_actions(recording, policy, "plan")
-        made = check_deploy_actions(recording, readme_plan_policy(), "plan", "plan role")
+        made = check_deploy_actions(recording, plan_policy(), "plan", "plan role")
         step(
             f"terraform plan (refresh) in {time.monotonic() - started:.0f} s: {len(made)} "
-            f"actions, all allowed by README's plan role and deploy role: {' '.join(made)}"
+            "actions, all allowed by the plan role and deploy role (docs/iam/plan.json, "
+            f"deploy.json): {' '.join(made)}"
         )
         await moto_api(endpoint, "recorder/reset-recording")
         rollout(endpoint, state)
@@ -970,7 +968,7 @@ async def rehearse(work: Path) -> None:
         )
         step(
             f"terraform destroy in {time.monotonic() - started:.0f} s: {len(made)} actions, all "
-            f"allowed by README's deploy role: {' '.join(made)}"
+            f"allowed by the deploy role (docs/iam/deploy.json): {' '.join(made)}"
         )
         await moto_api(endpoint, "recorder/reset-recording")
         await rehearse_existing_network(work, endpoint, variables, policy)
@@ -1056,9 +1054,9 @@ async def rehearse_existing_network(
     rollout(endpoint, state)
     step(
         f"existing network {network['vpc_id']}: terraform apply made {len(made)} actions, all "
-        f"allowed by README's deploy role; {count} resources, no VPC, subnet, NAT gateway, "
-        "route or endpoint among them; tasks in the private subnets, the load balancer in "
-        "the public ones"
+        f"allowed by the deploy role (docs/iam/deploy.json); {count} resources, no VPC, subnet, "
+        "NAT gateway, route or endpoint among them; tasks in the private subnets, the load "
+        "balancer in the public ones"
     )
     await moto_api(endpoint, "recorder/reset-recording")
     await moto_api(endpoint, "recorder/start-recording")

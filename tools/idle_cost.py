@@ -8,12 +8,12 @@ prints a Markdown table: one column per plan, one row per component, in US dolla
 month (730 hours) at the public us-east-1 prices below. "At rest" means no traffic: tasks
 run at the counts the plan gives them, nothing is ingested, the table is empty. What
 traffic adds (requests, write units, GB through a NAT gateway, stored GB) is priced per
-unit in the README, not here.
+unit in docs/deploy.md, not here.
 
     .venv/bin/python tools/idle_cost.py --plan
 
 makes the two plans itself (the defaults and CHEAPEST below) with the real Terraform
-against moto's server, as `make deploy-rehearsal` does, and prints the README's table.
+against moto's server, as `make deploy-rehearsal` does, and prints the table of docs/deploy.md.
 
 Prices: us-east-1, on-demand, as published by AWS (Fargate, VPC, ELB, CloudWatch, SQS,
 DynamoDB, Secrets Manager pricing pages) in 2026; check them for your region.
@@ -70,7 +70,7 @@ EMF_AT_REST = {"ingestor": 6, "processor": 7, "console": 0, "emitter": 4}
 MINUTES = HOURS * 60
 SQS_REQUESTS_PER_MINUTE = {"processor": 4 * 3 + 4 * 3, "ingestor": 4}
 
-# The settings of the cheapest sensible stack (README "What it costs at rest"): Graviton,
+# The settings of the cheapest sensible stack (docs/deploy.md "What it costs at rest"): Graviton,
 # one ingestor, no console service (`logpipe query` reads the table directly), the
 # processor on Fargate Spot, no Container Insights, no NAT gateway.
 CHEAPEST = {
@@ -125,7 +125,7 @@ def components(plan: Mapping[str, Any]) -> Cost:
     network(by_type, cost)
     cloudwatch(by_type, running, cost)
     data(by_type, running, cost)
-    # The secrets the stack reads (created by the operator, README "Prerequisites").
+    # The secrets the stack reads (created by the operator, docs/deploy.md "Prerequisites").
     variables = plan.get("variables", {})
     secrets = [
         name

@@ -28,7 +28,7 @@ DYNAMODB_USD_PER_MILLION_WRITE_UNITS = 0.625
 DYNAMODB_STANDARD_USD_PER_GB_MONTH = 0.25
 # Point-in-time recovery (continuous backups), per GB-month of the table's size (same page).
 DYNAMODB_PITR_USD_PER_GB_MONTH = 0.20
-# CloudWatch Logs, the comparison in the README (https://aws.amazon.com/cloudwatch/pricing/):
+# CloudWatch Logs, the comparison in docs/figures.md (https://aws.amazon.com/cloudwatch/pricing/):
 # ingestion per GB in the Standard and Infrequent Access log classes, and storage per GB-month.
 CLOUDWATCH_STANDARD_USD_PER_GB = 0.50
 CLOUDWATCH_INFREQUENT_ACCESS_USD_PER_GB = 0.25
