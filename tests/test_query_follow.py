@@ -14,7 +14,7 @@ import pytest
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.dev.processes import role_env
-from logpipe.read.console import MESSAGE_INDENT, format_table
+from logpipe.read.query_cli import MESSAGE_INDENT, format_table
 from tests.support.aws import make_event
 from tests.support.wait import wait_until
 from tests.test_reader import store_events
