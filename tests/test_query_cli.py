@@ -9,8 +9,9 @@ import signal
 import sys
 import time
 from argparse import Namespace
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -20,13 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from logpipe.aws.clients import Clients
 from logpipe.cli import build_parser
 from logpipe.config import Settings
-from logpipe.dev.processes import free_port, wait_http
+from logpipe.dev.processes import free_port, role_env, wait_http
 from logpipe.errors import ConfigError
 from logpipe.read.query_cli import query_pairs, where_pair
 from tests.support.aws import make_event
 from tests.support.roles import Roles
 from tests.support.wait import wait_until
-from tests.test_reader import newest_first, spread, store_events
+from tests.test_reader import T0, newest_first, spread, store_events
 
 READ_KEY = "read-key-of-the-tests"
 WINDOW = ("--since", "2026-09-21T14:00:00Z", "--until", "2026-09-21T18:59:59Z")
@@ -272,3 +273,90 @@ async def test_follow_through_the_api_prints_new_events_and_exits_0_on_ctrl_c(
     assert code == 0
     messages = [line.split("  ")[2].strip() for line in lines if "event number" in line]
     assert messages == ["event number 1", "event number 2", "event number 3"]
+
+
+# --- the filters, reading the table and through the console ---------------------------------
+
+TRACE = "7f" * 16
+
+
+def incident() -> list[dict[str, Any]]:
+    """Three services over two hours: one trace through all three, attributes, mixed case."""
+    services = ["api", "web", "db"]
+    levels = ["info", "warn", "error", "debug"]
+    events = []
+    for n in range(36):
+        event = make_event(
+            n,
+            service=services[n % 3],
+            timestamp=T0 + n * 200_000,
+            level=levels[n % 4],
+            message=f"Request {n} {'TIMED Out' if n % 5 == 0 else 'ok'}",
+            attributes={"order_id": f"o-{n % 4}", "region": "eu" if n % 6 < 3 else "us"},
+        )
+        if n in (6, 7, 8):
+            event["trace_id"] = TRACE
+        events.append(event)
+    return events
+
+
+@pytest.fixture(params=["table", "console"])
+async def query_env(
+    request: pytest.FixtureRequest,
+    settings: Settings,
+    roles: Roles,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> dict[str, str]:
+    """How `logpipe query` reads: the table with AWS rights, or a console with a read key."""
+    if request.param == "table":
+        return role_env(settings, LOGPIPE_LOG_LEVEL="warning")
+    await roles.start("console", LOGPIPE_READ_KEYS=READ_KEY)
+    url = f"http://127.0.0.1:{settings.port}"
+    await wait_http(http, f"{url}/healthz", timeout=30)
+    return api_env(tmp_path, url)
+
+
+Match = Callable[[dict[str, Any]], bool]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        pytest.param(
+            ["--service", "api", "--service", "db"],
+            lambda e: e["service"] in ("api", "db"),
+            id="two-services",
+        ),
+        pytest.param(["--trace-id", TRACE], lambda e: e.get("trace_id") == TRACE, id="trace"),
+        pytest.param(
+            ["--where", "order_id=o-1", "--where", "region=eu"],
+            lambda e: e["attributes"] == {"order_id": "o-1", "region": "eu"},
+            id="where-and",
+        ),
+        pytest.param(
+            ["--level", "warn", "--level", "error"],
+            lambda e: e["level"] in ("warn", "error"),
+            id="two-levels",
+        ),
+        pytest.param(["-q", "timed out"], lambda e: "TIMED Out" in e["message"], id="q-any-case"),
+    ],
+)
+async def test_each_filter_finds_exactly_its_events_across_services(
+    clients: Clients,
+    settings: Settings,
+    query_env: dict[str, str],
+    tmp_path: Path,
+    argv: list[str],
+    match: Match,
+) -> None:
+    events = incident()
+    await store_events(clients, settings, events)
+    expected = newest_first([e for e in events if match(e)])
+    assert 0 < len(expected) < len(events)
+
+    code, out, err = await run_query(query_env, tmp_path, *WINDOW, *argv, "--json")
+
+    assert (code, err) == (0, "")
+    assert [orjson.loads(line)["id"] for line in out.splitlines()] == expected
