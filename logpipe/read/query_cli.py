@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Awaitable, Sequence
@@ -119,7 +120,7 @@ class ApiSource:
                 body = await _read_bounded(response, MAX_API_ANSWER_BYTES)
         except aiohttp.ClientConnectorError as exc:
             raise SearchFailed(
-                f"cannot reach the console at {self._url} ({exc.os_error.strerror or exc}); "
+                f"cannot reach the console at {self._url} ({_reason(exc.os_error)}); "
                 "is it running, and is LOGPIPE_CONSOLE_URL right?",
                 retriable=True,
             ) from None
@@ -182,6 +183,13 @@ async def _read_bounded(response: aiohttp.ClientResponse, most: int) -> bytes:
             raise SearchFailed(f"the console's answer is larger than {most} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _reason(error: OSError) -> str:
+    """"Connection refused" rather than asyncio's "Connect call failed ('127.0.0.1', 1)"."""
+    if error.errno is not None and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or str(error)
 
 
 def _error_message(body: bytes) -> str:
