@@ -186,7 +186,7 @@ async def _read_bounded(response: aiohttp.ClientResponse, most: int) -> bytes:
 
 
 def _reason(error: OSError) -> str:
-    """"Connection refused" rather than asyncio's "Connect call failed ('127.0.0.1', 1)"."""
+    """ "Connection refused" rather than asyncio's "Connect call failed ('127.0.0.1', 1)"."""
     if error.errno is not None and error.errno > 0:
         return os.strerror(error.errno)
     return error.strerror or str(error)
