@@ -175,7 +175,7 @@ def test_batched_bench_packs_events_and_batches_calls() -> None:
     assert "SendMessage" not in requests
     assert requests.get("PutItem", 0) <= 1  # the table's shard count, put once at start
     assert requests["SendMessageBatch"] <= 10  # 2000 events of ~450 bytes: a few messages
-    # A block per service and hour of a message, 12 blocks a call: far fewer than 25 events.
+    # A block per service and hour of a message, 8 blocks a call: far fewer than 25 events.
     assert 1 <= requests["BatchWriteItem"] <= requests["SendMessageBatch"] * 10
     assert doc["peak_rss_mb"]["ingestor"] > 0 and doc["peak_rss_mb"]["processor"] > 0
     # CPU time from /proc over the run: some, and far below a second per event.

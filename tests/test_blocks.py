@@ -227,6 +227,15 @@ async def test_a_redelivered_message_writes_the_same_blocks_again(
     await _handle(clients, settings, [body])
 
     assert await _keys(clients, settings) == written
+    # Each block is three items: body and summary in its service's partition, the summary
+    # again in the partition every service shares, under the same sort key.
+    bodies = [(pk, sk) for pk, sk in written if sk.startswith("b#")]
+    assert bodies and len(written) == 3 * len(bodies)
+    for pk, sk in bodies:
+        _, hour, shard = pk.split("#")
+        digest = sk.removeprefix("b#")
+        [own] = [k for p, k in written if p == pk and k.startswith("s#") and k.endswith(digest)]
+        assert (f"*#{hour}#{shard}", own) in written
     assert len(await stored_events(clients, settings.table_name)) == 300
     visible, hidden = await queue_counts(clients, url)
     assert visible + hidden == 1  # the first receipt was not deleted
@@ -318,6 +327,18 @@ async def test_a_block_dynamodb_refuses_is_split_until_the_refused_event_stands_
     assert body["reason"].startswith("DynamoDB refused the item")
     assert await queue_counts(clients, url) == (0, 0)
     assert max(calls) == 1 and len(calls) > 5  # halved down to a block of one
+
+
+@pytest.mark.aws
+async def test_a_table_of_the_previous_block_format_is_refused_with_one_line(
+    clients: Clients, settings: Settings
+) -> None:
+    config = {"pk": {"S": "_config"}, "sk": {"S": "shards"}, "shards": {"N": "2"}}
+    config["format"] = {"S": "blocks-1"}
+    await clients.dynamodb.put_item(TableName=settings.table_name, Item=config)
+
+    with pytest.raises(ConfigError, match=r"stores events as blocks-1, .* writes blocks-2"):
+        await read_table_shards(clients.dynamodb, settings.table_name, 2)
 
 
 def _validation_error() -> tuple[AWSResponse, dict[str, Any]]:

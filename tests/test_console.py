@@ -130,7 +130,7 @@ async def test_level_and_text_filter_the_answer(
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"since": "1h"}, "service is required"),
+        ({**WINDOW, "service": "a b"}, "service must be 1-64 characters"),
         (
             {**WINDOW, "level": "loud"},
             "level must be one of trace, debug, info, warn, error, fatal",
@@ -144,7 +144,7 @@ async def test_level_and_text_filter_the_answer(
         ({**WINDOW, "levle": "error"}, "unknown parameter 'levle'"),
     ],
     ids=[
-        "no-service",
+        "bad-service",
         "unknown-level",
         "since-after-until",
         "limit-0",

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from logpipe.aws.clients import Clients
 from logpipe.aws.errors import classify
-from logpipe.core.block import BODY_PREFIX, SUMMARY_PREFIX, decode_body, first_copies
+from logpipe.core.block import BODY_PREFIX, SUMMARY_PREFIX, decode_body, first_copies, is_shared
 from logpipe.core.models import Event
 from logpipe.core.retry import RetryPolicy, retry_call, retry_entries
 from logpipe.errors import EntryFailure
@@ -84,8 +84,9 @@ async def send_message_batch(sqs: Any, url: str, bodies: list[str]) -> list[Entr
 
 async def stored_events(clients: Clients, table: str) -> list[Event]:
     """Every stored event once (`first_copies`), from a paginated scan of the blocks whose
-    body and summary are both written (what reads find): for tests, `logpipe up` and the
-    bench, which count what a table holds."""
+    body and own summary are both written (what reads of one service find): for tests,
+    `logpipe up` and the bench, which count what a table holds. The shared partition's
+    copies of the summaries are passed over: they hold no events."""
     bodies: dict[tuple[str, str], list[Event]] = {}
     summarised: set[tuple[str, str]] = set()
     kwargs: dict[str, Any] = {
@@ -102,6 +103,8 @@ async def stored_events(clients: Clients, table: str) -> list[Event]:
         page = await with_retries(partial(clients.dynamodb.scan, **kwargs), 5, "Scan")
         for item in page["Items"]:
             pk, sk = item["pk"]["S"], item["sk"]["S"]
+            if is_shared(pk):
+                continue
             if sk.startswith(BODY_PREFIX):
                 bodies[pk, sk.removeprefix(BODY_PREFIX)] = decode_body(item)
             else:

@@ -2,14 +2,20 @@
 
 One SQS message's events are grouped by service and hour bucket and sorted newest first;
 each group is cut into blocks of at most MAX_BLOCK_RAW_BYTES of JSON, compressed with zstd.
-A block is two DynamoDB items in the partition `service#hour#shard`:
+A block is three DynamoDB items:
 
-- the body, `sk = b#<hash>`: the compressed events;
-- the summary, `sk = s#<newest ms>#<hash>`: service, hour, oldest and newest timestamp, the
-  event count, counts per level and a Bloom filter of the ids and trace ids. Reads that need
-  only these (histograms, which blocks can hold a trace, where a page starts) query the
-  summaries, a few hundred bytes each, and fetch only the bodies they need: DynamoDB charges
-  a read by the size of the whole item, so the summary cannot share the body's item.
+- the body, `pk = service#hour#shard, sk = b#<hash>`: the compressed events;
+- the summary, `pk = service#hour#shard, sk = s#<newest ms>#<hash>`: service, hour, oldest
+  and newest timestamp, the event count, counts per level and a Bloom filter of the ids and
+  trace ids. Reads that need only these (histograms, which blocks can hold a trace, where a
+  page starts) query the summaries, a few hundred bytes each, and fetch only the bodies they
+  need: DynamoDB charges a read by the size of the whole item, so the summary cannot share
+  the body's item;
+- the same summary again in the partition every service shares, `pk = *#hour#shard` (same
+  sk and attributes; `*` is no service name). A search of one service reads that service's
+  partitions; a search across services reads one Query page per shard and hour here,
+  however many services there are, instead of one per service. A summary's body is always
+  at `<its service attribute>#hour#shard`, whichever partition it was read from.
 
 The hash is of the block's own bytes, so the key is a pure function of its events: a
 redelivered message writes the same blocks again, never new ones.
@@ -32,13 +38,16 @@ from logpipe.core import timefmt
 from logpipe.core.models import Event, StoredEvent, dumps_exact, loads_exact
 from logpipe.errors import LogpipeError
 
-FORMAT: Final = "blocks-1"
+FORMAT: Final = "blocks-2"
 # Far below DynamoDB's 400 KB item: zstd never grows data by more than a fraction of a
 # percent, and one event is at most 32 KiB.
 MAX_BLOCK_RAW_BYTES: Final = 128 * 1024
 ZSTD_LEVEL: Final = 1
 BODY_PREFIX: Final = "b#"
 SUMMARY_PREFIX: Final = "s#"
+# The partition key's first part for the summaries of every service (not a service name:
+# those are [a-z0-9._-]).
+SHARED: Final = "*"
 HASH_BYTES: Final = 12
 ONE_UNIT_BYTES: Final = 1024
 # A Bloom filter of 12 bits an element with 4 probes answers "maybe" for about 0.6 % of
@@ -75,8 +84,14 @@ class Block:
     def oldest(self) -> int:
         return self.events[-1]["timestamp"]
 
+    def shard(self, shards: int) -> int:
+        return int(self.digest[:8], 16) % shards
+
     def pk(self, shards: int) -> str:
-        return f"{self.service}#{self.hour}#{int(self.digest[:8], 16) % shards}"
+        return f"{self.service}#{self.hour}#{self.shard(shards)}"
+
+    def shared_pk(self, shards: int) -> str:
+        return f"{SHARED}#{self.hour}#{self.shard(shards)}"
 
     @property
     def body_sk(self) -> str:
@@ -199,24 +214,35 @@ def summary_item(block: Block, shards: int, retention_days: int) -> dict[str, An
     }
 
 
+def items_of(block: Block, shards: int, retention_days: int) -> tuple[dict[str, Any], ...]:
+    """The three items that store one block: body, summary, shared summary."""
+    summary = summary_item(block, shards, retention_days)
+    return (
+        body_item(block, shards, retention_days),
+        summary,
+        {**summary, "pk": {"S": block.shared_pk(shards)}},
+    )
+
+
 def block_items(events: Iterable[Event], shards: int, retention_days: int) -> list[dict[str, Any]]:
-    """The items that store `events` arrived together: each block's body and summary."""
+    """The items that store `events` arrived together: each block's three (`items_of`)."""
     blocks, refused = make_blocks(events)
     if refused:
         raise ValueError(f"event cannot be encoded: {refused[0][1]}")
-    return [
-        item
-        for block in blocks
-        for item in (
-            body_item(block, shards, retention_days),
-            summary_item(block, shards, retention_days),
-        )
-    ]
+    return [item for block in blocks for item in items_of(block, shards, retention_days)]
+
+
+def is_shared(pk: str) -> bool:
+    """Whether a partition key is of the partition every service shares."""
+    return pk.startswith(SHARED + "#")
 
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """A block's summary as read back: enough to decide whether its body is needed."""
+    """A block's summary as read back: enough to decide whether its body is needed.
+
+    `pk` is the partition it was read from: the service's own or the shared one.
+    """
 
     pk: str
     digest: str
@@ -229,7 +255,15 @@ class Summary:
 
     @property
     def body_key(self) -> dict[str, Any]:
-        return {"pk": {"S": self.pk}, "sk": {"S": BODY_PREFIX + self.digest}}
+        """The body's key: in the summary's service's partition, whichever one it was read
+        from (hour and shard are the same in both)."""
+        _, hour, shard = self.pk.split("#")
+        body_pk = f"{self.service}#{hour}#{shard}"
+        return {"pk": {"S": body_pk}, "sk": {"S": BODY_PREFIX + self.digest}}
+
+    def has_level(self, levels: Iterable[str]) -> bool:
+        """Whether the block holds an event of any of `levels`."""
+        return any(self.levels.get(level, 0) > 0 for level in levels)
 
     def may_hold_trace(self, trace_id: str) -> bool:
         return bloom_may_hold(self.filter, b"t" + trace_id.encode())
@@ -318,8 +352,10 @@ def _first_key(event: Event) -> tuple[int, bytes]:
 
 
 def position(event: Event) -> str:
-    """Where an event sorts in a search (newest first): `13-digit ms#id`, as cursors hold."""
-    return f"{event['timestamp']:013d}#{event['id']}"
+    """Where an event sorts in a search (newest first): `13-digit ms#service#id`, as cursors
+    hold. An event is one (service, id): across services, two may share an id and a time.
+    `#` sorts below every character of a service name, so the text sorts as the tuple."""
+    return f"{event['timestamp']:013d}#{event['service']}#{event['id']}"
 
 
 def _members(events: Iterable[Event]) -> Iterator[bytes]:

@@ -1,4 +1,10 @@
-"""A read query: its parameters, time window, hour buckets and cursor. Pure functions, no I/O."""
+"""A read query: its parameters, time window, hour buckets and cursor. Pure functions, no I/O.
+
+The filters: `service` (repeatable, or absent: every service), `level` (repeatable),
+`trace_id`, `attr.K=V` (repeatable, all must hold), `q` (case-insensitive substring).
+Which partitions a search reads follows from its services (`LogQuery.partition`): one
+service, its own; none or several, the one every service shares.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,17 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
 
 import orjson
 
 from logpipe.core.aliases import LEVELS
-from logpipe.core.models import EPOCH, MAX_TIMESTAMP_MS
+from logpipe.core.block import SHARED
+from logpipe.core.models import EPOCH, MAX_ATTRIBUTE_KEY_CHARS, MAX_TIMESTAMP_MS, Event
 from logpipe.errors import LogpipeError
 
 DEFAULT_SINCE = "15m"
@@ -27,10 +36,17 @@ MAX_Q_CHARS = 1024
 MAX_TIME_CHARS = 64
 MAX_CURSOR_CHARS = 1024
 HOUR_MS = 3_600_000
-CURSOR_VERSION = 2
+CURSOR_VERSION = 3
+# A search across services names at most this many (absent: every one, no bound).
+MAX_SERVICES = 50
+MAX_ATTR_FILTERS = 10
+MAX_ATTR_VALUE_CHARS = 256
+MAX_TRACE_ID_CHARS = 32
+ATTR_PREFIX = "attr."
 CURSOR_MAC_BYTES = 16
 
 _SERVICE = re.compile(r"[a-z0-9._-]{1,64}")
+_TRACE_ID = re.compile(r"[0-9a-f]{1,32}")
 _DURATION = re.compile(r"(?:[0-9]{1,12}[smhdw])+")
 _DURATION_PART = re.compile(r"([0-9]{1,12})([smhdw])")
 _LIMIT = re.compile(r"[0-9]{1,7}")
@@ -44,43 +60,118 @@ class QueryError(LogpipeError):
     """A read query the caller got wrong; the message says what to change (HTTP 400)."""
 
 
+@runtime_checkable
+class MultiParams(Protocol):
+    """Parameters of which a name may repeat (Starlette's QueryParams has this shape)."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+    def getlist(self, key: str, /) -> list[str]: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+
+Params = MultiParams | Mapping[str, str]
+
+
 @dataclass(frozen=True)
 class LogQuery:
-    """One page of a search: service, window [since_ms, until_ms], filters, page size.
+    """One page of a search: services, window [since_ms, until_ms], filters, page size.
 
-    `position` is the sort key the previous page ended on; this page continues below it.
-    `fingerprint` ties a cursor to the parameters it was made for.
+    `services` empty means every service. `levels` (any of them), `trace_id`, `attrs`
+    (every one) and `q` filter the events. `position` is the sort key the previous page
+    ended on; this page continues below it. `fingerprint` ties a cursor to the parameters
+    it was made for.
     """
 
-    service: str
+    services: tuple[str, ...]
     since_ms: int
     until_ms: int
-    level: str | None = None
+    levels: tuple[str, ...] = ()
     q: str | None = None
     limit: int = DEFAULT_LIMIT
     position: str | None = None
     fingerprint: str = ""
+    trace_id: str | None = None
+    attrs: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def service(self) -> str:
+        """The services searched, as text for messages."""
+        return ", ".join(self.services) if self.services else "any service"
+
+    @property
+    def partition(self) -> str:
+        """The first part of the partition keys to read: the one service's own, or the
+        partition every service shares."""
+        return self.services[0] if len(self.services) == 1 else SHARED
+
+    @property
+    def selective(self) -> bool:
+        """Whether events are filtered by more than their summaries tell (text, trace,
+        attributes): a block's event count then says little of its matches."""
+        return bool(self.q or self.trace_id or self.attrs)
+
+    def matches(self, event: Event) -> bool:
+        """Whether a stored event passes every filter but the window."""
+        if self.services and event["service"] not in self.services:
+            return False
+        if self.levels and event["level"] not in self.levels:
+            return False
+        if self.trace_id is not None and event.get("trace_id") != self.trace_id:
+            return False
+        if self.attrs:
+            attributes = event.get("attributes") or {}
+            for name, value in self.attrs:
+                if name not in attributes or attribute_text(attributes[name]) != value:
+                    return False
+        return not self.q or self.q.casefold() in event["message"].casefold()
 
 
-def parse_query(params: Mapping[str, str], now_ms: int, secret: bytes) -> LogQuery:
-    """Validate the API's parameters (service, since, until, level, q, limit, cursor).
+def attribute_text(value: object) -> str:
+    """A stored attribute value as `attr.K=V` compares it: a string as it is, any other as
+    its JSON text (`true`, `42`, `1.5`)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return str(value)
+    return orjson.dumps(value).decode()
+
+
+def values(params: Params, key: str) -> list[str]:
+    """Every value given for `key` (a plain mapping holds at most one)."""
+    if isinstance(params, MultiParams):
+        return params.getlist(key)
+    value = params.get(key)
+    return [] if value is None else [value]
+
+
+def parse_query(params: Params, now_ms: int, secret: bytes) -> LogQuery:
+    """Validate the API's parameters (service, since, until, level, q, trace_id, attr.K,
+    limit, cursor); `service`, `level` and `attr.K` may repeat.
 
     `secret` signs cursors: only a cursor this process (or one sharing its
     LOGPIPE_CURSOR_SECRET) made for the same parameters is followed.
     """
-    service = parse_service(params.get("service"))
+    services = parse_services(values(params, "service"))
     since_raw = _bounded("since", params.get("since") or DEFAULT_SINCE, MAX_TIME_CHARS)
     until_raw = _bounded("until", params.get("until") or "now", MAX_TIME_CHARS)
-    level = _level(params.get("level"))
+    levels = tuple(sorted({lvl for v in values(params, "level") if (lvl := _level(v))}))
     q = params.get("q") or None
     if q is not None and len(q) > MAX_Q_CHARS:
         raise QueryError(f"q must be at most {MAX_Q_CHARS} characters")
+    trace_id = _trace_id(params.get("trace_id"))
+    attrs = _attrs(params)
     limit = _limit(params.get("limit"))
     since_ms = parse_time("since", since_raw, now_ms)
     until_ms = parse_time("until", until_raw, now_ms)
     if since_ms > until_ms:
         raise QueryError(f"since ({since_raw}) must not be after until ({until_raw})")
-    fingerprint = query_fingerprint(service, since_raw, until_raw, level, q)
+    fingerprint = query_fingerprint(
+        services, since_raw, until_raw, levels, q, trace_id=trace_id, attrs=attrs
+    )
     position = None
     cursor = params.get("cursor")
     if cursor:
@@ -96,7 +187,9 @@ def parse_query(params: Mapping[str, str], now_ms: int, secret: bytes) -> LogQue
             f"the time range spans {hours} hour buckets; the limit is {MAX_HOURS} (31 days): "
             "narrow since/until"
         )
-    return LogQuery(service, since_ms, until_ms, level, q, limit, position, fingerprint)
+    return LogQuery(
+        services, since_ms, until_ms, levels, q, limit, position, fingerprint, trace_id, attrs
+    )
 
 
 def parse_time(name: str, value: str, now_ms: int) -> int:
@@ -154,10 +247,20 @@ def position_until(position: str) -> int:
 
 
 def query_fingerprint(
-    service: str, since: str, until: str, level: str | None, q: str | None
+    services: tuple[str, ...],
+    since: str,
+    until: str,
+    levels: tuple[str, ...],
+    q: str | None,
+    *,
+    trace_id: str | None = None,
+    attrs: tuple[tuple[str, str], ...] = (),
 ) -> str:
-    """A short digest of the parameters that decide which events match (not the page size)."""
-    doc = orjson.dumps([service, since, until, level, q])
+    """A short digest of the parameters that decide which events match (not the page size);
+    repeated values count as a set, in any order."""
+    doc = orjson.dumps(
+        [sorted(services), since, until, sorted(levels), q, trace_id, sorted(map(list, attrs))]
+    )
     return hashlib.sha256(doc).hexdigest()[:16]
 
 
@@ -200,7 +303,8 @@ def decode_cursor(cursor: str, fingerprint: str, secret: bytes) -> tuple[int, st
     if doc.get("f") != fingerprint:
         raise QueryError(
             "cursor belongs to a search with other parameters; "
-            "repeat service, since, until, level and q unchanged, or drop the cursor"
+            "repeat service, since, until, level, q, trace_id and attr.* unchanged, "
+            "or drop the cursor"
         )
     return doc["s"], doc["p"]
 
@@ -223,6 +327,48 @@ def parse_service(value: str | None) -> str:
     if not _SERVICE.fullmatch(service):
         raise QueryError(f"service must be 1-64 characters of a-z 0-9 . _ -, got {value[:80]!r}")
     return service
+
+
+def parse_services(given: Iterable[str]) -> tuple[str, ...]:
+    """The services named (an empty value names none), each once, sorted; at most
+    MAX_SERVICES. None named: every service."""
+    named = [v for v in given if v]
+    if len(named) > MAX_SERVICES:
+        raise QueryError(
+            f"at most {MAX_SERVICES} services may be named, got {len(named)}; "
+            "name none to search every service"
+        )
+    return tuple(sorted({parse_service(v) for v in named}))
+
+
+def _trace_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    trace_id = value.strip().lower()
+    if not _TRACE_ID.fullmatch(trace_id):
+        raise QueryError(f"trace_id must be 1-{MAX_TRACE_ID_CHARS} hex digits, got {value[:40]!r}")
+    return trace_id
+
+
+def _attrs(params: Params) -> tuple[tuple[str, str], ...]:
+    """The `attr.K=V` filters, each (K, V) once, sorted."""
+    found: set[tuple[str, str]] = set()
+    for key in params:
+        if not key.startswith(ATTR_PREFIX):
+            continue
+        name = key[len(ATTR_PREFIX) :]
+        if not 1 <= len(name) <= MAX_ATTRIBUTE_KEY_CHARS:
+            raise QueryError(
+                f"attribute names are 1-{MAX_ATTRIBUTE_KEY_CHARS} characters: "
+                f"attr.<name>=<value>, got {key[:40]!r}"
+            )
+        for value in values(params, key):
+            if len(value) > MAX_ATTR_VALUE_CHARS:
+                raise QueryError(f"{key[:40]} must be at most {MAX_ATTR_VALUE_CHARS} characters")
+            found.add((name, value))
+            if len(found) > MAX_ATTR_FILTERS:
+                raise QueryError(f"at most {MAX_ATTR_FILTERS} attr.* filters may be given")
+    return tuple(sorted(found))
 
 
 def _level(value: str | None) -> str | None:

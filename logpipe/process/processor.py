@@ -28,11 +28,10 @@ from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.block import (
     Block,
-    body_item,
     item_bytes,
+    items_of,
     make_blocks,
     split,
-    summary_item,
     write_units,
 )
 from logpipe.core.models import (
@@ -54,8 +53,8 @@ from logpipe.obs.metrics import serve_metrics
 log = logging.getLogger(__name__)
 
 BATCH_WRITE_ITEMS = 25
-# A block is two items (body and summary): a BatchWriteItem carries 12 blocks.
-BATCH_WRITE_BLOCKS = BATCH_WRITE_ITEMS // 2
+# A block is three items (body, summary, shared summary): a BatchWriteItem carries 8 blocks.
+BATCH_WRITE_BLOCKS = BATCH_WRITE_ITEMS // 3
 RECEIVE_MESSAGES = 10
 MAX_RETRY_DELAY_S = 300
 # An envelope is at most 1 MiB; a gzip body that inflates far past that is not ours.
@@ -366,7 +365,7 @@ class Processor:
         await self._finish(trackers, undecodable, delete)
 
     async def _write(self, writes: list[_Write], round_: _Round) -> None:
-        """Write in concurrent BatchWriteItem calls of 12 blocks; their events count as in
+        """Write in concurrent BatchWriteItem calls of 8 blocks; their events count as in
         flight."""
         events = sum(len(w.block.events) for w in writes)
         self._inflight += events
@@ -532,11 +531,11 @@ class Processor:
         self._note_wait(pending, failure, seconds)
 
     async def _write_chunk(self, writes: list[_Write], round_: _Round) -> None:
-        """Write up to 12 blocks. Unprocessed items, throttling, 5xx and network errors are
+        """Write up to 8 blocks. Unprocessed items, throttling, 5xx and network errors are
         retried with backoff until the round's deadline; a block DynamoDB refuses is split
         until the event it refuses stands alone, and that one is dead-lettered; what is left
         fails its messages (they are retried)."""
-        items: dict[str, tuple[Item, Item]] = {}  # built by the first call, kept for retries
+        items: dict[str, tuple[Item, ...]] = {}  # built by the first call, kept for retries
         outcome = await retry_entries(
             partial(self._batch_write, items),
             writes,
@@ -557,19 +556,19 @@ class Processor:
                 tracker.failed = True
 
     async def _batch_write(
-        self, items: dict[str, tuple[Item, Item]], writes: list[_Write]
+        self, items: dict[str, tuple[Item, ...]], writes: list[_Write]
     ) -> list[EntryFailure | None]:
-        """One BatchWriteItem of `writes`' blocks; per write, None once both of its items
+        """One BatchWriteItem of `writes`' blocks; per write, None once all of its items
         are stored, else UNPROCESSED."""
         table = self._settings.table_name
         async with self._writes:
             # Built once a call may start: only the items of the calls in flight exist.
             request: list[dict[str, Any]] = []
             for write in writes:
-                pair = items.get(write.block.digest)
-                if pair is None:
-                    pair = items[write.block.digest] = self._items(write.block)
-                request.extend({"PutRequest": {"Item": item}} for item in pair)
+                own = items.get(write.block.digest)
+                if own is None:
+                    own = items[write.block.digest] = self._items(write.block)
+                request.extend({"PutRequest": {"Item": item}} for item in own)
             started = time.perf_counter()
             response = await self._dynamodb.batch_write_item(RequestItems={table: request})
             metrics.write_seconds.observe(time.perf_counter() - started)
@@ -578,8 +577,8 @@ class Processor:
         outcomes: list[EntryFailure | None] = []
         stored: list[_Write] = []
         for write in writes:
-            pair = items[write.block.digest]
-            if left and any(_key(item) in left for item in pair):
+            own = items[write.block.digest]
+            if left and any(_key(item) in left for item in own):
                 outcomes.append(UNPROCESSED)
             else:
                 outcomes.append(None)
@@ -602,17 +601,16 @@ class Processor:
             halves = [writes[:middle], writes[middle:]]
         await asyncio.gather(*(self._write_chunk(half, round_) for half in halves))
 
-    def _items(self, block: Block) -> tuple[Item, Item]:
-        shards, retention_days = self._settings.shards, self._settings.retention_days
-        return body_item(block, shards, retention_days), summary_item(block, shards, retention_days)
+    def _items(self, block: Block) -> tuple[Item, ...]:
+        return items_of(block, self._settings.shards, self._settings.retention_days)
 
-    def _record_stored(self, writes: list[_Write], pairs: list[tuple[Item, Item]]) -> None:
+    def _record_stored(self, writes: list[_Write], blocks: list[tuple[Item, ...]]) -> None:
         """Count stored blocks: their messages' pending events, the events stored per
         service and level, their end-to-end latency, the write units and bytes."""
         for write in writes:
             for tracker in write.trackers:
                 tracker.pending -= len(write.block.events)
-        sizes = [item_bytes(item) for pair in pairs for item in pair]
+        sizes = [item_bytes(item) for block in blocks for item in block]
         metrics.dynamodb_write_units.inc(sum(map(write_units, sizes)))
         metrics.dynamodb_stored_bytes.inc(sum(sizes))
         events = [event for write in writes for event in write.block.events]

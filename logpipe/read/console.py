@@ -27,7 +27,7 @@ from logpipe.aws.clients import Clients, open_clients
 from logpipe.aws.errors import AWS_ERRORS, error_code
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.query import QueryError, parse_query
+from logpipe.core.query import ATTR_PREFIX, QueryError, parse_query
 from logpipe.obs import metrics
 from logpipe.read.reader import READ_DEADLINE_S, Reader
 from logpipe.read.stats import STATS_PARAMETERS, count_levels, parse_stats
@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 READ_CONCURRENCY = 16
-QUERY_PARAMETERS = frozenset({"service", "since", "until", "level", "q", "limit", "cursor"})
+QUERY_PARAMETERS = frozenset(
+    {"service", "since", "until", "level", "q", "trace_id", "limit", "cursor"}
+)
 SERVICES_DEFAULT_LIMIT = 100
 # The page loads nothing from elsewhere (the console may run without internet access).
 PAGE_HEADERS = {
@@ -139,10 +141,12 @@ class ReadGuard:
 async def logs(request: Request) -> Response:
     console: Console = request.app.state.console
     started = time.perf_counter()
-    unknown = sorted(set(request.query_params) - QUERY_PARAMETERS)
+    unknown = sorted(
+        k for k in set(request.query_params) - QUERY_PARAMETERS if not k.startswith(ATTR_PREFIX)
+    )
     if unknown:
         metrics.console_searches.labels("bad_request").inc()
-        known = ", ".join(sorted(QUERY_PARAMETERS))
+        known = ", ".join([*sorted(QUERY_PARAMETERS), "attr.<name>"])
         return error_response(400, f"unknown parameter {unknown[0]!r}; known: {known}")
     try:
         query = parse_query(request.query_params, now_ms(), console.cursor_secret)
@@ -191,11 +195,7 @@ async def stats(request: Request) -> Response:
     except QueryError as exc:
         return error_response(400, str(exc))
     try:
-        services = list(query.services)
-        if not services:
-            seen, _ = await console.registry.services()
-            services = sorted(entry["service"] for entry in seen)
-        answer = await count_levels(console.reader, query, services, console.settings.query_budget)
+        answer = await count_levels(console.reader, query, console.settings.query_budget)
     except AWS_ERRORS as exc:
         return error_response(503, f"the log table could not be read ({error_code(exc)})")
     return json_response(answer)

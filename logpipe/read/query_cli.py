@@ -40,7 +40,7 @@ from logpipe.core.query import (
 )
 from logpipe.errors import ConfigError, LogpipeError
 from logpipe.lifecycle import stop_signals
-from logpipe.read.console import QUERY_PARAMETERS, READ_CONCURRENCY, cursor_secret, reader_for
+from logpipe.read.console import READ_CONCURRENCY, cursor_secret, reader_for
 from logpipe.read.reader import Page, Reader
 
 Pairs = list[tuple[str, str]]
@@ -86,9 +86,6 @@ class DirectSource:
     @staticmethod
     def parse(pairs: Pairs, secret: bytes) -> LogQuery:
         """The parsed query; SearchFailed (exit 2) for parameters the console would refuse."""
-        unknown = sorted({name for name, _ in pairs} - QUERY_PARAMETERS)
-        if unknown:
-            raise SearchFailed(f"{unknown[0]} is not supported when reading the table", 2)
         try:
             return parse_query(QueryParams(pairs), now_ms(), secret)
         except QueryError as exc:

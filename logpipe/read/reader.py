@@ -1,15 +1,18 @@
 """Reading stored events back from blocks, newest first, each event once.
 
-A search never scans. For a service and a window it walks the hour buckets newest first.
-In each hour it reads the block summaries of every shard (`pk = service#hour#shard`,
-`sk = s#<newest ms>#<hash>`, small items) and keeps the blocks that can hold a match: in the
-window, below the cursor, with events of the wanted level. Those are taken newest block
+A search never scans. For a window it walks the hour buckets newest first. In each hour it
+reads the block summaries of every shard (`sk = s#<newest ms>#<hash>`, small items): of
+the service's own partitions (`pk = service#hour#shard`) when it names one service, else of
+the partition every service shares (`pk = *#hour#shard`), so a search across fifty services
+reads no more Query pages than a search of one. It keeps the blocks that can hold a match:
+of a service named, in the window, below the cursor, with events of a wanted level, and
+whose Bloom filter may hold the trace searched for. Those are taken newest block
 first; their bodies are fetched (BatchGetItem) only as far as the page needs. Blocks overlap
 in time, so an event is emitted only once it is newer than every block not yet fetched (the
 next summary's newest timestamp): no unread block can hold a newer one.
 
-An event sent twice (a client's retry) sits in two blocks with the same timestamp and id;
-the copy ingested first is the one returned, and the other is skipped.
+An event sent twice (a client's retry) sits in two blocks with the same service, timestamp
+and id; the copy ingested first is the one returned, and the other is skipped.
 
 Each read has a budget: at most `query_budget` DynamoDB reads (Query pages and
 BatchGetItem calls) and about `deadline_s` seconds. When it runs out before the page is
@@ -131,7 +134,7 @@ class _Hour:
         self._pushed = 0
 
     async def read_summaries(self, forced: bool) -> None:
-        shards = partition_keys(self._query.service, self._hour, self._reader.shards)
+        shards = partition_keys(self._query.partition, self._hour, self._reader.shards)
         found = await _all([self._shard_summaries(pk, forced) for pk in shards])
         blocks = [s for part in found for s in part if self._may_match(s)]
         blocks.sort(key=lambda s: (s.newest, s.digest), reverse=True)
@@ -155,7 +158,11 @@ class _Hour:
         query = self._query
         if summary.oldest > self._upper_ms or summary.newest < query.since_ms:
             return False
-        return query.level is None or summary.levels.get(query.level, 0) > 0
+        if query.services and summary.service not in query.services:
+            return False
+        if query.levels and not summary.has_level(query.levels):
+            return False
+        return query.trace_id is None or summary.may_hold_trace(query.trace_id)
 
     def frontier(self) -> int | None:
         """No block not yet fetched holds an event newer than this (None: none is left)."""
@@ -201,15 +208,15 @@ class _Hour:
         group: list[Summary] = []
         count = 0
         oldest = self._upper_ms
-        level = self._query.level
+        levels = self._query.levels
         while self._next < len(self.blocks) and len(group) < BODIES_PER_CALL:
             summary = self.blocks[self._next]
             if count >= need and summary.newest < oldest:
                 break
             group.append(summary)
             self._next += 1
-            count += summary.levels.get(level, 0) if level else summary.count
-            if not self._query.q:
+            count += sum(summary.levels.get(lv, 0) for lv in levels) if levels else summary.count
+            if not self._query.selective:
                 oldest = min(oldest, summary.oldest)
         for events in await self._reader.bodies(group):
             self._push(events)
@@ -217,7 +224,6 @@ class _Hour:
 
     def _push(self, events: list[Event]) -> None:
         query = self._query
-        q = query.q.casefold() if query.q else None
         for event in events:
             ts = event["timestamp"]
             if ts < query.since_ms or ts > self._upper_ms:
@@ -225,9 +231,7 @@ class _Hour:
             key = position(event)
             if key >= self._high:
                 continue
-            if query.level is not None and event["level"] != query.level:
-                continue
-            if q is not None and q not in event["message"].casefold():
+            if not query.matches(event):
                 continue
             ingested = event.get("ingested_at")
             self._pushed += 1
@@ -344,12 +348,13 @@ class Reader:
         return response.get("Items", []), response.get("LastEvaluatedKey")
 
     async def hour_summaries(
-        self, service: str, hour: str, since_ms: int, take: Callable[[], bool] = lambda: True
+        self, partition: str, hour: str, since_ms: int, take: Callable[[], bool] = lambda: True
     ) -> list[Summary] | None:
-        """Every block summary of one service's hour whose newest event is at `since_ms` or
-        later, every shard and page; None when `take` refuses a read (a budget)."""
+        """Every block summary of one hour of `partition` (a service, or SHARED for every
+        service) whose newest event is at `since_ms` or later, every shard and page; None
+        when `take` refuses a read (a budget)."""
         summaries: list[Summary] = []
-        for pk in partition_keys(service, hour, self.shards):
+        for pk in partition_keys(partition, hour, self.shards):
             start: dict[str, Any] | None = None
             while True:
                 if not take():

@@ -5,6 +5,9 @@ A block's summary counts its events per level. A block whose events all fall in 
 block that spans a step's edge or the range's edge is opened and counted event by event.
 Blocks hold a few seconds of one service's events, so with steps of a minute or more almost
 every block is counted from its summary.
+
+One service is counted from its own partitions; none (every service) or several from the
+partition every service shares, which holds each block's summary once.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from logpipe.core.block import Summary
+from logpipe.core.block import SHARED, Summary
 from logpipe.core.query import (
     DEFAULT_SINCE,
     MAX_HOURS,
@@ -24,7 +27,7 @@ from logpipe.core.query import (
     hour_bucket,
     hour_count,
     hour_starts,
-    parse_service,
+    parse_services,
     parse_time,
 )
 from logpipe.core.timefmt import iso_ms
@@ -32,7 +35,6 @@ from logpipe.read.reader import BODIES_PER_CALL, Reader
 
 STATS_PARAMETERS = frozenset({"service", "since", "until", "step"})
 MAX_BUCKETS = 1000
-MAX_SERVICES = 50
 # Summaries are small: a histogram may read this many times LOGPIPE_QUERY_BUDGET.
 STATS_BUDGET_FACTOR = 8
 # The steps an absent `step` is chosen from: the smallest giving at most AUTO_BUCKETS.
@@ -44,7 +46,7 @@ _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 @dataclass(frozen=True)
 class StatsQuery:
-    """The services (empty: every one the registry has seen), the range and the step."""
+    """The services (empty: every one), the range and the step."""
 
     services: tuple[str, ...]
     since_ms: int
@@ -54,9 +56,7 @@ class StatsQuery:
 
 def parse_stats(services: Sequence[str], params: Mapping[str, str], now_ms: int) -> StatsQuery:
     """Validate `/api/stats`' parameters; QueryError (a 400) says what is wrong."""
-    if len(services) > MAX_SERVICES:
-        raise QueryError(f"at most {MAX_SERVICES} services may be named")
-    named = tuple(dict.fromkeys(parse_service(s) for s in services))
+    named = parse_services(services)
     since_ms = parse_time("since", _bounded("since", params.get("since") or DEFAULT_SINCE), now_ms)
     until_ms = parse_time("until", _bounded("until", params.get("until") or "now"), now_ms)
     if since_ms > until_ms:
@@ -97,19 +97,14 @@ class _Reads:
         return True
 
 
-async def count_levels(
-    reader: Reader, query: StatsQuery, services: Sequence[str], budget: int
-) -> dict[str, Any]:
+async def count_levels(reader: Reader, query: StatsQuery, budget: int) -> dict[str, Any]:
     """The `/api/stats` answer: counts per level of every step of the range."""
     counts: dict[int, Counter[str]] = {}
     reads = _Reads(budget * STATS_BUDGET_FACTOR)
     complete = True
-    for service in services:
-        for start in hour_starts(query.since_ms, query.until_ms):
-            if not await _count_hour(reader, query, service, hour_bucket(start), counts, reads):
-                complete = False
-                break
-        if not complete:
+    for start in hour_starts(query.since_ms, query.until_ms):
+        if not await _count_hour(reader, query, hour_bucket(start), counts, reads):
+            complete = False
             break
     first = query.since_ms - query.since_ms % query.step_ms
     buckets = [
@@ -120,18 +115,19 @@ async def count_levels(
 
 
 async def _count_hour(
-    reader: Reader,
-    query: StatsQuery,
-    service: str,
-    hour: str,
-    counts: dict[int, Counter[str]],
-    reads: _Reads,
+    reader: Reader, query: StatsQuery, hour: str, counts: dict[int, Counter[str]], reads: _Reads
 ) -> bool:
-    """Add one service's hour to `counts`; False when the reads ran out."""
-    summaries = await reader.hour_summaries(service, hour, query.since_ms, reads.take)
+    """Add one hour of the services to `counts`; False when the reads ran out."""
+    services = query.services
+    partition = services[0] if len(services) == 1 else SHARED
+    summaries = await reader.hour_summaries(partition, hour, query.since_ms, reads.take)
     if summaries is None:
         return False
-    reaching = [s for s in summaries if s.oldest <= query.until_ms]
+    reaching = [
+        s
+        for s in summaries
+        if s.oldest <= query.until_ms and (not services or s.service in services)
+    ]
     opened = [s for s in reaching if not _counted_whole(s, query, counts)]
     for n in range(0, len(opened), BODIES_PER_CALL):
         if not reads.take():
