@@ -291,7 +291,8 @@ def incident() -> list[dict[str, Any]]:
             service=services[n % 3],
             timestamp=T0 + n * 200_000,
             level=levels[n % 4],
-            message=f"Request {n} {'TIMED Out' if n % 5 == 0 else 'ok'}",
+            message=f"Request {n} {'TIMED Out' if n % 5 == 0 else 'ok'}"
+            + (" Retry+1&x=2" if n % 9 == 4 else ""),
             attributes={"order_id": f"o-{n % 4}", "region": "eu" if n % 6 < 3 else "us"},
         )
         if n in (6, 7, 8):
@@ -341,6 +342,9 @@ Match = Callable[[dict[str, Any]], bool]
             id="two-levels",
         ),
         pytest.param(["-q", "timed out"], lambda e: "TIMED Out" in e["message"], id="q-any-case"),
+        pytest.param(
+            ["-q", "retry+1&X=2"], lambda e: "Retry+1&x=2" in e["message"], id="q-plus-ampersand"
+        ),
     ],
 )
 async def test_each_filter_finds_exactly_its_events_across_services(

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Awaitable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -40,7 +39,7 @@ from logpipe.core.query import (
 )
 from logpipe.errors import ConfigError, LogpipeError
 from logpipe.lifecycle import stop_signals
-from logpipe.read.console import READ_CONCURRENCY, cursor_secret, reader_for
+from logpipe.read.console import READ_CONCURRENCY, cursor_secret, now_ms, reader_for
 from logpipe.read.reader import Page, Reader
 
 Pairs = list[tuple[str, str]]
@@ -217,10 +216,6 @@ def where_pair(text: str) -> tuple[str, str]:
     if not key or not equals:
         raise ConfigError(f"--where takes KEY=VALUE (an attribute and its value), got {text!r}")
     return f"attr.{key}", value
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def query_command(
