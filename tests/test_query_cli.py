@@ -17,15 +17,20 @@ import aiohttp
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
 from logpipe.aws.clients import Clients
 from logpipe.cli import build_parser
 from logpipe.config import Settings
 from logpipe.dev.processes import free_port, role_env, wait_http
 from logpipe.errors import ConfigError
-from logpipe.read.query_cli import query_pairs, where_pair
+from logpipe.read.query_cli import MAX_API_ANSWER_BYTES, query_pairs, where_pair
 from tests.support.aws import make_event
 from tests.support.roles import Roles
+from tests.support.servers import serving
 from tests.support.wait import wait_until
 from tests.test_reader import T0, newest_first, spread, store_events
 
@@ -195,6 +200,29 @@ async def test_a_console_that_is_not_there_is_named_with_its_variable(tmp_path: 
     [line] = err.splitlines()
     assert line.startswith(f"logpipe: cannot reach the console at {url}")
     assert "LOGPIPE_CONSOLE_URL" in line
+
+
+@pytest.mark.e2e
+async def test_an_endless_answer_is_cut_off_at_the_bound_not_held(tmp_path: Path) -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        # Four times the bound, as one JSON document: read whole, it would be a page.
+        yield b'{"events": ["'
+        for _ in range(4 * MAX_API_ANSWER_BYTES // len(CHUNK)):
+            yield CHUNK
+        yield b'"], "cursor": null, "complete": true}'
+
+    async def logs(request: Request) -> StreamingResponse:
+        return StreamingResponse(endless(), media_type="application/json")
+
+    app = Starlette(routes=[Route("/api/logs", logs)])
+    async with serving(app, free_port()) as url:
+        code, out, err = await run_query(api_env(tmp_path, url), tmp_path, "--service", "s")
+
+    assert (code, out) == (1, "")
+    assert err == f"logpipe: the console's answer is larger than {MAX_API_ANSWER_BYTES} bytes\n"
+
+
+CHUNK = b"x" * (1024 * 1024)
 
 
 @pytest.mark.e2e

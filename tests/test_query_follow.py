@@ -114,3 +114,5 @@ async def test_without_aws_settings_the_reading_commands_say_what_to_set(
     [line] = err.decode().splitlines()
     assert line.startswith("logpipe: no AWS credentials or region here (NoCredentialsError)")
     assert "AWS_PROFILE" in line and "make up" in line
+    # Only query reads through a console.
+    assert ("LOGPIPE_CONSOLE_URL" in line) == (command[0] == "query")
