@@ -203,6 +203,18 @@ async def test_a_console_that_is_not_there_is_named_with_its_variable(tmp_path: 
 
 
 @pytest.mark.e2e
+async def test_a_url_that_is_no_console_is_named_with_its_variable(
+    ingestor_url: str, tmp_path: Path
+) -> None:
+    code, out, err = await run_query(api_env(tmp_path, ingestor_url), tmp_path, "--service", "s")
+
+    assert (code, out) == (1, "")
+    [line] = err.splitlines()
+    assert line.startswith(f"logpipe: the console at {ingestor_url} answered 404")
+    assert line.endswith("is LOGPIPE_CONSOLE_URL a logpipe console?")
+
+
+@pytest.mark.e2e
 async def test_an_endless_answer_is_cut_off_at_the_bound_not_held(tmp_path: Path) -> None:
     async def endless() -> AsyncIterator[bytes]:
         # Four times the bound, as one JSON document: read whole, it would be a page.

@@ -114,6 +114,11 @@ class ApiSource:
             async with self._session.get(url, headers=self._headers) as response:
                 status = response.status
                 body = await _read_bounded(response, MAX_API_ANSWER_BYTES)
+        except aiohttp.ClientSSLError as exc:
+            raise SearchFailed(
+                f"TLS with the console at {self._url} failed ({exc.os_error}); "
+                "check LOGPIPE_CONSOLE_URL and the console's certificate"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             raise SearchFailed(
                 f"cannot reach the console at {self._url} ({_reason(exc.os_error)}); "
@@ -123,7 +128,8 @@ class ApiSource:
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
             raise SearchFailed(
-                f"the console at {self._url} did not answer ({reason}); LOGPIPE_CONSOLE_URL",
+                f"the console at {self._url} did not answer in full ({reason}); try again, "
+                "or check LOGPIPE_CONSOLE_URL",
                 retriable=True,
             ) from None
         if status == 200:
@@ -138,6 +144,7 @@ class ApiSource:
         if (
             not isinstance(doc, dict)
             or not isinstance(doc.get("events"), list)
+            or not all(isinstance(event, dict) for event in doc["events"])
             or not isinstance(doc.get("cursor"), str | None)
         ):
             raise SearchFailed(
@@ -160,9 +167,11 @@ class ApiSource:
         message = _error_message(body)
         if status == 400:
             return SearchFailed(message or "the console refused the search (400)", 2)
+        hint = "; is LOGPIPE_CONSOLE_URL a logpipe console?" if status == 404 or not message else ""
         return SearchFailed(
             f"the console at {self._url} answered {status}"
-            + (f": {message}" if message else "; check LOGPIPE_CONSOLE_URL"),
+            + (f": {message}" if message else "")
+            + hint,
             retriable=status in (429, 502, 503, 504),
         )
 
