@@ -203,24 +203,36 @@ def _add_query(commands: Commands) -> None:
         "LOGPIPE_READ_KEY) set, through that console's API: no AWS settings needed.",
     )
     query.add_argument(
-        "--service", action="append", help="a service to read (repeatable; default: all seen)"
+        "--service",
+        action="append",
+        metavar="S",
+        help="a service to read (repeatable; default: all seen)",
     )
-    query.add_argument("--since", help="start: 15m, 6h, 2d back from now or RFC 3339 (15m)")
-    query.add_argument("--until", help="end: a duration back from now or RFC 3339 (now)")
+    query.add_argument(
+        "--since", metavar="T", help="start: 15m, 6h, 2d back from now or RFC 3339 (15m)"
+    )
+    query.add_argument(
+        "--until", metavar="T", help="end: a duration back from now or RFC 3339 (now)"
+    )
     query.add_argument(
         "--level",
         action="append",
+        metavar="L",
         help="only this level (repeatable): trace debug info warn error fatal",
     )
-    query.add_argument("--trace-id", help="only the events of this trace, across services")
+    query.add_argument(
+        "--trace-id", metavar="ID", help="only the events of this trace, across services"
+    )
     query.add_argument(
         "--where",
         action="append",
         metavar="KEY=VALUE",
         help="only events whose attribute KEY is exactly VALUE (repeatable: all must hold)",
     )
-    query.add_argument("-q", "--grep", help="only events whose message contains TEXT (any case)")
-    query.add_argument("--limit", type=int, help="at most N events, 1-1000 (100)")
+    query.add_argument(
+        "-q", "--grep", metavar="TEXT", help="only events whose message contains TEXT (any case)"
+    )
+    query.add_argument("--limit", type=int, metavar="N", help="at most N events, 1-1000 (100)")
     query.add_argument("--json", action="store_true", help="one JSON object per line")
     query.add_argument(
         "-f",
