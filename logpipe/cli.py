@@ -196,13 +196,43 @@ def _add_console(commands: Commands) -> None:
 
 
 def _add_query(commands: Commands) -> None:
-    query = commands.add_parser("query", help="read stored events, newest first")
-    query.add_argument("--service", required=True, help="the service whose events to read")
-    query.add_argument("--since", help="start: 15m, 6h, 2d back from now or RFC 3339 (15m)")
-    query.add_argument("--until", help="end: a duration back from now or RFC 3339 (now)")
-    query.add_argument("--level", help="only this level: trace debug info warn error fatal")
-    query.add_argument("-q", "--grep", help="only events whose message contains TEXT (any case)")
-    query.add_argument("--limit", type=int, help="at most N events, 1-1000 (100)")
+    query = commands.add_parser(
+        "query",
+        help="read stored events, newest first",
+        description="Read stored events, newest first. With LOGPIPE_CONSOLE_URL (and "
+        "LOGPIPE_READ_KEY) set, through that console's API: no AWS settings needed.",
+    )
+    query.add_argument(
+        "--service",
+        action="append",
+        metavar="S",
+        help="a service to read (repeatable; default: all seen)",
+    )
+    query.add_argument(
+        "--since", metavar="T", help="start: 15m, 6h, 2d back from now or RFC 3339 (15m)"
+    )
+    query.add_argument(
+        "--until", metavar="T", help="end: a duration back from now or RFC 3339 (now)"
+    )
+    query.add_argument(
+        "--level",
+        action="append",
+        metavar="L",
+        help="only this level (repeatable): trace debug info warn error fatal",
+    )
+    query.add_argument(
+        "--trace-id", metavar="ID", help="only the events of this trace, across services"
+    )
+    query.add_argument(
+        "--where",
+        action="append",
+        metavar="KEY=VALUE",
+        help="only events whose attribute KEY is exactly VALUE (repeatable: all must hold)",
+    )
+    query.add_argument(
+        "-q", "--grep", metavar="TEXT", help="only events whose message contains TEXT (any case)"
+    )
+    query.add_argument("--limit", type=int, metavar="N", help="at most N events, 1-1000 (100)")
     query.add_argument("--json", action="store_true", help="one JSON object per line")
     query.add_argument(
         "-f",
@@ -279,6 +309,8 @@ def _local_stack(settings: Settings, args: argparse.Namespace) -> Settings:
 
     if args.command == "bench" and args.endpoint != LOCAL_STACK:
         return settings
+    if args.command == "query" and settings.console_url:
+        return settings  # read through the console: AWS is not asked at all
     attached = local.attach(settings, os.environ, Path.cwd(), Path.home(), sys.stderr)
     if args.command == "bench":
         if attached is None:
@@ -326,10 +358,10 @@ async def _console(settings: Settings, args: argparse.Namespace, parts: dict[str
 
 
 async def _query(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:
-    from logpipe.read import console
+    from logpipe.read import query_cli
 
-    params = console.query_params(args)
-    return await console.query_command(settings, params, args.json, follow=args.follow)
+    pairs = query_cli.query_pairs(args)
+    return await query_cli.query_command(settings, pairs, args.json, follow=args.follow)
 
 
 async def _export(settings: Settings, args: argparse.Namespace, parts: dict[str, Any]) -> int:

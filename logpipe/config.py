@@ -85,6 +85,9 @@ class Settings:
     # reads a console serves at once before answering 429: together they bound its memory.
     max_answer_bytes: int = 4 * 1024 * 1024
     max_concurrent_reads: int = 8
+    # `logpipe query`: read through this console's API (no AWS rights needed), with this key.
+    console_url: str | None = None
+    read_key: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -157,6 +160,8 @@ class Settings:
             max_concurrent_reads=_int(
                 env, "LOGPIPE_MAX_CONCURRENT_READS", d.max_concurrent_reads, 1, 10_000
             ),
+            console_url=_url(env, "LOGPIPE_CONSOLE_URL", d.console_url),
+            read_key=_key(env, "LOGPIPE_READ_KEY"),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -284,6 +289,16 @@ def _keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     if any(len(k) < 8 for k in keys):
         raise ConfigError(f"{name} must be comma-separated keys of at least 8 characters each")
     return keys
+
+
+def _key(env: Mapping[str, str], name: str) -> str:
+    """One key sent as a Bearer token: what a console's LOGPIPE_READ_KEYS can hold."""
+    raw = env.get(name, "").strip()
+    if raw and (len(raw) < 8 or "," in raw or not (raw.isascii() and raw.isprintable())):
+        raise ConfigError(
+            f"{name} must be one key of at least 8 printable ASCII characters, no comma"
+        )
+    return raw
 
 
 def _set_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:

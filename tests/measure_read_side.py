@@ -29,7 +29,7 @@ from logpipe.config import Settings
 from logpipe.core.block import block_items
 from logpipe.core.models import normalise
 from logpipe.dev.processes import EmbeddedAws, free_port
-from logpipe.read import console
+from logpipe.read import console, query_cli
 from tests.support.aws import use_local_aws
 from tests.support.servers import serving
 
@@ -174,7 +174,7 @@ def _raw_controls() -> int:
         "message": "\x1b[2J\x1b]0;owned\x07\x1b]52;c;ZXZpbA==\x07\x9b31m",
         "attributes": {"k": "\x1b[31mred"},
     }
-    table = console.format_table([event])
+    table = query_cli.format_table([event])
     return sum(1 for c in table if (ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0)
 
 

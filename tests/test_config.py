@@ -57,6 +57,13 @@ def test_defaults_are_those_of_the_design() -> None:
         ("LOGPIPE_EMITTER_SERVICE", "service-b", "emitter_service", "service-b"),
         ("LOGPIPE_EMITTER_RATE", "2.5", "emitter_rate", 2.5),
         ("LOGPIPE_DRAIN_SECONDS", "10", "drain_seconds", 10.0),
+        (
+            "LOGPIPE_CONSOLE_URL",
+            "https://logs.example.com/",
+            "console_url",
+            "https://logs.example.com",
+        ),
+        ("LOGPIPE_READ_KEY", " read-key-123 ", "read_key", "read-key-123"),
     ],
     ids=[
         "region",
@@ -79,6 +86,8 @@ def test_defaults_are_those_of_the_design() -> None:
         "emitter-service",
         "emitter-rate",
         "drain-seconds",
+        "console-url",
+        "read-key",
     ],
 )
 def test_each_variable_is_read(variable: str, value: str, attribute: str, expected: object) -> None:
@@ -137,6 +146,9 @@ def test_blank_value_means_the_default(variable: str) -> None:
         ("LOGPIPE_QUEUE_NAME", "my queue", "got 'my queue'"),
         ("LOGPIPE_TABLE_NAME", "logs/prod", "got 'logs/prod'"),
         ("LOGPIPE_EMITTER_RATE", "fast", "got 'fast'"),
+        ("LOGPIPE_CONSOLE_URL", "console:8081", "must be an http(s) URL, got 'console:8081'"),
+        ("LOGPIPE_READ_KEY", "short", "one key of at least 8 printable ASCII characters"),
+        ("LOGPIPE_READ_KEY", "key-one-1,key-two-2", "no comma"),
     ],
     ids=[
         "port-not-integer",
@@ -152,6 +164,9 @@ def test_blank_value_means_the_default(variable: str) -> None:
         "queue-name-with-space",
         "table-name-with-slash",
         "emitter-rate-not-number",
+        "console-url-not-a-url",
+        "read-key-too-short",
+        "read-key-two-keys",
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(

@@ -27,7 +27,8 @@ from logpipe.dev import promtext
 from logpipe.dev.processes import RoleProcess, free_port, role_env, wait_http
 from logpipe.errors import ConfigError
 from logpipe.ingest.app import MAX_SERVICES_PER_REQUEST, validate
-from logpipe.read.console import _Progress, create_app, escape_controls, format_table
+from logpipe.read.console import create_app
+from logpipe.read.query_cli import _Progress, escape_controls, format_table
 from tests.support.aws import bootstrapped, fresh_settings, make_event
 from tests.support.roles import peak_rss_mb
 from tests.support.wait import wait_until

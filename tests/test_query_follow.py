@@ -14,7 +14,7 @@ import pytest
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.dev.processes import role_env
-from logpipe.read.console import MESSAGE_INDENT, format_table
+from logpipe.read.query_cli import MESSAGE_INDENT, format_table
 from tests.support.aws import make_event
 from tests.support.wait import wait_until
 from tests.test_reader import store_events
@@ -114,3 +114,5 @@ async def test_without_aws_settings_the_reading_commands_say_what_to_set(
     [line] = err.decode().splitlines()
     assert line.startswith("logpipe: no AWS credentials or region here (NoCredentialsError)")
     assert "AWS_PROFILE" in line and "make up" in line
+    # Only query reads through a console.
+    assert ("LOGPIPE_CONSOLE_URL" in line) == (command[0] == "query")

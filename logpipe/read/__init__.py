@@ -1,1 +1,2 @@
-"""The read side: reader (queries against DynamoDB), console (API, page, `logpipe query`)."""
+"""The read side: reader (queries against DynamoDB), console (API, page), query_cli
+(`logpipe query`, from the table or through a console), export, stats."""

@@ -1,21 +1,17 @@
-"""The console: the read API and web page (`logpipe console`), and `logpipe query`."""
+"""The console: the read API and web page (`logpipe console`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
-import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
@@ -28,12 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logpipe.aws.bootstrap import read_table_shards
 from logpipe.aws.clients import Clients, open_clients
-from logpipe.aws.errors import AWS_ERRORS, error_code, read_failure
+from logpipe.aws.errors import AWS_ERRORS, error_code
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.models import StoredEvent, iso_ms
-from logpipe.core.query import ATTR_PREFIX, LogQuery, QueryError, parse_query
-from logpipe.lifecycle import stop_signals
+from logpipe.core.query import ATTR_PREFIX, QueryError, parse_query
 from logpipe.obs import metrics
 from logpipe.read.reader import READ_DEADLINE_S, Reader
 from logpipe.read.stats import STATS_PARAMETERS, count_levels, parse_stats
@@ -275,7 +269,7 @@ def create_app(settings: Settings, read_deadline_s: float = READ_DEADLINE_S) -> 
             shards = await _shards_or_configured(clients, settings)
             app.state.console = Console(
                 settings,
-                _reader(clients, settings, shards, secret, read_deadline_s),
+                reader_for(clients, settings, shards, secret, read_deadline_s),
                 ServiceRegistry(clients.dynamodb, settings.table_name, settings.retention_days),
                 secret,
             )
@@ -325,13 +319,14 @@ async def _shards_or_configured(clients: Clients, settings: Settings) -> int:
         return settings.shards
 
 
-def _reader(
+def reader_for(
     clients: Clients,
     settings: Settings,
     shards: int,
     secret: bytes,
     deadline_s: float = READ_DEADLINE_S,
 ) -> Reader:
+    """A Reader of the table on `clients`, with the console's budget and concurrency."""
     return Reader(
         clients.dynamodb,
         settings.table_name,
@@ -358,213 +353,3 @@ async def serve(settings: Settings) -> int:
         )
     app = create_app(settings)
     return await serve_app(app, settings, admin=create_admin_app(app))
-
-
-# --- logpipe query ---------------------------------------------------------------------------
-
-
-# C0 controls, DEL, C1 controls (ESC's 8-bit forms among them), the line and paragraph
-# separators and the bidirectional overrides: none reaches a terminal as itself.
-_UNSAFE = [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F)]
-_UNSAFE += range(0x2066, 0x206A)
-_ESCAPES = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _UNSAFE}
-_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
-
-
-def escape_controls(text: str) -> str:
-    """`text` with every control character written as a visible escape (\\x1b, \\n, ...)."""
-    return text.translate(_ESCAPES)
-
-
-def format_table(events: list[StoredEvent], header: bool = True) -> str:
-    """Events as aligned lines a person reads: time, level, message, trace id, attributes;
-    a message's further lines indented under its first.
-
-    Every field is stored as a client sent it, so every field is escaped: a log line
-    cannot clear the screen, retitle the terminal or write the clipboard (a message's line
-    breaks become lines of their own, every other control character an escape).
-    """
-    lines = [f"{'TIME':<24}  {'LEVEL':<5}  MESSAGE"] if header else []
-    for event in events:
-        first, *more = str(event.get("message", "")).split("\n")
-        attributes = event.get("attributes") or {}
-        extra = [
-            f"{escape_controls(str(k))}={escape_controls(str(v))}" for k, v in attributes.items()
-        ]
-        if event.get("trace_id"):
-            extra.insert(0, f"trace={escape_controls(str(event['trace_id']))}")
-        text = escape_controls(first) + (f"  {' '.join(extra)}" if extra else "")
-        timestamp = escape_controls(str(event.get("timestamp", "")))
-        level = escape_controls(str(event.get("level", ""))).upper()
-        lines.append(f"{timestamp:<24}  {level:<5}  {text}")
-        lines.extend(MESSAGE_INDENT + escape_controls(line) for line in more)
-    return "\n".join(lines)
-
-
-class _Progress:
-    """One line on stderr, rewritten in place, while a search follows its cursors (a tty only)."""
-
-    def __init__(self, err: TextIO) -> None:
-        self._err = err
-        self._shown = err.isatty()
-        self._width = 0
-
-    def show(self, found: int, searched_to: str) -> None:
-        if not self._shown:
-            return
-        line = f"logpipe: searching… {found} found, searched back to {searched_to}"
-        self._err.write("\r" + line.ljust(self._width))
-        self._err.flush()
-        self._width = len(line)
-
-    def clear(self) -> None:
-        if self._shown and self._width:
-            self._err.write("\r" + " " * self._width + "\r")
-            self._err.flush()
-
-
-async def query_command(
-    settings: Settings,
-    params: Mapping[str, str],
-    as_json: bool,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
-    follow: bool = False,
-) -> int:
-    """`logpipe query`: events newest first, as a table or as NDJSON; with `follow`, the
-    newest events oldest first, then each new one as it is stored, until SIGINT or SIGTERM.
-
-    Each read is bounded (LOGPIPE_QUERY_BUDGET); the command follows the cursors until
-    --limit events are found or the whole time range is searched.
-    """
-    secret = cursor_secret(settings)
-    try:
-        query = parse_query(params, now_ms(), secret)
-    except QueryError as exc:
-        print(f"logpipe: {exc}", file=err)
-        return 2
-    progress = _Progress(err)
-    async with AsyncExitStack() as stack:
-        clients = await open_clients(stack, settings, pool=READ_CONCURRENCY + 4)
-        try:
-            shards = await read_table_shards(clients.dynamodb, settings.table_name, settings.shards)
-            reader = _reader(clients, settings, shards, secret)
-            events, more = await _follow_cursors(reader, query, params, secret, progress)
-            progress.clear()
-            if follow:
-                await _tail(reader, query, params, events, as_json, out)
-                return 0
-        except AWS_ERRORS as exc:
-            progress.clear()
-            print(f"logpipe: {read_failure(exc)}", file=err)
-            return 1
-    _print_found(events, more, query.service, as_json, out, err)
-    return 0
-
-
-async def _tail(
-    reader: Reader,
-    query: LogQuery,
-    params: Mapping[str, str],
-    events: list[StoredEvent],
-    as_json: bool,
-    out: TextIO,
-) -> None:
-    """Print `events` oldest first, then every event stored since, each once, every
-    FOLLOW_INTERVAL_S, until SIGINT or SIGTERM."""
-    with stop_signals() as stopping:
-        shown: set[tuple[str, str]] = set()
-        newest = query.since_ms
-        first = True
-        while True:
-            fresh = [e for e in reversed(events) if (e["timestamp"], e["id"]) not in shown]
-            _print_events(fresh, as_json, out, header=first)
-            out.flush()
-            first = False
-            newest = max([newest, *(_ms(e["timestamp"]) for e in fresh)])
-            # Only the newest millisecond's events can come again (the next read starts there).
-            edge = iso_ms(newest)
-            shown = {key for key in shown if key[0] >= edge}
-            shown.update((e["timestamp"], e["id"]) for e in fresh if e["timestamp"] >= edge)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), FOLLOW_INTERVAL_S)
-            if stopping.is_set():
-                return
-            events = await _since(reader, params, newest)
-
-
-async def _since(reader: Reader, params: Mapping[str, str], since_ms: int) -> list[StoredEvent]:
-    """Every event stored from `since_ms` to now, newest first (all pages)."""
-    now = now_ms()
-    window = {**params, "since": iso_ms(since_ms), "until": iso_ms(now), "limit": "1000"}
-    secret = secrets.token_bytes(16)
-    events: list[StoredEvent] = []
-    query = parse_query(window, now, secret)
-    while True:
-        page = await reader.read(query)
-        events.extend(page.events)
-        if page.cursor is None:
-            return events
-        query = parse_query({**window, "cursor": page.cursor}, now, secret)
-
-
-def _ms(timestamp: str) -> int:
-    return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def _print_events(events: list[StoredEvent], as_json: bool, out: TextIO, header: bool) -> None:
-    if as_json:
-        for event in events:
-            out.write(orjson.dumps(event).decode() + "\n")
-    elif events:
-        print(format_table(events, header=header), file=out)
-
-
-async def _follow_cursors(
-    reader: Reader, query: LogQuery, params: Mapping[str, str], secret: bytes, progress: _Progress
-) -> tuple[list[StoredEvent], bool]:
-    """Read page after page until --limit events are found or the whole range is searched;
-    the events, and whether older ones match too."""
-    wanted = query.limit
-    events: list[StoredEvent] = []
-    while True:
-        page = await reader.read(query)
-        events.extend(page.events)
-        if page.cursor is None or len(events) >= wanted or page.complete:
-            return events, page.cursor is not None
-        next_params = {**params, "cursor": page.cursor, "limit": str(wanted - len(events))}
-        query = parse_query(next_params, now_ms(), secret)
-        progress.show(len(events), iso_ms(query.until_ms))
-
-
-def _print_found(
-    events: list[StoredEvent], more: bool, service: str, as_json: bool, out: TextIO, err: TextIO
-) -> None:
-    _print_events(events, as_json, out, header=True)
-    if not events:
-        print(f"logpipe: no events of {service} in this time range", file=err)
-    elif more:
-        print(
-            f"logpipe: {len(events)} newest shown; older ones match too: "
-            f"raise --limit or pass --until {escape_controls(str(events[-1]['timestamp']))}",
-            file=err,
-        )
-
-
-# Where a table's message column starts: a message's further lines start there too.
-MESSAGE_INDENT = " " * (24 + 2 + 5 + 2)
-# How often `logpipe query --follow` asks for new events.
-FOLLOW_INTERVAL_S = 1.0
-
-
-def query_params(args: Any) -> dict[str, str]:
-    """The search parameters of `logpipe query`'s flags, named as in the HTTP API."""
-    given = {
-        "service": args.service,
-        "since": args.since,
-        "until": args.until,
-        "level": args.level,
-        "q": args.grep,
-        "limit": None if args.limit is None else str(args.limit),
-    }
-    return {k: v for k, v in given.items() if v is not None}
