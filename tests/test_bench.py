@@ -200,8 +200,9 @@ def test_naive_bench_makes_one_call_per_event() -> None:
     requests = doc["aws_requests"]
     assert doc["mode"] == "naive"
     assert requests["SendMessage"] == 300
-    # A block of one per event (its body and summary), and the table's shard count.
-    assert requests["PutItem"] == 2 * 300 + 1
+    # A block of one per event (its body, its summary and the summary every service
+    # shares), and the table's shard count.
+    assert requests["PutItem"] == 3 * 300 + 1
     assert requests["DeleteMessage"] == 300
     assert "SendMessageBatch" not in requests and "BatchWriteItem" not in requests
 

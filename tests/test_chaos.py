@@ -109,7 +109,8 @@ async def _drained(clients: Clients, url: str) -> bool:
         # Seeded: the processor's first ReceiveMessage draws below 0.2, so the fault fires.
         ("sqs-error:0.2,seed:1", "sqs-error"),
         ("sqs-delay:20", "sqs-delay"),
-        ("ddb-throttle:0.3", "ddb-"),
+        # Seeded: the processor's first write draws below 0.3 (a run makes only a few).
+        ("ddb-throttle:0.3,seed:1", "ddb-"),
         ("poison:4", None),
     ],
     ids=lambda v: v if isinstance(v, str) and ":" in v else "",
