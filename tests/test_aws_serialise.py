@@ -196,6 +196,53 @@ async def test_what_orjson_cannot_encode_takes_the_generic_path(
     assert stored["Item"]["b"] == {"B": b"\x00\xffbytes"}
 
 
+BINARY = bytes(range(256)) * 3
+
+
+async def test_binary_values_in_b_are_written_by_orjson_as_the_generic_body(
+    settings: Settings, clients: Clients, generic: Clients
+) -> None:
+    items = [
+        base_item("block", {"z": {"B": BINARY}, "n": {"N": "3"}}),
+        base_item("empty", {"z": {"B": b""}, "filter": {"B": b"\x00"}}),
+        base_item("nested", {"m": {"M": {"b": {"B": b"\xff"}, "l": {"L": [{"B": b"x"}]}}}}),
+    ]
+    params = {"RequestItems": {settings.table_name: [{"PutRequest": {"Item": i}} for i in items]}}
+    fast, slow = Capture(clients.dynamodb), Capture(generic.dynamodb)
+    await clients.dynamodb.batch_write_item(**params)
+    await generic.dynamodb.batch_write_item(**params)
+    assert_same_request(fast.last(), slow.last())
+    assert fast.last()[0] != slow.last()[0]  # orjson's bytes, not json.dumps's
+    for item in items:
+        stored = await clients.dynamodb.get_item(
+            TableName=settings.table_name, Key={"pk": item["pk"], "sk": item["sk"]}
+        )
+        assert stored["Item"] == item
+
+
+def _batch_of(value: dict[str, Any]) -> dict[str, Any]:
+    return {"RequestItems": {"t": [{"PutRequest": {"Item": {"pk": {"S": "k"}, "v": value}}}]}}
+
+
+@pytest.mark.parametrize(
+    ("value", "orjson_writes"),
+    [
+        pytest.param({"B": b"ok"}, True, id="b-bytes"),
+        pytest.param({"M": {"x": {"L": [{"B": b"ok"}]}}}, True, id="b-nested"),
+        pytest.param({"B": "text"}, False, id="b-text"),
+        pytest.param({"B": bytearray(b"ok")}, False, id="b-bytearray"),
+        pytest.param({"BS": [b"a"]}, False, id="bs"),
+        pytest.param({"S": b"bytes"}, False, id="bytes-in-s"),
+        pytest.param({"B": b"ok", "S": b"bytes"}, False, id="bytes-beside-b"),
+    ],
+)
+async def test_only_bytes_in_b_values_take_the_orjson_path(
+    value: Any, orjson_writes: bool, clients: Clients
+) -> None:
+    model = clients.dynamodb.meta.service_model.operation_model("BatchWriteItem")
+    assert (encode_body(_batch_of(value), model) is not None) is orjson_writes
+
+
 @pytest.mark.parametrize(
     "params",
     [

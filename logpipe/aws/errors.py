@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from botocore.exceptions import (
@@ -32,6 +34,8 @@ RETRIABLE_CODES = frozenset(
         "AWS.SimpleQueueService.InternalError",
         "RequestTimeout",
         "RequestTimeoutException",
+        # An item another transaction is writing: that one ends within moments.
+        "TransactionConflictException",
     }
 )
 
@@ -82,6 +86,38 @@ def classify(exc: Exception) -> EntryFailure:
     """A failed call as the retry helper reads it: its code, retriable or not, throttled or not."""
     code = error_code(exc)
     return EntryFailure(code, is_retriable(exc), code in THROTTLE_CODES)
+
+
+# Why DynamoDB cancelled a transaction, per item: conflict and throttling pass in time.
+CANCEL_RETRIABLE = frozenset(
+    {"TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError"}
+)
+CANCEL_THROTTLED = frozenset({"ProvisionedThroughputExceeded", "ThrottlingError"})
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReason:
+    """One item's part in a cancelled transaction: DynamoDB's code ("None" when the item was
+    not at fault), the item stored under its key when its condition failed and ALL_OLD was
+    asked for, and the code as the retry helper reads it."""
+
+    code: str
+    stored: dict[str, Any] | None
+
+    @property
+    def failure(self) -> EntryFailure:
+        return EntryFailure(self.code, self.code in CANCEL_RETRIABLE, self.code in CANCEL_THROTTLED)
+
+
+def cancellation_reasons(exc: ClientError, items: int) -> list[CancelReason] | None:
+    """Per item, why a TransactWriteItems of `items` items was cancelled; None when `exc` is
+    not such a cancellation (or its reasons do not match the items)."""
+    if error_code(exc) != "TransactionCanceledException":
+        return None
+    reasons = exc.response.get("CancellationReasons")
+    if not isinstance(reasons, list) or len(reasons) != items:
+        return None
+    return [CancelReason(str(r.get("Code", "None")), r.get("Item")) for r in reasons]
 
 
 def read_failure(exc: BaseException) -> str:

@@ -12,8 +12,10 @@ empty stand-in of the same kind (so the walk is trivial and endpoint resolution 
 the table names), encode the whole parameters once with orjson, and put that body into
 the request before it is signed. Signing, credentials, endpoints, transport retries and
 error parsing stay botocore's. Parameters orjson cannot encode exactly as the JSON
-protocol would (bytes, integers beyond 64 bits, lone surrogates, None) take the generic
-path unchanged: the blocks' BatchWriteItem (binary bodies) always does.
+protocol would (integers beyond 64 bits, lone surrogates, None, bytes) take the generic
+path unchanged, with one exception: a BatchWriteItem whose bytes are all B values (the
+blocks' bodies and filters) is written by orjson with each B in base64, as the protocol
+writes a blob; a BS, a B of another type or bytes anywhere else still take the generic path.
 
 The client does not validate parameters (that cost more than the encoding saves), so what
 orjson would send where botocore's serializer fails is refused here, as botocore's
@@ -33,9 +35,10 @@ generic parser an empty body, unless an answer is an error or holds binary attri
 
 from __future__ import annotations
 
+import base64
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -151,10 +154,84 @@ def encode_body(params: dict[str, Any], model: Any = None) -> bytes | None:
     try:
         body = orjson.dumps(params, option=_PASSTHROUGH)
     except orjson.JSONEncodeError:
-        return None
+        return _with_binary(params, model)
     if model is not None and _special(model).found(params, body):
         return None
     return body
+
+
+# Operations whose only converted members are DynamoDB's binary values (B and BS), and the
+# member holding their items: the blocks' bodies and filters are B values.
+BINARY_MEMBERS = {("dynamodb", "BatchWriteItem"): "RequestItems"}
+
+
+def _with_binary(params: dict[str, Any], model: Any) -> bytes | None:
+    """The body of a BatchWriteItem whose binary values are all B values of type bytes,
+    written as the JSON protocol writes a blob (base64); None for anything else (a BS, a
+    B of another type, bytes anywhere but in a B, a value orjson cannot encode)."""
+    if model is None:
+        return None
+    member = BINARY_MEMBERS.get((model.service_model.service_name, model.name))
+    if member is None:
+        return None
+    expected = _binary_values(params.get(member))
+    if expected is None:
+        return None
+    written: list[bytes] = []
+
+    def blob(value: Any) -> str:
+        if type(value) is not bytes:
+            raise TypeError(type(value).__name__)
+        written.append(value)
+        return base64.b64encode(value).decode("ascii")
+
+    try:
+        body = orjson.dumps(params, default=blob, option=_PASSTHROUGH)
+    except orjson.JSONEncodeError:
+        return None
+    return body if len(written) == expected else None
+
+
+def _binary_values(request_items: Any) -> int | None:
+    """How many B values of type bytes `request_items` (BatchWriteItem's) holds in its items
+    and keys, through maps and lists; None when it holds a BS or a B of another type."""
+    if not isinstance(request_items, dict):
+        return None
+    found = 0
+    for requests in request_items.values():
+        for request in requests if isinstance(requests, list) else ():
+            for kind, attributes in request.items() if isinstance(request, dict) else ():
+                if not isinstance(attributes, dict):
+                    return None
+                inner = attributes.get("Item" if kind == "PutRequest" else "Key")
+                if not isinstance(inner, dict):
+                    return None
+                count = _attribute_binaries(inner.values())
+                if count is None:
+                    return None
+                found += count
+    return found
+
+
+def _attribute_binaries(values: Iterable[Any]) -> int | None:
+    found = 0
+    for value in values:
+        if not isinstance(value, dict):
+            continue
+        if "BS" in value:
+            return None
+        if "B" in value:
+            if type(value["B"]) is not bytes:
+                return None
+            found += 1
+        nested = value.get("M")
+        count = _attribute_binaries(
+            nested.values() if isinstance(nested, dict) else value.get("L") or ()
+        )
+        if count is None:
+            return None
+        found += count
+    return found
 
 
 # Types orjson would write in its own way (datetimes, dataclasses, subclasses of str, int,
@@ -239,9 +316,10 @@ def take_body(params: dict[str, Any], model: Any, context: dict[str, Any], **kwa
     params[member] = _stand_in(params[member])
 
 
-def has_body(context: dict[str, Any]) -> bool:
-    """Whether `take_body` encoded this call's body (`put_body` puts it into the request)."""
-    return _BODY in context
+def call_body(params: dict[str, Any], context: dict[str, Any]) -> Any:
+    """In a `before-call` handler: the body this call will send, whether `take_body`
+    encoded it (`put_body` puts it in last) or botocore's serializer made it."""
+    return context.get(_BODY, params.get("body"))
 
 
 def put_body(params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:

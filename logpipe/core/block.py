@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -370,11 +371,13 @@ def bloom(members: Iterable[bytes]) -> bytes:
     """A Bloom filter of `members` (BLOOM_PROBES probes, BLOOM_BITS_PER_ELEMENT bits each)."""
     hashes = [_hash_pair(member) for member in members]
     bits = max(BLOOM_MIN_BITS, math.ceil(len(hashes) * BLOOM_BITS_PER_ELEMENT / 8) * 8)
-    value = 0
-    for h1, h2 in hashes:
-        for probe in range(BLOOM_PROBES):
-            value |= 1 << ((h1 + probe * h2) % bits)
-    return value.to_bytes(bits // 8, "little")
+    # Bit `spot` of the filter is bit spot % 8 of byte spot // 8 (a little-endian number);
+    # set in place: or-ing into one big integer copied it for every probe.
+    data = bytearray(bits // 8)
+    probes = range(BLOOM_PROBES)
+    for spot in [(h1 + probe * h2) % bits for h1, h2 in hashes for probe in probes]:
+        data[spot >> 3] |= _BIT[spot & 7]
+    return bytes(data)
 
 
 def bloom_may_hold(data: bytes, member: bytes) -> bool:
@@ -391,5 +394,10 @@ def bloom_may_hold(data: bytes, member: bytes) -> bool:
 
 
 def _hash_pair(member: bytes) -> tuple[int, int]:
-    digest = int.from_bytes(hashlib.blake2b(member, digest_size=8).digest(), "little")
-    return digest & 0xFFFFFFFF, (digest >> 32) | 1
+    """The low and the high 32 bits (made odd) of the member's 64-bit blake2b, little-endian."""
+    low, high = _TWO_WORDS(hashlib.blake2b(member, digest_size=8).digest())
+    return low, high | 1
+
+
+_TWO_WORDS = struct.Struct("<II").unpack
+_BIT = tuple(1 << n for n in range(8))

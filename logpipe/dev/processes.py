@@ -6,15 +6,18 @@ Used by `logpipe up` (local.py), by `logpipe bench` (bench.py) and by the tests.
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import logging
 import os
 import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import aiohttp
 
@@ -37,6 +40,7 @@ class EmbeddedAws:
         from moto.server import ThreadedMotoServer
 
         _without_moto_stubber()
+        _isolated_moto_transactions()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(
             ip_address="127.0.0.1", port=port or free_port(), verbose=False
@@ -51,6 +55,57 @@ class EmbeddedAws:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+def _isolated_moto_transactions() -> None:
+    """moto's TransactWriteItems deep-copies the whole table once per item of the
+    transaction (to roll back a cancelled one), with no lock: beside other writes it fails
+    (a dict changed during the copy) or its rollback erases what they wrote, and a
+    transaction of 100 puts into a table of a few thousand items takes seconds. DynamoDB
+    isolates transactions and does not slow down so: here every DynamoDB write of the
+    embedded server takes one lock, so a transaction runs alone, and it copies a table once."""
+    from moto.dynamodb import models
+
+    backend = models.DynamoDBBackend
+    if getattr(backend, "_logpipe_isolated", False):
+        return
+    lock = threading.RLock()
+    for name in ("put_item", "update_item", "delete_item"):
+        setattr(backend, name, _holding(lock, getattr(backend, name)))
+    transact = backend.transact_write_items
+
+    @functools.wraps(transact)
+    def transact_once(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            models.copy = _CopyOnce()  # type: ignore[attr-defined,assignment]
+            try:
+                return transact(self, *args, **kwargs)
+            finally:
+                models.copy = copy  # type: ignore[attr-defined]
+
+    backend.transact_write_items = transact_once  # type: ignore[method-assign]
+    backend._logpipe_isolated = True  # type: ignore[attr-defined]
+
+
+class _CopyOnce:
+    """`copy` as one moto transaction sees it: each table deep-copied once."""
+
+    def __init__(self) -> None:
+        self._copies: dict[int, Any] = {}
+
+    def deepcopy(self, value: Any) -> Any:
+        if id(value) not in self._copies:
+            self._copies[id(value)] = copy.deepcopy(value)
+        return self._copies[id(value)]
+
+
+def _holding(lock: threading.RLock, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return method(*args, **kwargs)
+
+    return locked
 
 
 def _without_moto_stubber() -> None:

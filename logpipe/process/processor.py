@@ -22,7 +22,7 @@ from logpipe import heap
 from logpipe.aws.bootstrap import queue_url, table_shards
 from logpipe.aws.calls import call_entries
 from logpipe.aws.clients import ClientHook, Clients, open_clients
-from logpipe.aws.errors import AWS_ERRORS, classify, error_code, is_retriable
+from logpipe.aws.errors import cancellation_reasons, classify, error_code, is_retriable
 from logpipe.aws.monitor import QueueMonitor, oldest_age_s
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
@@ -43,7 +43,7 @@ from logpipe.core.models import (
     unpack_checked,
     unpack_envelope,
 )
-from logpipe.core.retry import RetryPolicy, retry_call, retry_entries
+from logpipe.core.retry import RetryPolicy, retry_entries
 from logpipe.errors import EntryFailure
 from logpipe.lifecycle import run_until_signalled, stop_signals
 from logpipe.obs import metrics
@@ -62,9 +62,16 @@ MAX_INFLATED_BYTES = 4 * 1024 * 1024
 WRITE_BACKOFF_CAP_S = 5.0
 # Of the drain deadline, the part kept for handing unfinished messages back to SQS.
 RELEASE_MARGIN_S = 3.0
-# The first timestamp given to a client's id without one, kept this long for its retries.
+# The first timestamp given to a client's id without one, kept this long for its retries,
+# spread over this many partitions of each service (a transaction's writes count against
+# each partition's 1,000 write units a second, two units an item).
 FIRST_TIMESTAMP_PREFIX = "_first#"
 FIRST_TIMESTAMP_TTL_S = 86400
+FIRST_TIMESTAMP_PARTITIONS = 16
+# TransactWriteItems takes at most 100 actions.
+TRANSACT_ITEMS = 100
+# A claim a transaction cancelled only because another claim of it failed.
+COMPANY = EntryFailure("CancelledWithOthers", retriable=True)
 DLQ_REASON_CHARS = 256
 # Writes are retried until the round's horizon (LOGPIPE_RETRY_HORIZON_S), not a count.
 WRITE_POLICY = RetryPolicy(base=0.05, cap=WRITE_BACKOFF_CAP_S, attempts=None)
@@ -160,6 +167,38 @@ def split_message(message: dict[str, Any]) -> tuple[list[Event], list[tuple[obje
     EnvelopeError when the body is not an envelope at all."""
     good, _, bad = unpack_checked(message_body(message), 1, 1)
     return good, bad
+
+
+@dataclass(slots=True)
+class _Claim:
+    """The first timestamp of one (service, id): the earliest one proposed in this round,
+    the events that take it, and the one stored, once known."""
+
+    key: tuple[str, str]
+    proposed: int
+    held: list[tuple[Tracker, Event]] = field(default_factory=list)
+    first: int | None = None
+
+
+def _claims(decoded: list[_Decoded]) -> list[_Claim]:
+    """One claim per (service, id) of the events whose timestamp was assigned."""
+    claims: dict[tuple[str, str], _Claim] = {}
+    for tracker, events in decoded:
+        for event in filter(_ASSIGNED, events):
+            key = (event["service"], event["id"])
+            claim = claims.get(key)
+            if claim is None:
+                claim = claims[key] = _Claim(key, event["timestamp"])
+            claim.proposed = min(claim.proposed, event["timestamp"])
+            claim.held.append((tracker, event))
+    return list(claims.values())
+
+
+def first_timestamp_partition(service: str, event_id: str) -> str:
+    """The partition key of an id's first timestamp: a stable hash of the id picks one of
+    FIRST_TIMESTAMP_PARTITIONS per service, the same in every process."""
+    shard = zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % FIRST_TIMESTAMP_PARTITIONS
+    return f"{FIRST_TIMESTAMP_PREFIX}{service}#{shard}"
 
 
 def _key(item: Item) -> tuple[str, str]:
@@ -464,53 +503,88 @@ class Processor:
 
     async def _assign_first_timestamps(self, decoded: list[_Decoded], round_: _Round) -> None:
         """Give each event whose client sent an id and no timestamp the first timestamp ever
-        assigned to that id, so a client's retry lands on the item of its first attempt."""
-        holders: dict[tuple[str, str], list[tuple[Tracker, Event]]] = {}
-        for tracker, events in decoded:
-            for event in filter(_ASSIGNED, events):
-                key = (event["service"], event["id"])
-                holders.setdefault(key, []).append((tracker, event))
-
-        async def settle(key: tuple[str, str], held: list[tuple[Tracker, Event]]) -> None:
-            proposed = min(event["timestamp"] for _, event in held)
-            try:
-                first = await retry_call(
-                    partial(self._first_timestamp, key, proposed),
+        assigned to that id, so a client's retry is the same event. Claims go in
+        transactions of up to 100; the messages of a claim that cannot be settled fail
+        (they are retried)."""
+        pending = _claims(decoded)
+        if not pending:
+            return
+        chunks = [pending[i : i + TRANSACT_ITEMS] for i in range(0, len(pending), TRANSACT_ITEMS)]
+        outcomes = await asyncio.gather(
+            *(
+                retry_entries(
+                    self._claim_first,
+                    chunk,
                     round_.policy,
                     classify,
-                    what="PutItem (first timestamp)",
+                    what="TransactWriteItems (first timestamps)",
                     waited=self._note_wait,
                 )
-            except AWS_ERRORS:
-                for tracker, _ in held:
+                for chunk in chunks
+            )
+        )
+        for outcome in outcomes:
+            for claim, _ in outcome.failed:
+                for tracker, _ in claim.held:
                     tracker.failed = True
-                return
-            for _, event in held:
-                event["timestamp"] = first
+        for claim in pending:
+            if claim.first is not None:
+                for _, event in claim.held:
+                    event["timestamp"] = claim.first
 
-        await asyncio.gather(*(settle(key, held) for key, held in holders.items()))
+    async def _claim_first(self, claims: list[_Claim]) -> list[EntryFailure | None]:
+        """Put each claim's timestamp unless its id has one already, in one transaction;
+        per claim, None once its first timestamp is known, else why not.
 
-    async def _first_timestamp(self, key: tuple[str, str], proposed: int) -> int:
-        service, event_id = key
-        item = {
-            "pk": {"S": FIRST_TIMESTAMP_PREFIX + service},
-            "sk": {"S": event_id},
-            "ts": {"N": str(proposed)},
-            "expires_at": {"N": str(int(time.time()) + FIRST_TIMESTAMP_TTL_S)},
+        A transaction is all or nothing: when some ids have a timestamp already, DynamoDB
+        cancels it and returns each stored timestamp (ALL_OLD) in its reason; the claims it
+        cancelled only for company are sent again at once in a new transaction. Any other
+        reason (conflict, throttling) goes back to the retry policy, with the company."""
+        todo = claims
+        failures: dict[int, EntryFailure] = {}
+        while todo:
+            async with self._writes:
+                try:
+                    await self._dynamodb.transact_write_items(
+                        TransactItems=[self._first_put(claim) for claim in todo]
+                    )
+                except ClientError as exc:
+                    reasons = cancellation_reasons(exc, len(todo))
+                    if reasons is None:
+                        raise
+                else:
+                    for claim in todo:
+                        claim.first = claim.proposed
+                    break
+            again: list[_Claim] = []
+            for claim, reason in zip(todo, reasons, strict=True):
+                if reason.code == "ConditionalCheckFailed" and reason.stored is not None:
+                    claim.first = int(reason.stored["ts"]["N"])
+                elif reason.code == "None":
+                    again.append(claim)
+                else:
+                    failures[id(claim)] = reason.failure
+            if failures:
+                failures.update((id(claim), COMPANY) for claim in again)
+                break
+            todo = again
+        return [None if claim.first is not None else failures[id(claim)] for claim in claims]
+
+    def _first_put(self, claim: _Claim) -> dict[str, Any]:
+        service, event_id = claim.key
+        return {
+            "Put": {
+                "TableName": self._settings.table_name,
+                "Item": {
+                    "pk": {"S": first_timestamp_partition(service, event_id)},
+                    "sk": {"S": event_id},
+                    "ts": {"N": str(claim.proposed)},
+                    "expires_at": {"N": str(int(time.time()) + FIRST_TIMESTAMP_TTL_S)},
+                },
+                "ConditionExpression": "attribute_not_exists(pk)",
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
         }
-        async with self._writes:
-            try:
-                await self._dynamodb.put_item(
-                    TableName=self._settings.table_name,
-                    Item=item,
-                    ConditionExpression="attribute_not_exists(pk)",
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-            except ClientError as exc:
-                if error_code(exc) != "ConditionalCheckFailedException":
-                    raise
-                return int(exc.response["Item"]["ts"]["N"])
-        return proposed
 
     @staticmethod
     def _classify_write(exc: Exception) -> EntryFailure:
