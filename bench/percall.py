@@ -33,7 +33,7 @@ from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.core.block import block_items
-from logpipe.core.models import pack_envelope, unpack_envelope
+from logpipe.core.envelope import pack_envelope, unpack_envelope
 from logpipe.dev.bench import batches
 from logpipe.dev.events import make_events
 from logpipe.dev.processes import LOCAL_CREDENTIALS, free_port, wait_http

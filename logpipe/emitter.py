@@ -16,7 +16,7 @@ import orjson
 
 from logpipe.client import Shipper, ShipStats
 from logpipe.config import Settings
-from logpipe.core.models import new_id
+from logpipe.core.event import new_id
 from logpipe.lifecycle import run_until_signalled, stop_signals
 from logpipe.obs import metrics
 from logpipe.obs.emf import EmfReporter

@@ -24,7 +24,8 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.calls import stored_events
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
-from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.core.envelope import pack_envelope
+from logpipe.core.event import encode_event, normalise
 from logpipe.dev.processes import EmbeddedAws
 from logpipe.obs import metrics
 from logpipe.process.processor import Processor

@@ -25,7 +25,7 @@ from logpipe.aws.bootstrap import bootstrap
 from logpipe.aws.clients import open_clients
 from logpipe.config import Settings
 from logpipe.core.block import block_items
-from logpipe.core.models import normalise
+from logpipe.core.event import normalise
 from logpipe.core.query import parse_query
 from logpipe.dev.processes import EmbeddedAws
 from logpipe.read.console import READ_CONCURRENCY

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from logpipe.core.aliases import MAX_ATTRIBUTES, alias_timestamp, flatten_all, fold, level_of
-from logpipe.core.models import normalise
+from logpipe.core.event import normalise
 from logpipe.errors import EventError
 
 pytestmark = pytest.mark.unit

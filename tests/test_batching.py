@@ -13,7 +13,8 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from logpipe.core.models import ENVELOPE_OVERHEAD, Event, envelope_size, unpack_envelope
+from logpipe.core.envelope import ENVELOPE_OVERHEAD, envelope_size, unpack_envelope
+from logpipe.core.event import Event
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
 from logpipe.ingest.batcher import Batcher, Pending, SendBatch, _Request, take_batch
 from tests.support.aws import queue_counts

@@ -9,7 +9,7 @@ from collections import deque
 
 import pytest
 
-from logpipe.core.models import ENVELOPE_OVERHEAD, envelope_size, pack_envelope, unpack_events
+from logpipe.core.envelope import ENVELOPE_OVERHEAD, envelope_size, pack_envelope, unpack_events
 from logpipe.errors import EntryFailure, QueueUnavailable
 from logpipe.ingest.batcher import Batcher, Pending, _Request, take_batch
 from tests.support.wait import wait_until

@@ -15,7 +15,7 @@ import pytest
 
 from logpipe.aws.clients import sqs_billed_chunks
 from logpipe.cli import build_parser
-from logpipe.core.models import MAX_EVENT_BYTES, encode_event, normalise
+from logpipe.core.event import MAX_EVENT_BYTES, encode_event, normalise
 from logpipe.dev.cpu import py_spy
 from logpipe.dev.events import make_events
 from logpipe.dev.report import GB, cloudwatch_usd_per_million_events, cost_figures

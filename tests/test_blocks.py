@@ -40,7 +40,8 @@ from logpipe.core.block import (
     summary_item,
     write_units,
 )
-from logpipe.core.models import Event, encode_event, normalise, pack_envelope
+from logpipe.core.envelope import pack_envelope
+from logpipe.core.event import Event, encode_event, normalise
 from logpipe.core.query import parse_query
 from logpipe.errors import ConfigError
 from logpipe.process.processor import Processor

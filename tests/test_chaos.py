@@ -17,7 +17,8 @@ from logpipe.aws.bootstrap import bootstrap, queue_url
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.aws.errors import is_retriable
 from logpipe.config import Settings
-from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.core.envelope import pack_envelope
+from logpipe.core.event import encode_event, normalise
 from logpipe.dev.bench import peak_rss_mb
 from logpipe.dev.faults import SQS_ERRORS, Faults
 from logpipe.dev.processes import RoleProcess, free_port, start_moto

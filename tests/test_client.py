@@ -33,7 +33,7 @@ from logpipe.client.handler import (
 )
 from logpipe.client.shipping import Answer, Delivery, ShipStats, pack, retry_delay, take_batch
 from logpipe.config import Settings
-from logpipe.core.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, normalise
+from logpipe.core.event import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, normalise
 from logpipe.process.processor import Processor
 from tests.support.aws import scan_events
 from tests.support.roles import Roles

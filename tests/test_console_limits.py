@@ -21,7 +21,7 @@ import pytest
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
-from logpipe.core.models import MAX_EVENT_BYTES
+from logpipe.core.event import MAX_EVENT_BYTES
 from logpipe.core.query import encode_cursor, parse_query
 from logpipe.dev import promtext
 from logpipe.dev.processes import RoleProcess, free_port, role_env, wait_http

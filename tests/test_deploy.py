@@ -36,7 +36,7 @@ from hcl2 import SerializationOptions
 
 from logpipe.config import Settings
 from logpipe.core.block import body_item, make_blocks, summary_item
-from logpipe.core.models import normalise
+from logpipe.core.event import normalise
 from logpipe.dev.processes import free_port
 from logpipe.obs import emf
 from tests.support.shared import exclusive

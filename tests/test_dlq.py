@@ -15,7 +15,8 @@ import pytest
 from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.core.envelope import pack_envelope
+from logpipe.core.event import encode_event, normalise
 from logpipe.dev import promtext
 from logpipe.dev.processes import role_env
 from logpipe.process import dlq

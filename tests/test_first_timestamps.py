@@ -14,7 +14,8 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.core.block import BODY_PREFIX, decode_body
-from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.core.envelope import pack_envelope
+from logpipe.core.event import encode_event, normalise
 from logpipe.process.processor import TRANSACT_ITEMS, Processor, first_timestamp_partition
 from tests.support.aws import queue_counts
 

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from logpipe.config import Settings
-from logpipe.core import models
+from logpipe.core import event as event_module
+from logpipe.core.event import loads_exact
 from logpipe.core.limits import (
     MemoryBudget,
     Refused,
@@ -19,7 +20,6 @@ from logpipe.core.limits import (
     parsed_json_bytes,
     scan_json,
 )
-from logpipe.core.models import loads_exact
 from logpipe.errors import BodyError
 from logpipe.ingest import app
 
@@ -56,7 +56,9 @@ def test_one_scan_finds_what_the_separate_looks_found(body: bytes) -> None:
     scan = scan_json(body)
     assert scan.commas == body.count(b",")
     assert scan.values == json_values_bound(body)
-    assert scan.long_runs == (models._SIXTEEN_DIGITS in body.translate(models._DIGIT_RUNS))
+    assert scan.long_runs == (
+        event_module._SIXTEEN_DIGITS in body.translate(event_module._DIGIT_RUNS)
+    )
     assert parsed_json_bytes(body, scan.values) == parsed_json_bytes(body)
 
 

@@ -191,7 +191,7 @@ def test_only_the_cli_imports_dev(graph: dict[str, set[str]]) -> None:
 @pytest.mark.parametrize(
     ("importer", "imported", "why"),
     [
-        pytest.param("logpipe.core.models", "logpipe.aws.clients", "below", id="core-to-aws"),
+        pytest.param("logpipe.core.event", "logpipe.aws.clients", "below", id="core-to-aws"),
         pytest.param("logpipe.ingest.app", "logpipe.dev.naive", "only cli", id="role-to-dev"),
         pytest.param("logpipe.asgi", "logpipe.dev.faults", "only cli", id="asgi-to-dev"),
         pytest.param("logpipe.process.processor", "logpipe.read.reader", "peers", id="peers"),
@@ -211,19 +211,19 @@ def test_a_synthetic_tree_is_read_and_judged(tmp_path: Path) -> None:
         "__init__.py": "",
         "errors.py": "",
         "core/__init__.py": "",
-        "core/models.py": "import orjson\nfrom logpipe.errors import X\n",
+        "core/event.py": "import orjson\nfrom logpipe.errors import X\n",
         "aws/__init__.py": "",
-        "aws/clients.py": "from logpipe.core import models\n",
+        "aws/clients.py": "from logpipe.core import event\n",
         # A lazy wrong-way import inside a function still counts, as does a relative one.
         "core/keys.py": "def f():\n    from ..aws import clients\n",
         "client/__init__.py": "from logpipe.client.api import C\n",
-        "client/api.py": "import starlette\nfrom logpipe.core.models import Y\n",
+        "client/api.py": "import starlette\nfrom logpipe.core.event import Y\n",
     }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     graph = read_imports(root)
-    assert graph["logpipe.aws.clients"] == {"logpipe.core.models"}
+    assert graph["logpipe.aws.clients"] == {"logpipe.core.event"}
     assert graph["logpipe.core.keys"] == {"logpipe.aws.clients"}
     assert violations(graph) == ["logpipe.core.keys -> logpipe.aws.clients: core is below aws"]
     assert cycles(graph) == [["aws", "core", "aws"]]

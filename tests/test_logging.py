@@ -12,7 +12,8 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients
 from logpipe.cli import JsonFormatter
 from logpipe.config import Settings
-from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.core.envelope import pack_envelope
+from logpipe.core.event import encode_event, normalise
 from logpipe.dev.processes import RoleProcess, wait_http
 from tests.support.aws import make_event, scan_events
 from tests.support.roles import Roles

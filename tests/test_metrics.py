@@ -13,7 +13,8 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients
 from logpipe.aws.monitor import QueueMonitor
 from logpipe.config import Settings
-from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.core.envelope import pack_envelope
+from logpipe.core.event import encode_event, normalise
 from logpipe.dev import promtext
 from logpipe.dev.processes import RoleProcess
 from logpipe.obs import metrics

@@ -43,7 +43,7 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core import otlp
-from logpipe.core.models import MAX_ATTRIBUTES, normalise
+from logpipe.core.event import MAX_ATTRIBUTES, normalise
 from logpipe.errors import BodyError
 from logpipe.ingest.app import validate
 from logpipe.process.processor import Processor

@@ -13,8 +13,8 @@ import pytest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 
 from logpipe.core import otlp
+from logpipe.core.event import MAX_ATTRIBUTES
 from logpipe.core.limits import Refused
-from logpipe.core.models import MAX_ATTRIBUTES
 from logpipe.ingest.app import validate
 from tests import attacks
 from tests.test_otlp import key_values, mapped, record, request

@@ -18,7 +18,8 @@ import pytest
 from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from logpipe.core.models import encode_event, normalise, pack_envelope
+from logpipe.core.envelope import pack_envelope
+from logpipe.core.event import encode_event, normalise
 from logpipe.dev.processes import free_port
 from tests.support.aws import make_event, queue_counts, scan_events
 from tests.support.roles import Roles

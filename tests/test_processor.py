@@ -14,7 +14,8 @@ import pytest
 from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
-from logpipe.core.models import EnvelopeError, encode_event, normalise, pack_envelope
+from logpipe.core.envelope import EnvelopeError, pack_envelope
+from logpipe.core.event import encode_event, normalise
 from logpipe.dev.faults import Faults
 from logpipe.dev.switches import Switches
 from logpipe.process.processor import Processor, decode_message, redelivery_delay

@@ -17,7 +17,7 @@ from logpipe.aws.clients import Clients
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.block import block_items, make_blocks
-from logpipe.core.models import normalise
+from logpipe.core.event import normalise
 from logpipe.core.query import (
     MAX_HOURS,
     QueryError,

@@ -23,13 +23,8 @@ from logpipe.aws.bootstrap import bootstrap, queue_url
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.core.block import body_item, item_bytes, make_blocks
-from logpipe.core.models import (
-    EnvelopeError,
-    dead_letter_body,
-    encode_event,
-    normalise,
-    pack_envelope,
-)
+from logpipe.core.envelope import EnvelopeError, dead_letter_body, pack_envelope
+from logpipe.core.event import encode_event, normalise
 from logpipe.dev import promtext
 from logpipe.errors import ConfigError
 from logpipe.process.processor import Processor, split_message

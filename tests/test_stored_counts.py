@@ -12,7 +12,7 @@ from prometheus_client import Histogram
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.block import block_of, item_bytes, write_units
-from logpipe.core.models import Event, normalise
+from logpipe.core.event import Event, normalise
 from logpipe.core.timefmt import hour
 from logpipe.obs import metrics
 from logpipe.process import processor as processor_module

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from logpipe.core import timefmt
-from logpipe.core.models import MAX_TIMESTAMP_MS
+from logpipe.core.event import MAX_TIMESTAMP_MS
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from logpipe.aws.clients import Clients
 from logpipe.aws.errors import classify
 from logpipe.core.block import BODY_PREFIX, SUMMARY_PREFIX, decode_body, first_copies, is_shared
-from logpipe.core.models import Event
+from logpipe.core.event import Event
 from logpipe.core.retry import RetryPolicy, retry_call, retry_entries
 from logpipe.errors import EntryFailure
 

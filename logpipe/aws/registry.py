@@ -14,7 +14,7 @@ from typing import Any
 
 from logpipe.aws.calls import with_retries
 from logpipe.aws.errors import AWS_ERRORS, error_code
-from logpipe.core.models import iso_ms
+from logpipe.core.timefmt import iso_ms
 
 log = logging.getLogger(__name__)
 

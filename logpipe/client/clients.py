@@ -34,7 +34,7 @@ from logpipe.client.shipping import (
     exact,
     take_batch,
 )
-from logpipe.core.models import new_id
+from logpipe.core.event import new_id
 
 __all__ = [
     "AsyncClient",

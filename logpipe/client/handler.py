@@ -35,7 +35,7 @@ from logpipe.client.shipping import (
     exact,
     take_batch,
 )
-from logpipe.core.models import (
+from logpipe.core.event import (
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTES,
     MAX_EVENT_BYTES,

@@ -5,7 +5,7 @@ winston, pino, Fluent Bit, Vector and friends each name the same things differen
 numeric levels) and add fields of their own (`hostname`, `pid`, `source_type`). `fold` maps
 such an event onto the schema: aliases become the canonical field, level names and numbers
 become one of the six levels, and every other top-level field is kept as an attribute
-(nested objects flattened with dots, lists as JSON text). `models.normalise` validates the
+(nested objects flattened with dots, lists as JSON text). `event.normalise` validates the
 result, so the schema's limits still apply to what was folded.
 """
 
@@ -33,7 +33,7 @@ MAX_KEY_CHARS = 128
 # (from March 1973): shippers send seconds with a fraction, JavaScript loggers milliseconds.
 SECONDS_BELOW = 10**11
 
-# The schema's own level names, as stored (models validates against these).
+# The schema's own level names, as stored (core.event validates against these).
 LEVELS = {
     "trace": "trace",
     "debug": "debug",

@@ -36,7 +36,7 @@ import orjson
 import zstandard
 
 from logpipe.core import timefmt
-from logpipe.core.models import Event, StoredEvent, dumps_exact, loads_exact
+from logpipe.core.event import Event, StoredEvent, dumps_exact, loads_exact
 from logpipe.errors import LogpipeError
 
 FORMAT: Final = "blocks-2"

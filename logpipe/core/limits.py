@@ -99,7 +99,7 @@ class Reservation:
 
 # One translation sorts each byte of a JSON body for the counts below: a comma (1); the other
 # bytes a value may follow (2: colon, bracket, newline); digits and "." (0), whose runs of 16
-# mark a number a double may not hold (see `models.loads_exact`); anything else (3).
+# mark a number a double may not hold (see `event.loads_exact`); anything else (3).
 _SCAN_TABLE = bytes(
     1 if c == ord(",") else 2 if c in b":[\n" else 0 if c in b"0123456789." else 3
     for c in range(256)

@@ -47,8 +47,8 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from logpipe.core.event import MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTES, MAX_EVENT_BYTES
 from logpipe.core.limits import Refused, parsed_json_bytes, too_many
-from logpipe.core.models import MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTES, MAX_EVENT_BYTES
 from logpipe.errors import BodyError, EventError
 
 PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})

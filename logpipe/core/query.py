@@ -23,7 +23,7 @@ import orjson
 
 from logpipe.core.aliases import LEVELS
 from logpipe.core.block import SHARED
-from logpipe.core.models import EPOCH, MAX_ATTRIBUTE_KEY_CHARS, MAX_TIMESTAMP_MS, Event
+from logpipe.core.event import EPOCH, MAX_ATTRIBUTE_KEY_CHARS, MAX_TIMESTAMP_MS, Event
 from logpipe.errors import LogpipeError
 
 DEFAULT_SINCE = "15m"

@@ -21,7 +21,8 @@ from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.block import block_items, item_bytes, write_units
-from logpipe.core.models import Event, pack_envelope, unpack_envelope
+from logpipe.core.envelope import pack_envelope, unpack_envelope
+from logpipe.core.event import Event
 from logpipe.dev import promtext
 from logpipe.dev.report import mean_event_bytes, summarise
 from logpipe.ingest.batcher import Pending, take_batch

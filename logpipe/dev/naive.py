@@ -11,7 +11,7 @@ from typing import Any
 from logpipe.aws.errors import error_code, is_retriable
 from logpipe.config import Settings
 from logpipe.core.block import block_of
-from logpipe.core.models import EnvelopeError, pack_envelope
+from logpipe.core.envelope import EnvelopeError, pack_envelope
 from logpipe.core.timefmt import hour
 from logpipe.errors import QueueUnavailable
 from logpipe.obs import metrics

@@ -31,6 +31,7 @@ from logpipe.aws.errors import error_code
 from logpipe.aws.monitor import QueueMonitor
 from logpipe.config import Settings
 from logpipe.core import otlp
+from logpipe.core.event import encode_event, loads_exact, normalise
 from logpipe.core.limits import (
     HELD_BYTES_PER_EVENT,
     MIB,
@@ -44,7 +45,6 @@ from logpipe.core.limits import (
     scan_json,
     too_many,
 )
-from logpipe.core.models import encode_event, loads_exact, normalise
 from logpipe.errors import BodyError, EventError, Overloaded, QueueUnavailable
 from logpipe.ingest.batcher import Batcher, Sender
 from logpipe.obs import metrics

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from logpipe.aws.errors import classify
-from logpipe.core.models import ENVELOPE_OVERHEAD, pack_envelope
+from logpipe.core.envelope import ENVELOPE_OVERHEAD, pack_envelope
 from logpipe.core.retry import RetryPolicy, retry_entries
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
 from logpipe.obs import metrics

@@ -34,15 +34,8 @@ from logpipe.core.block import (
     split,
     write_units,
 )
-from logpipe.core.models import (
-    ASSIGNED_TIMESTAMP,
-    EnvelopeError,
-    Event,
-    Item,
-    dead_letter_body,
-    unpack_checked,
-    unpack_envelope,
-)
+from logpipe.core.envelope import EnvelopeError, dead_letter_body, unpack_checked, unpack_envelope
+from logpipe.core.event import ASSIGNED_TIMESTAMP, Event, Item
 from logpipe.core.retry import RetryPolicy, retry_entries
 from logpipe.errors import EntryFailure
 from logpipe.lifecycle import run_until_signalled, stop_signals

@@ -20,7 +20,7 @@ from logpipe.aws.errors import AWS_ERRORS, read_failure
 from logpipe.aws.registry import ServiceRegistry
 from logpipe.config import Settings
 from logpipe.core.block import first_copies, stored_event
-from logpipe.core.models import Event, dumps_exact
+from logpipe.core.event import Event, dumps_exact
 from logpipe.core.query import (
     QueryError,
     hour_bucket,

@@ -28,7 +28,7 @@ from logpipe.aws.bootstrap import read_table_shards
 from logpipe.aws.clients import open_clients
 from logpipe.aws.errors import AWS_ERRORS, SETUP_ERRORS, read_failure
 from logpipe.config import Settings
-from logpipe.core.models import StoredEvent, iso_ms
+from logpipe.core.event import StoredEvent
 from logpipe.core.query import (
     DEFAULT_LIMIT,
     DEFAULT_SINCE,
@@ -37,6 +37,7 @@ from logpipe.core.query import (
     parse_query,
     parse_time,
 )
+from logpipe.core.timefmt import iso_ms
 from logpipe.errors import ConfigError, LogpipeError
 from logpipe.lifecycle import stop_signals
 from logpipe.read.console import READ_CONCURRENCY, cursor_secret, now_ms, reader_for

@@ -47,7 +47,7 @@ from logpipe.core.block import (
     stored_event,
     summary_from_item,
 )
-from logpipe.core.models import Event, StoredEvent, dumps_exact
+from logpipe.core.event import Event, StoredEvent, dumps_exact
 from logpipe.core.query import (
     HOUR_MS,
     LogQuery,

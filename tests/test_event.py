@@ -1,31 +1,26 @@
-"""Event normalisation, ids, keys, the stored item and the SQS envelope: pure functions."""
+"""Event normalisation, ids, encoding, exact JSON and the checks of a stored event: pure
+functions."""
 
 from __future__ import annotations
 
 import random
-import re
 from decimal import Decimal
 from typing import Any, cast
 
 import orjson
 import pytest
 
-from logpipe.core.block import block_of, body_item, decode_body, make_blocks
-from logpipe.core.block import stored_event as stored_block_event
-from logpipe.core.models import (
+from logpipe.core.block import block_of, make_blocks
+from logpipe.core.event import (
     ASSIGNED_TIMESTAMP,
     MAX_EVENT_BYTES,
     MAX_MESSAGE_BYTES,
-    EnvelopeError,
     Event,
     encode_event,
-    envelope_size,
     event_problem,
     loads_exact,
     new_id,
     normalise,
-    pack_envelope,
-    unpack_envelope,
 )
 from logpipe.core.timefmt import hour
 from logpipe.errors import EventError
@@ -452,92 +447,6 @@ def test_a_valid_event_with_64_large_attributes_is_refused_on_encoding() -> None
         encode_event(normalise(raw, NOW_MS))
 
 
-# --- SQS envelope ----------------------------------------------------------------------------
-
-
-def envelope_events() -> list[Event]:
-    return [
-        normalise(raw_event(id="a", message="plain"), NOW_MS),
-        normalise(raw_event(id="b", message="naïve ☃ 😀", trace_id="ABC"), NOW_MS),
-        normalise(raw_event(id="c", attributes={"n": 1, "ok": True}), NOW_MS),
-    ]
-
-
-def test_pack_then_unpack_envelope_round_trips_the_events() -> None:
-    events = envelope_events()
-
-    body = pack_envelope([encode_event(e) for e in events])
-
-    assert unpack_envelope(body) == events
-
-
-@pytest.mark.parametrize(
-    "count", [0, 1, 3], ids=["no-events", "one-event", "three-events-with-multibyte"]
-)
-def test_envelope_size_equals_the_packed_length_in_bytes(count: int) -> None:
-    encoded = [encode_event(e) for e in envelope_events()[:count]]
-
-    assert envelope_size(encoded) == len(pack_envelope(encoded).encode("utf-8"))
-
-
-def test_noncharacters_in_a_message_are_escaped_in_the_body_and_come_back_unchanged() -> None:
-    message = "before \uffff middle \ufffe after \ufffd"
-    event = normalise(raw_event(id="nc", message=message), NOW_MS)
-
-    body = pack_envelope([encode_event(event)])
-
-    assert "\uffff" not in body
-    assert "\ufffe" not in body
-    assert "\\uffff" in body
-    assert "\\ufffe" in body
-    assert unpack_envelope(body)[0]["message"] == message
-
-
-@pytest.mark.parametrize(
-    ("body", "fragment"),
-    [
-        ("not json", "body is not JSON"),
-        ("", "body is not JSON"),
-        ('{"v":2,"events":[]}', "not a version 1 logpipe envelope"),
-        ('[{"v":1}]', "not a version 1 logpipe envelope"),
-        ('{"v":1}', "envelope has no events list"),
-        ('{"v":1,"events":{}}', "envelope has no events list"),
-        (
-            '{"v":1,"events":[{"service":"s","level":"info","message":"m","timestamp":1}]}',
-            "not a valid logpipe event",
-        ),
-        ('{"v":1,"events":["text"]}', "not a valid logpipe event"),
-        (
-            '{"v":1,"events":[{"id":"a","service":"s","level":"info","message":"m",'
-            '"timestamp":100000000000000}]}',
-            "not a valid logpipe event",
-        ),
-        (
-            '{"v":1,"events":[{"id":"a","service":"s","level":"info","message":"m",'
-            '"timestamp":1,"attributes":{"k":[1]}}]}',
-            "not a valid logpipe event",
-        ),
-    ],
-    ids=[
-        "not-json",
-        "empty-body",
-        "wrong-version",
-        "not-an-object",
-        "events-missing",
-        "events-not-a-list",
-        "event-missing-id",
-        "event-not-an-object",
-        "timestamp-past-2286",
-        "nested-attribute",
-    ],
-)
-def test_unpack_envelope_refuses_a_body_that_is_not_a_logpipe_envelope(
-    body: str, fragment: str
-) -> None:
-    with pytest.raises(EnvelopeError, match=re.escape(fragment)):
-        unpack_envelope(body)
-
-
 # --- events of an envelope, checked one by one -----------------------------------------------
 
 
@@ -645,23 +554,24 @@ def test_loads_exact_keeps_every_digit(text: str, expected: dict[str, Any] | Non
     ids=["hex-id", "underscores", "before-a-quote", "spaced-in-text", "big-int", "exp", "16"],
 )
 def test_only_a_run_that_can_be_a_number_takes_the_exact_parse(text: str, slow: bool) -> None:
-    from logpipe.core import models
+    from logpipe.core import event as event_module
 
-    assert bool(models._LONG_NUMBER.search(text)) is slow
-    assert bool(models._LONG_BYTES.search(text.encode())) is slow
+    assert bool(event_module._LONG_NUMBER.search(text)) is slow
+    assert bool(event_module._LONG_BYTES.search(text.encode())) is slow
     assert loads_exact(text) == orjson.loads(text) or slow
 
 
 def test_the_run_by_run_search_finds_what_the_pattern_finds_in_the_whole_text() -> None:
-    from logpipe.core import models
+    from logpipe.core import event as event_module
 
     rng = random.Random(1)
     alphabet = b'0123456789.eE"_-, :x[]{}'
     texts = [bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(20000)]
     texts += [b"1" * n + tail for n in (15, 16, 40) for tail in (b"", b"a", b"e", b",")]
     for text in texts:
-        assert models._has_long_number(text) is bool(models._LONG_BYTES.search(text)), text
-    assert any(models._has_long_number(t) for t in texts)
+        found = event_module._has_long_number(text)
+        assert found is bool(event_module._LONG_BYTES.search(text)), text
+    assert any(event_module._has_long_number(t) for t in texts)
 
 
 def test_loads_exact_refuses_what_orjson_refuses() -> None:
@@ -669,28 +579,6 @@ def test_loads_exact_refuses_what_orjson_refuses() -> None:
         loads_exact(b"[" * 2000 + b"1" * 20 + b"]" * 2000)
     with pytest.raises(orjson.JSONDecodeError):
         loads_exact("NaN")
-
-
-def test_exact_numbers_go_through_the_envelope_unchanged() -> None:
-    raw = loads_exact(
-        '{"id":"n","service":"s","level":"info","message":"m",'
-        '"attributes":{"big":-123456789012345678901234,"dec":1.10000000000000000001}}'
-    )
-    event = normalise(raw, NOW_MS)
-
-    [back] = unpack_envelope(pack_envelope([encode_event(event)]))
-
-    assert back["attributes"] == {
-        "big": Decimal("-123456789012345678901234"),
-        "dec": Decimal("1.10000000000000000001"),
-    }
-    [block], _ = make_blocks([back])
-    [stored] = decode_body(body_item(block, shards=2, retention_days=30))
-    assert stored["attributes"] == back["attributes"]
-    assert stored_block_event(stored)["attributes"] == {
-        "big": "-123456789012345678901234",
-        "dec": "1.10000000000000000001",
-    }
 
 
 @pytest.mark.parametrize(
@@ -748,12 +636,12 @@ def test_integer_timestamps_are_checked_on_the_fast_path_too(
 
 
 def test_services_found_valid_before_are_still_lower_cased_and_the_memo_stays_bounded() -> None:
-    from logpipe.core import models
+    from logpipe.core import event as event_module
 
-    for n in range(3 * models._KNOWN_SERVICES_MAX):
+    for n in range(3 * event_module._KNOWN_SERVICES_MAX):
         event = normalise({"service": f"Svc-{n % 1500}", "message": "m"}, NOW_MS)
         assert event["service"] == f"svc-{n % 1500}"
-        assert len(models._KNOWN_SERVICES) <= models._KNOWN_SERVICES_MAX
+        assert len(event_module._KNOWN_SERVICES) <= event_module._KNOWN_SERVICES_MAX
     with pytest.raises(EventError, match="service"):
         normalise({"service": "Svc 1", "message": "m"}, NOW_MS)
     with pytest.raises(EventError, match="service"):

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from logpipe.core import models
-from logpipe.core.models import encode_event, loads_exact, normalise
+from logpipe.core import event as event_module
+from logpipe.core.event import encode_event, loads_exact, normalise
 from logpipe.errors import EventError
 
 pytestmark = pytest.mark.unit
@@ -156,9 +156,9 @@ def test_normalise_shortcut_equals_the_general_path(
 ) -> None:
     first = _outcome(raw, default_service)  # a valid service is known from here on
     one_pass = _outcome(raw, default_service)
-    monkeypatch.setattr(models, "_plain_event", lambda raw, now_ms: None)
+    monkeypatch.setattr(event_module, "_plain_event", lambda raw, now_ms: None)
     folded = _outcome(raw, default_service)
-    monkeypatch.setattr(models, "_folded_already", lambda raw: False)
+    monkeypatch.setattr(event_module, "_folded_already", lambda raw: False)
     general = _outcome(raw, default_service)
     assert first == one_pass == folded == general
 
@@ -172,7 +172,7 @@ def test_the_one_pass_event_is_the_general_one_or_none(name: str, raw: Any) -> N
         general = normalise(raw, NOW_MS)
     except EventError:
         general = None
-    fast = models._plain_event(raw, NOW_MS)
+    fast = event_module._plain_event(raw, NOW_MS)
     if fast is None:
         return
     assert general is not None
@@ -183,21 +183,21 @@ def test_the_one_pass_event_is_the_general_one_or_none(name: str, raw: Any) -> N
 
 def test_the_one_pass_path_takes_schema_events_of_known_services() -> None:
     normalise(BASE, NOW_MS)
-    assert models._plain_event(dict(BASE), NOW_MS) is not None
+    assert event_module._plain_event(dict(BASE), NOW_MS) is not None
     traced = _with(trace_id="ABCDEF0123456789abcdef0123456789", span_id="0123ABCD")
-    assert models._plain_event(traced, NOW_MS) is not None
-    assert models._plain_event(_with(id=_DROP, timestamp=_DROP), NOW_MS) is not None
-    assert models._plain_event(_with(service="never-seen-before-x"), NOW_MS) is None
-    assert models._plain_event(_with(level="WARN"), NOW_MS) is None
-    assert models._plain_event({**BASE, "msg": "x"}, NOW_MS) is None
+    assert event_module._plain_event(traced, NOW_MS) is not None
+    assert event_module._plain_event(_with(id=_DROP, timestamp=_DROP), NOW_MS) is not None
+    assert event_module._plain_event(_with(service="never-seen-before-x"), NOW_MS) is None
+    assert event_module._plain_event(_with(level="WARN"), NOW_MS) is None
+    assert event_module._plain_event({**BASE, "msg": "x"}, NOW_MS) is None
 
 
 def test_the_shortcut_is_taken_for_bench_like_events_only() -> None:
-    assert models._folded_already(BASE)
-    assert models._folded_already({"service": "s", "message": "m", "attributes": {"a": 1.5}})
-    assert not models._folded_already({**BASE, "level": "WARN"})
-    assert not models._folded_already({**BASE, "attributes": {"n": 2**64}})
-    assert not models._folded_already({k: v for k, v in BASE.items() if k != "service"})
+    assert event_module._folded_already(BASE)
+    assert event_module._folded_already({"service": "s", "message": "m", "attributes": {"a": 1.5}})
+    assert not event_module._folded_already({**BASE, "level": "WARN"})
+    assert not event_module._folded_already({**BASE, "attributes": {"n": 2**64}})
+    assert not event_module._folded_already({k: v for k, v in BASE.items() if k != "service"})
 
 
 def test_parsed_bodies_with_long_numbers_normalise_alike(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,7 +207,7 @@ def test_parsed_bodies_with_long_numbers_normalise_alike(monkeypatch: pytest.Mon
     )
     raw = {"id": "x", **loads_exact(body)[0]}
     shortcut = encode_event(normalise(raw, NOW_MS))
-    monkeypatch.setattr(models, "_folded_already", lambda raw: False)
+    monkeypatch.setattr(event_module, "_folded_already", lambda raw: False)
     general = encode_event(normalise(raw, NOW_MS))
     assert shortcut == general
     assert orjson.loads(shortcut)["attributes"]["id"] == 2**64 - 1

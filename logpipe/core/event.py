@@ -1,4 +1,6 @@
-"""Events: validation, normalisation, ids, the SQS envelope and the stored item. No I/O."""
+"""One event: the schema, its limits, validation and normalisation, ids, the exact JSON it
+is read and written as, and the checks and item-size bound of an event as an envelope
+carries it to be stored. No I/O."""
 
 from __future__ import annotations
 
@@ -13,9 +15,8 @@ from typing import Any, Final, Required, TypedDict
 
 import orjson
 
-from logpipe.core import timefmt
 from logpipe.core.aliases import CANONICAL, LEVELS, STORED_LEVELS, fold
-from logpipe.errors import EventError, LogpipeError
+from logpipe.errors import EventError
 
 MAX_MESSAGE_BYTES = 16 * 1024
 MAX_EVENT_BYTES = 32 * 1024
@@ -23,7 +24,6 @@ MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_KEY_CHARS = 128
 MAX_ID_CHARS = 128
 MAX_TIMESTAMP_MS = 10**13  # keeps the zero-padded sort key at 13 digits (year 2286)
-ENVELOPE_VERSION = 1
 
 _SERVICE = re.compile(r"[a-z0-9._-]{1,64}")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -73,10 +73,6 @@ class Event(TypedDict, total=False):
 # A stored event as the read API answers it (`core.block.stored_event`): plain values.
 StoredEvent = dict[str, Any]
 Item = dict[str, Any]
-
-
-class EnvelopeError(LogpipeError):
-    """An SQS message body that is not a logpipe envelope."""
 
 
 def loads_exact(data: bytes | str, long_runs: bool | None = None) -> Any:
@@ -308,13 +304,13 @@ def encode_event(event: Event) -> bytes:
     """The event as compact JSON, refused when it is too large to store."""
     data = orjson.dumps(event, default=_exact_number)  # dumps_exact, one call fewer an event
     if not data.isascii():
-        data = _sqs_safe(data)
+        data = sqs_safe(data)
     if len(data) > MAX_EVENT_BYTES:
         raise EventError("", f"event is {len(data)} bytes encoded; the limit is {MAX_EVENT_BYTES}")
     return data
 
 
-def _sqs_safe(data: bytes) -> bytes:
+def sqs_safe(data: bytes) -> bytes:
     """SQS refuses the noncharacters U+FFFE and U+FFFF; as JSON escapes they pass unchanged."""
     # `isascii` first: it is many times faster than the search, and most events are ASCII.
     if not data.isascii() and b"\xef\xbf" in data:
@@ -480,57 +476,6 @@ def _check_decimal(key: str, number: Decimal) -> None:
         raise EventError(f"attributes.{key}", "number is out of range")
 
 
-# --- SQS envelope ----------------------------------------------------------------------------
-
-ENVELOPE_HEAD = b'{"v":1,"events":['
-ENVELOPE_TAIL = b"]}"
-ENVELOPE_OVERHEAD = len(ENVELOPE_HEAD) + len(ENVELOPE_TAIL)
-
-
-def pack_envelope(encoded_events: list[bytes]) -> str:
-    """One SQS message body holding many events encoded by `encode_event`."""
-    if not encoded_events:
-        return (ENVELOPE_HEAD + ENVELOPE_TAIL).decode("utf-8")
-    # Head and tail joined to the end events (small copies): the body is copied once.
-    parts = list(encoded_events)
-    parts[0] = ENVELOPE_HEAD + parts[0]
-    parts[-1] = parts[-1] + ENVELOPE_TAIL
-    return b",".join(parts).decode("utf-8")
-
-
-def envelope_size(encoded_events: list[bytes]) -> int:
-    """Bytes of the envelope `pack_envelope` would build."""
-    return ENVELOPE_OVERHEAD + sum(len(e) for e in encoded_events) + max(len(encoded_events) - 1, 0)
-
-
-def unpack_envelope(body: str) -> list[Event]:
-    """The events of one SQS message; EnvelopeError if it is not ours or any event is bad."""
-    events = unpack_events(body)
-    for event in events:
-        if event_problem(event) is not None:
-            raise EnvelopeError("envelope holds an event that is not a valid logpipe event")
-    return events
-
-
-def unpack_events(body: str) -> list[Any]:
-    """The events list of an envelope, each unchecked (see `event_problem`); EnvelopeError
-    if the body is not a version 1 envelope at all."""
-    try:
-        doc = loads_exact(body)
-    except orjson.JSONDecodeError as exc:
-        raise EnvelopeError(f"body is not JSON: {exc}") from None
-    return _envelope_events(doc)
-
-
-def dead_letter_body(event: object, reason: str) -> str:
-    """The envelope that carries one event that can never be stored, and why, to the DLQ."""
-    try:
-        data = dumps_exact({"v": ENVELOPE_VERSION, "events": [event], "reason": reason})
-    except orjson.JSONEncodeError:  # nested deeper than orjson writes: only the reason goes
-        data = dumps_exact({"v": ENVELOPE_VERSION, "events": [], "reason": reason})
-    return _sqs_safe(data).decode()
-
-
 def event_problem(event: object) -> str | None:
     """Why an event of an envelope can never be stored, or None: every range, type and size
     blocks and DynamoDB rely on, checked before any block is built (bodies may come from
@@ -599,11 +544,6 @@ def _check_stored_trace(event: dict[str, Any]) -> None:
 
 
 _STORED_LEVELS = frozenset(LEVELS.values())
-
-
-def iso_ms(ms: int) -> str:
-    """Epoch milliseconds as ISO 8601 UTC with millisecond precision."""
-    return timefmt.iso_ms(ms)
 
 
 # --- The processor's shortcut: events in the form `normalise` writes --------------------------
@@ -757,75 +697,3 @@ def _stored_service(service: str) -> bool:
         return _service(service) == service
     except EventError:
         return False
-
-
-_ENVELOPE_KEYS = frozenset({"v", "events"})
-
-
-def unpack_checked(
-    body: str, shards: int, retention_days: int
-) -> tuple[list[Event], list[int], list[tuple[object, str]]]:
-    """An envelope's storable events, a bound on each one's `item_size` (UNKNOWN_SIZE where
-    none is known), and each other event with why it cannot be stored: what `unpack_events`
-    and `event_problem` answer, with one parse and one walk of each usual event.
-
-    The long-number scan of `loads_exact` is needed only where orjson may have rounded: it
-    reads every number it cannot hold exactly (a fraction, an exponent, an integer beyond 64
-    bits) as a float. When the envelope and each of its events are plain and hold no float,
-    orjson's document is the exact one.
-    """
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise EnvelopeError(f"body is not JSON: {exc}") from None
-    fixed = item_fixed_bytes(shards, retention_days)
-    events: list[Any] = []
-    sizes: list[int] = []
-    if _plain_envelope(doc):
-        events = doc["events"]
-        sizes = [plain_size(event, fixed) for event in events]
-    if sizes and min(sizes) > 0:  # the usual envelope: every event plain, no float read
-        return events, sizes, []
-    try:
-        exact = exact_document(body, doc)
-    except orjson.JSONDecodeError as exc:  # nested too deeply for the exact parse
-        raise EnvelopeError(f"body is not JSON: {exc}") from None
-    if exact is not doc or not sizes:
-        events = _envelope_events(exact)
-        sizes = [plain_size(event, fixed) for event in events]
-    good: list[Event] = []
-    bounds: list[int] = []
-    bad: list[tuple[object, str]] = []
-    for event, size in zip(events, sizes, strict=True):
-        if size:
-            good.append(event)
-            bounds.append(abs(size))
-            continue
-        problem = event_problem(event)
-        if problem is None:
-            good.append(event)
-            bounds.append(UNKNOWN_SIZE)
-        else:
-            bad.append((event, problem))
-    return good, bounds, bad
-
-
-def _plain_envelope(doc: object) -> bool:
-    """An envelope of version 1 and its events list only, as `pack_envelope` writes it."""
-    return (
-        type(doc) is dict
-        and doc.keys() == _ENVELOPE_KEYS
-        and type(doc["v"]) is int
-        and doc["v"] == ENVELOPE_VERSION
-        and type(doc["events"]) is list
-    )
-
-
-def _envelope_events(doc: object) -> list[Any]:
-    """The events list of a decoded envelope; EnvelopeError if it is not a version 1 one."""
-    if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
-        raise EnvelopeError("body is not a version 1 logpipe envelope")
-    events = doc.get("events")
-    if not isinstance(events, list):
-        raise EnvelopeError("envelope has no events list")
-    return events
