@@ -9,10 +9,10 @@ first and twice as many each next Query of the shard, read only as far as the pa
 (a trace search reads whole pages: its blocks may be anywhere). It keeps the blocks that
 can hold a match: of a service named, in the window, below the cursor, with events of a
 wanted level, and whose Bloom filter may hold the trace searched for. Those are taken
-newest block first; their bodies are fetched (BatchGetItem) only as far as the page needs. Blocks overlap
-in time, so an event is emitted only once it is newer than every block not yet fetched (the
-next summary's newest timestamp) and every summary not yet read (the newest timestamp of
-the last one read of each shard): no unread block can hold a newer one.
+newest block first; their bodies are fetched (BatchGetItem) only as far as the page needs.
+Blocks overlap in time, so an event is emitted only once it is newer than every block not
+yet fetched (the next summary's newest timestamp) and every summary not yet read (the
+newest timestamp of the last one read of each shard): no unread block can hold a newer one.
 
 An event sent twice (a client's retry) sits in two blocks with the same service, timestamp
 and id; the copy ingested first is the one returned, and the other is skipped.
@@ -21,8 +21,8 @@ Each read has a budget: at most `query_budget` DynamoDB reads (Query pages and
 BatchGetItem calls) and about `deadline_s` seconds. When it runs out before the page is
 full, the page ends where everything newer has been searched and its cursor continues from
 there (`complete` is False). The first hour's first summaries, its first bodies, and the
-summaries and bodies of every block that may reach the page's upper end are always read, so every answer moves the
-search on, however much blocks overlap.
+summaries and bodies of every block that may reach the page's upper end are always read,
+so every answer moves the search on, however much blocks overlap.
 
 The budget also holds the bytes one answer may carry (`answer_bytes`, LOGPIPE_MAX_ANSWER_BYTES):
 once the events taken hold that many, the page stops after its last event, with a cursor
