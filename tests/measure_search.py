@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from contextlib import AsyncExitStack
 from typing import Any
@@ -35,8 +36,8 @@ from tests.support.servers import serving
 
 HOUR_MS = 3_600_000
 SERVICES = [f"svc-{n:02d}" for n in range(50)]
-LAST_HOUR_EVENTS = 30_000
-EARLIER_EVENTS_PER_HOUR = 2_000
+LAST_HOUR_EVENTS = 10_000
+EARLIER_EVENTS_PER_HOUR = 500
 PER_MESSAGE = 250
 # An ingestor sends what arrived within its linger time, at most a message's worth.
 MESSAGE_SPAN_MS = 5_000
@@ -185,6 +186,7 @@ async def measure() -> dict[str, Any]:
             started = time.perf_counter()
             found["stored"] = await _store(clients, settings, int(time.time() * 1000))
             found["stored"]["seconds"] = round(time.perf_counter() - started, 1)
+            print(f"stored: {found['stored']}", file=sys.stderr)
             app = console.create_app(settings)
             url = await stack.enter_async_context(serving(app, settings.port))
             reader: Reader = app.state.console.reader
