@@ -57,7 +57,7 @@ def _settings(endpoint: str) -> Settings:
 
 
 def _events(now_ms: int) -> list[dict[str, Any]]:
-    """A day of events of 50 services, ten times denser in the last hour, in arrival order;
+    """A day of events of 50 services, twenty times denser in the last hour, in arrival order;
     three of them (20 h ago, three services) one trace."""
     rng = random.Random(1)
     starts = [(now_ms - HOUR_MS, LAST_HOUR_EVENTS)]
