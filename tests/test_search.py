@@ -257,6 +257,28 @@ async def test_a_cross_service_search_out_of_budget_continues_to_the_exact_truth
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("budget", [48, 3], ids=["default-budget", "tight-budget"])
+async def test_an_hour_of_more_summaries_than_one_query_asks_for_pages_exactly(
+    clients: Clients, settings: Settings, http: aiohttp.ClientSession, budget: int
+) -> None:
+    # Messages of two events: some 400 blocks, overlapping in time (shuffled), about 200
+    # summaries per shard, read a hundred, then two hundred at a time.
+    events = mixed(100, T0, HOUR, 8)
+    await store_events(clients, settings, events, per_message=2)
+    tight = dataclasses.replace(settings, query_budget=budget)
+
+    async with running_console(tight) as url:
+        found, completes = await every_page(
+            http, url, span(T0, T0 + HOUR - 1, ("limit", "50"), ("service", "api"))
+        )
+        every, _ = await every_page(http, url, span(T0, T0 + HOUR - 1, ("limit", "50")))
+
+    assert keys(found) == newest_first(e for e in events if e["service"] == "api")
+    assert keys(every) == newest_first(events)
+    assert (budget == 3) == (False in completes)
+
+
+@pytest.mark.e2e
 async def test_stats_across_services_are_the_true_counts_over_hours(
     clients: Clients, settings: Settings, http: aiohttp.ClientSession
 ) -> None:

@@ -4,12 +4,15 @@ A search never scans. For a window it walks the hour buckets newest first. In ea
 reads the block summaries of every shard (`sk = s#<newest ms>#<hash>`, small items): of
 the service's own partitions (`pk = service#hour#shard`) when it names one service, else of
 the partition every service shares (`pk = *#hour#shard`), so a search across fifty services
-reads no more Query pages than a search of one. It keeps the blocks that can hold a match:
-of a service named, in the window, below the cursor, with events of a wanted level, and
-whose Bloom filter may hold the trace searched for. Those are taken newest block
-first; their bodies are fetched (BatchGetItem) only as far as the page needs. Blocks overlap
-in time, so an event is emitted only once it is newer than every block not yet fetched (the
-next summary's newest timestamp): no unread block can hold a newer one.
+reads no more Query pages than a search of one. Summaries come newest first, a hundred at
+first and twice as many each next Query of the shard, read only as far as the page needs
+(a trace search reads whole pages: its blocks may be anywhere). It keeps the blocks that
+can hold a match: of a service named, in the window, below the cursor, with events of a
+wanted level, and whose Bloom filter may hold the trace searched for. Those are taken
+newest block first; their bodies are fetched (BatchGetItem) only as far as the page needs.
+Blocks overlap in time, so an event is emitted only once it is newer than every block not
+yet fetched (the next summary's newest timestamp) and every summary not yet read (the
+newest timestamp of the last one read of each shard): no unread block can hold a newer one.
 
 An event sent twice (a client's retry) sits in two blocks with the same service, timestamp
 and id; the copy ingested first is the one returned, and the other is skipped.
@@ -17,9 +20,9 @@ and id; the copy ingested first is the one returned, and the other is skipped.
 Each read has a budget: at most `query_budget` DynamoDB reads (Query pages and
 BatchGetItem calls) and about `deadline_s` seconds. When it runs out before the page is
 full, the page ends where everything newer has been searched and its cursor continues from
-there (`complete` is False). The first hour's summaries, its first bodies and the bodies of
-every block that reaches the page's upper end are always read, so every answer moves the
-search on, however much blocks overlap.
+there (`complete` is False). The first hour's first summaries, its first bodies, and the
+summaries and bodies of every block that may reach the page's upper end are always read,
+so every answer moves the search on, however much blocks overlap.
 
 The budget also holds the bytes one answer may carry (`answer_bytes`, LOGPIPE_MAX_ANSWER_BYTES):
 once the events taken hold that many, the page stops after its last event, with a cursor
@@ -35,7 +38,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from logpipe.aws.calls import with_retries
 from logpipe.aws.registry import QUERY_ATTEMPTS
@@ -60,12 +63,19 @@ from logpipe.core.query import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 QUERY_BUDGET = 48
 READ_DEADLINE_S = 2.0
 ANSWER_BYTES = 4 * 1024 * 1024
 # Bodies asked for in one BatchGetItem (DynamoDB takes 100 keys and answers 16 MB at most;
 # a body is at most ~130 KB).
 BODIES_PER_CALL = 16
+# A search's first Query of a shard's hour asks for this many summaries, each next one for
+# twice as many as the last (at most MAX_SUMMARIES): a page of the newest events needs the
+# newest blocks only, and an hour of many services holds thousands.
+FIRST_SUMMARIES = 100
+MAX_SUMMARIES = 3200
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,19 @@ class _Desc(str):
 _Entry = tuple[_Desc, int, int, Event]
 
 
+class _Shard:
+    """How far one partition's summaries have been read: the key to continue from, how
+    many to ask for next, and `floor`, the newest an unread one may be (None: all read)."""
+
+    __slots__ = ("floor", "limit", "pk", "start")
+
+    def __init__(self, pk: str, floor: int, limit: int | None) -> None:
+        self.pk = pk
+        self.start: dict[str, Any] | None = None
+        self.floor: int | None = floor
+        self.limit = limit
+
+
 class _Hour:
     """One hour bucket of one search: its block summaries, newest first, and the bodies
     fetched so far as a heap of matching events."""
@@ -127,32 +150,47 @@ class _Hour:
         self._top_ms = min(self._upper_ms, start_ms + HOUR_MS - 1)
         self.blocks: list[Summary] = []
         self._next = 0
-        # Where the summaries of a shard whose reading the budget stopped end: no unread
-        # summary of any shard is newer than this.
-        self.floor: int | None = None
+        self._shards: list[_Shard] = []
         self._heap: list[_Entry] = []
         self._pushed = 0
 
     async def read_summaries(self, forced: bool) -> None:
-        shards = partition_keys(self._query.partition, self._hour, self._reader.shards)
-        found = await _all([self._shard_summaries(pk, forced) for pk in shards])
-        blocks = [s for part in found for s in part if self._may_match(s)]
-        blocks.sort(key=lambda s: (s.newest, s.digest), reverse=True)
-        self.blocks = blocks
+        """The first page of summaries of every shard."""
+        # A trace's blocks are few and anywhere in the hour: its summaries are read in
+        # whole pages. Any other search mostly needs the newest blocks.
+        limit = None if self._query.trace_id else FIRST_SUMMARIES
+        keys = partition_keys(self._query.partition, self._hour, self._reader.shards)
+        self._shards = [_Shard(pk, self._top_ms, limit) for pk in keys]
+        await self._read_pages(self._shards, forced)
 
-    async def _shard_summaries(self, pk: str, forced: bool) -> list[Summary]:
-        summaries: list[Summary] = []
-        start: dict[str, Any] | None = None
-        while True:
-            if not self._budget.take(first=forced):
-                newest = summaries[-1].newest if summaries else self._top_ms
-                self.floor = max(self.floor or 0, newest)
-                return summaries
-            since_ms = self._query.since_ms
-            items, start = await self._reader.summaries_page(pk, since_ms, start)
-            summaries.extend(map(summary_from_item, items))
-            if start is None:
-                return summaries
+    async def _read_pages(self, shards: list[_Shard], forced: bool) -> bool:
+        """The next page of each of `shards`, concurrently; False when the budget had no
+        read left for any of them."""
+        found = await _all([self._page(shard, forced) for shard in shards])
+        fresh = [s for part in found if part is not None for s in part if self._may_match(s)]
+        pending = self.blocks[self._next :] + fresh
+        pending.sort(key=lambda s: (s.newest, s.digest), reverse=True)
+        self.blocks[self._next :] = pending
+        return any(part is not None for part in found)
+
+    async def _page(self, shard: _Shard, forced: bool) -> list[Summary] | None:
+        if not self._budget.take(first=forced):
+            return None
+        items, shard.start = await self._reader.summaries_page(
+            shard.pk, self._query.since_ms, shard.start, shard.limit
+        )
+        summaries = list(map(summary_from_item, items))
+        if shard.limit is not None:
+            shard.limit = min(shard.limit * 2, MAX_SUMMARIES)
+        if shard.start is None:
+            shard.floor = None
+        elif summaries:
+            shard.floor = min(summaries[-1].newest, self._top_ms)
+        return summaries
+
+    def _unread_floor(self) -> int | None:
+        """No summary not yet read holds a matching event newer than this."""
+        return max((s.floor for s in self._shards if s.floor is not None), default=None)
 
     def _may_match(self, summary: Summary) -> bool:
         query = self._query
@@ -167,9 +205,10 @@ class _Hour:
     def frontier(self) -> int | None:
         """No block not yet fetched holds an event newer than this (None: none is left)."""
         pending = self.blocks[self._next].newest if self._next < len(self.blocks) else None
-        if self.floor is None:
+        floor = self._unread_floor()
+        if floor is None:
             return pending
-        return self.floor if pending is None else max(pending, self.floor)
+        return floor if pending is None else max(pending, floor)
 
     def take_ready(self, out: list[Event], want: int, last: list[_Desc]) -> bool:
         """Move the events no unread block can outrank to `out`, each position once; True
@@ -193,16 +232,24 @@ class _Hour:
         return False
 
     def more_blocks(self) -> bool:
-        return self._next < len(self.blocks)
+        return self._next < len(self.blocks) or self._unread_floor() is not None
 
     def straddles(self) -> bool:
-        """Whether the next block holds events at or above the page's upper end: until it
-        and its like are read, nothing below that end can be returned."""
-        return self._next < len(self.blocks) and self.blocks[self._next].newest >= self._upper_ms
+        """Whether a block not yet fetched (or a summary not yet read) may hold events at or
+        above the page's upper end: until those are read, nothing below it can be returned."""
+        frontier = self.frontier()
+        return frontier is not None and frontier >= self._upper_ms
 
     async def fetch(self, need: int, forced: bool) -> bool:
-        """Fetch the next blocks' bodies: enough for `need` events, and the blocks that
-        overlap those in time. False when the budget has no read left for them."""
+        """Read on: the next summaries of the shards whose unread ones may be newer than
+        every block found, else the next blocks' bodies (enough for `need` events, and the
+        blocks that overlap those in time). False when the budget has no read left."""
+        floor = self._unread_floor()
+        pending = self.blocks[self._next].newest if self._next < len(self.blocks) else None
+        if floor is not None and (pending is None or floor >= pending):
+            low = pending if pending is not None else 0
+            behind = [s for s in self._shards if s.floor is not None and s.floor >= low]
+            return await self._read_pages(behind, forced)
         if not self._budget.take(first=forced):
             return False
         group: list[Summary] = []
@@ -213,6 +260,8 @@ class _Hour:
             summary = self.blocks[self._next]
             if count >= need and summary.newest < oldest:
                 break
+            if group and floor is not None and summary.newest < floor:
+                break  # an unread summary may be newer: read it first
             group.append(summary)
             self._next += 1
             count += sum(summary.levels.get(lv, 0) for lv in levels) if levels else summary.count
@@ -324,10 +373,10 @@ class Reader:
         return encode_cursor(query.fingerprint, query.since_ms, at, self._secret)
 
     async def summaries_page(
-        self, pk: str, since_ms: int, start: dict[str, Any] | None
+        self, pk: str, since_ms: int, start: dict[str, Any] | None, limit: int | None = None
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """One Query of a partition's block summaries whose newest event is at `since_ms` or
-        later, newest first."""
+        later, newest first (at most `limit` of them)."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
@@ -340,6 +389,8 @@ class Reader:
         }
         if start is not None:
             kwargs["ExclusiveStartKey"] = start
+        if limit is not None:
+            kwargs["Limit"] = limit
         async with self._reads:
             self.query_calls += 1
             response = await with_retries(
@@ -386,7 +437,7 @@ class Reader:
         return [found.get(s.body_key["sk"]["S"], []) for s in summaries]
 
 
-async def _all(calls: list[Coroutine[Any, Any, list[Summary]]]) -> list[list[Summary]]:
+async def _all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     """Run `calls` concurrently; when one fails, cancel the rest before raising."""
     tasks = [asyncio.create_task(call) for call in calls]
     try:
