@@ -27,7 +27,7 @@ from logpipe.aws.bootstrap import bootstrap
 from logpipe.aws.clients import open_clients
 from logpipe.config import Settings
 from logpipe.core.block import block_items
-from logpipe.core.models import normalise
+from logpipe.core.event import normalise
 from logpipe.dev.processes import EmbeddedAws, free_port
 from logpipe.read import console
 from logpipe.read.reader import Reader
