@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from argparse import Namespace
@@ -31,7 +30,7 @@ from logpipe.read.query_cli import MAX_API_ANSWER_BYTES, query_pairs, where_pair
 from tests.support.aws import make_event
 from tests.support.roles import Roles
 from tests.support.servers import serving
-from tests.support.wait import wait_until
+from tests.test_query_follow import follow_three_events
 from tests.test_reader import T0, newest_first, spread, store_events
 
 READ_KEY = "read-key-of-the-tests"
@@ -286,30 +285,7 @@ async def test_follow_through_the_api_prints_new_events_and_exits_0_on_ctrl_c(
     process = await start_query(
         api_env(tmp_path, console), tmp_path, "--service", "svc", "--since", "10m", "-f"
     )
-    lines: list[str] = []
-
-    async def read_lines() -> None:
-        assert process.stdout is not None
-        async for line in process.stdout:
-            lines.append(line.decode())
-
-    async def shown(text: str) -> bool:
-        return any(text in line for line in lines)
-
-    reader = asyncio.create_task(read_lines())
-    try:
-        await wait_until(lambda: shown("event number 1"), timeout=30)
-        later = int(time.time() * 1000)
-        news = [make_event(2, timestamp=later), make_event(3, timestamp=later + 1)]
-        await store_events(clients, settings, news, per_message=1)
-        await wait_until(lambda: shown("event number 3"), timeout=30)
-        process.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(process.wait(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await reader
+    code, lines = await follow_three_events(process, clients, settings)
     assert code == 0
     messages = [line.split("  ")[2].strip() for line in lines if "event number" in line]
     assert messages == ["event number 1", "event number 2", "event number 3"]

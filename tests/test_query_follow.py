@@ -52,7 +52,17 @@ async def test_follow_prints_new_events_as_they_are_stored_and_exits_0_on_ctrl_c
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    assert process.stdout is not None
+    code, lines = await follow_three_events(process, clients, settings)
+    assert code == 0
+    messages = [line.split("  ")[2].strip() for line in lines if "event number" in line]
+    assert messages == ["event number 1", "event number 2", "event number 3"]
+
+
+async def follow_three_events(
+    process: asyncio.subprocess.Process, clients: Clients, settings: Settings
+) -> tuple[int, list[str]]:
+    """Read a following `logpipe query` until it shows event 1, store events 2 and 3 in two
+    messages, wait until it shows event 3, then Ctrl-C: its exit code and the lines it printed."""
     lines: list[str] = []
 
     async def read_lines() -> None:
@@ -63,7 +73,6 @@ async def test_follow_prints_new_events_as_they_are_stored_and_exits_0_on_ctrl_c
     reader = asyncio.create_task(read_lines())
     try:
         await wait_until(lambda: _shown(lines, "event number 1"), timeout=30)
-        # Two more, stored after the command started, in two messages.
         later = int(time.time() * 1000)
         news = [make_event(2, timestamp=later), make_event(3, timestamp=later + 1)]
         await store_events(clients, settings, news, per_message=1)
@@ -75,13 +84,7 @@ async def test_follow_prints_new_events_as_they_are_stored_and_exits_0_on_ctrl_c
             process.kill()
             await process.wait()
         await reader
-    assert code == 0
-    messages = [line for line in lines if "event number" in line]
-    assert [m.split("  ")[2].strip() for m in messages] == [
-        "event number 1",
-        "event number 2",
-        "event number 3",
-    ]
+    return code, lines
 
 
 async def _shown(lines: list[str], text: str) -> bool:
