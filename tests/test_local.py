@@ -22,6 +22,7 @@ import pytest
 from logpipe.config import Settings
 from logpipe.dev.local import STATE_FILE, StackState, attach, aws_configured, ports_problem
 from logpipe.dev.processes import free_port, wait_http
+from tests.support.servers import serving
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -248,3 +249,23 @@ async def test_waiting_for_a_role_that_exited_fails_at_once_with_its_exit_code()
         with pytest.raises(RuntimeError, match="exited with 2"):
             await wait_http(session, f"http://127.0.0.1:{free_port()}/healthz", 60, process)
     assert time.monotonic() - started < 30  # not the 60 s the wait would allow
+
+
+def test_free_ports_are_outside_the_range_outgoing_connections_take() -> None:
+    lowest, highest = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(50)}
+    assert all(port < lowest or port > highest for port in ports)
+    assert len(ports) > 40  # chosen at random, not one port handed to every caller
+
+
+async def test_serving_on_a_taken_port_raises_an_error_not_a_system_exit() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(RuntimeError, match="could not start on port"):
+            async with serving(_empty_app, busy.getsockname()[1]):
+                pass
+
+
+async def _empty_app(scope: object, receive: object, send: object) -> None:
+    pass

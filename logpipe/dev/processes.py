@@ -10,6 +10,7 @@ import copy
 import functools
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -26,7 +27,30 @@ from logpipe.config import Settings
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+LOWEST_LISTEN_PORT = 10000
+
+
+def _lowest_ephemeral_port() -> int:
+    try:
+        with open(EPHEMERAL_RANGE) as numbers:
+            return int(numbers.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port free now, chosen below the kernel's range for outgoing connections: a
+    port from that range can be taken by any connection opened before the server binds it."""
+    highest = _lowest_ephemeral_port()
+    for _ in range(200 if highest > LOWEST_LISTEN_PORT + 1000 else 0):
+        port = random.randrange(LOWEST_LISTEN_PORT, highest)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -26,13 +26,22 @@ async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> bool:
     return bool(server.started)
 
 
+async def _serve(server: uvicorn.Server, port: int) -> None:
+    # uvicorn exits the process when it cannot bind; a SystemExit would escape pytest's fixture
+    # bookkeeping and fail every later test that uses the fixture.
+    try:
+        await server.serve()
+    except SystemExit as exit_:
+        raise RuntimeError(f"uvicorn could not start on port {port}") from exit_
+
+
 @asynccontextmanager
 async def serving(app: Any, port: int, **config: Any) -> AsyncIterator[str]:
     """`app` served on 127.0.0.1:`port` until the block ends; its base URL."""
     server = QuietServer(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, **config)
     )
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(_serve(server, port))
     try:
         await wait_until(lambda: _started(server, task), timeout=15)
         yield f"http://127.0.0.1:{port}"
