@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import random
 from collections import deque
 from functools import partial
+from typing import Any
 
 import orjson
 import pytest
@@ -13,8 +16,16 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
-from logpipe.core.envelope import ENVELOPE_OVERHEAD, envelope_size, unpack_envelope
+from logpipe.core.envelope import (
+    ENVELOPE_OVERHEAD,
+    MessageBody,
+    envelope_size,
+    message_body,
+    unpack_envelope,
+    unpack_events,
+)
 from logpipe.core.event import Event
+from logpipe.dev.events import make_events
 from logpipe.errors import EntryFailure, Overloaded, QueueUnavailable
 from logpipe.ingest.batcher import Batcher, Pending, SendBatch, _Request, take_batch
 from tests.support.aws import queue_counts
@@ -115,11 +126,13 @@ async def _drain(clients: Clients, url: str) -> list[list[Event]]:
     """Every envelope in the queue, each as its list of events."""
     envelopes: list[list[Event]] = []
     while True:
-        got = await clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        got = await clients.sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        )
         if not got.get("Messages"):
             return envelopes
         for message in got["Messages"]:
-            envelopes.append(unpack_envelope(message["Body"]))
+            envelopes.append(unpack_envelope(message_body(message)))
             await clients.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
@@ -149,7 +162,7 @@ async def test_entries_that_fail_once_are_sent_again(clients: Clients, settings:
     url = await queue_url(clients.sqs, settings.queue_name)
     calls: list[int] = []
 
-    async def first_entry_fails_once(bodies: list[str]) -> list[EntryFailure | None]:
+    async def first_entry_fails_once(bodies: list[MessageBody]) -> list[EntryFailure | None]:
         calls.append(len(bodies))
         if len(calls) == 1:
             return [EntryFailure("InternalError", retriable=True)] * len(bodies)
@@ -166,7 +179,7 @@ async def test_entries_that_fail_once_are_sent_again(clients: Clients, settings:
 
 
 async def test_a_refused_entry_fails_its_request_with_queue_unavailable() -> None:
-    async def refuse(bodies: list[str]) -> list[EntryFailure | None]:
+    async def refuse(bodies: list[MessageBody]) -> list[EntryFailure | None]:
         return [EntryFailure("InvalidMessageContents", retriable=False)] * len(bodies)
 
     async with _batcher(refuse) as batcher:
@@ -178,7 +191,7 @@ async def test_a_refused_entry_fails_its_request_with_queue_unavailable() -> Non
 async def test_retriable_failures_give_up_after_the_last_attempt() -> None:
     calls = 0
 
-    async def always_throttled(bodies: list[str]) -> list[EntryFailure | None]:
+    async def always_throttled(bodies: list[MessageBody]) -> list[EntryFailure | None]:
         nonlocal calls
         calls += 1
         return [EntryFailure("ThrottlingException", retriable=True)] * len(bodies)
@@ -195,7 +208,7 @@ async def test_a_full_batcher_refuses_new_work_instead_of_growing(
     url = await queue_url(clients.sqs, settings.queue_name)
     gate = asyncio.Event()
 
-    async def slow_send(bodies: list[str]) -> list[EntryFailure | None]:
+    async def slow_send(bodies: list[MessageBody]) -> list[EntryFailure | None]:
         await gate.wait()
         return await send_message_batch(clients.sqs, url, bodies)
 
@@ -231,9 +244,9 @@ async def test_stop_sends_what_is_still_lingering(clients: Clients, settings: Se
 
 async def test_a_request_sqs_does_not_take_in_time_gets_503_and_its_events_are_withdrawn() -> None:
     release, on_wire = asyncio.Event(), asyncio.Event()
-    sent: list[str] = []
+    sent: list[MessageBody] = []
 
-    async def stuck(bodies: list[str]) -> list[EntryFailure | None]:
+    async def stuck(bodies: list[MessageBody]) -> list[EntryFailure | None]:
         sent.extend(bodies)
         on_wire.set()
         await release.wait()
@@ -251,4 +264,60 @@ async def test_a_request_sqs_does_not_take_in_time_gets_503_and_its_events_are_w
         assert 0 < batcher.inflight_bytes < len(_event(1)) * 2
         release.set()
     assert batcher.inflight_bytes == 0
-    assert [e["id"] for body in sent for e in unpack_envelope(body)] == ["e1"]
+    assert [e["id"] for body in sent for e in unpack_envelope(body.text)] == ["e1"]
+
+
+async def test_a_burst_of_logs_goes_gzipped_in_far_fewer_messages_each_within_sqs_limit(
+    clients: Clients, settings: Settings
+) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    events = [orjson.dumps(e) for e in make_events("burst", 3000, 1_700_000_000_000, seed=3)]
+    max_bytes = 262144
+    async with _batcher(partial(send_message_batch, clients.sqs, url), max_bytes=max_bytes) as b:
+        await asyncio.gather(*(b.submit(events[n : n + 100]) for n in range(0, 3000, 100)))
+
+    messages = await _drain_messages(clients, url)
+    assert all(len(m["Body"]) <= max_bytes for m in messages)
+    flagged = [m for m in messages if "MessageAttributes" in m]
+    assert flagged
+    ids = [e["id"] for m in messages for e in unpack_events(message_body(m))]
+    assert sorted(ids) == sorted(orjson.loads(e)["id"] for e in events)
+    plain_messages = envelope_size(events) / max_bytes  # what plain envelopes would need
+    assert len(messages) < plain_messages * 0.6
+
+
+async def test_events_that_do_not_compress_after_logs_that_do_are_split_to_fit_sqs(
+    clients: Clients, settings: Settings
+) -> None:
+    url = await queue_url(clients.sqs, settings.queue_name)
+    logs = [orjson.dumps(e) for e in make_events("logs", 1500, 1_700_000_000_000, seed=4)]
+    rng = random.Random(5)
+    noise = [
+        orjson.dumps({"id": f"x{n}", "m": base64.b64encode(rng.randbytes(700)).decode()})
+        for n in range(1500)
+    ]
+    max_bytes = 262144
+    async with _batcher(partial(send_message_batch, clients.sqs, url), max_bytes=max_bytes) as b:
+        # The logs teach the batcher to fill messages with about 3x their size...
+        await asyncio.gather(*(b.submit(logs[n : n + 100]) for n in range(0, 1500, 100)))
+        # ... which these, already random and in base64, cannot shrink into.
+        await asyncio.gather(*(b.submit(noise[n : n + 100]) for n in range(0, 1500, 100)))
+
+    messages = await _drain_messages(clients, url)
+    assert all(len(m["Body"]) <= max_bytes for m in messages)
+    ids = [e["id"] for m in messages for e in unpack_events(message_body(m))]
+    assert sorted(ids) == sorted(orjson.loads(e)["id"] for e in logs + noise)
+
+
+async def _drain_messages(clients: Clients, url: str) -> list[dict[str, Any]]:
+    """Every message in the queue, with its attributes."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        got = await clients.sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        )
+        if not got.get("Messages"):
+            return messages
+        for message in got["Messages"]:
+            messages.append(message)
+            await clients.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])

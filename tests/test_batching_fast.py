@@ -7,11 +7,24 @@ import asyncio
 import random
 from collections import deque
 
+import orjson
 import pytest
 
-from logpipe.core.envelope import ENVELOPE_OVERHEAD, envelope_size, pack_envelope, unpack_events
+from logpipe.core.envelope import (
+    ENCODING_ATTRIBUTE,
+    ENVELOPE_OVERHEAD,
+    GZIP_FLAG_BYTES,
+    MAX_INFLATED_BYTES,
+    MessageBody,
+    envelope_size,
+    message_body,
+    pack_envelope,
+    pack_message,
+    unpack_events,
+)
+from logpipe.dev.events import make_events
 from logpipe.errors import EntryFailure, QueueUnavailable
-from logpipe.ingest.batcher import Batcher, Pending, _Request, take_batch
+from logpipe.ingest.batcher import Batcher, MessageSizer, Pending, _Message, _Request, take_batch
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.unit
@@ -96,9 +109,9 @@ def _batcher(send: object, ack_timeout_s: float) -> Batcher:
 
 
 async def test_a_settled_request_leaves_no_deadline_timer_behind() -> None:
-    sent: list[str] = []
+    sent: list[MessageBody] = []
 
-    async def send(bodies: list[str]) -> list[EntryFailure | None]:
+    async def send(bodies: list[MessageBody]) -> list[EntryFailure | None]:
         sent.extend(bodies)
         return [None] * len(bodies)
 
@@ -110,14 +123,14 @@ async def test_a_settled_request_leaves_no_deadline_timer_behind() -> None:
         scheduled = loop._scheduled  # type: ignore[attr-defined]
         assert not [h for h in scheduled if not h.cancelled() and "_expire" in repr(h)]
         await batcher.submit([_event(3)])
-    assert [e["id"] for body in sent for e in unpack_events(body)] == ["e1", "e2", "e3"]
+    assert [e["id"] for body in sent for e in unpack_events(body.text)] == ["e1", "e2", "e3"]
 
 
 async def test_a_client_that_hangs_up_leaves_its_events_in_the_batch() -> None:
     release = asyncio.Event()
-    sent: list[str] = []
+    sent: list[MessageBody] = []
 
-    async def send(bodies: list[str]) -> list[EntryFailure | None]:
+    async def send(bodies: list[MessageBody]) -> list[EntryFailure | None]:
         await release.wait()
         sent.extend(bodies)
         return [None] * len(bodies)
@@ -132,14 +145,14 @@ async def test_a_client_that_hangs_up_leaves_its_events_in_the_batch() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         release.set()
-    assert [e["id"] for body in sent for e in unpack_events(body)] == ["e1"]
+    assert [e["id"] for body in sent for e in unpack_events(body.text)] == ["e1"]
     assert batcher.inflight_bytes == 0
 
 
 async def test_the_deadline_withdraws_unsent_events_with_queue_unavailable() -> None:
     release = asyncio.Event()
 
-    async def stuck(bodies: list[str]) -> list[EntryFailure | None]:
+    async def stuck(bodies: list[MessageBody]) -> list[EntryFailure | None]:
         await release.wait()
         return [None] * len(bodies)
 
@@ -170,7 +183,7 @@ async def test_the_deadline_withdraws_unsent_events_with_queue_unavailable() -> 
 async def test_each_request_is_withdrawn_at_its_own_deadline_by_one_timer() -> None:
     release = asyncio.Event()
 
-    async def stuck(bodies: list[str]) -> list[EntryFailure | None]:
+    async def stuck(bodies: list[MessageBody]) -> list[EntryFailure | None]:
         await release.wait()
         return [None] * len(bodies)
 
@@ -225,3 +238,84 @@ async def test_each_request_is_withdrawn_at_its_own_deadline_by_one_timer() -> N
 
 async def _waiting(batcher: Batcher, count: int) -> bool:
     return len(batcher._deadlines) >= count
+
+
+def _realistic(count: int) -> list[bytes]:
+    return [orjson.dumps(e) for e in make_events("gz", count, 1_700_000_000_000, seed=7)]
+
+
+def _incompressible(count: int, size: int = 1000) -> list[bytes]:
+    rng = random.Random(count)
+    return [orjson.dumps({"id": f"r{n}", "m": rng.randbytes(size).hex()}) for n in range(count)]
+
+
+def test_a_small_envelope_goes_as_it_is_and_a_large_one_gzipped_and_flagged() -> None:
+    small = pack_message(_realistic(3))
+    assert not small.gzipped and small.attributes == {}
+    assert small.text == pack_envelope(_realistic(3))
+
+    events = _realistic(300)
+    large = pack_message(events)
+    assert large.gzipped
+    assert large.attributes == {ENCODING_ATTRIBUTE: {"DataType": "String", "StringValue": "gzip"}}
+    assert large.size == len(large.text) + GZIP_FLAG_BYTES
+    assert large.size < envelope_size(events) / 2  # logs like real ones shrink at least 2x
+    received = {"Body": large.text, "MessageAttributes": large.attributes}
+    assert message_body(received) == pack_envelope(events)
+
+
+def test_the_sizer_fills_the_next_messages_with_what_gzip_lets_fit() -> None:
+    sizer = MessageSizer(65536)
+    first = sizer.fill_bytes
+    message = _message(_realistic(60))
+    [(_, body)] = sizer.pack([message])
+    assert body.gzipped and body.size <= 65536
+    assert sizer.fill_bytes > first
+    for _ in range(20):
+        sizer.pack([_message(_realistic(60))])
+    ratio = envelope_size(_realistic(60)) / body.size
+    assert 2 * 65536 < sizer.fill_bytes <= 65536 * ratio
+    assert MessageSizer(4 << 20).fill_bytes <= MAX_INFLATED_BYTES
+
+
+def test_a_body_over_the_limit_is_split_in_order_and_each_request_still_counts_its_events() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        requests = [_Request(loop.create_future(), remaining=n) for n in (70, 130, 100)]
+    finally:
+        loop.close()
+    events = _incompressible(300)
+    message = _message(events, [(r, r.remaining) for r in requests])
+    sizer = MessageSizer(65536)
+    packed = sizer.pack([message])
+    assert len(packed) >= 4  # 600 KB of hex cannot shrink into one 64 KB message
+    assert all(body.size <= 65536 for _, body in packed)
+    assert [e for part, _ in packed for e in part.events] == events
+    assert [e for _, body in packed for e in unpack_events(message_body(_received(body)))] == [
+        orjson.loads(e) for e in events
+    ]
+    for request in requests:
+        counts = [c for part, _ in packed for r, c in part.requests if r is request]
+        assert sum(counts) == request.remaining
+    assert all(part.size == envelope_size(part.events) for part, _ in packed)
+
+
+def test_bodies_are_grouped_into_batches_sqs_takes() -> None:
+    sizer = MessageSizer(65536)
+    small = [_message([_event(n)]) for n in range(23)]
+    groups = sizer.batches(sizer.pack(small))
+    assert [len(g) for g in groups] == [10, 10, 3]
+    large = [_message(_incompressible(25, 1000)) for _ in range(5)]  # about 50 KB each
+    groups = sizer.batches(sizer.pack(large))
+    assert all(sum(body.size for _, body in g) <= 65536 for g in groups)
+    assert [m for g in groups for m, _ in g] == large
+
+
+def _message(
+    events: list[bytes], requests: list[tuple[_Request | None, int]] | None = None
+) -> _Message:
+    return _Message(events, requests or [(None, len(events))], envelope_size(events))
+
+
+def _received(body: MessageBody) -> dict[str, object]:
+    return {"Body": body.text, "MessageAttributes": body.attributes}

@@ -200,10 +200,12 @@ def test_naive_bench_makes_one_call_per_event() -> None:
     requests = doc["aws_requests"]
     assert doc["mode"] == "naive"
     assert requests["SendMessage"] == 300
-    # A block of one per event (its body, its summary and the summary every service
-    # shares), and the table's shard count.
-    assert requests["PutItem"] == 3 * 300 + 1
-    assert requests["DeleteMessage"] == 300
+    # Each message handled: a block of its one event (its body, its summary and the summary
+    # every service shares), then its delete; plus the table's shard count. On a busy
+    # machine a message can outlive its visibility and be handled twice: as many deletes.
+    handled = requests["DeleteMessage"]
+    assert 300 <= handled <= 310
+    assert requests["PutItem"] == 3 * handled + 1
     assert "SendMessageBatch" not in requests and "BatchWriteItem" not in requests
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from logpipe.aws.clients import Clients
 from logpipe.aws.errors import classify
 from logpipe.core.block import BODY_PREFIX, SUMMARY_PREFIX, decode_body, first_copies, is_shared
+from logpipe.core.envelope import MessageBody
 from logpipe.core.event import Event
 from logpipe.core.retry import RetryPolicy, retry_call, retry_entries
 from logpipe.errors import EntryFailure
@@ -66,6 +67,12 @@ async def call_entries(
     return [entry for entry, _ in outcome.failed]
 
 
+def _entry(entry_id: str, body: MessageBody) -> dict[str, Any]:
+    if body.gzipped:
+        return {"Id": entry_id, "MessageBody": body.text, "MessageAttributes": body.attributes}
+    return {"Id": entry_id, "MessageBody": body.text}
+
+
 def entry_outcomes(
     entries: Sequence[dict[str, Any]], failed: list[dict[str, Any]]
 ) -> list[EntryFailure | None]:
@@ -75,9 +82,11 @@ def entry_outcomes(
     return [failures.get(entry["Id"]) for entry in entries]
 
 
-async def send_message_batch(sqs: Any, url: str, bodies: list[str]) -> list[EntryFailure | None]:
+async def send_message_batch(
+    sqs: Any, url: str, bodies: list[MessageBody]
+) -> list[EntryFailure | None]:
     """One SendMessageBatch; per body, None when SQS accepted it or the entry's failure."""
-    entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)]
+    entries = [_entry(str(n), body) for n, body in enumerate(bodies)]
     response = await sqs.send_message_batch(QueueUrl=url, Entries=entries)
     return entry_outcomes(entries, response.get("Failed", []))
 

@@ -1,8 +1,16 @@
 """The SQS envelope: many encoded events in one message body, packed, sized, unpacked and
-checked (with the dead-letter body for an event that can never be stored). No I/O."""
+checked (with the dead-letter body for an event that can never be stored). No I/O.
+
+A large envelope travels gzipped and in base64, flagged by the message attribute
+`content-encoding: gzip`: logs compress three to five times, so a message of SQS's size holds
+that many more events, which the processor then stores in blocks that many times larger.
+"""
 
 from __future__ import annotations
 
+import base64
+import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -30,6 +38,36 @@ class EnvelopeError(LogpipeError):
 ENVELOPE_HEAD = b'{"v":1,"events":['
 ENVELOPE_TAIL = b"]}"
 ENVELOPE_OVERHEAD = len(ENVELOPE_HEAD) + len(ENVELOPE_TAIL)
+ENCODING_ATTRIBUTE = "content-encoding"
+GZIP = "gzip"
+# What SQS counts of the flag in a message's size: the attribute's name, type and value.
+GZIP_FLAG_BYTES = len(ENCODING_ATTRIBUTE) + len("String") + len(GZIP)
+# Smaller envelopes go as they are: compressing them would save little and cost CPU.
+COMPRESS_FROM_BYTES = 32 * 1024
+# Level 1: a fifth of level 6's time for four fifths of its gain.
+GZIP_LEVEL = 1
+# An envelope is at most this once inflated; a gzip body that inflates past it is not ours.
+MAX_INFLATED_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MessageBody:
+    """An SQS message body: an envelope as it is, or gzipped and in base64."""
+
+    text: str
+    gzipped: bool = False
+
+    @property
+    def size(self) -> int:
+        """Bytes SQS counts for the message: its body and its attributes."""
+        return len(self.text.encode()) + (GZIP_FLAG_BYTES if self.gzipped else 0)
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """The message attributes of a SendMessageBatch entry."""
+        if not self.gzipped:
+            return {}
+        return {ENCODING_ATTRIBUTE: {"DataType": "String", "StringValue": GZIP}}
 
 
 def pack_envelope(encoded_events: list[bytes]) -> str:
@@ -41,6 +79,41 @@ def pack_envelope(encoded_events: list[bytes]) -> str:
     parts[0] = ENVELOPE_HEAD + parts[0]
     parts[-1] = parts[-1] + ENVELOPE_TAIL
     return b",".join(parts).decode("utf-8")
+
+
+def pack_message(encoded_events: list[bytes]) -> MessageBody:
+    """The SQS body of an envelope of `encoded_events`: gzipped from COMPRESS_FROM_BYTES on."""
+    envelope = ENVELOPE_HEAD + b",".join(encoded_events) + ENVELOPE_TAIL
+    if len(envelope) < COMPRESS_FROM_BYTES:
+        return MessageBody(envelope.decode("utf-8"))
+    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: gzip framing
+    data = packer.compress(envelope) + packer.flush()
+    return MessageBody(base64.b64encode(data).decode("ascii"), gzipped=True)
+
+
+def inflate(body: str) -> str:
+    """A gzip+base64 body as text, inflated to at most MAX_INFLATED_BYTES; else EnvelopeError."""
+    try:
+        inflater = zlib.decompressobj(wbits=31)  # gzip framing
+        data = inflater.decompress(base64.b64decode(body, validate=True), MAX_INFLATED_BYTES)
+        complete, too_big = inflater.eof, bool(inflater.unconsumed_tail)
+        text = data.decode("utf-8")
+    except (ValueError, zlib.error):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise EnvelopeError("body is flagged gzip but does not decode") from None
+    if too_big:
+        raise EnvelopeError(f"body is flagged gzip and inflates past {MAX_INFLATED_BYTES} bytes")
+    if not complete:
+        raise EnvelopeError("body is flagged gzip but is truncated")
+    return text
+
+
+def message_body(message: dict[str, Any]) -> str:
+    """The envelope text of an SQS message, inflating a gzip-flagged body."""
+    body = message.get("Body", "")
+    encoding = message.get("MessageAttributes", {}).get(ENCODING_ATTRIBUTE, {})
+    if encoding.get("StringValue") == GZIP:
+        return inflate(body)
+    return str(body)
 
 
 def envelope_size(encoded_events: list[bytes]) -> int:

@@ -21,11 +21,11 @@ from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients
 from logpipe.config import Settings
 from logpipe.core.block import block_items, item_bytes, write_units
-from logpipe.core.envelope import pack_envelope, unpack_envelope
+from logpipe.core.envelope import message_body, unpack_envelope
 from logpipe.core.event import Event
 from logpipe.dev import promtext
 from logpipe.dev.report import mean_event_bytes, summarise
-from logpipe.ingest.batcher import Pending, take_batch
+from logpipe.ingest.batcher import MessageSizer, Pending, take_batch
 from logpipe.obs import metrics
 
 RECEIVE_WAIT_S = 1
@@ -97,13 +97,15 @@ async def _produce(
     now_ms = int(time.time() * 1000)
     buffer = deque([Pending([orjson.dumps(_envelope_event(e, now_ms)) for e in events], None)])
     sends = []
+    sizer = MessageSizer(settings.sqs_max_bytes)
     while buffer:
-        messages = take_batch(buffer, settings.sqs_max_bytes, settings.sqs_max_bytes)
-        bodies = [pack_envelope(m.events) for m in messages]
-        await slots.acquire()
-        task = asyncio.create_task(send_message_batch(clients.sqs, url, bodies))
-        task.add_done_callback(lambda _: slots.release())
-        sends.append(task)
+        messages = take_batch(buffer, sizer.fill_bytes, sizer.fill_bytes)
+        for batch in sizer.batches(sizer.pack(messages)):
+            await slots.acquire()
+            bodies = [body for _, body in batch]
+            task = asyncio.create_task(send_message_batch(clients.sqs, url, bodies))
+            task.add_done_callback(lambda _: slots.release())
+            sends.append(task)
     for outcome in await asyncio.gather(*sends):
         assert not any(outcome), "the endpoint refused a batch"
 
@@ -123,7 +125,10 @@ async def _consume(
 
     while len(latencies) < total:
         response = await clients.sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=RECEIVE_WAIT_S
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=RECEIVE_WAIT_S,
+            MessageAttributeNames=["All"],
         )
         messages = response.get("Messages", [])
         if not messages:
@@ -131,7 +136,7 @@ async def _consume(
         items = []
         ingested: list[int] = []
         for message in messages:
-            events = unpack_envelope(message["Body"])
+            events = unpack_envelope(message_body(message))
             ingested.extend(event["ingested_at"] for event in events)
             items.extend(block_items(events, settings.shards, settings.retention_days))
         sizes = [item_bytes(item) for item in items]

@@ -12,9 +12,8 @@ from logpipe.aws.bootstrap import queue_url
 from logpipe.aws.calls import call_entries
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
-from logpipe.core.envelope import EnvelopeError, unpack_events
+from logpipe.core.envelope import EnvelopeError, message_body, unpack_events
 from logpipe.core.event import event_problem, loads_exact
-from logpipe.process.processor import message_body
 
 BATCH = 10
 INSPECT_HOLD_S = 5

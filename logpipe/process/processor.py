@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -34,7 +33,13 @@ from logpipe.core.block import (
     split,
     write_units,
 )
-from logpipe.core.envelope import EnvelopeError, dead_letter_body, unpack_checked, unpack_envelope
+from logpipe.core.envelope import (
+    EnvelopeError,
+    dead_letter_body,
+    message_body,
+    unpack_checked,
+    unpack_envelope,
+)
 from logpipe.core.event import ASSIGNED_TIMESTAMP, Event, Item
 from logpipe.core.retry import RetryPolicy, retry_entries
 from logpipe.errors import EntryFailure
@@ -50,8 +55,6 @@ BATCH_WRITE_ITEMS = 25
 BATCH_WRITE_BLOCKS = BATCH_WRITE_ITEMS // 3
 RECEIVE_MESSAGES = 10
 MAX_RETRY_DELAY_S = 300
-# An envelope is at most 1 MiB; a gzip body that inflates far past that is not ours.
-MAX_INFLATED_BYTES = 4 * 1024 * 1024
 WRITE_BACKOFF_CAP_S = 5.0
 # Of the drain deadline, the part kept for handing unfinished messages back to SQS.
 RELEASE_MARGIN_S = 3.0
@@ -123,31 +126,6 @@ class _DeadLetter:
     event: object
     reason: str
     trackers: list[Tracker]
-
-
-def inflate(body: str) -> str:
-    """A gzip+base64 body as text, inflated to at most MAX_INFLATED_BYTES; else EnvelopeError."""
-    try:
-        inflater = zlib.decompressobj(wbits=31)  # gzip framing
-        data = inflater.decompress(base64.b64decode(body, validate=True), MAX_INFLATED_BYTES)
-        complete, too_big = inflater.eof, bool(inflater.unconsumed_tail)
-        text = data.decode("utf-8")
-    except (ValueError, zlib.error):  # binascii.Error and UnicodeDecodeError are ValueErrors
-        raise EnvelopeError("body is flagged gzip but does not decode") from None
-    if too_big:
-        raise EnvelopeError(f"body is flagged gzip and inflates past {MAX_INFLATED_BYTES} bytes")
-    if not complete:
-        raise EnvelopeError("body is flagged gzip but is truncated")
-    return text
-
-
-def message_body(message: dict[str, Any]) -> str:
-    """The envelope text of an SQS message, inflating a gzip-flagged body."""
-    body = message.get("Body", "")
-    encoding = message.get("MessageAttributes", {}).get("content-encoding", {})
-    if encoding.get("StringValue") == "gzip":
-        return inflate(body)
-    return str(body)
 
 
 def decode_message(message: dict[str, Any]) -> list[Event]:
