@@ -33,7 +33,7 @@ from logpipe.aws.calls import send_message_batch
 from logpipe.aws.clients import Clients, open_clients
 from logpipe.config import Settings
 from logpipe.core.block import block_items
-from logpipe.core.envelope import pack_envelope, unpack_envelope
+from logpipe.core.envelope import MessageBody, pack_envelope, pack_message, unpack_envelope
 from logpipe.dev.bench import batches
 from logpipe.dev.events import make_events
 from logpipe.dev.processes import LOCAL_CREDENTIALS, free_port, wait_http
@@ -120,27 +120,30 @@ def ingested(run: str, count: int, now_ms: int) -> list[list[bytes]]:
     return requests
 
 
-def packed(requests: list[list[bytes]], message_bytes: int, batch_bytes: int) -> list[list[str]]:
-    """The bodies of each SendMessageBatch the ingestor's batcher sends for `requests`."""
+def packed(
+    requests: list[list[bytes]], message_bytes: int, batch_bytes: int
+) -> list[list[MessageBody]]:
+    """The bodies of each SendMessageBatch the ingestor's batcher sends for `requests`, each
+    message filled with `message_bytes` of envelope (gzipped from COMPRESS_FROM_BYTES)."""
     buffer = deque(
         Pending(events, None, left=sum(map(len, events)) + len(events)) for events in requests
     )
     sends = []
     while buffer:
         messages = take_batch(buffer, message_bytes, batch_bytes)
-        sends.append([pack_envelope(message.events) for message in messages])
+        sends.append([pack_message(message.events) for message in messages])
     return sends
 
 
-def received(bodies: Sequence[str], now_ms: int) -> list[dict[str, Any]]:
+def received(bodies: Sequence[MessageBody], now_ms: int) -> list[dict[str, Any]]:
     """The bodies as ReceiveMessage hands them to the processor."""
     return [
         {
             "MessageId": f"m-{n}",
             "ReceiptHandle": f"r-{n}",
-            "Body": body,
+            "Body": body.text,
             "Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(now_ms)},
-            "MessageAttributes": {},
+            "MessageAttributes": body.attributes,
         }
         for n, body in enumerate(bodies)
     ]
@@ -182,7 +185,7 @@ async def send_message_batch_calls(
     concurrency = settings.send_concurrency
     await spread(range(concurrency), concurrency, call)
     figures = await measure(spread(range(calls), concurrency, call), calls, "call")
-    envelope = sum(len(body) for body in bodies) // len(bodies)
+    envelope = sum(body.size for body in bodies) // len(bodies)
     return {"calls_asked": calls, "concurrency": concurrency, "envelope_bytes": envelope, **figures}
 
 
