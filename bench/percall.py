@@ -38,7 +38,7 @@ from logpipe.dev.bench import batches
 from logpipe.dev.events import make_events
 from logpipe.dev.processes import LOCAL_CREDENTIALS, free_port, wait_http
 from logpipe.ingest.app import validate
-from logpipe.ingest.batcher import MAX_BATCH_ENTRIES, Pending, take_batch
+from logpipe.ingest.batcher import MAX_BATCH_ENTRIES, MessageSizer, Pending, take_batch
 from logpipe.process.processor import BATCH_WRITE_ITEMS, RECEIVE_MESSAGES, Processor
 
 T = TypeVar("T")
@@ -135,6 +135,20 @@ def packed(
     return sends
 
 
+def packed_as_the_ingestor(requests: list[list[bytes]], max_bytes: int) -> list[MessageBody]:
+    """The message bodies the ingestor's batcher sends for `requests` under load: each
+    filled with what the gzip ratio of the messages before it lets fit in `max_bytes`."""
+    buffer = deque(
+        Pending(events, None, left=sum(map(len, events)) + len(events)) for events in requests
+    )
+    sizer = MessageSizer(max_bytes)
+    bodies = []
+    while buffer:
+        messages = take_batch(buffer, sizer.fill_bytes, sizer.fill_bytes)
+        bodies += [body for _, body in sizer.pack(messages)]
+    return bodies
+
+
 def received(bodies: Sequence[MessageBody], now_ms: int) -> list[dict[str, Any]]:
     """The bodies as ReceiveMessage hands them to the processor."""
     return [
@@ -197,8 +211,8 @@ async def handle(
     processor = Processor(settings, clients, url, f"{url}-dlq")
 
     def receives(run: str, count: int) -> list[list[dict[str, Any]]]:
-        sends = packed(ingested(run, count, now_ms), settings.sqs_max_bytes, settings.sqs_max_bytes)
-        messages = received([body for bodies in sends for body in bodies], now_ms)
+        bodies = packed_as_the_ingestor(ingested(run, count, now_ms), settings.sqs_max_bytes)
+        messages = received(bodies, now_ms)
         return [
             messages[i : i + RECEIVE_MESSAGES] for i in range(0, len(messages), RECEIVE_MESSAGES)
         ]
