@@ -550,8 +550,17 @@ def test_loads_exact_keeps_every_digit(text: str, expected: dict[str, Any] | Non
         ('{"n": 12345678901234567890123}', True),
         ("[1.234567890123456789e5]", True),
         ('{"n": 1234567890123456}', True),
+        ('{"t": "00-8146458566089000e756ed100b81a2c4-01"}', False),
+        ('{"a": "x-1234567890123456789"}', False),
+        ('{"n":-12345678901234567890}', True),
+        ("[0,\n\t-1234567890123456.5]", True),
+        ("12345678901234567890", True),
+        ("-12345678901234567890", True),
     ],
-    ids=["hex-id", "underscores", "before-a-quote", "spaced-in-text", "big-int", "exp", "16"],
+    ids=[
+        *("hex-id", "underscores", "before-a-quote", "spaced-in-text", "big-int", "exp", "16"),
+        *("traceparent", "dash-in-text", "negative", "after-white-space", "alone", "alone-neg"),
+    ],
 )
 def test_only_a_run_that_can_be_a_number_takes_the_exact_parse(text: str, slow: bool) -> None:
     from logpipe.core import event as event_module

@@ -35,10 +35,14 @@ _DDB_MIN, _DDB_LIMIT = 1e-130, 1e126
 _DDB_DIGITS = 38
 _DDB_INT_LIMIT = 10**_DDB_DIGITS
 # A number of 16 or more digits may not survive a float (orjson reads big integers as floats).
-# A JSON number starts after ':', '[', ',' or a space, never after a letter, digit, '"' or
-# '.', and ends before a space, ',', ']', '}' or its exponent, never before another letter,
-# '_' or '"': so hex ids and digests in strings do not send a body down the slow path.
-_LONG_RUN = r'(?<![\w".])\d(?:\.?\d){15,}(?![0-9A-DF-Za-df-z_"])'
+# A JSON number starts the text or follows ':', '[', ',' or white space, with its '-' if it
+# has one, and ends before a space, ',', ']', '}' or its exponent, never before a letter,
+# '_' or '"': so hex ids, digests and traceparents in strings (a '-' after a letter or digit,
+# digits ending in 'e') do not send a body down the slow path.
+_LONG_RUN = (
+    r"(?:\A|(?<=[\s:,\[])|(?<=\A-)|(?<=[\s:,\[]-))"
+    r'\d(?:\.?\d){15,}(?![0-9A-DF-Za-df-z_"])'
+)
 _LONG_NUMBER = re.compile(_LONG_RUN)
 _LONG_BYTES = re.compile(_LONG_RUN.encode())
 _INT64 = range(-(2**63), 2**64)
