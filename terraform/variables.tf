@@ -125,7 +125,7 @@ variable "processor_write_units_per_task" {
 }
 
 variable "processor_backlog_per_task" {
-  description = "Target of the processor's autoscaling: visible SQS messages per running processor task (target tracking; it scales out in proportion to the backlog in one step, once its alarm has seen three minutes above the target). One message holds up to LOGPIPE_SQS_MAX_BYTES of events (256 KiB, up to about 1,000 events)."
+  description = "Target of the processor's autoscaling: visible SQS messages per running processor task (target tracking; it scales out in proportion to the backlog in one step, once its alarm has seen three minutes above the target). One message holds up to LOGPIPE_SQS_MAX_BYTES as sent (256 KiB; gzipped, up to about 650 events of 1 KB)."
   type        = number
   default     = 100
 
