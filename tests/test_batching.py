@@ -124,16 +124,7 @@ def _batcher(send: SendBatch, **overrides: float) -> Batcher:
 
 async def _drain(clients: Clients, url: str) -> list[list[Event]]:
     """Every envelope in the queue, each as its list of events."""
-    envelopes: list[list[Event]] = []
-    while True:
-        got = await clients.sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
-        )
-        if not got.get("Messages"):
-            return envelopes
-        for message in got["Messages"]:
-            envelopes.append(unpack_envelope(message_body(message)))
-            await clients.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return [unpack_envelope(message_body(m)) for m in await _drain_messages(clients, url)]
 
 
 def _event(n: int) -> bytes:
