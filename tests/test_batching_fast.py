@@ -319,3 +319,23 @@ def _message(
 
 def _received(body: MessageBody) -> dict[str, object]:
     return {"Body": body.text, "MessageAttributes": body.attributes}
+
+
+def test_events_that_gzip_cannot_shrink_go_plain_and_the_fill_falls_back_to_the_limit() -> None:
+    rng = random.Random(9)
+    printable = [chr(c) for c in range(33, 127) if chr(c) not in '"\\']
+
+    def noise(count: int) -> list[bytes]:
+        return [
+            orjson.dumps({"id": f"n{n}", "m": "".join(rng.choices(printable, k=900))})
+            for n in range(count)
+        ]
+
+    events = noise(60)
+    body = pack_message(events)
+    assert not body.gzipped and body.size == envelope_size(events)
+    sizer = MessageSizer(65536)
+    for _ in range(12):
+        [(_, body)] = sizer.pack([_message(noise(60))])
+        assert not body.gzipped
+    assert sizer.fill_bytes == 65536  # no longer filled past what goes plain

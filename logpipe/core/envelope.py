@@ -82,13 +82,16 @@ def pack_envelope(encoded_events: list[bytes]) -> str:
 
 
 def pack_message(encoded_events: list[bytes]) -> MessageBody:
-    """The SQS body of an envelope of `encoded_events`: gzipped from COMPRESS_FROM_BYTES on."""
+    """The SQS body of an envelope of `encoded_events`: gzipped from COMPRESS_FROM_BYTES on,
+    unless gzip and base64 make it no smaller (events already compressed or random)."""
     envelope = ENVELOPE_HEAD + b",".join(encoded_events) + ENVELOPE_TAIL
     if len(envelope) < COMPRESS_FROM_BYTES:
         return MessageBody(envelope.decode("utf-8"))
     packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: gzip framing
-    data = packer.compress(envelope) + packer.flush()
-    return MessageBody(base64.b64encode(data).decode("ascii"), gzipped=True)
+    text = base64.b64encode(packer.compress(envelope) + packer.flush())
+    if len(text) + GZIP_FLAG_BYTES >= len(envelope):
+        return MessageBody(envelope.decode("utf-8"))
+    return MessageBody(text.decode("ascii"), gzipped=True)
 
 
 def inflate(body: str) -> str:

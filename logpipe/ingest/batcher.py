@@ -109,7 +109,7 @@ class MessageSizer:
         if body.size > self.max_bytes and len(message.events) > 1:
             first, second = message.halves()
             return self._pack(first) + self._pack(second)
-        if body.gzipped:
+        if message.size >= COMPRESS_FROM_BYTES:  # gzipped, or sent plain as it would not shrink
             self._ratio += RATIO_WEIGHT * (message.size / body.size - self._ratio)
         return [(message, body)]
 
