@@ -157,18 +157,19 @@ def test_percall_measures_every_call_it_is_asked_for_and_stops_its_endpoint() ->
         assert cpu > 0 and user > 0 and figures["wall_s"] > 0
         # The OS splits CPU time into user and system by ticks: a short window may see none.
         assert system >= 0
-    # 25 events of one message: the body and summary of each of its blocks, in every call.
+    # 25 events of one message: each of its blocks' three items (body, summary, shared
+    # summary), in every call.
     assert bwi["calls"] == {"BatchWriteItem": calls}
-    assert bwi["entries"]["BatchWriteItem"] % (2 * calls) == 0
+    assert bwi["entries"]["BatchWriteItem"] % (3 * calls) == 0
     assert (smb["calls"], smb["entries"]) == (
         {"SendMessageBatch": send_calls},
         {"SendMessageBatch": send_calls * 10},
     )
     assert 20_000 <= smb["envelope_bytes"] <= 25 * 1024
-    # Every event written once, in blocks (a body and a summary item each) of its message,
-    # nothing deleted or dead-lettered.
+    # Every event written once, in blocks (three items each) of its message, nothing deleted
+    # or dead-lettered.
     assert handle["events"] == events and handle["calls"].keys() == {"BatchWriteItem"}
-    assert handle["entries"]["BatchWriteItem"] % 2 == 0
+    assert handle["entries"]["BatchWriteItem"] % 3 == 0
     assert 1 <= handle["calls"]["BatchWriteItem"] <= handle["messages"]
     assert all(len(load) == 3 for load in result["load_average"].values())
     assert result["endpoint_pids"] and not any(map(_running, result["endpoint_pids"]))
