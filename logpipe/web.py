@@ -7,15 +7,15 @@ import contextlib
 import hmac
 import signal
 import socket
-import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from http import HTTPStatus
 from types import FrameType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 import uvicorn
+from isal import isal_zlib
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -112,6 +112,10 @@ MAX_HEADER_BYTES = 64 * 1024
 # Concatenated gzip members are legal (RFC 1952) but real senders write a handful; each one
 # costs a fresh inflater, so a body of thousands of empty members is refused.
 MAX_GZIP_MEMBERS = 1000
+# ISA-L inflates gzip about three times as fast as zlib; its stub types the error class as
+# an instance.
+_GZIP_ERROR = cast(type[Exception], isal_zlib.error)
+GZIP_MAGIC = b"\x1f\x8b"
 _INFLATE_STEP = 64 * 1024
 
 
@@ -145,14 +149,19 @@ def _gunzip(body: bytes, limit: int, hold: Callable[[int, str], None] | None) ->
         members += 1
         if members > MAX_GZIP_MEMBERS:
             raise Refused(400, f"gzip body has more than {MAX_GZIP_MEMBERS} members", "bad_body")
-        inflater = zlib.decompressobj(wbits=31)
+        # ISA-L, unlike zlib, waits for a whole header before it judges one: the magic
+        # bytes are checked here, so a body that is not gzip is called that at once.
+        head = bytes(view[pos : pos + 2])
+        if head != GZIP_MAGIC[: len(head)]:
+            raise Refused(400, "body is not valid gzip", "bad_body")
+        inflater = isal_zlib.decompressobj(wbits=31)
         while not inflater.eof:
             if pos >= len(body):
                 raise Refused(400, "gzip body is truncated", "bad_body")
             step = view[pos : pos + _INFLATE_STEP]
             try:
                 data = inflater.decompress(step, limit + 1 - size)
-            except zlib.error:
+            except _GZIP_ERROR:
                 raise Refused(400, "body is not valid gzip", "bad_body") from None
             size += len(data)
             if size > limit:

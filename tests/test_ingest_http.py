@@ -336,6 +336,10 @@ BAD_INPUT = [
     ),
     pytest.param(Bad(b"this is not gzip", 400, "not valid gzip", headers=GZIP), id="invalid-gzip"),
     pytest.param(
+        Bad(gzip.compress(one(make_event(0)))[:10] + b"\xff" * 40, 400, "not valid gzip", (), GZIP),
+        id="garbage-after-a-gzip-header",
+    ),
+    pytest.param(
         Bad(gzip.compress(one(make_event(0)))[:-12], 400, "truncated", headers=GZIP),
         id="truncated-gzip",
     ),

@@ -164,6 +164,20 @@ def test_gzip_flagged_body_that_is_not_gzip_is_undecodable() -> None:
         decode_message(message)
 
 
+@pytest.mark.parametrize(
+    "packed",
+    [b"\x1f", b"no gzip at all", gzip.compress(b'{"v":1,"events":[]}')[:10] + b"\xff" * 40],
+    ids=["one-byte", "no-magic", "garbage-after-the-header"],
+)
+def test_a_flagged_body_that_does_not_inflate_is_undecodable(packed: bytes) -> None:
+    message = {
+        "Body": base64.b64encode(packed).decode(),
+        "MessageAttributes": {"content-encoding": {"StringValue": "gzip", "DataType": "String"}},
+    }
+    with pytest.raises(EnvelopeError, match="does not decode"):
+        decode_message(message)
+
+
 def test_gzip_bomb_is_refused_without_inflating_it_all() -> None:
     bomb = gzip.compress(b"0" * (64 * 1024 * 1024), compresslevel=9)
     message = {
