@@ -197,9 +197,8 @@ async def measure() -> dict[str, Any]:
             found["search_1h_50_services_named"] = await _pages(http, url, named, reader, 5)
             errors = [*hour, ("level", "error"), ("q", "TIMEOUT disk")]
             found["search_1h_error_text"] = await _pages(http, url, errors, reader, 5)
-            _, took = await _get(http, f"{url}/api/stats", [("since", "24h")], reader)
+            body, took = await _get(http, f"{url}/api/stats", [("since", "24h")], reader)
             found["stats_24h"] = took
-            body, _ = await _get(http, f"{url}/api/stats", [("since", "24h")], reader)
             found["stats_24h"]["complete"] = body["complete"]
             found["stats_24h"]["events_counted"] = sum(
                 sum(b["counts"].values()) for b in body["buckets"]
