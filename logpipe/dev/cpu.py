@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# py-spy samples this often: a bench run of a few seconds gives thousands of samples a role.
+SAMPLES_PER_S = 1000
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -74,6 +76,10 @@ def py_spy() -> str | None:
 class Profiler:
     """py-spy attached to role processes; on `stop`, one folded-stack file and report per role.
 
+    Only the thread holding the GIL is sampled: a thread waiting for it, for a lock or for
+    the network would otherwise count as busy wherever it waits, and the ingestor's decode
+    threads wait most of the time.
+
     `<role>.folded` is the flame graph's input (speedscope and inferno open it as is);
     `<role>.txt` lists the functions with the largest inclusive and self shares.
     """
@@ -98,6 +104,9 @@ class Profiler:
             "raw",
             "--function",
             "--nonblocking",
+            "--gil",
+            "--rate",
+            str(SAMPLES_PER_S),
             "--output",
             str(self._dir / f"{role}.folded"),
             stdout=asyncio.subprocess.DEVNULL,
