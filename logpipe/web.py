@@ -138,6 +138,14 @@ def decode_content(
     return _gunzip(body, limit, hold)
 
 
+def gzip_size_hint(body: bytes) -> int:
+    """What a gzip body's last member says it inflates to (its ISIZE, RFC 1952), 0 for a body
+    that is not gzip. A hint only: the sender writes it, and a wrong one is found inflating."""
+    if not body.startswith(GZIP_MAGIC) or len(body) < 18:  # 10-byte header, 8-byte trailer
+        return 0
+    return int.from_bytes(body[-4:], "little")
+
+
 def _gunzip(body: bytes, limit: int, hold: Callable[[int, str], None] | None) -> bytes:
     """Every gzip member of `body` (at most MAX_GZIP_MEMBERS), inflated and joined."""
     view = memoryview(body)

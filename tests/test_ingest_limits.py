@@ -216,6 +216,17 @@ def test_bodies_past_the_inline_bounds_are_left_for_a_worker() -> None:
     assert len(packed) <= app.INLINE_BYTES
     assert app.decode_inline(*_decode_args(packed, "gzip"), reservation) == (packed, "gzip")
     assert reservation.held == 0 and budget.used == 0
+    # Says it inflates past the bound (its gzip trailer): handed over without inflating, even
+    # when that is not true.
+    small = gzip.compress(orjson.dumps([make_event(1)]))
+    claims_big = small[:-4] + (app.INLINE_BYTES + 1).to_bytes(4, "little")
+    assert isinstance(app.decode_inline(*_decode_args(small, "gzip"), reservation), app.Decoded)
+    reservation.release()
+    assert app.decode_inline(*_decode_args(claims_big, "gzip"), reservation) == (
+        claims_big,
+        "gzip",
+    )
+    assert reservation.held == 0 and budget.used == 0
     # Small, but with more separators than the bound: handed over inflated, still held.
     many = b"[" + b"1," * (app.INLINE_SEPARATORS + 1) + b"1]"
     left = app.decode_inline(*_decode_args(gzip.compress(many), "gzip"), reservation)

@@ -54,6 +54,7 @@ from logpipe.web import (
     authorised,
     decode_content,
     error_response,
+    gzip_size_hint,
     http_error,
     json_response,
     media_type,
@@ -345,7 +346,9 @@ def decode_inline(
     """Decode a small body on the calling thread; else what is left for `decode` in a worker
     thread: the body and its encoding (inflated already when that stayed under INLINE_BYTES).
     """
-    if protocol.inline is None or len(raw) > INLINE_BYTES:
+    # A gzip body that says it inflates past the bound goes to a worker at once: inflating
+    # its first INLINE_BYTES here would be thrown away.
+    if protocol.inline is None or len(raw) > INLINE_BYTES or gzip_size_hint(raw) > INLINE_BYTES:
         return raw, encoding
     held = reservation.held
     limit = min(INLINE_BYTES, settings.max_body_bytes)
