@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, Final
 
 import orjson
@@ -179,7 +180,7 @@ def write_units(size: int) -> int:
 
 
 def level_counts(events: Iterable[Event]) -> Counter[str]:
-    return Counter(event["level"] for event in events)
+    return Counter(map(_LEVEL, events))
 
 
 def expires_at(block: Block, retention_days: int) -> int:
@@ -400,4 +401,5 @@ def _hash_pair(member: bytes) -> tuple[int, int]:
 
 
 _TWO_WORDS = struct.Struct("<II").unpack
+_LEVEL = itemgetter("level")
 _BIT = tuple(1 << n for n in range(8))
