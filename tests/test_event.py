@@ -10,6 +10,7 @@ from typing import Any, cast
 import orjson
 import pytest
 
+from logpipe.core import limits
 from logpipe.core.block import block_of, make_blocks
 from logpipe.core.event import (
     ASSIGNED_TIMESTAMP,
@@ -580,6 +581,8 @@ def test_the_run_by_run_search_finds_what_the_pattern_finds_in_the_whole_text() 
     for text in texts:
         found = event_module._has_long_number(text)
         assert found is bool(event_module._LONG_BYTES.search(text)), text
+        # The same with the ingest scan's translation (other bytes than 0 and 1 in it).
+        assert event_module._has_long_number(text, text.translate(limits._SCAN_TABLE)) is found
     assert any(event_module._has_long_number(t) for t in texts)
 
 

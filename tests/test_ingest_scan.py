@@ -48,6 +48,12 @@ BODIES: list[bytes] = [
     b"{nope",
     b"   \n\t ",
     b"\n".join([b"99999999999999999999", b"1", b"{}"]),
+    # A run that is no number (a cookie), then one that is: each run is looked at.
+    b'[{"service":"s","message":"_ga=GA1.2.354943443.1709679887","attributes":'
+    b'{"n":123456789012345678901}}]',
+    b'[{"message":"GA1.2.354943443.1709679887","n":[12345678901234567890,1]}]',
+    b"12345678901234567890",
+    b"[1,12345678901234567890]",
 ]
 
 
@@ -62,9 +68,9 @@ def test_one_scan_finds_what_the_separate_looks_found(body: bytes) -> None:
     assert parsed_json_bytes(body, scan.values) == parsed_json_bytes(body)
 
 
-def _loaded(body: bytes, long_runs: bool | None) -> Any:
+def _loaded(body: bytes, long_runs: bool | None, digit_runs: bytes | None = None) -> Any:
     try:
-        doc = loads_exact(body, long_runs)
+        doc = loads_exact(body, long_runs, digit_runs)
     except orjson.JSONDecodeError:
         return "invalid"
     return repr(doc)  # Decimal and float apart
@@ -73,7 +79,11 @@ def _loaded(body: bytes, long_runs: bool | None) -> Any:
 @pytest.mark.parametrize("body", BODIES)
 def test_loads_exact_with_the_scan_equals_loads_exact_looking_itself(body: bytes) -> None:
     expected = _loaded(body, None)
-    assert _loaded(body, scan_json(body).long_runs) == expected
+    scan = scan_json(body)
+    assert _loaded(body, scan.long_runs) == expected
+    # The scan's own translation serves the look for long numbers as the body's would.
+    assert (scan.digit_runs is not None) == scan.long_runs
+    assert _loaded(body, scan.long_runs, scan.digit_runs) == expected
     # A caller that says "there may be long runs" only costs a look.
     assert _loaded(body, True) == expected
 

@@ -51,6 +51,7 @@ _INT64_MIN_ABS, _INT64_END = 2**63, 2**64
 # 16 NULs has no number the patterns above could match, found without running them.
 _DIGIT_RUNS = bytes(0 if chr(i) in "0123456789." else 1 for i in range(256))
 _SIXTEEN_DIGITS = bytes(16)
+_NOT_A_DIGIT = re.compile(rb"[^\x00]")
 # Set on an event whose client sent an id but no timestamp: the processor then keeps the
 # first timestamp assigned to that id, so a retry lands on the same key.
 ASSIGNED_TIMESTAMP: Final = "assigned_timestamp"
@@ -79,25 +80,33 @@ StoredEvent = dict[str, Any]
 Item = dict[str, Any]
 
 
-def loads_exact(data: bytes | str, long_runs: bool | None = None) -> Any:
+def loads_exact(
+    data: bytes | str, long_runs: bool | None = None, digit_runs: bytes | None = None
+) -> Any:
     """JSON like `orjson.loads`, except that numbers orjson would round keep their digits.
 
     orjson reads an integer beyond 64 bits as a float; when the text holds a run of 16 or
     more digits it is read again by the standard library: integers beyond 64 bits and
     decimals a double cannot hold exactly as Decimal. orjson checks the syntax first, so
     both accept the same documents. `long_runs`: whether the text holds a run of 16 digits
-    and dots, when the caller looked already (`limits.scan_json`).
+    and dots, when the caller looked already (`limits.scan_json`); `digit_runs`: the bytes
+    text translated so that digits and dots are 0 and nothing else is, when it has them.
     """
-    return exact_document(data, orjson.loads(data), long_runs)
+    return exact_document(data, orjson.loads(data), long_runs, digit_runs)
 
 
-def exact_document(data: bytes | str, doc: Any, long_runs: bool | None = None) -> Any:
+def exact_document(
+    data: bytes | str,
+    doc: Any,
+    long_runs: bool | None = None,
+    digit_runs: bytes | None = None,
+) -> Any:
     """`loads_exact(data)`, given `doc = orjson.loads(data)` already: `doc` itself unless the
     text holds a number orjson may have rounded."""
     if long_runs is False:
         return doc
     raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
-    if not _has_long_number(raw):
+    if not _has_long_number(raw, digit_runs):
         return doc
     del doc  # the caller's copy aside, never two parsed copies of one body at once
     try:
@@ -106,18 +115,20 @@ def exact_document(data: bytes | str, doc: Any, long_runs: bool | None = None) -
         raise orjson.JSONDecodeError("nested too deeply", "", 0) from None
 
 
-def _has_long_number(raw: bytes) -> bool:
+def _has_long_number(raw: bytes, runs: bytes | None = None) -> bool:
     """Whether `raw` holds a number orjson may have rounded (`_LONG_BYTES`). The pattern is
-    tried only on runs of 16 or more digits and dots, found in one translation of the text:
-    a body full of short numbers and ids costs no regex pass over all of it."""
-    runs = raw.translate(_DIGIT_RUNS)
+    tried only on runs of 16 or more digits and dots, found in one translation of the text
+    (`runs`, where digits and dots are 0, unless the caller has one): a body full of short
+    numbers and ids costs no regex pass over all of it."""
+    if runs is None:
+        runs = raw.translate(_DIGIT_RUNS)
     at = runs.find(_SIXTEEN_DIGITS)
     while at != -1:
         start = at
         while start > 0 and runs[start - 1] == 0:
             start -= 1
-        end = runs.find(b"\x01", at)
-        end = len(raw) if end == -1 else end
+        after = _NOT_A_DIGIT.search(runs, at)
+        end = len(raw) if after is None else after.start()
         # The character after the run decides too (the pattern's lookahead); the one before
         # it is seen by the lookbehind whatever `start` is.
         if _LONG_BYTES.search(raw, start, min(end + 1, len(raw))):

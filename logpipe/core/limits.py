@@ -114,6 +114,9 @@ class JsonScan:
     commas: int
     values: int  # at most this many values (`json_values_bound`)
     long_runs: bool  # a run of 16 or more digits and dots somewhere
+    # When there are long runs: the translation, in which digits and dots are 0, so that the
+    # parse looks at those runs without translating the body again (`event.loads_exact`).
+    digit_runs: bytes | None = None
 
 
 def scan_json(body: bytes) -> JsonScan:
@@ -121,7 +124,9 @@ def scan_json(body: bytes) -> JsonScan:
     (the separate counts and the digit-run translation took twice as long)."""
     sorted_bytes = body.translate(_SCAN_TABLE)
     commas = sorted_bytes.count(1)
-    return JsonScan(commas, commas + sorted_bytes.count(2) + 1, _LONG_RUN in sorted_bytes)
+    long_runs = _LONG_RUN in sorted_bytes
+    values = commas + sorted_bytes.count(2) + 1
+    return JsonScan(commas, values, long_runs, sorted_bytes if long_runs else None)
 
 
 def json_values_bound(body: bytes) -> int:

@@ -142,10 +142,13 @@ class Turns:
             self._slots.release()
 
 
-def parse_events(body: bytes, ndjson: bool, long_runs: bool | None = None) -> list[Any]:
+def parse_events(
+    body: bytes, ndjson: bool, long_runs: bool | None = None, digit_runs: bytes | None = None
+) -> list[Any]:
     """The raw events of a body; an NDJSON line that is not JSON stands as an EventError.
 
-    `long_runs`: whether the body holds a run of 16 digits and dots (None: not looked yet).
+    `long_runs`: whether the body holds a run of 16 digits and dots (None: not looked yet);
+    `digit_runs`: the scan's translation of the body, when it has them (`JsonScan`).
     """
     if ndjson:
         events: list[Any] = []
@@ -160,7 +163,7 @@ def parse_events(body: bytes, ndjson: bool, long_runs: bool | None = None) -> li
                 events.append(EventError("", "line is not valid JSON"))
         return events
     try:
-        doc = loads_exact(body, long_runs)
+        doc = loads_exact(body, long_runs, digit_runs)
     except orjson.JSONDecodeError as exc:
         raise BodyError(400, f"body is not valid JSON: {exc}{_ndjson_hint(body)}") from None
     if isinstance(doc, dict):
@@ -472,14 +475,16 @@ def _parse_native(
         raise BodyError(400, "body is empty")
     if scan is None:
         scan = scan_json(body)
-    # Parsed objects and the encoded events they become, held before either is built.
-    hold(parsed_json_bytes(body, scan.values) + len(body), "the parsed body")
+    # Parsed objects and the encoded events they become, held before either is built, and
+    # the scan's translation of the body kept for the parse.
+    translation = len(scan.digit_runs) if scan.digit_runs is not None else 0
+    hold(parsed_json_bytes(body, scan.values) + len(body) + translation, "the parsed body")
     ndjson = kind in NDJSON_TYPES
     if ndjson:
         count_ndjson_lines(body, cap)
     elif _ARRAY.match(body):
         count_array_items(body, cap, scan.commas)
-    raw_events = parse_events(body, ndjson, scan.long_runs)
+    raw_events = parse_events(body, ndjson, scan.long_runs, scan.digit_runs)
     if not raw_events:
         raise BodyError(400, "body holds no events")
     return raw_events
