@@ -126,3 +126,13 @@ def test_an_inline_body_with_long_numbers_keeps_every_digit() -> None:
     )
     assert isinstance(decoded, app.Decoded)
     assert decoded.events()[0].count(b"123456789012345678901") == 1
+
+
+def test_the_translation_kept_for_the_parse_is_held_with_the_body() -> None:
+    # The worst body for it: one long run after another, so the translation is kept whole.
+    digits = b"[" + b",".join([b'"' + b"1234567890" * 10 + b'"'] * 2000) + b"]"
+    short = b"[" + b",".join([b'"' + b"12345-7890" * 10 + b'"'] * 2000) + b"]"
+    assert scan_json(digits).digit_runs is not None and scan_json(short).digit_runs is None
+    held_digits = _parsed(digits, "application/json", False)[1]
+    held_short = _parsed(short, "application/json", False)[1]
+    assert held_digits - held_short == len(digits)
